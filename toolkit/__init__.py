@@ -1,0 +1,1 @@
+"""opsctl, the operations toolkit: profiles, planner, bench, tune, reports and launch commands."""

@@ -1,0 +1,4 @@
+"""`python -m toolkit` runs the `opsctl` command line."""
+from .cli import main
+
+main()

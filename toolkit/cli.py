@@ -1,0 +1,33 @@
+"""The `opsctl` command line: the typer root that mounts one module per command.
+
+Users get one clear line for an engine error, never a traceback (set OPSCTL_DEBUG=1 for one).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from .commands import models as models_cmd
+
+app = typer.Typer(
+    name="opsctl",
+    help="Serve, measure and tune LLMs on the GPUs you have.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models_cmd.app, name="models")
+
+
+def main() -> None:
+    from engine.errors import EngineError
+
+    try:
+        app()
+    except EngineError as e:
+        if os.environ.get("OPSCTL_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
