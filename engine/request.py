@@ -62,7 +62,9 @@ class Request:
         self.num_hashed_blocks = 0  # full blocks registered in the prefix cache
         self.block_hashes: list[int] = []
         self.num_preemptions = 0
-        self.logprobs: list[TokenLogprob] = []
+        # Produced by the step, handed out by the next output and reset.
+        self.pending_text = ""
+        self.pending_logprobs: list[TokenLogprob] = []
         self.arrival_time = time.perf_counter()
         self.first_token_time: float | None = None
         self.finish_time: float | None = None

@@ -9,6 +9,7 @@ import sys
 
 import typer
 
+from .commands import chat as chat_cmd
 from .commands import models as models_cmd
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models_cmd.app, name="models")
+app.command("chat")(chat_cmd.chat)
 
 
 def main() -> None:

@@ -1,0 +1,128 @@
+"""AsyncEngine: the LLMEngine stepping in a background thread, for asyncio callers (the API server).
+
+Callers validate and tokenize in their own thread (errors surface at once), then hand the request to
+the engine thread through a queue; outputs come back to each caller's asyncio queue. Only the engine
+thread touches the scheduler, so no lock guards the hot loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+
+from .engine import EngineStats, LLMEngine, RequestOutput
+from .errors import EngineError
+from .generation import GenerationConfig
+
+log = logging.getLogger(__name__)
+
+
+class EngineDeadError(EngineError):
+    """The engine thread stopped; no request can be served."""
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._wakeup = threading.Event()
+        self._stopping = False
+        self._accepting = True
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self._thread.start()
+
+    # -- caller side (any thread with an asyncio loop) --------------------------------------------
+    @property
+    def num_active(self) -> int:
+        return len(self._streams)
+
+    async def generate(self, prompt: str | list[int], gen: GenerationConfig | None = None,
+                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Stream a request's outputs; leaving the iteration early aborts the request."""
+        if not self._accepting:
+            raise EngineDeadError("the engine is shutting down and accepts no new requests")
+        request = self.engine.make_request(prompt, gen, request_id)
+        stream: asyncio.Queue = asyncio.Queue()
+        self._streams[request.request_id] = (asyncio.get_running_loop(), stream)
+        self._send(("add", request))
+        finished = False
+        try:
+            while True:
+                out = await stream.get()
+                if isinstance(out, BaseException):
+                    raise out
+                finished = out.finished
+                yield out
+                if finished:
+                    return
+        finally:
+            self._streams.pop(request.request_id, None)
+            if not finished:
+                self._send(("abort", request.request_id))
+
+    def abort(self, request_id: str) -> None:
+        self._send(("abort", request_id))
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish (abort what is left after `timeout`), stop."""
+        self._accepting = False
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self._streams and (deadline is None or loop.time() < deadline):
+            await asyncio.sleep(0.05)
+        for rid in list(self._streams):
+            self._send(("abort", rid))
+            self._deliver(rid, EngineDeadError("the server is shutting down"))
+        self._stopping = True
+        self._wakeup.set()
+        await loop.run_in_executor(None, self._thread.join, 5.0)
+
+    def _send(self, command) -> None:
+        self._inbox.put(command)
+        self._wakeup.set()
+
+    def _deliver(self, request_id: str, item) -> None:
+        target = self._streams.get(request_id)
+        if target is not None:
+            loop, stream = target
+            loop.call_soon_threadsafe(stream.put_nowait, item)
+
+    # -- engine thread ----------------------------------------------------------------------------
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                kind, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add":
+                if payload.request_id in self._streams:
+                    try:
+                        self.engine.add(payload)
+                    except EngineError as e:
+                        self._deliver(payload.request_id, e)
+            else:
+                self.engine.abort(payload)
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wakeup.clear()
+            self._drain_inbox()
+            if not self.engine.has_unfinished():
+                self._wakeup.wait(timeout=1.0)
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as e:  # a bug outside the forward: fail everyone rather than hang them
+                log.exception("engine step failed")
+                for rid in list(self._streams):
+                    self.engine.abort(rid)
+                    self._deliver(rid, EngineDeadError(f"engine step failed: {e}"))
+                continue
+            for out in outputs:
+                self._deliver(out.request_id, out)

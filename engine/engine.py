@@ -1,0 +1,274 @@
+"""LLMEngine: requests in, token and text deltas out; one `step()` = schedule -> run -> update.
+
+The engine owns the tokenizer, the model runner, the KV-cache manager and the scheduler. Bad input is
+refused in `make_request` with one clear InvalidRequestError and changes nothing else; a failure in a
+forward finishes that step's requests with reason "error" and the engine goes on serving.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import EngineConfig
+from .detokenizer import IncrementalDetokenizer
+from .errors import InvalidRequestError, ModelLoadError
+from .generation import GenerationConfig
+from .kv_cache import KVCacheManager
+from .models.source import ModelSource, resolve_model
+from .request import FinishReason, Request, TokenLogprob
+from .runner.model_runner import ModelRunner
+from .scheduler import Scheduler, SchedulerOutput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RequestOutput:
+    """What one step produced for one request: new tokens and the text they complete."""
+
+    request_id: str
+    token_ids: list[int]  # new this step
+    text: str  # new text this step (UTF-8 complete, stop words held back)
+    finished: bool
+    finish_reason: str | None
+    num_prompt_tokens: int
+    num_output_tokens: int
+    num_cached_tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    num_blocks: int
+    num_free_blocks: int
+    kv_cache_usage: float
+    num_preemptions: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    num_steps: int
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
+
+
+def _default_batch_size(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 32
+    total = torch.cuda.get_device_properties(device).total_memory
+    return 256 if total >= 64 * 2**30 else 128
+
+
+class LLMEngine:
+    def __init__(self, model: str | ModelSource | None = None, config: EngineConfig | None = None):
+        self.config = config or EngineConfig()
+        self._init_source(model)
+        self._init_tokenizer()
+        self._init_runner()
+        self._init_scheduler()
+        self._ids = itertools.count()
+        self._requests: dict[str, Request] = {}
+        self._rng = random.Random()
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+
+    # -- initialisation --------------------------------------------------------------------------
+    def _init_source(self, model) -> None:
+        if self.config.tp != 1:
+            raise InvalidRequestError("tensor parallelism (tp > 1) is not available yet; use tp=1", "tp")
+        if self.config.quant_policy:
+            raise InvalidRequestError("KV-cache quantization (quant_policy 4/8) is not available yet", "quant_policy")
+        self.source = model if isinstance(model, ModelSource) else resolve_model(model)
+        if self.config.model_format == "awq":
+            raise InvalidRequestError("AWQ checkpoints are not supported yet", "model_format")
+        hf = self.source.hf_config
+        max_pos = getattr(hf, "max_position_embeddings", 8192)
+        self.session_len = self.config.session_len or max_pos
+        if self.session_len > max_pos:
+            # Positions beyond the model's trained context need a rope table that long.
+            hf.max_position_embeddings = self.session_len
+
+    def _init_tokenizer(self) -> None:
+        try:
+            self.tokenizer = self.source.load_tokenizer()
+        except Exception as e:  # tokenizers raise many types for a broken file
+            raise ModelLoadError(f"cannot load the tokenizer of {self.source.name}: {e}") from None
+        eos = set()
+        for value in (getattr(self.source.hf_config, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if isinstance(value, int):
+                eos.add(value)
+            elif isinstance(value, (list, tuple)):
+                eos.update(value)
+        self.eos_token_ids = frozenset(eos)
+
+    def _init_runner(self) -> None:
+        self.runner = ModelRunner(self.config, self.source)
+        self.vocab_size = self.runner.vocab_size
+        capacity = self.runner.num_blocks * self.config.cache_block_seq_len
+        if capacity < self.session_len:
+            from .errors import OutOfMemoryError
+
+            raise OutOfMemoryError(
+                f"the KV cache holds {capacity} tokens, less than one session of {self.session_len}: "
+                "raise --cache-max-entry-count or lower --session-len")
+
+    def _init_scheduler(self) -> None:
+        max_batch = self.config.max_batch_size or _default_batch_size(self.runner.device)
+        self.kv = KVCacheManager(self.runner.num_blocks, self.config.cache_block_seq_len,
+                                 self.config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.kv, max_batch, self.config.max_prefill_token_num)
+
+    # -- requests --------------------------------------------------------------------------------
+    def tokenize_prompt(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer(prompt).input_ids
+        if not isinstance(prompt, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool)
+                                                            for t in prompt):
+            raise InvalidRequestError("prompt must be a string or a list of token ids", "prompt")
+        bad = [t for t in prompt if not 0 <= t < self.vocab_size]
+        if bad:
+            raise InvalidRequestError(f"prompt has token ids outside [0, {self.vocab_size}): {bad[:5]}", "prompt")
+        return list(prompt)
+
+    def make_request(self, prompt: str | list[int], gen: GenerationConfig | None = None,
+                     request_id: str | None = None) -> Request:
+        """Validate and tokenize; touches no engine state, so any thread may call it."""
+        gen = gen or GenerationConfig()
+        if not isinstance(gen, GenerationConfig):
+            raise InvalidRequestError("gen_config must be a GenerationConfig", "gen_config")
+        ids = self.tokenize_prompt(prompt)
+        if not ids:
+            raise InvalidRequestError("prompt is empty", "prompt")
+        if len(ids) >= self.session_len:
+            raise InvalidRequestError(
+                f"prompt has {len(ids)} tokens, more than session_len {self.session_len} allows "
+                "(at least one token must be left to generate)", "prompt")
+        bad_ids = []
+        for word in gen.bad_words:
+            encoded = self.tokenizer.encode(word, add_special_tokens=False)
+            if len(encoded) != 1:
+                raise InvalidRequestError(f"bad word {word!r} is not a single token", "bad_words")
+            bad_ids.append(encoded[0])
+        request_id = str(next(self._ids)) if request_id is None else str(request_id)
+        detok = IncrementalDetokenizer(self.tokenizer, ids, skip_special_tokens=gen.skip_special_tokens,
+                                       stop_words=gen.stop_words,
+                                       include_stop_str_in_output=gen.include_stop_str_in_output)
+        seed = gen.random_seed if gen.random_seed is not None else self._rng.getrandbits(62)
+        request = Request(request_id, ids, gen, self.eos_token_ids,
+                          max_tokens=min(len(ids) + gen.max_new_tokens, self.session_len),
+                          seed=seed % 2**62, detokenizer=detok, bad_token_ids=tuple(bad_ids))
+        return request
+
+    def add(self, request: Request) -> None:
+        if request.request_id in self._requests:
+            raise InvalidRequestError(f"request id {request.request_id!r} is already in use", "request_id")
+        self._requests[request.request_id] = request
+        self.prompt_tokens_total += request.num_prompt_tokens
+        self.scheduler.add(request)
+
+    def add_request(self, prompt: str | list[int], gen: GenerationConfig | None = None,
+                    request_id: str | None = None) -> str:
+        request = self.make_request(prompt, gen, request_id)
+        self.add(request)
+        return request.request_id
+
+    def abort(self, request_id: str) -> bool:
+        request = self._requests.pop(str(request_id), None)
+        if request is None:
+            return False
+        self.scheduler.abort(request)
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    # -- the step --------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        plan = self.scheduler.schedule()
+        if plan.is_empty:
+            return []
+        try:
+            result = self.runner.run(plan)
+        except Exception as e:  # a failed forward must not take the engine down
+            log.exception("forward failed; finishing the step's requests with an error")
+            return self._fail(plan, e)
+        touched = self.scheduler.update(plan, result.tokens, self._check_stop)
+        self._attach_logprobs(plan, result.tokens, result.logprobs)
+        return [self._output(r) for r in touched]
+
+    def _check_stop(self, request: Request, token: int) -> FinishReason | None:
+        self.generation_tokens_total += 1
+        if token in request.stop_token_ids:
+            request.pending_text += request.detokenizer.flush()
+            return FinishReason.STOP
+        delta = request.detokenizer.step([token])
+        request.pending_text += delta.text
+        if delta.stopped:
+            return FinishReason.STOP
+        if request.num_tokens >= request.max_tokens:
+            request.pending_text += request.detokenizer.flush()
+            return FinishReason.LENGTH
+        return None
+
+    @staticmethod
+    def _attach_logprobs(plan: SchedulerOutput, tokens: list, logprobs: list) -> None:
+        for item, token, lp in zip(plan.scheduled, tokens, logprobs):
+            if lp is not None:
+                item.request.pending_logprobs.append(TokenLogprob(token, lp[0], dict(lp[1])))
+
+    def _output(self, request: Request) -> RequestOutput:
+        new_tokens = request.token_ids[-1:]
+        out = RequestOutput(
+            request_id=request.request_id, token_ids=new_tokens, text=request.pending_text,
+            finished=request.is_finished,
+            finish_reason=request.finish_reason.value if request.finish_reason else None,
+            num_prompt_tokens=request.num_prompt_tokens, num_output_tokens=request.num_output_tokens,
+            num_cached_tokens=request.num_cached_tokens, logprobs=request.pending_logprobs,
+            error=request.error)
+        request.pending_text, request.pending_logprobs = "", []
+        if request.is_finished:
+            self._requests.pop(request.request_id, None)
+        return out
+
+    def _fail(self, plan: SchedulerOutput, error: Exception) -> list[RequestOutput]:
+        outputs = []
+        for item in plan.scheduled:
+            request = item.request
+            if request.is_finished:
+                continue
+            self.scheduler.abort(request, FinishReason.ERROR, f"engine error: {error}")
+            outputs.append(RequestOutput(request.request_id, [], "", True, FinishReason.ERROR.value,
+                                         request.num_prompt_tokens, request.num_output_tokens,
+                                         error=request.error))
+            self._requests.pop(request.request_id, None)
+        return outputs
+
+    # -- introspection ---------------------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+            num_blocks=self.kv.num_blocks, num_free_blocks=self.kv.num_free_blocks,
+            kv_cache_usage=self.kv.usage, num_preemptions=self.scheduler.stats.num_preemptions,
+            prefix_cache_queries=self.kv.stats.queries, prefix_cache_hits=self.kv.stats.hits,
+            prompt_tokens_total=self.prompt_tokens_total, generation_tokens_total=self.generation_tokens_total,
+            num_steps=self.scheduler.stats.num_steps)
+
+    def generate(self, prompts: list[str | list[int]], gen: GenerationConfig | list[GenerationConfig] | None = None
+                 ) -> list[Request]:
+        """Run prompts to completion (offline use and benchmarks); returns finished requests in order."""
+        gens = gen if isinstance(gen, list) else [gen] * len(prompts)
+        requests = [self.make_request(p, g) for p, g in zip(prompts, gens)]
+        for r in requests:
+            self.add(r)
+        while self.has_unfinished():
+            self.step()
+        return requests

@@ -1,0 +1,135 @@
+"""KV-cache block bookkeeping: the block pool, per-request block tables, prefix-cache hashing, LRU eviction.
+
+This file owns which block holds which tokens; the tensors themselves live in the model runner.
+With prefix caching, every full block gets a key (parent block's hash, its tokens) chained from the
+first block, so a block's key identifies the whole prefix up to it. Blocks whose last user finished
+stay in the cache until a new allocation needs them; the least recently freed go first.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .request import Request
+
+
+@dataclass
+class PrefixCacheStats:
+    queries: int = 0  # prompt tokens looked up
+    hits: int = 0  # prompt tokens found in the cache
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.queries if self.queries else 0.0
+
+
+class KVCacheManager:
+    """Allocates fixed-size blocks to requests; with prefix caching, shares and evicts full blocks."""
+
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False):
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.ref_counts = [0] * num_blocks
+        # Free blocks in eviction order (front = evicted first). Cached free blocks keep their key.
+        self.free_blocks: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
+        self.block_key: list[tuple | None] = [None] * num_blocks
+        self.cached: dict[tuple, int] = {}  # key -> block id
+        self.stats = PrefixCacheStats()
+
+    # -- queries ---------------------------------------------------------------------------------
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_blocks)
+
+    @property
+    def usage(self) -> float:
+        """Fraction of blocks held by live requests (cached-but-free blocks count as free)."""
+        return 1.0 - self.num_free_blocks / self.num_blocks
+
+    def blocks_needed(self, request: Request, num_new_tokens: int) -> int:
+        total = request.num_computed_tokens + num_new_tokens
+        return max(0, -(-total // self.block_size) - len(request.block_ids))
+
+    # -- prefix cache ----------------------------------------------------------------------------
+    def match_prefix(self, request: Request) -> None:
+        """Give a newly admitted request the cached blocks of its longest cached prefix.
+
+        At least one token is always left to compute: its logits produce the first output token.
+        """
+        if not self.enable_prefix_caching or request.num_computed_tokens:
+            return
+        tokens = request.token_ids
+        max_blocks = (len(tokens) - 1) // self.block_size
+        parent = None
+        hits: list[int] = []
+        hashes: list[int] = []
+        for i in range(max_blocks):
+            key = (parent, tuple(tokens[i * self.block_size:(i + 1) * self.block_size]))
+            block = self.cached.get(key)
+            if block is None:
+                break
+            hits.append(block)
+            parent = hash(key)
+            hashes.append(parent)
+        self.stats.queries += request.num_prompt_tokens
+        if not hits:
+            return
+        for block in hits:
+            if self.ref_counts[block] == 0:
+                del self.free_blocks[block]
+            self.ref_counts[block] += 1
+        request.block_ids = hits
+        request.block_hashes = hashes
+        request.num_hashed_blocks = len(hits)
+        request.num_computed_tokens = request.num_cached_tokens = len(hits) * self.block_size
+        self.stats.hits += min(request.num_cached_tokens, request.num_prompt_tokens)
+
+    def cache_full_blocks(self, request: Request) -> None:
+        """Register the request's newly completed blocks (all tokens computed) in the prefix cache."""
+        if not self.enable_prefix_caching:
+            return
+        num_full = request.num_computed_tokens // self.block_size
+        tokens = request.token_ids
+        parent = request.block_hashes[-1] if request.block_hashes else None
+        for i in range(request.num_hashed_blocks, num_full):
+            key = (parent, tuple(tokens[i * self.block_size:(i + 1) * self.block_size]))
+            block = request.block_ids[i]
+            if key not in self.cached and self.block_key[block] is None:
+                self.cached[key] = block
+                self.block_key[block] = key
+            parent = hash(key)
+            request.block_hashes.append(parent)
+        request.num_hashed_blocks = max(request.num_hashed_blocks, num_full)
+
+    # -- allocation ------------------------------------------------------------------------------
+    def allocate(self, request: Request, num_new_tokens: int) -> bool:
+        """Grow the request's block table to hold num_new_tokens more tokens; False if blocks run out."""
+        needed = self.blocks_needed(request, num_new_tokens)
+        if needed > len(self.free_blocks):
+            return False
+        for _ in range(needed):
+            block, _ = self.free_blocks.popitem(last=False)
+            key = self.block_key[block]
+            if key is not None:  # evict the cached prefix this block held
+                del self.cached[key]
+                self.block_key[block] = None
+            self.ref_counts[block] = 1
+            request.block_ids.append(block)
+        return True
+
+    def free(self, request: Request) -> None:
+        """Release the request's blocks. Tail blocks are queued for eviction before head blocks:
+        a prefix's first blocks are the most likely to be shared again."""
+        for block in reversed(request.block_ids):
+            self.ref_counts[block] -= 1
+            if self.ref_counts[block] == 0:
+                self.free_blocks[block] = None
+        request.block_ids = []
+        request.block_hashes = []
+        request.num_hashed_blocks = 0
+
+    def reset_prefix_cache(self) -> None:
+        for key, block in self.cached.items():
+            self.block_key[block] = None
+        self.cached.clear()

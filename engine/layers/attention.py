@@ -1,0 +1,25 @@
+"""Attention over the paged KV cache: writes this step's K/V, then attends with the active backend.
+
+The runner hands each layer its cache views (k_cache, v_cache: [num_blocks, block_size, Hkv, D]) and
+sets the forward context; the backend is the torch reference now, Triton kernels on CUDA later.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..kernels import reference
+from ..runner.forward_context import get_forward_context
+
+
+class PagedAttention(nn.Module):
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim, self.scale = num_heads, num_kv_heads, head_dim, scale
+        self.k_cache = self.v_cache = None  # set by the model runner once the pool is allocated
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [T, H, D], k/v [T, Hkv, D] -> [T, H, D]."""
+        ctx = get_forward_context()
+        reference.write_kv_ref(k, v, self.k_cache, self.v_cache, ctx.slot_mapping)
+        return reference.paged_attention_ref(q, self.k_cache, self.v_cache, ctx, self.scale)
