@@ -80,13 +80,14 @@ class IncrementalDetokenizer:
     def flush(self) -> str:
         """Text still held back, at the end of a request that did not stop on a stop word.
 
-        An incomplete UTF-8 tail is emitted as the tokenizer decodes it (with U+FFFD), so the
-        invariant with tokenizer.decode(output_ids) holds even for a truncated multi-byte char.
-        A held partial stop word is released as plain text since it can no longer complete.
+        An incomplete UTF-8 tail (the output ended inside a multi-byte character, e.g. cut by
+        max_new_tokens mid-emoji) is dropped rather than shown as U+FFFD: we never emit a broken
+        character. A held partial stop word is released as plain text since it can no longer complete.
         """
         if self._stopped is not None:
             return ""
         tail = self._decode(self._ids)[len(self._prefix_text):] if len(self._ids) > self._read_offset else ""
+        tail = tail.rstrip(_REPLACEMENT_CHAR)
         self._ids, self._read_offset, self._prefix_text = [], 0, ""
         return self._emit(tail, final=True).text
 

@@ -1,0 +1,244 @@
+"""Paged decode attention: one query token per request over the paged KV cache (split-KV flash-decoding).
+
+Decode reads every cached K/V byte once per step and does almost no arithmetic per byte, so the
+kernel is bandwidth-bound and the design is about keeping enough loads in flight:
+- GQA-aware: one program handles all query heads of one kv head, so each K/V tile is read once per
+  kv head, not once per query head (7x less traffic for Qwen2.5-7B's 28/4 heads). The group is
+  padded to 16 rows so QK^T and PV run as `tl.dot` on the tensor cores.
+- Split-KV: at batch 1 there are only B * Hkv = 4 (request, kv head) pairs, far too few programs to
+  fill 132 SMs, so each request's context is cut into `num_splits` contiguous ranges of tiles, one
+  program each (grid (B, Hkv, num_splits)). Each writes its normalised partial output and
+  log-sum-exp to a scratch buffer; `_decode_reduce_kernel` merges the splits.
+- The split ranges are derived inside the kernel from the request's own seq_len, so the grid depends
+  on tensor shapes only (CUDA-graph safe) and splits past a short request's end are no-ops.
+- The cache is read in tiles of BLOCK_N tokens gathered through the block table token by token, so
+  any block_size (16, 64, ...) works with the same tile width.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.0 / math.log(2.0)
+# Upper bound on splits: past ~32 the reduce and the scratch traffic start to cost more than the
+# extra parallelism returns (flash-decoding and vLLM stop in the same range).
+_MAX_SPLITS = 32
+# Programs to aim for: a few per SM so each SM has several tiles' loads in flight.
+_PROGRAMS_PER_SM = 4
+
+
+@triton.jit
+def _dot(a, b, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    """a @ b with fp32 accumulation.
+
+    UPCAST computes in fp32 from low-precision operands: Triton's CPU interpreter multiplies bf16
+    operands as raw uint16 bits (triton 3.9), so interpreted runs upcast; products of bf16 values are
+    exact in fp32, so the result matches the tensor cores' bf16 x bf16 -> fp32. IEEE keeps fp32
+    inputs in full precision instead of tf32, so fp32 runs match the torch reference tightly.
+    """
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    elif IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _decode_attention_kernel(
+        q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, part_out_ptr, part_lse_ptr,
+        scale_log2,
+        stride_qb, stride_qh, stride_ob, stride_oh,
+        stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, stride_bt,
+        NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
+        UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    b = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+
+    seq_len = tl.load(seq_lens_ptr + b)
+    # Split the request's own tiles evenly; a split whose range starts past seq_len runs no iteration.
+    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), NUM_SPLITS)
+    start = split * tiles_per_split * BLOCK_N
+    end = tl.minimum(start + tiles_per_split * BLOCK_N, seq_len)
+
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, HEAD_DIM)
+    n = tl.arange(0, BLOCK_N)
+    heads = kv_head * GROUP + g
+    head_mask = g < GROUP
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + d[None, :],
+                mask=head_mask[:, None], other=0.0)
+
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
+    table = block_tables_ptr + b.to(tl.int64) * stride_bt
+    k_base = k_cache_ptr + kv_head * stride_kch
+    v_base = v_cache_ptr + kv_head * stride_vch
+    for tile in range(start, end, BLOCK_N):
+        pos = tile + n
+        in_range = pos < end
+        block = tl.load(table + pos // BLOCK_SIZE, mask=in_range, other=0).to(tl.int64)
+        offset = pos % BLOCK_SIZE
+        k = tl.load(k_base + block[:, None] * stride_kcb + offset[:, None] * stride_kcs + d[None, :],
+                    mask=in_range[:, None], other=0.0)
+        v = tl.load(v_base + block[:, None] * stride_vcb + offset[:, None] * stride_vcs + d[None, :],
+                    mask=in_range[:, None], other=0.0)
+        s = _dot(q, tl.trans(k), UPCAST, IEEE) * scale_log2  # [BLOCK_G, BLOCK_N], log2 domain
+        s = tl.where(in_range[None, :], s, float("-inf"))
+        # Every tile holds at least one in-range key, so m_new is finite and exp2 never sees inf - inf.
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST, IEEE)
+        m_i = m_new
+
+    # Empty splits (and seq_len == 0 padding rows of CUDA graphs) give 0 with lse -inf, never NaN.
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    if NUM_SPLITS == 1:
+        tl.store(out_ptr + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=head_mask[:, None])
+    else:
+        row = (b.to(tl.int64) * NUM_HEADS + heads) * NUM_SPLITS + split  # [BLOCK_G]
+        tl.store(part_out_ptr + row[:, None] * HEAD_DIM + d[None, :], out, mask=head_mask[:, None])
+        lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+        tl.store(part_lse_ptr + row, lse, mask=head_mask)
+
+
+@triton.jit
+def _decode_reduce_kernel(part_out_ptr, part_lse_ptr, out_ptr, stride_ob, stride_oh,
+                          NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr,
+                          BLOCK_S: tl.constexpr):
+    b = tl.program_id(0)
+    head = tl.program_id(1)
+    s = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, HEAD_DIM)
+    split_mask = s < NUM_SPLITS
+    row = (b.to(tl.int64) * NUM_HEADS + head) * NUM_SPLITS + s
+    lse = tl.load(part_lse_ptr + row, mask=split_mask, other=float("-inf"))
+    lse_max = tl.max(lse, 0)
+    # All splits empty (seq_len 0): weights 0 and output 0 rather than NaN.
+    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
+    weight = tl.exp2(lse - lse_max)
+    part = tl.load(part_out_ptr + row[:, None] * HEAD_DIM + d[None, :], mask=split_mask[:, None], other=0.0)
+    total = tl.sum(weight, 0)
+    out = tl.sum(part * weight[:, None], 0) / tl.where(total > 0, total, 1.0)
+    tl.store(out_ptr + b.to(tl.int64) * stride_ob + head * stride_oh + d, out.to(out_ptr.dtype.element_ty))
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _block_n(head_dim: int) -> int:
+    # 64 tokens x 128 dims x 2 bytes = 16 KB of K (and of V) per iteration: wide enough for 16-byte
+    # loads from every thread of 4 warps, small enough to keep 2-3 tiles in flight.
+    return 64 if head_dim <= 128 else 32
+
+
+def decode_num_splits(batch: int, num_kv_heads: int, max_blocks: int, block_size: int, head_dim: int,
+                      device: torch.device | str = "cuda") -> int:
+    """The split count `paged_decode_attention` picks for these shapes (shapes only: graph-safe).
+
+    Aim for _PROGRAMS_PER_SM programs per SM over B * Hkv (request, kv head) pairs, capped at
+    _MAX_SPLITS and at the tiles the block table can hold (more splits than tiles would be idle).
+    """
+    device = torch.device(device)
+    sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else 132
+    max_tiles = triton.cdiv(max_blocks * block_size, _block_n(head_dim))
+    splits = triton.cdiv(_PROGRAMS_PER_SM * sms, max(batch * num_kv_heads, 1))
+    return max(1, min(splits, _MAX_SPLITS, max_tiles))
+
+
+def decode_scratch_numel(batch: int, num_heads: int, head_dim: int, num_splits: int) -> int:
+    """fp32 elements of the scratch buffer for num_splits > 1: partial outputs [B, H, S, D] + lse [B, H, S]."""
+    return batch * num_heads * num_splits * (head_dim + 1) if num_splits > 1 else 0
+
+
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, *,
+                           num_splits: int | None = None, out: torch.Tensor | None = None,
+                           scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of one query token per request over the paged cache.
+
+    q [B, H, D] (last dim contiguous; any B/H strides), k_cache, v_cache [num_blocks, block_size, Hkv, D],
+    block_tables [B, max_blocks] int32, seq_lens [B] int32 (context length including this token;
+    0 gives a zero output row) -> out [B, H, D] in q's dtype.
+
+    num_splits: KV splits per request; None picks `decode_num_splits(...)` from the shapes. out: a
+    preallocated [B, H, D] output; scratch: a contiguous fp32 buffer of at least
+    `decode_scratch_numel(B, H, D, num_splits)` elements (allocated when None). Pass both to replay
+    a captured CUDA graph without allocations.
+    """
+    _check(q, k_cache, v_cache, block_tables, seq_lens)
+    batch, num_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    group = num_heads // num_kv_heads
+    if num_splits is None:
+        num_splits = decode_num_splits(batch, num_kv_heads, block_tables.shape[1], block_size, head_dim, q.device)
+    if num_splits < 1:
+        raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+    if out is None:
+        out = torch.empty(batch, num_heads, head_dim, dtype=q.dtype, device=q.device)
+    elif out.shape != q.shape or out.stride(-1) != 1:
+        raise ValueError(f"out must be {tuple(q.shape)} with a contiguous last dim, got {tuple(out.shape)}")
+    if batch == 0:
+        return out
+    need = decode_scratch_numel(batch, num_heads, head_dim, num_splits)
+    if need:
+        if scratch is None:
+            scratch = torch.empty(need, dtype=torch.float32, device=q.device)
+        elif scratch.dtype != torch.float32 or not scratch.is_contiguous() or scratch.numel() < need:
+            raise ValueError(f"scratch must be a contiguous fp32 buffer of >= {need} elements")
+        flat = scratch.view(-1)
+        part_out = flat[:batch * num_heads * num_splits * head_dim]
+        part_lse = flat[part_out.numel():need]
+    else:
+        part_out = part_lse = out  # unused: the single split writes `out` directly
+    on_cpu = q.device.type != "cuda"
+    _decode_attention_kernel[(batch, num_kv_heads, num_splits)](
+        q, k_cache, v_cache, block_tables, seq_lens, out, part_out, part_lse,
+        scale * _LOG2E,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+        NUM_HEADS=num_heads, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size, BLOCK_N=_block_n(head_dim), NUM_SPLITS=num_splits,
+        UPCAST=on_cpu and q.dtype != torch.float32, IEEE=q.dtype == torch.float32,
+        num_warps=4, num_stages=2)
+    if num_splits > 1:
+        _decode_reduce_kernel[(batch, num_heads)](
+            part_out, part_lse, out, out.stride(0), out.stride(1),
+            NUM_HEADS=num_heads, HEAD_DIM=head_dim, NUM_SPLITS=num_splits,
+            BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4 if head_dim >= 128 else 2)
+    return out
+
+
+def _check(q, k_cache, v_cache, block_tables, seq_lens) -> None:
+    if q.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
+        raise ValueError(f"expected q [B, H, D] and caches [num_blocks, block_size, Hkv, D], "
+                         f"got {tuple(q.shape)}, {tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    if k_cache.shape[3] != head_dim or num_heads % num_kv_heads:
+        raise ValueError(f"q heads {num_heads} x dim {head_dim} do not fit cache heads {num_kv_heads} x dim "
+                         f"{k_cache.shape[3]}")
+    if head_dim < 16 or head_dim & (head_dim - 1):
+        raise ValueError(f"head_dim must be a power of two >= 16, got {head_dim}")
+    if block_tables.dim() != 2 or block_tables.shape[0] != batch or seq_lens.shape != (batch,):
+        raise ValueError(f"block_tables must be [{batch}, max_blocks] and seq_lens [{batch}], "
+                         f"got {tuple(block_tables.shape)} and {tuple(seq_lens.shape)}")
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("block_tables", block_tables)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dim")
+    if q.dtype != k_cache.dtype or v_cache.dtype != k_cache.dtype:
+        raise ValueError(f"q and caches must share a dtype, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")

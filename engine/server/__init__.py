@@ -1,0 +1,13 @@
+"""The OpenAI-compatible HTTP server (`opsctl serve`): FastAPI app, streaming, metrics, API keys.
+
+    from engine.server import build_app, run_server
+    app = build_app(AsyncEngine(LLMEngine(None)), model_name="SmolLM2-135M-Instruct")
+
+`protocol` holds the request/response shapes, `serving` turns requests into engine requests and
+responses or SSE chunks, `app` wires the routes and error bodies, `metrics` the Prometheus registry,
+`auth` the API keys, `launcher` the process around it (socket, engine, uvicorn, SIGTERM).
+"""
+from .app import build_app
+from .launcher import StartupError, run_server
+
+__all__ = ["build_app", "run_server", "StartupError"]
