@@ -200,6 +200,8 @@ class LLMEngine:
             result = self.runner.run(plan)
         except Exception as e:  # a failed forward must not take the engine down
             log.exception("forward failed; finishing the step's requests with an error")
+            # Blocks registered for this step's chunks were never written: forget them.
+            self.kv.reset_prefix_cache()
             return self._fail(plan, e)
         touched = self.scheduler.update(plan, result.tokens, self._check_stop)
         self._attach_logprobs(plan, result.tokens, result.logprobs)

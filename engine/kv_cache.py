@@ -85,11 +85,16 @@ class KVCacheManager:
         request.num_computed_tokens = request.num_cached_tokens = len(hits) * self.block_size
         self.stats.hits += min(request.num_cached_tokens, request.num_prompt_tokens)
 
-    def cache_full_blocks(self, request: Request) -> None:
-        """Register the request's newly completed blocks (all tokens computed) in the prefix cache."""
+    def cache_full_blocks(self, request: Request, num_tokens: int) -> None:
+        """Register the request's blocks that are full within its first num_tokens tokens.
+
+        The scheduler calls this when it schedules a chunk, before the forward computes it: a
+        request admitted later in the same step may then share these blocks, because every
+        attention layer writes all of the step's K/V before any request attends.
+        """
         if not self.enable_prefix_caching:
             return
-        num_full = request.num_computed_tokens // self.block_size
+        num_full = min(num_tokens, request.num_tokens) // self.block_size
         tokens = request.token_ids
         parent = request.block_hashes[-1] if request.block_hashes else None
         for i in range(request.num_hashed_blocks, num_full):

@@ -110,9 +110,10 @@ class Scheduler:
         self.stats.num_steps += 1
         return out
 
-    @staticmethod
-    def _scheduled(request: Request, n: int) -> ScheduledRequest:
-        return ScheduledRequest(request, n, sample=request.num_computed_tokens + n == request.num_tokens)
+    def _scheduled(self, request: Request, n: int) -> ScheduledRequest:
+        end = request.num_computed_tokens + n
+        self.kv.cache_full_blocks(request, end)
+        return ScheduledRequest(request, n, sample=end == request.num_tokens)
 
     def _preempt(self, request: Request) -> None:
         """Free the request's blocks; it goes back to the front of the queue and is recomputed."""
@@ -136,11 +137,9 @@ class Scheduler:
                 continue
             request.num_computed_tokens += item.num_new_tokens
             if token is None:
-                self.kv.cache_full_blocks(request)
                 continue
             request.append_token(token)
             touched.append(request)
-            self.kv.cache_full_blocks(request)
             reason = check_stop(request, token)
             if reason is not None:
                 self._finish(request, reason)

@@ -9,8 +9,10 @@ import sys
 
 import typer
 
+from .commands import bench as bench_cmd
 from .commands import chat as chat_cmd
 from .commands import models as models_cmd
+from .commands import serve as serve_cmd
 
 app = typer.Typer(
     name="opsctl",
@@ -21,6 +23,8 @@ app = typer.Typer(
 )
 app.add_typer(models_cmd.app, name="models")
 app.command("chat")(chat_cmd.chat)
+app.add_typer(bench_cmd.app, name="bench")
+app.command("serve")(serve_cmd.serve)
 
 
 def main() -> None:

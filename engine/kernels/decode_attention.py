@@ -138,10 +138,13 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _block_n(head_dim: int) -> int:
-    # 64 tokens x 128 dims x 2 bytes = 16 KB of K (and of V) per iteration: wide enough for 16-byte
-    # loads from every thread of 4 warps, small enough to keep 2-3 tiles in flight.
-    return 64 if head_dim <= 128 else 32
+def _config(head_dim: int) -> tuple[int, int, int]:
+    """(BLOCK_N tokens per tile, num_warps, num_stages) of the split kernel.
+
+    64 tokens x 128 dims x 2 bytes = 16 KB of K (and of V) per iteration: 16-byte loads from every
+    thread of 4 warps, small enough to keep 2 tiles in flight. `bench --sweep` retunes this.
+    """
+    return (64 if head_dim <= 128 else 32), 4, 2
 
 
 def decode_num_splits(batch: int, num_kv_heads: int, max_blocks: int, block_size: int, head_dim: int,
@@ -154,7 +157,7 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_blocks: int, block_size
     device = torch.device(device)
     sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device()) \
         if device.type == "cuda" else 132
-    max_tiles = triton.cdiv(max_blocks * block_size, _block_n(head_dim))
+    max_tiles = triton.cdiv(max_blocks * block_size, _config(head_dim)[0])
     splits = triton.cdiv(_PROGRAMS_PER_SM * sms, max(batch * num_kv_heads, 1))
     return max(1, min(splits, _MAX_SPLITS, max_tiles))
 
@@ -205,6 +208,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     else:
         part_out = part_lse = out  # unused: the single split writes `out` directly
     on_cpu = q.device.type != "cuda"
+    block_n, num_warps, num_stages = _config(head_dim)
     _decode_attention_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, part_out, part_lse,
         scale * _LOG2E,
@@ -212,9 +216,9 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         NUM_HEADS=num_heads, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, BLOCK_N=_block_n(head_dim), NUM_SPLITS=num_splits,
+        BLOCK_SIZE=block_size, BLOCK_N=block_n, NUM_SPLITS=num_splits,
         UPCAST=on_cpu and q.dtype != torch.float32, IEEE=q.dtype == torch.float32,
-        num_warps=4, num_stages=2)
+        num_warps=num_warps, num_stages=num_stages)
     if num_splits > 1:
         _decode_reduce_kernel[(batch, num_heads)](
             part_out, part_lse, out, out.stride(0), out.stride(1),

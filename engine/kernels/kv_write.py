@@ -19,14 +19,15 @@ def _write_kv_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr,
                      BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
     token = tl.program_id(0)
     slot = tl.load(slot_mapping_ptr + token)
+    heads = tl.arange(0, BLOCK_H)[:, None]
+    dims = tl.arange(0, BLOCK_D)[None, :]
     # Masking instead of an early return keeps the kernel branch-free; a skipped row costs one load.
-    valid = slot >= 0
+    # The slot test is broadcast to a tile first: the interpreter turns `scalar_bool & tile` into ints.
+    valid = (tl.zeros([BLOCK_H, BLOCK_D], tl.int64) + slot) >= 0
+    mask = valid & (heads < NUM_KV_HEADS) & (dims < HEAD_DIM)
     slot = tl.maximum(slot, 0)
     block = slot // BLOCK_SIZE
     offset = slot % BLOCK_SIZE
-    heads = tl.arange(0, BLOCK_H)[:, None]
-    dims = tl.arange(0, BLOCK_D)[None, :]
-    mask = valid & (heads < NUM_KV_HEADS) & (dims < HEAD_DIM)
     k = tl.load(k_ptr + token.to(tl.int64) * stride_kt + heads * stride_kh + dims, mask=mask)
     v = tl.load(v_ptr + token.to(tl.int64) * stride_vt + heads * stride_vh + dims, mask=mask)
     k_dst = k_cache_ptr + block * stride_kcb + offset * stride_kcs + heads * stride_kch + dims

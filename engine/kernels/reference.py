@@ -89,3 +89,43 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         out[token_idx] = decode_attention_ref(q[token_idx], k_cache, v_cache, ctx.block_tables[rows],
                                               ctx.seq_lens[rows], scale, max_len)
     return out
+
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * x / rms(x) for x [T, N], weight [N]; rounded as RMSNorm does, returned in x's dtype."""
+    dtype = x.dtype
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (weight * xf.to(dtype)).to(dtype)
+
+
+def fused_add_rms_norm_ref(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual), x + residual), the sum rounded to the input dtype first."""
+    summed = x + residual
+    return rms_norm_ref(summed, weight, eps), summed
+
+
+def rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate-half rope of q [T, H, D], k [T, Hkv, D] at positions [T] with cos/sin [max_pos, rot_dim].
+
+    Computed in fp32 and cast back (new tensors); dims past rot_dim pass through.
+    """
+    rot_dim = cos.shape[-1]
+    c = cos[positions].float().unsqueeze(1)
+    s = sin[positions].float().unsqueeze(1)
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        rot = x[..., :rot_dim].float()
+        x1, x2 = rot.chunk(2, dim=-1)
+        rotated = rot * c + torch.cat((-x2, x1), dim=-1) * s
+        return torch.cat((rotated.to(x.dtype), x[..., rot_dim:]), dim=-1)
+
+    return rotate(q), rotate(k)
+
+
+def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for x [T, 2I] = [gate | up] -> [T, I]."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up

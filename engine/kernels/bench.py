@@ -1,0 +1,244 @@
+"""GPU microbenchmark of the Triton kernels: `python -m engine.kernels.bench [--sweep] [--json PATH]`.
+
+Times each kernel at Qwen2.5-7B shapes (28 q heads, 4 kv heads, head_dim 128, hidden 3584,
+intermediate 18944, bf16) with triton.testing.do_bench (median; it flushes L2 between runs) and
+prints achieved GB/s (bytes each kernel must move at least, over its time) or TFLOP/s, beside the
+card's measured copy bandwidth and a peer: the torch path the kernel replaces (SDPA on a contiguous
+cache for attention). `--sweep` adds the tuning grids (decode splits and tile configs, prefill
+tiles). Without a CUDA device it says so and exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+HEADS, KV_HEADS, HEAD_DIM, HIDDEN, INTER = 28, 4, 128, 3584, 18944
+DTYPE = torch.bfloat16
+
+
+def _bench(fn) -> float:
+    """Median milliseconds of fn."""
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def _paged_cache(seq_lens: list[int], block_size: int, seed: int = 0):
+    """K/V caches with each request's blocks scattered at random, as a long-running pool leaves them."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    per_req = [-(-n // block_size) for n in seq_lens]
+    num_blocks = sum(per_req)
+    shape = (num_blocks, block_size, KV_HEADS, HEAD_DIM)
+    k_cache = torch.randn(shape, device="cuda", dtype=DTYPE, generator=gen)
+    v_cache = torch.randn(shape, device="cuda", dtype=DTYPE, generator=gen)
+    order = torch.randperm(num_blocks, device="cuda", generator=gen).to(torch.int32)
+    tables = torch.zeros(len(seq_lens), max(per_req), dtype=torch.int32, device="cuda")
+    used = 0
+    for i, n in enumerate(per_req):
+        tables[i, :n] = order[used:used + n]
+        used += n
+    return k_cache, v_cache, tables, torch.tensor(seq_lens, dtype=torch.int32, device="cuda")
+
+
+class Report:
+    def __init__(self, copy_gbs: float):
+        self.copy_gbs = copy_gbs
+        self.rows: list[dict] = []
+
+    def add(self, kernel: str, shape: str, ms: float, *, gbytes: float | None = None, tflops: float | None = None,
+            peer: str | None = None, peer_ms: float | None = None) -> None:
+        row = {"kernel": kernel, "shape": shape, "ms": ms}
+        line = f"{kernel:<22} {shape:<40} {ms * 1e3:9.1f} us"
+        if gbytes is not None:
+            row["gb_s"] = gbytes / ms * 1e3
+            line += f"  {row['gb_s']:7.0f} GB/s ({row['gb_s'] / self.copy_gbs:4.0%} of copy)"
+        if tflops is not None:
+            row["tflop_s"] = tflops / ms * 1e3
+            line += f"  {row['tflop_s']:6.1f} TFLOP/s"
+        if peer_ms is not None:
+            row["peer"], row["peer_ms"] = peer, peer_ms
+            line += f"  | {peer} {peer_ms * 1e3:.1f} us ({peer_ms / ms:.2f}x)"
+        self.rows.append(row)
+        print(line, flush=True)
+
+
+def bench_copy() -> float:
+    """Device-to-device copy bandwidth (bytes read + written), the ceiling for the memory-bound kernels."""
+    src = torch.empty(1 << 29, dtype=torch.float16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    ms = _bench(lambda: dst.copy_(src))
+    return 2 * src.numel() * 2 / ms / 1e6
+
+
+def bench_decode(report: Report, sweep: bool) -> None:
+    import torch.nn.functional as F
+
+    from . import decode_attention as da
+
+    cases = [(1, 4096, 16), (1, 32768, 16), (1, 32768, 64), (8, 4096, 16), (8, 32768, 16), (32, 4096, 16),
+             (64, 1024, 16), (256, 1024, 16)]
+    for batch, ctx, block_size in cases:
+        k_cache, v_cache, tables, lens = _paged_cache([ctx] * batch, block_size)
+        q = torch.randn(batch, HEADS, HEAD_DIM, device="cuda", dtype=DTYPE)
+        gbytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * 2 / 1e9
+        splits = da.decode_num_splits(batch, KV_HEADS, tables.shape[1], block_size, HEAD_DIM, "cuda")
+        out = torch.empty_like(q)
+        scratch = torch.empty(da.decode_scratch_numel(batch, HEADS, HEAD_DIM, splits), device="cuda")
+        run = lambda s=splits: da.paged_decode_attention(q, k_cache, v_cache, tables, lens, 0.088, num_splits=s,
+                                                         out=out, scratch=scratch if s == splits else None)
+        # Peer: SDPA over the same K/V laid out contiguously ([B, Hkv, L, D], no paging).
+        k_dense = torch.randn(batch, KV_HEADS, ctx, HEAD_DIM, device="cuda", dtype=DTYPE)
+        v_dense = torch.randn_like(k_dense)
+        qd = q.unsqueeze(2)
+        peer = lambda: F.scaled_dot_product_attention(qd, k_dense, v_dense, scale=0.088, enable_gqa=True)
+        shape = f"B={batch} ctx={ctx} bs={block_size} splits={splits}"
+        report.add("decode_attention", shape, _bench(run), gbytes=gbytes, peer="sdpa", peer_ms=_bench(peer))
+        if sweep:
+            for s in (1, 4, 8, 16, 32, 64):
+                report.add("  decode splits", f"B={batch} ctx={ctx} bs={block_size} splits={s}",
+                           _bench(lambda s=s: run(s)), gbytes=gbytes)
+        del k_cache, v_cache, k_dense, v_dense
+    if sweep:
+        default = da._config
+        k_cache, v_cache, tables, lens = _paged_cache([32768], 16)
+        q = torch.randn(1, HEADS, HEAD_DIM, device="cuda", dtype=DTYPE)
+        gbytes = 2 * 32768 * KV_HEADS * HEAD_DIM * 2 / 1e9
+        for block_n in (32, 64, 128):
+            for warps in (2, 4, 8):
+                for stages in (1, 2, 3, 4):
+                    da._config = lambda hd, c=(block_n, warps, stages): c
+                    try:
+                        for s in (32, 64):
+                            ms = _bench(lambda s=s: da.paged_decode_attention(q, k_cache, v_cache, tables, lens, 0.088,
+                                                                              num_splits=s))
+                            report.add("  decode config", f"ctx=32k N={block_n} w={warps} st={stages} sp={s}", ms,
+                                       gbytes=gbytes)
+                    except Exception as exc:  # an infeasible config (shared memory) is skipped, not fatal
+                        print(f"  decode config N={block_n} w={warps} st={stages}: {type(exc).__name__}")
+        da._config = default
+
+
+def _prefill_flops(query_lens: list[int], contexts: list[int]) -> float:
+    """4 * H * D per (query, visible key) pair: QK^T and PV, causal (each query sees context + i + 1 keys)."""
+    pairs = sum(q * c + q * (q + 1) // 2 for q, c in zip(query_lens, contexts))
+    return 4 * HEADS * HEAD_DIM * pairs / 1e12
+
+
+def bench_prefill(report: Report, sweep: bool) -> None:
+    import torch.nn.functional as F
+
+    from . import prefill_attention as pa
+
+    cases = [([1024], [0]), ([4096], [0]), ([1024], [3072]), ([512] * 8, [0] * 8), ([2048] + [1] * 64, [0] + [2048] * 64)]
+    configs = [(64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2)]
+    for query_lens, contexts in cases:
+        seq_lens = [q + c for q, c in zip(query_lens, contexts)]
+        k_cache, v_cache, tables, lens = _paged_cache(seq_lens, 16)
+        starts = [0]
+        for n in query_lens:
+            starts.append(starts[-1] + n)
+        qsl = torch.tensor(starts, dtype=torch.int32, device="cuda")
+        q = torch.randn(starts[-1], HEADS, HEAD_DIM, device="cuda", dtype=DTYPE)
+        out = torch.empty_like(q)
+        run = lambda: pa.paged_prefill_attention(q, k_cache, v_cache, qsl, lens, tables, 0.088, max(query_lens), out=out)
+        tflops = _prefill_flops(query_lens, contexts)
+        peer_ms = None
+        if len(query_lens) == 1 and contexts[0] == 0:
+            qd = torch.randn(1, HEADS, query_lens[0], HEAD_DIM, device="cuda", dtype=DTYPE)
+            kd = torch.randn(1, KV_HEADS, query_lens[0], HEAD_DIM, device="cuda", dtype=DTYPE)
+            peer_ms = _bench(lambda: F.scaled_dot_product_attention(qd, kd, kd, is_causal=True, enable_gqa=True))
+        shape = f"q={query_lens[0]}x{len(query_lens)} ctx={contexts[0]}" + (
+            f" +{len(query_lens) - 1} decode rows" if len(set(query_lens)) > 1 else "")
+        report.add("prefill_attention", shape, _bench(run), tflops=tflops, peer="sdpa" if peer_ms else None,
+                   peer_ms=peer_ms)
+        if sweep:
+            default = pa._config
+            for cfg in configs:
+                pa._config = lambda hd, g, gpu, c=cfg: c
+                try:
+                    report.add("  prefill config", f"{shape} M,N,w,st={cfg}", _bench(run), tflops=tflops)
+                except Exception as exc:
+                    print(f"  prefill config {cfg}: {type(exc).__name__}")
+            pa._config = default
+
+
+def bench_small_kernels(report: Report) -> None:
+    from engine.layers.norm import RMSNorm
+    from engine.layers.rotary import RotaryEmbedding
+
+    from .activation import silu_and_mul
+    from .kv_write import write_kv
+    from .norm import fused_add_rms_norm, rms_norm
+    from .reference import silu_and_mul_ref
+    from .rotary import apply_rotary
+
+    tokens, size = 4096, 2  # bytes per bf16 element
+    k = torch.randn(tokens, KV_HEADS, HEAD_DIM, device="cuda", dtype=DTYPE)
+    v = torch.randn_like(k)
+    k_cache = torch.empty(tokens // 16 + 1, 16, KV_HEADS, HEAD_DIM, device="cuda", dtype=DTYPE)
+    v_cache = torch.empty_like(k_cache)
+    slots = torch.randperm(k_cache.shape[0] * 16, device="cuda")[:tokens]
+    report.add("write_kv", f"T={tokens} Hkv={KV_HEADS}", _bench(lambda: write_kv(k, v, k_cache, v_cache, slots)),
+               gbytes=4 * k.numel() * size / 1e9)
+
+    x = torch.randn(tokens, HIDDEN, device="cuda", dtype=DTYPE)
+    residual = torch.randn_like(x)
+    norm = RMSNorm(HIDDEN).to("cuda", DTYPE)
+    out = torch.empty_like(x)
+    report.add("rms_norm", f"T={tokens} N={HIDDEN}", _bench(lambda: rms_norm(x, norm.weight, 1e-6, out=out)),
+               gbytes=2 * x.numel() * size / 1e9, peer="torch", peer_ms=_bench(lambda: norm(x)))
+    res_out = torch.empty_like(x)
+    report.add("fused_add_rms_norm", f"T={tokens} N={HIDDEN}",
+               _bench(lambda: fused_add_rms_norm(x, residual, norm.weight, 1e-6, out=out, residual_out=res_out)),
+               gbytes=4 * x.numel() * size / 1e9, peer="torch", peer_ms=_bench(lambda: norm(x, residual)))
+
+    rope = RotaryEmbedding(HEAD_DIM, 32768, 1.0 / (1e6 ** (torch.arange(0, HEAD_DIM, 2).float() / HEAD_DIM))).to("cuda")
+    qkv = torch.randn(tokens, HEADS + 2 * KV_HEADS, HEAD_DIM, device="cuda", dtype=DTYPE)
+    q, kk = qkv[:, :HEADS], qkv[:, HEADS:HEADS + KV_HEADS]
+    positions = torch.randint(0, 32768, (tokens,), device="cuda")
+    report.add("apply_rotary", f"T={tokens} H={HEADS}+{KV_HEADS}",
+               _bench(lambda: apply_rotary(q, kk, positions, rope.cos, rope.sin)),
+               gbytes=2 * (q.numel() + kk.numel()) * size / 1e9, peer="torch",
+               peer_ms=_bench(lambda: rope(positions, q, kk)))
+
+    gate_up = torch.randn(tokens, 2 * INTER, device="cuda", dtype=DTYPE)
+    act_out = torch.empty(tokens, INTER, device="cuda", dtype=DTYPE)
+    report.add("silu_and_mul", f"T={tokens} I={INTER}", _bench(lambda: silu_and_mul(gate_up, out=act_out)),
+               gbytes=3 * tokens * INTER * size / 1e9, peer="torch", peer_ms=_bench(lambda: silu_and_mul_ref(gate_up)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.kernels.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", action="store_true", help="also run the tuning grids (decode splits/configs, prefill tiles)")
+    parser.add_argument("--json", metavar="PATH", help="write the rows, device and versions as JSON")
+    parser.add_argument("--only", choices=["decode", "prefill", "small"], help="run one group only")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("engine.kernels.bench: no CUDA device here; the kernel benchmark runs on a GPU machine. Nothing measured.")
+        return 0
+    import triton
+
+    torch.manual_seed(0)
+    name = torch.cuda.get_device_name()
+    print(f"{name}, torch {torch.__version__}, triton {triton.__version__}; Qwen2.5-7B shapes, bf16")
+    copy_gbs = bench_copy()
+    print(f"copy bandwidth (read + write): {copy_gbs:.0f} GB/s")
+    report = Report(copy_gbs)
+    if args.only in (None, "decode"):
+        bench_decode(report, args.sweep)
+    if args.only in (None, "prefill"):
+        bench_prefill(report, args.sweep)
+    if args.only in (None, "small"):
+        bench_small_kernels(report)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "torch": torch.__version__, "triton": triton.__version__,
+                       "copy_gb_s": copy_gbs, "rows": report.rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

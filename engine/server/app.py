@@ -1,0 +1,224 @@
+"""The FastAPI app: routes, request bodies, API keys, the concurrency limit and OpenAI error bodies.
+
+Bodies are read and parsed here rather than by FastAPI, so every bad body gets OpenAI's error shape
+with the parameter named: over the size limit -> 413 (read and dropped, so the client sees the
+answer instead of a reset connection), not UTF-8 / not JSON / not an object -> 400, a field of the
+wrong type -> 400 naming it. Every error, including unknown routes and bugs, is
+{"error": {"message", "type", "param", "code"}} and the server keeps serving.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..async_engine import AsyncEngine
+from .auth import APIKeyChecker
+from .metrics import CONTENT_TYPE, ServerMetrics
+from .protocol import (APIError, ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ModelCard, ModelList,
+                       TokenizeRequest)
+from .serving import ClientDisconnected, OpenAIServing, SSEResponse
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: ~250k tokens of text, more than any session_len we serve
+_DRAIN_LIMIT = 32 << 20  # an oversized body is read and dropped up to this, then the connection is cut
+
+
+class ConcurrencyLimiter:
+    """At most `limit` generation requests in flight (streams count until their last byte); None: no limit."""
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self.active = 0
+
+    def acquire(self) -> None:
+        if self.limit is not None and self.active >= self.limit:
+            raise APIError(429, f"too many concurrent requests: this server takes {self.limit} at a time "
+                                "(--max-concurrent-requests); retry later", code="rate_limit_exceeded")
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+
+
+async def read_json_object(request: Request, limit: int) -> dict:
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise APIError(400, "the Content-Length header is not a number") from None
+        if declared > limit:
+            await _drain(request, declared)
+            raise _too_large(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            await _drain(request, len(body))
+            raise _too_large(limit)
+    if not body.strip():
+        raise APIError(400, "the request body is empty: send a JSON object")
+    try:
+        text = bytes(body).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise APIError(400, f"the request body is not valid UTF-8 (byte {e.start})") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        raise APIError(400, f"the request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise APIError(400, f"the request body must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
+
+
+async def _drain(request: Request, seen: int) -> None:
+    if seen > _DRAIN_LIMIT:
+        return
+    read = 0
+    try:
+        async for chunk in request.stream():
+            read += len(chunk)
+            if read > _DRAIN_LIMIT:
+                return
+    except Exception:  # noqa: BLE001 - the body is being dropped anyway
+        return
+
+
+def _validation_error(error: ValidationError) -> APIError:
+    first = error.errors()[0]
+    loc = [str(p) for p in first.get("loc", ())]
+    param = loc[0] if loc else None
+    where = ".".join(p for p in loc if not p.startswith(("list[", "str", "int", "float", "bool"))) or param
+    if first.get("type") == "missing":
+        return APIError(400, f"{param} is required", param=param)
+    return APIError(400, f"{where}: {first.get('msg')} (got {first.get('input')!r:.80})", param=param)
+
+
+def build_app(aengine: AsyncEngine, *, model_name: str | None = None, api_keys=None,
+              max_concurrent_requests: int | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The OpenAI-compatible app around a running AsyncEngine (the caller owns the engine's lifetime)."""
+    engine = aengine.engine
+    model_name = model_name or engine.source.name
+    app = FastAPI(title="opsctl", summary="OpenAI-compatible LLM server", version="0.1.0")
+    app.state.shutting_down = False
+    app.state.aengine = aengine
+    metrics = ServerMetrics(aengine.stats, model_name)
+    serving = OpenAIServing(aengine, model_name, metrics)
+    keys = APIKeyChecker(api_keys)
+    limiter = ConcurrencyLimiter(max_concurrent_requests)
+    app.state.metrics, app.state.serving, app.state.limiter = metrics, serving, limiter
+
+    async def parse(request: Request, model_cls):
+        keys.require(request.headers.get("authorization"))
+        data = await read_json_object(request, max_body_bytes)
+        try:
+            return model_cls.model_validate(data)
+        except ValidationError as e:
+            raise _validation_error(e) from None
+
+    async def generate(request: Request, model_cls, handler) -> Response:
+        if app.state.shutting_down:
+            raise APIError(503, "the server is shutting down", code="shutting_down")
+        req = await parse(request, model_cls)
+        limiter.acquire()
+        try:
+            response = await handler(req, request, limiter.release)
+        except ClientDisconnected:
+            limiter.release()
+            return Response(status_code=499)
+        except BaseException:
+            limiter.release()
+            raise
+        if not isinstance(response, SSEResponse):
+            limiter.release()
+        return response
+
+    @app.get("/health")
+    async def health():
+        if app.state.shutting_down:
+            return JSONResponse({"status": "shutting_down"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    def model_card() -> ModelCard:
+        return ModelCard(id=model_name, root=engine.source.name, max_model_len=engine.session_len)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request):
+        keys.require(request.headers.get("authorization"))
+        return ModelList(data=[model_card()]).model_dump()
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str, request: Request):
+        keys.require(request.headers.get("authorization"))
+        serving.check_model(model_id)
+        return model_card().model_dump()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await generate(request, ChatCompletionRequest, serving.chat)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await generate(request, CompletionRequest, serving.completion)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        return serving.tokenize(await parse(request, TokenizeRequest))
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        return serving.detokenize(await parse(request, DetokenizeRequest))
+
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}: see /docs for the API"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        err = APIError(exc.status_code, message)
+        return JSONResponse(err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        param = str(errors[0]["loc"][-1]) if errors and errors[0].get("loc") else None
+        err = APIError(400, f"invalid request: {errors[0].get('msg') if errors else exc}", param=param)
+        return JSONResponse(err.body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        err = APIError(500, f"internal server error: {type(exc).__name__}: {exc}", code="internal_error")
+        return JSONResponse(err.body(), status_code=500)

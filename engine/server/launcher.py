@@ -1,0 +1,150 @@
+"""The server process: bind the port, build the engine, run uvicorn, shut down cleanly on SIGTERM.
+
+Order matters for users: the port is bound first (a port in use fails in a second, not after the
+model has loaded), then the engine is built; the socket is handed to uvicorn so nobody can take the
+port in between. Start-up failures are a StartupError with one line saying what to do. SIGTERM or
+SIGINT: /health turns 503, the listener closes, in-flight requests get `shutdown_timeout` seconds to
+finish, the rest are aborted, and the process exits 0. A second SIGINT forces the exit.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import socket
+import sys
+
+import uvicorn
+
+from ..errors import EngineError
+
+log = logging.getLogger(__name__)
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+class StartupError(EngineError):
+    """The server could not start; the message is one line saying why and what to do."""
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A bound (not yet listening) socket, as uvicorn would make it; StartupError with the fix if not."""
+    if not 0 <= port <= 65535:
+        raise StartupError(f"--server-port {port} is not a port number (0-65535)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise StartupError(f"--server-name {host!r} is not an address of this machine ({e.strerror}): "
+                           "use 127.0.0.1, 0.0.0.0 or one of its IPs") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {port} on {host} is already in use: stop the server using it "
+                               f"(e.g. `lsof -i :{port}`) or pick another --server-port") from None
+        if e.errno == errno.EACCES:
+            raise StartupError(f"no permission to listen on port {port}: use a port above 1023 "
+                               "(--server-port 23333)") from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise StartupError(f"--server-name {host!r} is not an address of this machine: use 127.0.0.1, "
+                               "0.0.0.0 or one of its IPs") from None
+        raise StartupError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def build_engine(model: str | None, config):
+    """LLMEngine or StartupError: engine errors already say what would fit; anything else gets one line."""
+    from ..engine import LLMEngine
+
+    try:
+        return LLMEngine(model, config)
+    except EngineError as e:
+        raise StartupError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - a failure while loading weights or building the cache
+        if "out of memory" in str(e).lower():
+            raise StartupError(
+                f"out of memory while loading {model or 'the default model'}: lower --cache-max-entry-count "
+                "or --session-len, or use a 4-bit AWQ checkpoint") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StartupError(f"cannot load {model or 'the default model'}: {type(e).__name__}: {first}") from None
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    logging.getLogger("engine").setLevel(level.upper())
+
+
+def run_server(model: str | None, config, *, host: str = "127.0.0.1", port: int = 23333,
+               model_name: str | None = None, api_keys=None, max_concurrent_requests: int | None = None,
+               log_level: str = "info", shutdown_timeout: float = 30.0, say=print) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit code (0). Start-up failures raise StartupError."""
+    from ..async_engine import AsyncEngine
+    from .app import build_app
+
+    if log_level not in LOG_LEVELS:
+        raise StartupError(f"--log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    if max_concurrent_requests is not None and max_concurrent_requests < 1:
+        raise StartupError("--max-concurrent-requests must be at least 1")
+    _configure_logging(log_level)
+    sock = bind_socket(host, port)
+    try:
+        say(f"opsctl serve: loading {model or 'the embedded default model'} ...", flush=True)
+        engine = build_engine(model, config)
+        aengine = AsyncEngine(engine)
+        app = build_app(aengine, model_name=model_name, api_keys=api_keys,
+                        max_concurrent_requests=max_concurrent_requests)
+        served = model_name or engine.source.name
+        stats = engine.stats()
+        say(f"opsctl serve: {served} on http://{host}:{port}/v1 (session_len {engine.session_len}, "
+            f"{stats.num_blocks} KV blocks of {engine.config.cache_block_seq_len} tokens); "
+            "stop with Ctrl-C or SIGTERM", flush=True)
+        uv_config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),
+                                   timeout_graceful_shutdown=shutdown_timeout, lifespan="off")
+        server = _Server(uv_config)
+        asyncio.run(_serve(server, app, aengine, sock, shutdown_timeout))
+    finally:
+        sock.close()
+    say("opsctl serve: stopped", flush=True)
+    return 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's Server without its signal capture: uvicorn re-raises the captured SIGTERM after a clean
+    shutdown, which would end the process with -15 instead of 0. `_serve` installs our handlers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+async def _serve(server, app, aengine, sock: socket.socket, shutdown_timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: int) -> None:
+        if server.should_exit:
+            if sig == signal.SIGINT:
+                server.force_exit = True
+            return
+        log.warning("received %s: finishing in-flight requests (up to %.0f s), then exiting",
+                    signal.Signals(sig).name, shutdown_timeout)
+        app.state.shutting_down = True
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread / Windows
+            loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        app.state.shutting_down = True
+        await aengine.shutdown(timeout=1.0)

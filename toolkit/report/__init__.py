@@ -1,0 +1,1 @@
+"""Result files (schema) and their HTML rendering."""

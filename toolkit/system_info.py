@@ -1,0 +1,66 @@
+"""What a result was measured on: device, library versions, git commit, command line.
+
+Every result file carries this, so a number is never separated from the machine and code behind it.
+"""
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+_PACKAGES = ("torch", "triton", "transformers", "fastapi", "uvicorn", "locust", "pandas", "opsctl")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    try:
+        import torch
+
+        out["cuda"] = torch.version.cuda or "none"
+    except ImportError:
+        pass
+    return out
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+
+
+def device_info() -> dict:
+    """The accelerator (name, memory, count) or the CPU when there is none."""
+    info: dict = {"host": platform.node(), "cpu": platform.processor() or platform.machine()}
+    try:
+        import os
+
+        info["cpu_count"] = os.cpu_count()
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            info.update(kind="cuda", name=props.name, count=torch.cuda.device_count(),
+                        memory_gib=round(props.total_memory / 2**30, 1),
+                        capability=f"{props.major}.{props.minor}")
+            return info
+    except ImportError:
+        pass
+    info.update(kind="cpu", name=info["cpu"], count=1)
+    return info
+
+
+def command_line() -> str:
+    return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
