@@ -21,8 +21,10 @@ install: $(VENV)/.installed
 model: install
 	$(VENV)/bin/opsctl models pull
 
+# The main job until `opsctl tune` lands: the engine against plain transformers on the embedded
+# model (same process, same workload), result JSON + per-request CSV under reports/.
 demo: model
-	$(PY) -m toolkit demo
+	$(VENV)/bin/opsctl bench offline --workload mixed --peer generate
 
 test: model
 	$(PY) -m pytest -q

@@ -51,19 +51,21 @@ def _dot(a, b, UPCAST: tl.constexpr, IEEE: tl.constexpr):
 @triton.jit
 def _decode_attention_kernel(
         q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, part_out_ptr, part_lse_ptr,
-        scale_log2,
+        scale_log2, num_splits,
         stride_qb, stride_qh, stride_ob, stride_oh,
         stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, stride_bt,
         NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
-        BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DIRECT: tl.constexpr,
         UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    # num_splits is a runtime argument (one compiled kernel serves every split count); DIRECT marks
+    # num_splits == 1, where the program normalises and writes `out` itself and no reduce runs.
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
 
     seq_len = tl.load(seq_lens_ptr + b)
     # Split the request's own tiles evenly; a split whose range starts past seq_len runs no iteration.
-    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), NUM_SPLITS)
+    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits)
     start = split * tiles_per_split * BLOCK_N
     end = tl.minimum(start + tiles_per_split * BLOCK_N, seq_len)
 
@@ -102,26 +104,25 @@ def _decode_attention_kernel(
 
     # Empty splits (and seq_len == 0 padding rows of CUDA graphs) give 0 with lse -inf, never NaN.
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    if NUM_SPLITS == 1:
+    if DIRECT:
         tl.store(out_ptr + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + d[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=head_mask[:, None])
     else:
-        row = (b.to(tl.int64) * NUM_HEADS + heads) * NUM_SPLITS + split  # [BLOCK_G]
+        row = (b.to(tl.int64) * NUM_HEADS + heads) * num_splits + split  # [BLOCK_G]
         tl.store(part_out_ptr + row[:, None] * HEAD_DIM + d[None, :], out, mask=head_mask[:, None])
         lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
         tl.store(part_lse_ptr + row, lse, mask=head_mask)
 
 
 @triton.jit
-def _decode_reduce_kernel(part_out_ptr, part_lse_ptr, out_ptr, stride_ob, stride_oh,
-                          NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                          BLOCK_S: tl.constexpr):
+def _decode_reduce_kernel(part_out_ptr, part_lse_ptr, out_ptr, num_splits, stride_ob, stride_oh,
+                          NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
     b = tl.program_id(0)
     head = tl.program_id(1)
     s = tl.arange(0, BLOCK_S)
     d = tl.arange(0, HEAD_DIM)
-    split_mask = s < NUM_SPLITS
-    row = (b.to(tl.int64) * NUM_HEADS + head) * NUM_SPLITS + s
+    split_mask = s < num_splits
+    row = (b.to(tl.int64) * NUM_HEADS + head) * num_splits + s
     lse = tl.load(part_lse_ptr + row, mask=split_mask, other=float("-inf"))
     lse_max = tl.max(lse, 0)
     # All splits empty (seq_len 0): weights 0 and output 0 rather than NaN.
@@ -211,18 +212,18 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     block_n, num_warps, num_stages = _config(head_dim)
     _decode_attention_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, part_out, part_lse,
-        scale * _LOG2E,
+        scale * _LOG2E, num_splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         NUM_HEADS=num_heads, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, BLOCK_N=block_n, NUM_SPLITS=num_splits,
+        BLOCK_SIZE=block_size, BLOCK_N=block_n, DIRECT=num_splits == 1,
         UPCAST=on_cpu and q.dtype != torch.float32, IEEE=q.dtype == torch.float32,
         num_warps=num_warps, num_stages=num_stages)
     if num_splits > 1:
         _decode_reduce_kernel[(batch, num_heads)](
-            part_out, part_lse, out, out.stride(0), out.stride(1),
-            NUM_HEADS=num_heads, HEAD_DIM=head_dim, NUM_SPLITS=num_splits,
+            part_out, part_lse, out, num_splits, out.stride(0), out.stride(1),
+            NUM_HEADS=num_heads, HEAD_DIM=head_dim,
             BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4 if head_dim >= 128 else 2)
     return out
 

@@ -27,10 +27,13 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise OutOfMemoryError("device 'cuda' asked for but no CUDA GPU is available; use --device cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OutOfMemoryError("device 'cuda' asked for but no CUDA GPU is available; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 

@@ -16,7 +16,8 @@ from engine.engine import LLMEngine  # noqa: E402
 
 PROMPTS = ["The history of the Roman empire begins with", "def fibonacci(n):", "你好，请介绍一下自己"]
 NEW_TOKENS = 64
-MIN_AGREEMENT = 32  # bf16: the first divergence is allowed only after this many tokens
+MIN_AGREEMENT = 32  # bf16: the first divergence is allowed only after this many tokens...
+TIE_MARGIN = 0.125  # ...or where the reference's own logits for the two tokens tie within bf16 rounding
 
 
 def first_divergence(a: list[int], b: list[int]) -> int:
@@ -44,8 +45,13 @@ def test_bf16_greedy_matches_transformers(tmp_path, preset):
             ref = hf.generate(torch.tensor([prompt], device="cuda"), max_new_tokens=NEW_TOKENS,
                               min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=2)[0, len(prompt):].tolist()
         agree = first_divergence(mine, ref)
-        print(f"{preset}: first divergence at token {agree} of {NEW_TOKENS}")
-        assert agree >= MIN_AGREEMENT, (agree, mine[:agree + 2], ref[:agree + 2])
+        margin = None
+        if agree < NEW_TOKENS:
+            with torch.no_grad():
+                logits = hf(torch.tensor([prompt + ref[:agree]], device="cuda")).logits[0, -1].float()
+            margin = (logits[ref[agree]] - logits[mine[agree]]).item()
+        print(f"{preset}: first divergence at token {agree} of {NEW_TOKENS}; reference logit margin there: {margin}")
+        assert agree >= MIN_AGREEMENT or margin <= TIE_MARGIN, (agree, margin)
 
 
 def test_qwen25_7b_preset_runs():
