@@ -136,7 +136,7 @@ def bench_decode(report: Report, sweep: bool) -> None:
         report.add("decode_attention", shape, _bench(make, nbytes), gbytes=nbytes / 1e9, peer="sdpa",
                    peer_ms=_bench(make_peer, nbytes))
         if sweep:
-            for splits in (1, 2, 4, 8, 16, 32, 64, 128):
+            for splits in (1, 4, 16, 32, 64, 128):
                 report.add("  decode splits", f"B={batch} ctx={ctx} bs={block_size} splits={splits}",
                            _bench(lambda i, s=splits: make(i, s), nbytes), gbytes=nbytes / 1e9)
     if sweep:
@@ -148,10 +148,10 @@ def bench_decode(report: Report, sweep: bool) -> None:
             out = torch.empty_like(q)
             scratch = torch.empty(da.decode_scratch_numel(batch, HEADS, HEAD_DIM, 128), device="cuda")
             for block_n in (32, 64, 128):
-                for warps in (2, 4, 8):
-                    for stages in (1, 2, 3):
+                for warps in (2, 4):
+                    for stages in (2, 3):
                         da._config = lambda hd, c=(block_n, warps, stages): c
-                        for splits in ((16, 32, 64, 128) if batch == 1 else (2, 4, 8)):
+                        for splits in ((32, 64, 128) if batch == 1 else (2, 4, 8)):
                             make = lambda i, s=splits: (lambda c=caches[i % len(caches)]: da.paged_decode_attention(
                                 q, *c, 0.088, num_splits=s, out=out, scratch=scratch))
                             try:

@@ -1,0 +1,48 @@
+"""`opsctl bench offline`: one JSON with device, versions, commit, config and both results; CSV rows.
+
+The SmolLM2 run is the CPU acceptance check: the engine is not slower than transformers `generate`
+on 16 prompts of mixed lengths with mixed output lengths, measured in the same process.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+
+from toolkit.report.schema import BenchResult
+
+
+def _bench(tmp_path, *args) -> BenchResult:
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "bench", "offline", *args, "--device", "cpu",
+                           "-o", str(tmp_path), "--run-id", "r1"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(proc.stdout)
+    return BenchResult.read(tmp_path / "r1" / "result.json")
+
+
+def test_offline_result_file_on_tiny_preset(tmp_path):
+    result = _bench(tmp_path, "preset:tiny-qwen3", "--num-requests", "6", "--input-len", "8:40",
+                    "--output-len", "4:12", "--peer", "generate", "--cache-max-entry-count", "64",
+                    "--cache-block-seq-len", "16", "--session-len", "512")
+    assert result.kind == "offline" and result.device["kind"] == "cpu"
+    assert result.versions["torch"] and result.git_commit
+    engine, peer = result.runs
+    assert engine.target == "engine" and peer.target == "transformers-generate"
+    assert engine.workload == peer.workload
+    expected_output = engine.workload["output_tokens"]
+    for run in result.runs:
+        rows = pd.read_csv(tmp_path / "r1" / run.requests_file)
+        assert len(rows) == 6 and rows["output_tokens"].sum() == expected_output
+        assert run.summary.num_completed == 6 and run.summary.num_errors == 0
+    s = engine.summary
+    assert s.ttft.p50 <= s.e2e.p50 and s.tpot is not None
+    assert engine.config["cache_block_seq_len"] == 16
+
+
+def test_engine_not_slower_than_transformers_on_cpu(tmp_path):
+    result = _bench(tmp_path, "--workload", "mixed", "--peer", "generate")
+    engine, peer = result.runs
+    assert engine.workload["num_requests"] == 16
+    assert engine.summary.output_throughput >= peer.summary.output_throughput, (
+        engine.summary.output_throughput, peer.summary.output_throughput)
