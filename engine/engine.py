@@ -111,7 +111,7 @@ class LLMEngine:
         self.eos_token_ids = frozenset(eos)
 
     def _init_runner(self) -> None:
-        self.runner = ModelRunner(self.config, self.source)
+        self.runner = ModelRunner(self.config, self.source, self.session_len)
         self.vocab_size = self.runner.vocab_size
         capacity = self.runner.num_blocks * self.config.cache_block_seq_len
         if capacity < self.session_len:
@@ -126,6 +126,7 @@ class LLMEngine:
         self.kv = KVCacheManager(self.runner.num_blocks, self.config.cache_block_seq_len,
                                  self.config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, max_batch, self.config.max_prefill_token_num)
+        self.runner.init_batching(max_batch)
 
     # -- requests --------------------------------------------------------------------------------
     def tokenize_prompt(self, prompt: str | list[int]) -> list[int]:

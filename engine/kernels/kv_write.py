@@ -18,7 +18,7 @@ def _write_kv_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr,
                      NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                      BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
     token = tl.program_id(0)
-    slot = tl.load(slot_mapping_ptr + token)
+    slot = tl.load(slot_mapping_ptr + token).to(tl.int64)  # int32 slot mappings work too
     heads = tl.arange(0, BLOCK_H)[:, None]
     dims = tl.arange(0, BLOCK_D)[None, :]
     # Masking instead of an early return keeps the kernel branch-free; a skipped row costs one load.
@@ -40,8 +40,8 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
              slot_mapping: torch.Tensor) -> None:
     """Store k, v [T, Hkv, D] into k_cache, v_cache [num_blocks, block_size, Hkv, D] at slot_mapping [T].
 
-    slot_mapping is int64 (block * block_size + offset); slots < 0 are skipped. k and v may be
-    strided views (e.g. slices of a fused qkv output) as long as their last dim is contiguous.
+    slot_mapping is int64 (int32 works too): block * block_size + offset; slots < 0 are skipped.
+    k and v may be strided views (e.g. slices of a fused qkv output) with a contiguous last dim.
     """
     if k.dim() != 3 or v.shape != k.shape:
         raise ValueError(f"k and v must be [T, Hkv, D] of one shape, got {tuple(k.shape)} and {tuple(v.shape)}")

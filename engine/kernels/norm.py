@@ -56,7 +56,8 @@ def _check_2d(name: str, t: torch.Tensor, shape: tuple[int, int]) -> None:
 
 def _check_common(x: torch.Tensor, weight: torch.Tensor) -> None:
     if x.dim() != 2 or weight.shape != (x.shape[1],) or not weight.is_contiguous():
-        raise ValueError(f"expected x [T, N] and a contiguous weight [N], got {tuple(x.shape)} and {tuple(weight.shape)}")
+        raise ValueError(f"expected x [T, N] and a contiguous weight [N], "
+                         f"got {tuple(x.shape)} and {tuple(weight.shape)}")
     if x.shape[1] > _MAX_N:
         raise ValueError(f"rows of {x.shape[1]} elements exceed the one-program-per-row limit {_MAX_N}")
     if x.stride(-1) != 1:

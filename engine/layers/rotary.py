@@ -26,6 +26,8 @@ def rope_inv_freq(hf_config, head_dim: int) -> tuple[torch.Tensor, float]:
 
 
 class RotaryEmbedding(nn.Module):
+    use_kernels = False  # set by the model runner
+
     def __init__(self, head_dim: int, max_position: int, inv_freq: torch.Tensor, scaling: float = 1.0):
         super().__init__()
         self.head_dim = head_dim
@@ -49,6 +51,10 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """q [T, H, D], k [T, Hkv, D], positions [T] -> rotated (q, k) in the input dtype."""
+        if self.use_kernels:
+            from ..kernels.rotary import apply_rotary
+
+            return apply_rotary(q, k, positions, self.cos, self.sin)  # in place
         cos = self.cos[positions].to(q.dtype).unsqueeze(1)
         sin = self.sin[positions].to(q.dtype).unsqueeze(1)
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)

@@ -1,9 +1,9 @@
 """The model runner: device and dtype, the model, the KV-cache tensors, and one forward per step.
 
 `run(plan)` flattens the scheduled requests into 1-D inputs (input_ids, positions, slot_mapping) plus
-per-request metadata (query_start_loc, seq_lens, block_tables), runs the model under a forward
-context, computes logits only for the rows that sample, samples on the device, and returns the
-sampled ids: the one host sync of the step.
+per-request metadata (query_start_loc, seq_lens, block_tables) in preallocated buffers, runs the
+model under a forward context (decode steps replay a CUDA graph), computes logits only for the rows
+that sample, samples on the device, and returns the sampled ids: the one host sync of the step.
 """
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ import torch
 
 from ..config import EngineConfig
 from ..errors import OutOfMemoryError
+from ..kernels import kernel_head_dim_ok, kernels_wanted
 from ..models.loader import build_model
 from ..scheduler import SchedulerOutput
-from .forward_context import ForwardContext, forward_context
+from .cuda_graph import DecodeGraphs
+from .forward_context import forward_context
+from .input_batch import InputBuffers
 from .sampler import Sampler
 from .sampling_inputs import build_sampling_metadata
 
@@ -57,14 +60,25 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, source):
+    def __init__(self, config: EngineConfig, source, session_len: int):
         self.config = config
         self.hf_config = source.hf_config
+        self.session_len = session_len
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device, self.hf_config)
         self._init_model(source)
         self._init_kv_cache()
         self.sampler = Sampler()
+        self.graphs: DecodeGraphs | None = None
+
+    def init_batching(self, max_batch_size: int) -> None:
+        """Input buffers for the scheduler's limits, then (CUDA, not eager) the decode graphs."""
+        block = self.config.cache_block_seq_len
+        self.buffers = InputBuffers(self.config.max_prefill_token_num, max_batch_size,
+                                    -(-self.session_len // block), block, self.device)
+        if self.device.type == "cuda" and not self.config.eager_mode:
+            self.graphs = DecodeGraphs(self.model, self.buffers, min(max_batch_size, self.config.max_prefill_token_num))
+            self.graphs.capture()
 
     # -- initialisation --------------------------------------------------------------------------
     def _init_model(self, source) -> None:
@@ -81,6 +95,10 @@ class ModelRunner:
         self.num_layers = len(attn)
         self.num_kv_heads, self.head_dim = attn[0].num_kv_heads, attn[0].head_dim
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.use_kernels = kernels_wanted(self.device.type) and kernel_head_dim_ok(self.head_dim)
+        for module in self.model.modules():
+            if hasattr(module, "use_kernels"):
+                module.use_kernels = self.use_kernels
 
     @property
     def block_bytes(self) -> int:
@@ -117,62 +135,29 @@ class ModelRunner:
                  num_blocks * self.block_bytes / 2**30)
 
     # -- one step --------------------------------------------------------------------------------
-    def _to_device(self, values, dtype) -> torch.Tensor:
-        t = torch.tensor(values, dtype=dtype)
-        if self.device.type == "cuda":
-            t = t.pin_memory()
-        return t.to(self.device, non_blocking=True)
-
-    def _prepare(self, plan: SchedulerOutput):
-        block_size = self.config.cache_block_seq_len
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        query_lens: list[int] = []
-        seq_lens: list[int] = []
-        tables: list[list[int]] = []
-        logits_rows: list[int] = []
-        for item in plan.scheduled:
-            r, n = item.request, item.num_new_tokens
-            start = r.num_computed_tokens
-            input_ids.extend(r.token_ids[start:start + n])
-            pos = range(start, start + n)
-            positions.extend(pos)
-            blocks = r.block_ids
-            slots.extend(blocks[p // block_size] * block_size + p % block_size for p in pos)
-            query_lens.append(n)
-            seq_lens.append(start + n)
-            tables.append(blocks)
-            if item.sample:
-                logits_rows.append(len(input_ids) - 1)
-        max_blocks = max(len(t) for t in tables)
-        padded = [t + [0] * (max_blocks - len(t)) for t in tables]
-        starts = [0]
-        for n in query_lens:
-            starts.append(starts[-1] + n)
-        ctx = ForwardContext(
-            slot_mapping=self._to_device(slots, torch.int64),
-            query_start_loc=self._to_device(starts, torch.int32),
-            seq_lens=self._to_device(seq_lens, torch.int32),
-            block_tables=self._to_device(padded, torch.int32),
-            query_lens=query_lens, seq_lens_host=seq_lens, block_size=block_size,
-            max_query_len=max(query_lens), max_seq_len=max(seq_lens),
-        )
-        ids = self._to_device(input_ids, torch.int64)
-        pos = self._to_device(positions, torch.int64)
-        return ids, pos, ctx, self._to_device(logits_rows, torch.int64)
+    def _forward(self, plan: SchedulerOutput):
+        graph_batch = None
+        if self.graphs is not None and plan.num_tokens == len(plan.scheduled):
+            graph_batch = self.graphs.bucket(len(plan.scheduled))
+        inputs = self.buffers.prepare(plan, graph_batch)
+        if graph_batch is not None:
+            hidden = self.graphs.replay(graph_batch)
+        else:
+            with forward_context(inputs.context):
+                hidden = self.model(inputs.input_ids, inputs.positions)
+        return hidden, inputs
 
     @torch.inference_mode()
     def run(self, plan: SchedulerOutput) -> StepResult:
-        input_ids, positions, ctx, logits_rows = self._prepare(plan)
-        with forward_context(ctx):
-            hidden = self.model(input_ids, positions)
+        hidden, inputs = self._forward(plan)
         sampling = [item.request for item in plan.scheduled if item.sample]
         tokens: list[int | None] = [None] * len(plan.scheduled)
         logprobs: list = [None] * len(plan.scheduled)
         if not sampling:
             return StepResult(tokens, logprobs)
-        logits = self.model.compute_logits(hidden[logits_rows])
+        # When every token samples (a pure decode step), the rows are simply the first ones.
+        rows = hidden[:len(sampling)] if len(sampling) == inputs.num_tokens else hidden[inputs.logits_rows]
+        logits = self.model.compute_logits(rows)
         meta = build_sampling_metadata(sampling, self.vocab_size, self.device)
         out = self.sampler(logits, meta)
         sampled = out.token_ids.tolist()  # the one host sync of the step

@@ -108,8 +108,9 @@ def run_server(model: str | None, config, *, host: str = "127.0.0.1", port: int 
         say(f"opsctl serve: {served} on http://{host}:{port}/v1 (session_len {engine.session_len}, "
             f"{stats.num_blocks} KV blocks of {engine.config.cache_block_seq_len} tokens); "
             "stop with Ctrl-C or SIGTERM", flush=True)
+        # uvicorn's own grace period is only a backstop: _serve aborts leftovers after shutdown_timeout.
         uv_config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),
-                                   timeout_graceful_shutdown=shutdown_timeout, lifespan="off")
+                                   timeout_graceful_shutdown=shutdown_timeout + 10, lifespan="off")
         server = _Server(uv_config)
         asyncio.run(_serve(server, app, aengine, sock, shutdown_timeout))
     finally:
@@ -129,6 +130,7 @@ class _Server(uvicorn.Server):
 
 async def _serve(server, app, aengine, sock: socket.socket, shutdown_timeout: float) -> None:
     loop = asyncio.get_running_loop()
+    draining: list[asyncio.Task] = []
 
     def on_signal(sig: int) -> None:
         if server.should_exit:
@@ -139,6 +141,9 @@ async def _serve(server, app, aengine, sock: socket.socket, shutdown_timeout: fl
                     signal.Signals(sig).name, shutdown_timeout)
         app.state.shutting_down = True
         server.should_exit = True
+        # The engine, not uvicorn, ends what is still running after the grace period: its streams get
+        # an error event and [DONE] (non-streaming requests a 503), so every response ends cleanly.
+        draining.append(loop.create_task(aengine.shutdown(timeout=shutdown_timeout)))
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread / Windows
@@ -147,4 +152,7 @@ async def _serve(server, app, aengine, sock: socket.socket, shutdown_timeout: fl
         await server.serve(sockets=[sock])
     finally:
         app.state.shutting_down = True
+        for task in draining:
+            with contextlib.suppress(Exception):
+                await task
         await aengine.shutdown(timeout=1.0)

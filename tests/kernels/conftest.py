@@ -15,6 +15,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -22,7 +23,8 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (native Triton)")
     for item in items:
-        if "gpu" in item.keywords:
+        # This hook sees the whole session's items: touch only this directory's.
+        if "gpu" in item.keywords and str(item.path).startswith(_HERE):
             item.add_marker(skip)
 
 

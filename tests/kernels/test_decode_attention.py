@@ -87,7 +87,9 @@ def test_decode_strided_q(device, paged_kv):
 
 def test_split_heuristic():
     # Batch 1 with Qwen2.5-7B's 4 kv heads and a 32k table: as many splits as allowed.
-    assert decode_num_splits(1, 4, 2048, 16, 128, "cpu") == 32
+    assert decode_num_splits(1, 4, 2048, 16, 128, "cpu") == 64
+    # Batch 32: 128 pairs, 4 splits fill 4 programs per SM of 132.
+    assert decode_num_splits(32, 4, 256, 16, 128, "cpu") == 4
     # A table of 2 blocks holds one 64-token tile: one split, never idle splits by construction.
     assert decode_num_splits(1, 4, 2, 16, 128, "cpu") == 1
     # Big batches fill the SMs on their own.

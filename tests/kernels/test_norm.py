@@ -30,7 +30,8 @@ def test_rms_norm(rows, cols, dtype, device):
     torch.testing.assert_close(buf, out, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("rows,cols,dtype", [(7, 100, torch.float32), (5, 3584, torch.bfloat16), (2, 8192, torch.bfloat16)])
+@pytest.mark.parametrize("rows,cols,dtype", [(7, 100, torch.float32), (5, 3584, torch.bfloat16),
+                                             (2, 8192, torch.bfloat16)])
 def test_fused_add_rms_norm_in_place(rows, cols, dtype, device):
     x, residual, weight = _inputs(rows, cols, dtype, device, seed=1)
     ref_out, ref_res = fused_add_rms_norm_ref(x, residual, weight, 1e-5)
@@ -55,7 +56,8 @@ def test_fused_add_rms_norm_out_of_place(device):
 def test_norms_gpu_realistic():
     for cols in (3584, 4096):
         x, residual, weight = _inputs(1024, cols, torch.bfloat16, "cuda", seed=3)
-        torch.testing.assert_close(rms_norm(x, weight, 1e-6), rms_norm_ref(x, weight, 1e-6), **tolerance(torch.bfloat16))
+        torch.testing.assert_close(rms_norm(x, weight, 1e-6), rms_norm_ref(x, weight, 1e-6),
+                                   **tolerance(torch.bfloat16))
         ref_out, ref_res = fused_add_rms_norm_ref(x, residual, weight, 1e-6)
         out, res = fused_add_rms_norm(x, residual, weight, 1e-6)
         torch.testing.assert_close(res, ref_res, atol=0, rtol=0)

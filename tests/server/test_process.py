@@ -66,10 +66,11 @@ def test_cache_too_small_for_one_session_is_one_line():
     assert_one_line_failure(done, "less than one session", "--cache-max-entry-count", "--session-len")
 
 
-def test_sigterm_mid_stream_finishes_and_exits_0():
+def test_sigterm_mid_stream_finishes_or_aborts_and_exits_0():
+    """A short stream finishes within --shutdown-timeout; a long one is ended with an error event + [DONE]."""
     port = free_port()
     proc = subprocess.Popen(serve_cmd("--server-port", str(port), *SMALL, "--cache-max-entry-count", "128",
-                                      "--shutdown-timeout", "30", "--log-level", "warning"),
+                                      "--shutdown-timeout", "8", "--log-level", "warning"),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -84,26 +85,33 @@ def test_sigterm_mid_stream_finishes_and_exits_0():
             assert time.monotonic() < deadline, "server did not come up"
             time.sleep(0.5)
 
-        events: list[str] = []
-        first = threading.Event()
+        streams = {"short": 24, "long": 900}
+        events: dict[str, list[str]] = {name: [] for name in streams}
+        started = {name: threading.Event() for name in streams}
 
-        def stream():
-            body = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 40,
+        def stream(name):
+            body = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": streams[name],
                     "ignore_eos": True, "temperature": 0, "stream": True}
-            with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as resp:
-                for line in resp.iter_lines():
-                    if line.startswith("data: "):
-                        events.append(line[6:])
-                        if len(events) == 3:
-                            first.set()
-            first.set()
+            try:
+                with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as resp:
+                    for line in resp.iter_lines():
+                        if line.startswith("data: "):
+                            events[name].append(line[6:])
+                            if len(events[name]) == 3:
+                                started[name].set()
+            finally:
+                started[name].set()
 
-        t = threading.Thread(target=stream)
-        t.start()
-        assert first.wait(120)
+        threads = [threading.Thread(target=stream, args=(name,)) for name in streams]
+        for t in threads:
+            t.start()
+        assert all(e.wait(120) for e in started.values())
+        sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        t.join(120)
+        for t in threads:
+            t.join(120)
         code = proc.wait(60)
+        took = time.monotonic() - sent
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -111,9 +119,13 @@ def test_sigterm_mid_stream_finishes_and_exits_0():
     out, err = proc.communicate()
     assert code == 0, (out, err)
     assert "Traceback" not in err
-    # The in-flight stream was allowed to finish.
-    assert events[-1] == "[DONE]", events[-3:]
-    final = json.loads(events[-2])
-    assert final["choices"][0]["finish_reason"] == "length" and final["usage"]["completion_tokens"] == 40
+    assert took < 30
+    short, long = events["short"], events["long"]
+    # The short stream was allowed to finish ...
+    assert short[-1] == "[DONE]", short[-3:]
+    final = json.loads(short[-2])
+    assert final["choices"][0]["finish_reason"] == "length" and final["usage"]["completion_tokens"] == 24
+    # ... the long one was aborted after --shutdown-timeout, with an error event, not a cut connection.
+    assert long[-1] == "[DONE]" and json.loads(long[-2])["error"]["code"] == "shutting_down", long[-3:]
     with pytest.raises(httpx.TransportError):
         httpx.get(url + "/health", timeout=2)

@@ -1,0 +1,278 @@
+"""Output tokens/s of the HTTP server against the offline engine, same engine, same workload, same concurrency.
+
+    python -m engine.server.bench_http_vs_offline --model preset:qwen2.5-7b --concurrency 64 \\
+        --input-len 512 --output-len 256 --out reports/http_vs_offline.json
+
+1. Offline: N requests of random prompt ids (input-len tokens each, ignore_eos, greedy, output-len new
+   tokens) through LLMEngine.step() directly, closed loop: a new request is added as soon as one finishes,
+   so C are always in flight.
+2. HTTP: the same engine wrapped in AsyncEngine behind the real app on a real uvicorn server (a thread
+   of this process, as in `opsctl serve`), driven by C concurrent streaming /v1/completions clients in a
+   separate process (so the load generator does not share this process's GIL), same prompts, closed loop.
+Both are warmed up first (C short requests). The JSON holds both figures, the ratio (goal >= 0.9), the
+device, versions and git commit.
+
+With random-weight presets most sampled ids decode to "" (the shared tokenizer covers ids < 49152), so
+a plain stream would send an SSE event for only a fraction of tokens and flatter the HTTP path. By
+default both paths therefore ask for logprobs=0 (the chosen token's logprob: negligible engine work),
+which makes the server send one event per token, as with a real model's text; --no-per-token-events
+turns that off.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="preset:NAME, an HF directory, a .gguf (default: embedded)")
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--input-len", type=int, default=512)
+    p.add_argument("--output-len", type=int, default=256)
+    p.add_argument("--num-requests", type=int, default=None, help="default: 4 x concurrency")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--cache-max-entry-count", type=float, default=0.8)
+    p.add_argument("--cache-block-seq-len", type=int, default=64)
+    p.add_argument("--max-batch-size", type=int, default=None)
+    p.add_argument("--max-prefill-token-num", type=int, default=8192)
+    p.add_argument("--session-len", type=int, default=None, help="default: input-len + output-len + 64")
+    p.add_argument("--eager", action="store_true")
+    p.add_argument("--no-per-token-events", dest="per_token_events", action="store_false")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the result JSON here")
+    # Internal: the load-generator subprocess.
+    p.add_argument("--client-url", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--prompts-file", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--model-name", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def _prompts(n: int, length: int, seed: int) -> list[list[int]]:
+    # Ids below the shared tokenizer's size and above its special tokens; distinct prompts, so the
+    # (off by default) prefix cache would not help either path.
+    rng = random.Random(seed)
+    return [[rng.randrange(100, 49000) for _ in range(length)] for _ in range(n)]
+
+
+# -- offline --------------------------------------------------------------------------------------
+def run_offline(engine, prompts: list[list[int]], gen, concurrency: int) -> dict:
+    next_index, in_flight, tokens, finished = 0, 0, 0, 0
+    start = time.perf_counter()
+    while next_index < len(prompts) or engine.has_unfinished():
+        while in_flight < concurrency and next_index < len(prompts):
+            engine.add_request(prompts[next_index], gen)
+            next_index += 1
+            in_flight += 1
+        for out in engine.step():
+            if out.finished:
+                in_flight -= 1
+                finished += 1
+                tokens += out.num_output_tokens
+    elapsed = time.perf_counter() - start
+    return {"requests": finished, "output_tokens": tokens, "elapsed_s": round(elapsed, 3),
+            "output_tok_s": round(tokens / elapsed, 1)}
+
+
+# -- HTTP load generator (runs in its own process) -------------------------------------------------
+async def _client_run(url: str, model: str, prompts: list[list[int]], concurrency: int, output_len: int,
+                      per_token_events: bool) -> dict:
+    import httpx
+
+    queue = list(reversed(prompts))
+    tokens, events, errors, ttfts = 0, 0, [], []
+
+    async def worker(client):
+        nonlocal tokens, events
+        while queue:
+            prompt = queue.pop()
+            body = {"model": model, "prompt": prompt, "max_tokens": output_len, "temperature": 0,
+                    "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+            if per_token_events:
+                body["logprobs"] = 0
+            sent = time.perf_counter()
+            first = None
+            try:
+                async with client.stream("POST", "/v1/completions", json=body) as resp:
+                    if resp.status_code != 200:
+                        errors.append(f"{resp.status_code}: {(await resp.aread())[:200]!r}")
+                        continue
+                    async for line in resp.aiter_lines():
+                        if not line.startswith("data: "):
+                            continue
+                        if line == "data: [DONE]":
+                            break
+                        events += 1
+                        if first is None:
+                            first = time.perf_counter() - sent
+                        if '"usage":null' in line:
+                            continue
+                        data = json.loads(line[6:])
+                        if "error" in data:
+                            errors.append(str(data["error"]))
+                        elif data.get("usage") and not data.get("choices"):
+                            tokens += data["usage"]["completion_tokens"]
+            except httpx.HTTPError as e:
+                errors.append(repr(e))
+            if first is not None:
+                ttfts.append(first)
+
+    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(3600.0), limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    ttfts.sort()
+    pct = (lambda q: round(ttfts[min(len(ttfts) - 1, int(q * len(ttfts)))], 4)) if ttfts else (lambda q: None)
+    return {"requests": len(prompts), "output_tokens": tokens, "elapsed_s": round(elapsed, 3),
+            "output_tok_s": round(tokens / elapsed, 1), "sse_events": events, "errors": errors[:10],
+            "num_errors": len(errors), "ttft_p50_s": pct(0.5), "ttft_p99_s": pct(0.99)}
+
+
+def client_main(args) -> None:
+    with open(args.prompts_file) as f:
+        work = json.load(f)
+    warm = asyncio.run(_client_run(args.client_url, args.model_name, work["warmup"], args.concurrency, 16,
+                                   args.per_token_events))
+    if warm["num_errors"]:
+        print(json.dumps({"error": f"warm-up failed: {warm['errors']}"}))
+        return
+    result = asyncio.run(_client_run(args.client_url, args.model_name, work["prompts"], args.concurrency,
+                                     args.output_len, args.per_token_events))
+    print(json.dumps(result))
+
+
+# -- HTTP server in this process ------------------------------------------------------------------
+def run_http(engine, args, prompts, warmup) -> dict:
+    import uvicorn
+
+    from ..async_engine import AsyncEngine
+    from .app import build_app
+
+    aengine = AsyncEngine(engine)
+    app = build_app(aengine)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"prompts": prompts, "warmup": warmup}, f)
+        prompts_file = f.name
+    try:
+        cmd = [sys.executable, "-m", "engine.server.bench_http_vs_offline", "--client-url", url,
+               "--prompts-file", prompts_file, "--model-name", engine.source.name,
+               "--concurrency", str(args.concurrency), "--output-len", str(args.output_len)]
+        if not args.per_token_events:
+            cmd.append("--no-per-token-events")
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"load generator failed: {done.stderr[-2000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        os.unlink(prompts_file)
+        server.should_exit = True
+        thread.join(30)
+        asyncio.run(aengine.shutdown(timeout=5))
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    return result
+
+
+# -- main ------------------------------------------------------------------------------------------
+def _environment(engine) -> dict:
+    import importlib.metadata as md
+
+    import torch
+
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "fastapi", "starlette", "uvicorn", "httpx", "triton"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(__file__)).stdout.strip() or None
+    except OSError:
+        commit = None
+    device = engine.runner.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {"device": name, "versions": versions, "git_commit": commit,
+            "http_impl": "httptools" if _has("httptools") else "h11", "uvloop": _has("uvloop")}
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    if args.client_url:
+        client_main(args)
+        return 0
+    from .. import EngineConfig, GenerationConfig
+    from ..engine import LLMEngine
+
+    n = args.num_requests or 4 * args.concurrency
+    session_len = args.session_len or args.input_len + args.output_len + 64
+    config = EngineConfig(device=args.device, dtype=args.dtype, cache_max_entry_count=args.cache_max_entry_count,
+                          cache_block_seq_len=args.cache_block_seq_len, max_batch_size=args.max_batch_size,
+                          max_prefill_token_num=args.max_prefill_token_num, session_len=session_len,
+                          eager_mode=args.eager)
+    print(f"loading {args.model or 'the embedded default model'} ...", flush=True)
+    engine = LLMEngine(args.model, config)
+    prompts = _prompts(n, args.input_len, args.seed)
+    warmup = _prompts(args.concurrency, args.input_len, args.seed + 1)
+    logprobs = 0 if args.per_token_events else None
+    gen = GenerationConfig(max_new_tokens=args.output_len, ignore_eos=True, logprobs=logprobs)
+
+    print(f"offline: warm-up, then {n} requests at concurrency {args.concurrency} ...", flush=True)
+    run_offline(engine, warmup, gen.replace(max_new_tokens=16), args.concurrency)
+    offline = run_offline(engine, prompts, gen, args.concurrency)
+    print(f"offline: {offline['output_tok_s']} output tok/s", flush=True)
+
+    print(f"http: warm-up, then {n} streaming requests from {args.concurrency} clients ...", flush=True)
+    http = run_http(engine, args, prompts, warmup)
+    print(f"http: {http['output_tok_s']} output tok/s ({http['num_errors']} errors, "
+          f"{http['sse_events']} SSE events)", flush=True)
+    ratio = round(http["output_tok_s"] / offline["output_tok_s"], 4) if offline["output_tok_s"] else None
+    result = {
+        "benchmark": "http_vs_offline", **_environment(engine),
+        "config": {"model": args.model or engine.source.name, "concurrency": args.concurrency,
+                   "input_len": args.input_len, "output_len": args.output_len, "num_requests": n,
+                   "per_token_events": args.per_token_events, "session_len": session_len,
+                   "max_batch_size": engine.scheduler.max_batch_size, "num_kv_blocks": engine.stats().num_blocks,
+                   "cache_block_seq_len": args.cache_block_seq_len, "dtype": str(engine.runner.dtype),
+                   "eager": args.eager},
+        "offline": offline, "http": http, "ratio_http_over_offline": ratio, "goal": 0.9,
+    }
+    print(f"ratio http/offline: {ratio} (goal >= 0.9)", flush=True)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.out}", flush=True)
+    return 0 if not http["num_errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
