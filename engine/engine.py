@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -26,20 +26,36 @@ from .scheduler import Scheduler, SchedulerOutput
 log = logging.getLogger(__name__)
 
 
-@dataclass
 class RequestOutput:
-    """What one step produced for one request: new tokens and the text they complete."""
+    """What one step produced for one request: new tokens and the text they complete.
 
-    request_id: str
-    token_ids: list[int]  # new this step
-    text: str  # new text this step (UTF-8 complete, stop words held back)
-    finished: bool
-    finish_reason: str | None
-    num_prompt_tokens: int
-    num_output_tokens: int
-    num_cached_tokens: int = 0
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    error: str | None = None
+    `text` is UTF-8 complete with stop words held back. For requests without stop words it is
+    computed when first read, in the reader's thread, so the engine loop never pays for
+    detokenization that nobody reads (offline benchmarks) or that another thread can do (server).
+    """
+
+    __slots__ = ("request_id", "token_ids", "finished", "finish_reason", "num_prompt_tokens", "num_output_tokens",
+                 "num_cached_tokens", "logprobs", "error", "_text", "_request", "_text_end")
+
+    def __init__(self, request_id: str, token_ids: list[int], text: str | None, finished: bool,
+                 finish_reason: str | None, num_prompt_tokens: int, num_output_tokens: int,
+                 num_cached_tokens: int = 0, logprobs: list[TokenLogprob] | None = None, error: str | None = None,
+                 request: Request | None = None, text_end: int = 0):
+        self.request_id, self.token_ids, self.finished = request_id, token_ids, finished
+        self.finish_reason, self.num_prompt_tokens = finish_reason, num_prompt_tokens
+        self.num_output_tokens, self.num_cached_tokens = num_output_tokens, num_cached_tokens
+        self.logprobs, self.error = logprobs if logprobs is not None else [], error
+        self._text, self._request, self._text_end = text, request, text_end
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self._request.lazy_text(self._text_end, self.finished) if self._request else ""
+        return self._text
+
+    def __repr__(self) -> str:
+        return (f"RequestOutput({self.request_id!r}, token_ids={self.token_ids}, finished={self.finished}, "
+                f"finish_reason={self.finish_reason!r})")
 
 
 @dataclass
@@ -211,14 +227,19 @@ class LLMEngine:
     def _check_stop(self, request: Request, token: int) -> FinishReason | None:
         self.generation_tokens_total += 1
         if token in request.stop_token_ids:
-            request.pending_text += request.detokenizer.flush()
+            request.stopped_by_token = True
+            if request.detokenize_in_engine:
+                request.pending_text += request.detokenizer.flush()
             return FinishReason.STOP
-        delta = request.detokenizer.step([token])
-        request.pending_text += delta.text
-        if delta.stopped:
-            return FinishReason.STOP
+        if request.detokenize_in_engine:
+            delta = request.detokenizer.step([token])
+            request.detok_pos = request.num_tokens
+            request.pending_text += delta.text
+            if delta.stopped:
+                return FinishReason.STOP
         if request.num_tokens >= request.max_tokens:
-            request.pending_text += request.detokenizer.flush()
+            if request.detokenize_in_engine:
+                request.pending_text += request.detokenizer.flush()
             return FinishReason.LENGTH
         return None
 
@@ -229,14 +250,13 @@ class LLMEngine:
                 item.request.pending_logprobs.append(TokenLogprob(token, lp[0], dict(lp[1])))
 
     def _output(self, request: Request) -> RequestOutput:
-        new_tokens = request.token_ids[-1:]
+        eager = request.detokenize_in_engine
         out = RequestOutput(
-            request_id=request.request_id, token_ids=new_tokens, text=request.pending_text,
-            finished=request.is_finished,
-            finish_reason=request.finish_reason.value if request.finish_reason else None,
-            num_prompt_tokens=request.num_prompt_tokens, num_output_tokens=request.num_output_tokens,
-            num_cached_tokens=request.num_cached_tokens, logprobs=request.pending_logprobs,
-            error=request.error)
+            request.request_id, request.token_ids[-1:], request.pending_text if eager else None,
+            request.is_finished, request.finish_reason.value if request.finish_reason else None,
+            request.num_prompt_tokens, request.num_output_tokens, request.num_cached_tokens,
+            request.pending_logprobs, request.error, request,
+            text_end=request.num_tokens - request.stopped_by_token)
         request.pending_text, request.pending_logprobs = "", []
         if request.is_finished:
             self._requests.pop(request.request_id, None)
@@ -250,8 +270,7 @@ class LLMEngine:
                 continue
             self.scheduler.abort(request, FinishReason.ERROR, f"engine error: {error}")
             outputs.append(RequestOutput(request.request_id, [], "", True, FinishReason.ERROR.value,
-                                         request.num_prompt_tokens, request.num_output_tokens,
-                                         error=request.error))
+                                         request.num_prompt_tokens, request.num_output_tokens, error=request.error))
             self._requests.pop(request.request_id, None)
         return outputs
 

@@ -62,6 +62,11 @@ class Request:
         self.num_hashed_blocks = 0  # full blocks registered in the prefix cache
         self.block_hashes: list[int] = []
         self.num_preemptions = 0
+        # Text: requests with stop words are detokenized by the engine as tokens arrive (the stop
+        # check needs the text); others only when a consumer reads an output's text (lazy_text).
+        self.detokenize_in_engine = bool(gen.stop_words)
+        self.detok_pos = self.num_prompt_tokens  # token_ids before this index have given their text
+        self.stopped_by_token = False  # the last token is a stop token id: it gives no text
         # Produced by the step, handed out by the next output and reset.
         self.pending_text = ""
         self.pending_logprobs: list[TokenLogprob] = []
@@ -93,6 +98,20 @@ class Request:
         if self.first_token_time is None:
             self.first_token_time = time.perf_counter()
         self.token_ids.append(token_id)
+
+    def lazy_text(self, end: int, final: bool) -> str:
+        """Text of the output tokens before index `end` not returned yet (all of it at the end).
+
+        Called from whichever thread consumes the outputs, never from the engine's, for requests the
+        engine does not detokenize itself; skipped outputs simply roll into the next one's text.
+        """
+        text = ""
+        if end > self.detok_pos:
+            text = self.detokenizer.step(self.token_ids[self.detok_pos:end]).text
+            self.detok_pos = end
+        if final:
+            text += self.detokenizer.flush()
+        return text
 
     def finish(self, reason: FinishReason, error: str | None = None) -> None:
         self.status = RequestStatus.FINISHED

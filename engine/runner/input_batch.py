@@ -47,6 +47,11 @@ class InputBuffers:
                        "logits_rows": (3 * t, 3 * t + r)}
         self._seg32 = {"query_start_loc": (0, r + 1), "seq_lens": (r + 1, 2 * r + 1),
                        "block_tables": (2 * r + 1, n32)}
+        # Which block list each block-table row holds (the list object: a preempted request gets a new
+        # one), and how long it was: a decode step rewrites only rows whose list changed or grew
+        # (converting 256 block lists to the table costs ~1 ms a step).
+        self._row_owner: list = [None] * max_reqs
+        self._row_blocks = [0] * max_reqs
 
     def host(self, name: str) -> np.ndarray:
         seg, arr = (self._seg64, self.np64) if name in self._seg64 else (self._seg32, self.np32)
@@ -84,8 +89,14 @@ class InputBuffers:
                 p = np.arange(start, end)
                 pos[num_tokens:num_tokens + n] = p
                 slots[num_tokens:num_tokens + n] = np.asarray(blocks, dtype=np.int64)[p // bs] * bs + p % bs
-            tables[i, :len(blocks)] = blocks
-            max_blocks = max(max_blocks, len(blocks))
+            nb = len(blocks)
+            if self._row_owner[i] is not blocks or self._row_blocks[i] > nb:
+                tables[i, :nb] = blocks
+                self._row_owner[i] = blocks
+            elif self._row_blocks[i] < nb:
+                tables[i, self._row_blocks[i]:nb] = blocks[self._row_blocks[i]:]
+            self._row_blocks[i] = nb
+            max_blocks = max(max_blocks, nb)
             num_tokens += n
             qsl[i + 1] = num_tokens
             seq_lens[i] = end

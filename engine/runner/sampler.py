@@ -35,12 +35,12 @@ class SamplingMetadata:
     """Per-row sampling parameters (rows = requests that sample this step), all on the device."""
 
     all_greedy: bool
-    temperature: torch.Tensor  # [B] float32, 0 for greedy rows
-    top_k: torch.Tensor | None  # [B] int64, vocab size where off; None when no row uses it
-    top_p: torch.Tensor | None  # [B] float32
-    min_p: torch.Tensor | None  # [B] float32
-    seeds: torch.Tensor  # [B] int64
-    steps: torch.Tensor  # [B] int64: index of the token being sampled in the request's output
+    temperature: torch.Tensor | None = None  # [B] float32, 0 for greedy rows
+    top_k: torch.Tensor | None = None  # [B] int64, vocab size where off; None when no row uses it
+    top_p: torch.Tensor | None = None  # [B] float32
+    min_p: torch.Tensor | None = None  # [B] float32
+    seeds: torch.Tensor | None = None  # [B] int64
+    steps: torch.Tensor | None = None  # [B] int64: index of the token being sampled in the request's output
     # Penalties (None when no row uses them): counts of each token in the output / prompt+output.
     output_counts: torch.Tensor | None = None  # [B, V] int
     seen_mask: torch.Tensor | None = None  # [B, V] bool: in prompt or output

@@ -34,7 +34,19 @@ def _row_index_mask(rows: list[list[int]], vocab_size: int, device, counts: bool
     return out
 
 
+def _greedy_only(requests: list[Request]) -> bool:
+    """True when argmax of the raw logits is the whole job: no sampling, penalties, bans or logprobs."""
+    for r in requests:
+        g = r.gen
+        if (not g.greedy or g.uses_penalties or g.logprobs is not None or r.bad_token_ids
+                or r.num_output_tokens < g.min_new_tokens):
+            return False
+    return True
+
+
 def build_sampling_metadata(requests: list[Request], vocab_size: int, device: torch.device) -> SamplingMetadata:
+    if _greedy_only(requests):  # the common benchmark case: no per-row tensors at all
+        return SamplingMetadata(all_greedy=True)
     gens = [r.gen for r in requests]
     all_greedy = all(g.greedy for g in gens)
     temperature = [0.0 if g.greedy else float(g.temperature) for g in gens]

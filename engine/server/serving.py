@@ -14,7 +14,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import suppress
+from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 
 from starlette.requests import Request as HTTPRequest
@@ -36,7 +36,7 @@ _LOGPROB_FLOOR = -9999.0  # JSON has no -inf; vLLM clamps the same way
 _THREAD_TOKENIZE_CHARS = 16384  # longer prompts are tokenized off the event loop (~1 ms per 4k chars)
 # Engine parameter names -> the OpenAI ones users sent (set per request for max_tokens/logprobs).
 _PARAM_NAMES = {"min_new_tokens": "min_tokens", "random_seed": "seed", "stop_words": "stop",
-                "do_sample": "temperature", "prompt": "prompt"}
+                "do_sample": "temperature"}
 
 
 @dataclass
@@ -125,7 +125,7 @@ class TokenText:
 
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's printable-character alphabet for bytes (what byte-level BPE token strings are written in)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -227,6 +227,7 @@ class OpenAIServing:
 
     # -- chat ------------------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest, http: HTTPRequest, on_close) -> Response:
+        arrival = time.perf_counter()
         self.check_model(req.model)
         self._check_accepting()
         if not req.messages:
@@ -250,7 +251,7 @@ class OpenAIServing:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         jobs = self._jobs(req, [ids], "messages", max_name, max_tokens, logprobs, "top_logprobs", rid)
-        ctx = _Context(rid, int(time.time()), self.model_name, time.perf_counter())
+        ctx = _Context(rid, int(time.time()), self.model_name, arrival)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         if req.stream:
             return SSEResponse(self._chat_stream(ctx, jobs, include_usage, logprobs is not None), on_close)
@@ -273,15 +274,19 @@ class OpenAIServing:
 
         for job in jobs:
             yield chunk(job.index, {"role": "assistant", "content": ""})
-        async for event in self._stream_events(ctx, jobs, include_usage):
-            if isinstance(event, bytes):
-                yield event
-                continue
-            index, out, usage = event
-            logprobs = {"content": self._chat_logprobs(out.logprobs)} if want_logprobs and out.logprobs else None
-            if out.text or logprobs or out.finished:
-                delta = {"content": out.text} if out.text else {}
-                yield chunk(index, delta, out.finish_reason if out.finished else None, logprobs, usage)
+        # aclosing: a client that leaves closes this generator, which must close the engine streams
+        # now rather than whenever the garbage collector finalizes them.
+        async with aclosing(self._stream_events(ctx, jobs, include_usage)) as events:
+            async for event in events:
+                if isinstance(event, bytes):
+                    yield event
+                    continue
+                index, out, usage = event
+                logprobs = ({"content": self._chat_logprobs(out.logprobs)} if want_logprobs and out.logprobs
+                            else None)
+                if out.text or logprobs or out.finished:
+                    delta = {"content": out.text} if out.text else {}
+                    yield chunk(index, delta, out.finish_reason if out.finished else None, logprobs, usage)
 
     def _chat_logprobs(self, items) -> list[dict]:
         content = []
@@ -296,6 +301,7 @@ class OpenAIServing:
 
     # -- text completions ------------------------------------------------------------------------
     async def completion(self, req: CompletionRequest, http: HTTPRequest, on_close) -> Response:
+        arrival = time.perf_counter()
         self.check_model(req.model)
         self._check_accepting()
         if req.echo:
@@ -310,7 +316,7 @@ class OpenAIServing:
         prompts = await self._completion_prompts(req.prompt)
         rid = f"cmpl-{uuid.uuid4().hex}"
         jobs = self._jobs(req, prompts, "prompt", "max_tokens", req.max_tokens, req.logprobs, "logprobs", rid)
-        ctx = _Context(rid, int(time.time()), self.model_name, time.perf_counter())
+        ctx = _Context(rid, int(time.time()), self.model_name, arrival)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         if req.stream:
             return SSEResponse(self._completion_stream(ctx, jobs, include_usage, req.logprobs), on_close)
@@ -349,17 +355,18 @@ class OpenAIServing:
     async def _completion_stream(self, ctx: _Context, jobs: list[_Job], include_usage: bool, logprobs: int | None):
         head = {"id": ctx.rid, "object": "text_completion", "created": ctx.created, "model": ctx.model}
         offsets = [[0] for _ in jobs]
-        async for event in self._stream_events(ctx, jobs, include_usage):
-            if isinstance(event, bytes):
-                yield event
-                continue
-            index, out, usage = event
-            lp = (self._completion_logprobs(out.logprobs, logprobs, offsets[index])
-                  if logprobs is not None and out.logprobs else None)
-            if out.text or lp or out.finished:
-                yield _sse({**head, "choices": [{"index": index, "text": out.text, "logprobs": lp,
-                                                 "finish_reason": out.finish_reason if out.finished else None}],
-                            "usage": usage})
+        async with aclosing(self._stream_events(ctx, jobs, include_usage)) as events:
+            async for event in events:
+                if isinstance(event, bytes):
+                    yield event
+                    continue
+                index, out, usage = event
+                lp = (self._completion_logprobs(out.logprobs, logprobs, offsets[index])
+                      if logprobs is not None and out.logprobs else None)
+                if out.text or lp or out.finished:
+                    yield _sse({**head, "choices": [{"index": index, "text": out.text, "logprobs": lp,
+                                                     "finish_reason": out.finish_reason if out.finished else None}],
+                                "usage": usage})
 
     def _completion_logprobs(self, items, k: int | None, offset: list[int]) -> dict:
         tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
@@ -418,18 +425,22 @@ class OpenAIServing:
         choices = [_Choice() for _ in jobs]
         timers = [RequestTimer(self.metrics, ctx.arrival) for _ in jobs]
         try:
-            async for index, out in self._merged(jobs):
-                c = choices[index]
-                timers[index].on_tokens(len(out.token_ids))
-                c.text.append(out.text)
-                c.logprobs.extend(out.logprobs)
-                if out.finished:
-                    timers[index].on_finish(out.finish_reason)
-                    _finish_choice(c, out)
-                    if out.finish_reason == "error":
-                        raise APIError(500, f"the engine failed on this request: {out.error}", code="engine_error")
+            async with aclosing(self._merged(jobs)) as outputs:
+                async for index, out in outputs:
+                    c = choices[index]
+                    timers[index].on_tokens(len(out.token_ids))
+                    c.text.append(out.text)
+                    c.logprobs.extend(out.logprobs)
+                    if out.finished:
+                        timers[index].on_finish(out.finish_reason)
+                        _finish_choice(c, out)
+                        if out.finish_reason == "error":
+                            raise APIError(500, f"the engine failed on this request: {out.error}",
+                                           code="engine_error")
         except EngineDeadError:
             raise APIError(503, "the server is shutting down", code="shutting_down") from None
+        except InvalidRequestError as e:  # checked before, so only if the engine's rules grew
+            raise APIError(400, str(e), param=e.param) from None
         except EngineError as e:
             raise APIError(500, f"the engine failed on this request: {e}", code="engine_error") from None
         return choices
@@ -444,23 +455,28 @@ class OpenAIServing:
         timers = [RequestTimer(self.metrics, ctx.arrival) for _ in jobs]
         remaining = len(jobs)
         try:
-            async for index, out in self._merged(jobs):
-                timers[index].on_tokens(len(out.token_ids))
-                usage = None
-                if out.finished:
-                    timers[index].on_finish(out.finish_reason)
-                    _finish_choice(choices[index], out)
-                    remaining -= 1
-                    if out.finish_reason == "error":
-                        yield _sse(APIError(500, f"the engine failed on this request: {out.error}",
-                                            code="engine_error").body())
-                        yield _DONE
-                        return
-                    if not remaining and not include_usage:
-                        usage = _usage(jobs, choices).model_dump()
-                yield index, out, usage
+            async with aclosing(self._merged(jobs)) as outputs:
+                async for index, out in outputs:
+                    timers[index].on_tokens(len(out.token_ids))
+                    usage = None
+                    if out.finished:
+                        timers[index].on_finish(out.finish_reason)
+                        _finish_choice(choices[index], out)
+                        remaining -= 1
+                        if out.finish_reason == "error":
+                            yield _sse(APIError(500, f"the engine failed on this request: {out.error}",
+                                                code="engine_error").body())
+                            yield _DONE
+                            return
+                        if not remaining and not include_usage:
+                            usage = _usage(jobs, choices).model_dump()
+                    yield index, out, usage
         except EngineDeadError:
             yield _sse(APIError(503, "the server is shutting down", code="shutting_down").body())
+            yield _DONE
+            return
+        except InvalidRequestError as e:
+            yield _sse(APIError(400, str(e), param=e.param).body())
             yield _DONE
             return
         except EngineError as e:

@@ -171,7 +171,7 @@ def test_max_concurrent_requests_gives_429(limited_server):
     async def main():
         async with httpx.AsyncClient(base_url=limited_server.url, timeout=120) as c:
             body = chat(max_tokens=200, stream=True, ignore_eos=True)
-            streams = []
+            streams, readers = [], []
             for _ in range(2):  # hold two streams open: the limit
                 ctx = c.stream("POST", CHAT, json=body)
                 resp = await ctx.__aenter__()
@@ -179,11 +179,14 @@ def test_max_concurrent_requests_gives_429(limited_server):
                 lines = resp.aiter_lines()
                 while not (await lines.__anext__()).startswith("data:"):
                     pass
+                # Keep the line iterator alive: a collected one closes its connection (a disconnect).
                 streams.append(ctx)
+                readers.append(lines)
             r = await c.post(CHAT, json=chat())
             assert r.status_code == 429, r.text
             assert r.json()["error"]["code"] == "rate_limit_exceeded"
-            for ctx in streams:
+            for lines, ctx in zip(readers, streams):
+                await lines.aclose()
                 await ctx.__aexit__(None, None, None)
             await asyncio.sleep(0.2)
             r = await c.post(CHAT, json=chat())
@@ -222,3 +225,25 @@ def test_engine_failure_is_500_and_server_stays_up(server, client, monkeypatch):
     text = httpx.get(server.url + "/metrics").text
     assert 'opsctl:request_success_total{finished_reason="error"' in text
     assert json.loads(httpx.get(server.url + "/health").text) == {"status": "ok"}
+
+
+def test_shutting_down_gives_503(server, http):
+    server.app.state.shutting_down = True
+    try:
+        r = http.get("/health")
+        assert r.status_code == 503 and r.json() == {"status": "shutting_down"}
+        r = http.post(CHAT, json=chat())
+        assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
+    finally:
+        server.app.state.shutting_down = False
+    assert http.get("/health").status_code == 200
+
+
+def test_api_keys_parse_repeated_and_comma_separated():
+    from engine.server.auth import APIKeyChecker, parse_api_keys
+
+    assert parse_api_keys(["sk-a,sk-b", " sk-c ", "sk-a", ""]) == ("sk-a", "sk-b", "sk-c")
+    checker = APIKeyChecker("sk-a, sk-b")
+    assert checker.is_valid("Bearer sk-b") and checker.is_valid("bearer sk-a")
+    assert not checker.is_valid("Bearer sk-c") and not checker.is_valid(None) and not checker.is_valid("Bearer")
+    assert APIKeyChecker(None).is_valid(None)

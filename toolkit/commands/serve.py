@@ -8,6 +8,7 @@ session) are one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Optional
 
@@ -68,6 +69,8 @@ def serve(
                           api_keys=api_keys, max_concurrent_requests=max_concurrent_requests,
                           log_level=log_level.lower(), shutdown_timeout=shutdown_timeout)
     except EngineError as e:
+        if os.environ.get("OPSCTL_DEBUG"):
+            raise
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)

@@ -1,0 +1,101 @@
+"""Where a decode step's time goes: host phases (schedule, prepare + forward launch, sample + sync,
+update) against GPU kernel time, with the top kernels from torch.profiler.
+
+    python -m toolkit.bench.profile_step preset:qwen2.5-7b --batch 1 --context 128 --json out.json
+
+A step whose wall time exceeds its GPU time by much is host-bound: the GPU idles while Python works.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+
+
+def _timed_step(engine, phases: dict) -> None:
+    """engine.step() with each phase timed (same calls as LLMEngine.step)."""
+    t0 = time.perf_counter()
+    plan = engine.scheduler.schedule()
+    t1 = time.perf_counter()
+    result = engine.runner.run(plan)  # includes the sampled-id host sync
+    t2 = time.perf_counter()
+    touched = engine.scheduler.update(plan, result.tokens, engine._check_stop)
+    [engine._output(r) for r in touched]
+    t3 = time.perf_counter()
+    phases["schedule"].append(t1 - t0)
+    phases["run (prepare, forward, sample, sync)"].append(t2 - t1)
+    phases["update + outputs"].append(t3 - t2)
+
+
+def profile(model: str, batch: int, context: int, steps: int) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    from engine import EngineConfig, GenerationConfig
+    from engine.engine import LLMEngine
+
+    engine = LLMEngine(model, EngineConfig(max_batch_size=max(batch, 1), session_len=max(4096, context + 2 * steps + 64)))
+    gen = GenerationConfig(max_new_tokens=steps * 3 + 16, ignore_eos=True)
+    for i in range(batch):
+        engine.add_request([100 + (i + j) % 1000 for j in range(context)], gen)
+    while any(r.num_computed_tokens < r.num_prompt_tokens for r in engine.scheduler.waiting + engine.scheduler.running) \
+            or engine.scheduler.waiting:
+        engine.step()
+    for _ in range(steps):  # warm-up decode
+        engine.step()
+    phases: dict = defaultdict(list)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        _timed_step(engine, phases)
+    wall = (time.perf_counter() - start) / steps
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            engine.step()
+        torch.cuda.synchronize()
+    kernels: dict = defaultdict(float)
+    gpu_total = 0.0
+    for evt in prof.key_averages():
+        t = evt.device_time_total if hasattr(evt, "device_time_total") else evt.cuda_time_total
+        if t > 0 and evt.device_type.name == "CUDA":
+            kernels[evt.key] += t
+            gpu_total += t
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:15]
+    return {
+        "model": model, "batch": batch, "context": context, "steps": steps,
+        "device": torch.cuda.get_device_name(0),
+        "wall_ms_per_step": wall * 1000, "tokens_per_s": batch / wall,
+        "gpu_kernel_ms_per_step": gpu_total / steps / 1000,
+        "host_phases_ms": {k: sum(v) / len(v) * 1000 for k, v in phases.items()},
+        "top_kernels_ms_per_step": {k: v / steps / 1000 for k, v in top},
+    }
+
+
+def main(argv=None) -> int:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1])
+    parser.add_argument("--context", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: this profile measures GPU steps")
+        return 0
+    results = []
+    for b in args.batch:
+        r = profile(args.model, b, args.context, args.steps)
+        results.append(r)
+        print(json.dumps(r, indent=1))
+        torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
