@@ -7,6 +7,7 @@ forward finishes that step's requests with reason "error" and the engine goes on
 from __future__ import annotations
 
 import itertools
+import os
 import logging
 import random
 from dataclasses import dataclass
@@ -92,6 +93,11 @@ class LLMEngine:
         self._init_runner()
         self._init_scheduler()
         self._ids = itertools.count()
+        self._in_flight = None  # the launched step whose tokens the next step() collects
+        # Overlap scheduling pays where launches are asynchronous (CUDA). OPSCTL_OVERLAP=0 turns it off,
+        # =1 forces it on (tests exercise the logic on CPU, where it is correct but gains nothing).
+        overlap = os.environ.get("OPSCTL_OVERLAP", "auto")
+        self._overlap = overlap == "1" or (overlap != "0" and self.runner.device.type == "cuda")
         self._requests: dict[str, Request] = {}
         self._rng = random.Random()
         self.prompt_tokens_total = 0
@@ -206,25 +212,49 @@ class LLMEngine:
         return True
 
     def has_unfinished(self) -> bool:
+        # Every unfinished request is running or waiting; a step still in flight whose requests have
+        # all finished (aborted, or stopped by the step before it) holds nothing worth waiting for.
         return self.scheduler.num_unfinished > 0
 
     # -- the step --------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        plan = self.scheduler.schedule()
-        if plan.is_empty:
-            return []
-        try:
-            result = self.runner.run(plan)
-        except Exception as e:  # a failed forward must not take the engine down
-            log.exception("forward failed; finishing the step's requests with an error")
-            # Blocks registered for this step's chunks were never written: forget them.
-            self.kv.reset_prefix_cache()
-            return self._fail(plan, e)
-        touched = self.scheduler.update(plan, result.tokens, self._check_stop)
-        self._attach_logprobs(plan, result.tokens, result.logprobs)
-        return [self._output(r) for r in touched]
+        """schedule -> launch on the device -> update with the previous launch's tokens.
 
-    def _check_stop(self, request: Request, token: int) -> FinishReason | None:
+        On CUDA the next step is scheduled and launched before the host waits for the one in flight
+        (overlap), so Python's bookkeeping runs while the GPU computes. Requests whose sampling needs
+        the exact token history (penalties) turn the overlap off while they run.
+        """
+        outputs: list[RequestOutput] = []
+        previous, self._in_flight = self._in_flight, None
+        if previous is not None and not self._can_overlap():
+            outputs += self._update(previous)
+            previous = None
+        plan = self.scheduler.schedule()
+        if not plan.is_empty:
+            try:
+                self._in_flight = self.runner.launch(plan)
+            except Exception as e:  # a failed forward must not take the engine down
+                outputs += self._fail(plan, e)
+        if previous is not None:
+            outputs += self._update(previous)
+        if self._in_flight is not None and not self._overlap:
+            current, self._in_flight = self._in_flight, None
+            outputs += self._update(current)
+        return outputs
+
+    def _can_overlap(self) -> bool:
+        return self._overlap and not any(r.gen.uses_penalties for r in self.scheduler.running)
+
+    def _update(self, step) -> list[RequestOutput]:
+        try:
+            result = self.runner.collect(step)
+        except Exception as e:
+            return self._fail(step.plan, e)
+        touched = self.scheduler.update(step.plan, result.tokens, self._check_stop)
+        self._attach_logprobs(step.plan, result.tokens, result.logprobs)
+        return [self._output(r, index) for r, index in touched]
+
+    def _check_stop(self, request: Request, token: int, index: int) -> FinishReason | None:
         self.generation_tokens_total += 1
         if token in request.stop_token_ids:
             request.stopped_by_token = True
@@ -233,11 +263,11 @@ class LLMEngine:
             return FinishReason.STOP
         if request.detokenize_in_engine:
             delta = request.detokenizer.step([token])
-            request.detok_pos = request.num_tokens
+            request.detok_pos = index + 1
             request.pending_text += delta.text
             if delta.stopped:
                 return FinishReason.STOP
-        if request.num_tokens >= request.max_tokens:
+        if index + 1 >= request.max_tokens:
             if request.detokenize_in_engine:
                 request.pending_text += request.detokenizer.flush()
             return FinishReason.LENGTH
@@ -249,20 +279,24 @@ class LLMEngine:
             if lp is not None:
                 item.request.pending_logprobs.append(TokenLogprob(token, lp[0], dict(lp[1])))
 
-    def _output(self, request: Request) -> RequestOutput:
+    def _output(self, request: Request, index: int) -> RequestOutput:
+        """The output for the token at `index` (later tokens may already be in flight)."""
         eager = request.detokenize_in_engine
         out = RequestOutput(
-            request.request_id, request.token_ids[-1:], request.pending_text if eager else None,
+            request.request_id, [request.token_ids[index]], request.pending_text if eager else None,
             request.is_finished, request.finish_reason.value if request.finish_reason else None,
-            request.num_prompt_tokens, request.num_output_tokens, request.num_cached_tokens,
+            request.num_prompt_tokens, index + 1 - request.num_prompt_tokens, request.num_cached_tokens,
             request.pending_logprobs, request.error, request,
-            text_end=request.num_tokens - request.stopped_by_token)
+            text_end=index + 1 - request.stopped_by_token)
         request.pending_text, request.pending_logprobs = "", []
         if request.is_finished:
             self._requests.pop(request.request_id, None)
         return out
 
     def _fail(self, plan: SchedulerOutput, error: Exception) -> list[RequestOutput]:
+        log.exception("step failed; finishing its requests with an error")
+        # Blocks registered for this step's chunks were never written: forget them.
+        self.kv.reset_prefix_cache()
         outputs = []
         for item in plan.scheduled:
             request = item.request

@@ -94,7 +94,8 @@ class KVCacheManager:
         """
         if not self.enable_prefix_caching:
             return
-        num_full = min(num_tokens, request.num_tokens) // self.block_size
+        # Only blocks of known tokens: a placeholder's token is still on the device.
+        num_full = min(num_tokens, request.num_known_tokens) // self.block_size
         tokens = request.token_ids
         parent = request.block_hashes[-1] if request.block_hashes else None
         for i in range(request.num_hashed_blocks, num_full):

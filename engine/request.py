@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 from .generation import GenerationConfig
 
 
+# Stands in a token list for a token sampled by a step still running on the device: with overlapped
+# scheduling the next step is planned (and its input fed from the device) before the host sees it.
+PLACEHOLDER = -1
+
+
 class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -56,7 +61,9 @@ class Request:
         self.status = RequestStatus.WAITING
         self.finish_reason: FinishReason | None = None
         self.error: str | None = None
-        self.num_computed_tokens = 0
+        self.num_computed_tokens = 0  # advanced when a step is scheduled (optimistically)
+        self.num_placeholders = 0  # trailing PLACEHOLDER entries of token_ids, oldest resolved first
+        self.sample_row = -1  # row of this request in the sampled ids of the step that made the last placeholder
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at admission
         self.block_ids: list[int] = []
         self.num_hashed_blocks = 0  # full blocks registered in the prefix cache
@@ -80,11 +87,16 @@ class Request:
 
     @property
     def num_output_tokens(self) -> int:
-        return len(self.token_ids) - self.num_prompt_tokens
+        """Output tokens known on the host (placeholders excluded)."""
+        return len(self.token_ids) - self.num_prompt_tokens - self.num_placeholders
 
     @property
     def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens:]
+        return self.token_ids[self.num_prompt_tokens:len(self.token_ids) - self.num_placeholders]
+
+    @property
+    def num_known_tokens(self) -> int:
+        return len(self.token_ids) - self.num_placeholders
 
     @property
     def prompt_token_ids(self) -> list[int]:
@@ -94,10 +106,24 @@ class Request:
     def is_finished(self) -> bool:
         return self.status is RequestStatus.FINISHED
 
-    def append_token(self, token_id: int) -> None:
+    def append_placeholder(self) -> int:
+        """Reserve the slot of the token this step samples; returns its index."""
+        self.token_ids.append(PLACEHOLDER)
+        self.num_placeholders += 1
+        return len(self.token_ids) - 1
+
+    def resolve(self, index: int, token_id: int) -> None:
+        """The sampled token arrived from the device: it replaces its placeholder."""
         if self.first_token_time is None:
             self.first_token_time = time.perf_counter()
-        self.token_ids.append(token_id)
+        self.token_ids[index] = token_id
+        self.num_placeholders -= 1
+
+    def drop_placeholders(self) -> None:
+        """A finished request's tokens sampled after its end are discarded."""
+        if self.num_placeholders:
+            del self.token_ids[-self.num_placeholders:]
+            self.num_placeholders = 0
 
     def lazy_text(self, end: int, final: bool) -> str:
         """Text of the output tokens before index `end` not returned yet (all of it at the end).

@@ -5,6 +5,10 @@ takes running requests first, then waiting ones, within max_batch_size requests 
 max_prefill_token_num tokens; a prompt longer than what is left of the budget is split into chunks
 that run fused with other requests' decode tokens (dynamic split & fuse). When blocks run out, the
 newest running request is preempted: its blocks are freed and it is recomputed later.
+
+Scheduling is optimistic so the next step can be planned while this one runs on the device:
+`schedule` advances num_computed_tokens and appends a placeholder for each token to be sampled;
+`update` later puts the sampled token in its place and finishes requests that stopped.
 """
 from __future__ import annotations
 
@@ -18,9 +22,15 @@ from .request import FinishReason, Request, RequestStatus
 @dataclass
 class ScheduledRequest:
     request: Request
-    num_new_tokens: int  # tokens computed by this step, starting at request.num_computed_tokens
-    # True when this chunk reaches the end of the request's tokens: its last logits give a new token.
-    sample: bool
+    start: int  # first token computed by this step (num_computed_tokens when scheduled)
+    num_new_tokens: int
+    # Index in request.token_ids of the placeholder for the token this step samples; -1 for a
+    # prefill chunk that does not reach the end of the request's tokens.
+    sample_index: int
+
+    @property
+    def sample(self) -> bool:
+        return self.sample_index >= 0
 
 
 @dataclass
@@ -59,15 +69,8 @@ class Scheduler:
 
     def abort(self, request: Request, reason: FinishReason = FinishReason.ABORT, error: str | None = None) -> None:
         """Finish a request now, wherever it is, and free its blocks."""
-        if request.is_finished:
-            return
-        if request.status is RequestStatus.RUNNING:
-            self.running.remove(request)
-        else:
-            self.waiting.remove(request)
-        self.kv.free(request)
-        request.finish(reason, error)
-        self.stats.num_finished += 1
+        if not request.is_finished:
+            self._finish(request, reason, error)
 
     @property
     def num_unfinished(self) -> int:
@@ -80,7 +83,11 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            n = min(request.num_tokens - request.num_computed_tokens, budget)
+            remaining = request.num_tokens - request.num_computed_tokens
+            if request.num_tokens >= request.max_tokens and remaining <= 1:
+                i += 1  # its last token is still on the device and ends it: nothing left to compute
+                continue
+            n = min(remaining, budget)
             while not self.kv.allocate(request, n):
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -111,9 +118,12 @@ class Scheduler:
         return out
 
     def _scheduled(self, request: Request, n: int) -> ScheduledRequest:
-        end = request.num_computed_tokens + n
+        start = request.num_computed_tokens
+        end = start + n
         self.kv.cache_full_blocks(request, end)
-        return ScheduledRequest(request, n, sample=end == request.num_tokens)
+        request.num_computed_tokens = end
+        sample_index = request.append_placeholder() if end == request.num_tokens else -1
+        return ScheduledRequest(request, start, n, sample_index)
 
     def _preempt(self, request: Request) -> None:
         """Free the request's blocks; it goes back to the front of the queue and is recomputed."""
@@ -124,29 +134,33 @@ class Scheduler:
         self.stats.num_preemptions += 1
         self.waiting.appendleft(request)
 
-    def update(self, out: SchedulerOutput, sampled: list[int | None], check_stop) -> list[Request]:
-        """Advance computed tokens, append sampled ones, finish stopped requests and free their blocks.
+    def update(self, out: SchedulerOutput, sampled: list[int | None], check_stop) -> list[tuple[Request, int]]:
+        """Put sampled tokens in place of their placeholders, finish stopped requests, free their blocks.
 
         `sampled[i]` is the token sampled for out.scheduled[i] (None for a chunk that samples nothing);
-        `check_stop(request, token)` returns a FinishReason or None. Returns requests that got a token.
+        `check_stop(request, token, index)` returns a FinishReason or None. Returns (request, index of
+        the new token) for every request that got one.
         """
-        touched: list[Request] = []
+        touched: list[tuple[Request, int]] = []
         for item, token in zip(out.scheduled, sampled):
             request = item.request
-            if request.is_finished:  # aborted while the step ran
+            if token is None or request.is_finished:  # a prefill chunk, or aborted while the step ran
                 continue
-            request.num_computed_tokens += item.num_new_tokens
-            if token is None:
-                continue
-            request.append_token(token)
-            touched.append(request)
-            reason = check_stop(request, token)
+            request.resolve(item.sample_index, token)
+            touched.append((request, item.sample_index))
+            reason = check_stop(request, token, item.sample_index)
             if reason is not None:
                 self._finish(request, reason)
+            else:
+                self.kv.cache_full_blocks(request, request.num_computed_tokens)
         return touched
 
-    def _finish(self, request: Request, reason: FinishReason) -> None:
-        self.running.remove(request)
+    def _finish(self, request: Request, reason: FinishReason, error: str | None = None) -> None:
+        if request.status is RequestStatus.RUNNING:
+            self.running.remove(request)
+        else:  # waiting: never admitted, or preempted while its last step was still running
+            self.waiting.remove(request)
+        request.drop_placeholders()
         self.kv.free(request)
-        request.finish(reason)
+        request.finish(reason, error)
         self.stats.num_finished += 1

@@ -70,12 +70,17 @@ class ModelRunner:
         self._init_kv_cache()
         self.sampler = Sampler()
         self.graphs: DecodeGraphs | None = None
+        self._last_sampled: torch.Tensor | None = None  # the previous step's sampled ids, on the device
+        self._flip = 0
 
     def init_batching(self, max_batch_size: int) -> None:
         """Input buffers for the scheduler's limits, then (CUDA, not eager) the decode graphs."""
         block = self.config.cache_block_seq_len
         self.buffers = InputBuffers(self.config.max_prefill_token_num, max_batch_size,
                                     -(-self.session_len // block), block, self.device)
+        # Two pinned landing buffers for sampled ids: a step's copy may land while the previous one is read.
+        pin = self.device.type == "cuda"
+        self._sampled_host = [torch.zeros(max_batch_size, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
         if self.device.type == "cuda" and not self.config.eager_mode:
             self.graphs = DecodeGraphs(self.model, self.buffers, min(max_batch_size, self.config.max_prefill_token_num))
             self.graphs.capture()
@@ -135,32 +140,48 @@ class ModelRunner:
                  num_blocks * self.block_bytes / 2**30)
 
     # -- one step --------------------------------------------------------------------------------
-    def _forward(self, plan: SchedulerOutput):
+    @torch.inference_mode()
+    def launch(self, plan: SchedulerOutput) -> "InFlightStep":
+        """Queue the step's forward and sampling on the device; nothing here waits for the GPU."""
         graph_batch = None
         if self.graphs is not None and plan.num_tokens == len(plan.scheduled):
             graph_batch = self.graphs.bucket(len(plan.scheduled))
         inputs = self.buffers.prepare(plan, graph_batch)
+        if inputs.num_patches:
+            inputs.input_ids.index_copy_(0, inputs.patch_dst, self._last_sampled.index_select(0, inputs.patch_src))
         if graph_batch is not None:
             hidden = self.graphs.replay(graph_batch)
         else:
             with forward_context(inputs.context):
                 hidden = self.model(inputs.input_ids, inputs.positions)
-        return hidden, inputs
-
-    @torch.inference_mode()
-    def run(self, plan: SchedulerOutput) -> StepResult:
-        hidden, inputs = self._forward(plan)
         sampling = [item.request for item in plan.scheduled if item.sample]
-        tokens: list[int | None] = [None] * len(plan.scheduled)
-        logprobs: list = [None] * len(plan.scheduled)
         if not sampling:
-            return StepResult(tokens, logprobs)
+            return InFlightStep(plan, None, None, None)
         # When every token samples (a pure decode step), the rows are simply the first ones.
         rows = hidden[:len(sampling)] if len(sampling) == inputs.num_tokens else hidden[inputs.logits_rows]
         logits = self.model.compute_logits(rows)
-        meta = build_sampling_metadata(sampling, self.vocab_size, self.device)
-        out = self.sampler(logits, meta)
-        sampled = out.token_ids.tolist()  # the one host sync of the step
+        out = self.sampler(logits, build_sampling_metadata(sampling, self.vocab_size, self.device))
+        self._last_sampled = out.token_ids
+        host = self._sampled_host[self._flip][:len(sampling)]
+        self._flip ^= 1
+        host.copy_(out.token_ids, non_blocking=True)
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        return InFlightStep(plan, out, host, event)
+
+    def collect(self, step: "InFlightStep") -> StepResult:
+        """Wait for a launched step and hand back its tokens: the one host sync of the step."""
+        plan = step.plan
+        tokens: list[int | None] = [None] * len(plan.scheduled)
+        logprobs: list = [None] * len(plan.scheduled)
+        if step.out is None:
+            return StepResult(tokens, logprobs)
+        if step.event is not None:
+            step.event.synchronize()
+        sampled = step.host.tolist()
+        out = step.out
         chosen = out.logprobs.tolist() if out.logprobs is not None else None
         top = (out.top_ids.tolist(), out.top_logprobs.tolist()) if out.top_ids is not None else None
         j = 0
@@ -174,3 +195,16 @@ class ModelRunner:
                 logprobs[i] = (chosen[j], alternatives)
             j += 1
         return StepResult(tokens, logprobs)
+
+    @torch.inference_mode()
+    def run(self, plan: SchedulerOutput) -> StepResult:
+        """launch + collect: one step, synchronously."""
+        return self.collect(self.launch(plan))
+
+
+@dataclass
+class InFlightStep:
+    plan: SchedulerOutput
+    out: object  # SamplerOutput on the device, None when nothing samples
+    host: torch.Tensor | None  # pinned copy of the sampled ids, valid once `event` has passed
+    event: object

@@ -34,12 +34,17 @@ def _row_index_mask(rows: list[list[int]], vocab_size: int, device, counts: bool
     return out
 
 
+def _output_index(r: Request) -> int:
+    """Index in the output of the token being sampled: its placeholder is the request's last token."""
+    return r.num_tokens - 1 - r.num_prompt_tokens
+
+
 def _greedy_only(requests: list[Request]) -> bool:
     """True when argmax of the raw logits is the whole job: no sampling, penalties, bans or logprobs."""
     for r in requests:
         g = r.gen
         if (not g.greedy or g.uses_penalties or g.logprobs is not None or r.bad_token_ids
-                or r.num_output_tokens < g.min_new_tokens):
+                or _output_index(r) < g.min_new_tokens):
             return False
     return True
 
@@ -61,16 +66,17 @@ def build_sampling_metadata(requests: list[Request], vocab_size: int, device: to
         top_p=_device_tensor([float(g.top_p) for g in gens], torch.float32, device) if use_top_p else None,
         min_p=_device_tensor([float(g.min_p) for g in gens], torch.float32, device) if use_min_p else None,
         seeds=_device_tensor([r.seed for r in requests], torch.int64, device),
-        steps=_device_tensor([r.num_output_tokens for r in requests], torch.int64, device),
+        steps=_device_tensor([_output_index(r) for r in requests], torch.int64, device),
     )
     if any(g.repetition_penalty != 1.0 for g in gens):
         meta.repetition_penalty = _device_tensor([float(g.repetition_penalty) for g in gens], torch.float32, device)
-        meta.seen_mask = _row_index_mask([r.token_ids for r in requests], vocab_size, device)
+        # Penalties need the real history: the engine never overlaps steps while a request uses them.
+        meta.seen_mask = _row_index_mask([r.token_ids[:r.num_known_tokens] for r in requests], vocab_size, device)
     if any(g.presence_penalty or g.frequency_penalty for g in gens):
         meta.presence_penalty = _device_tensor([float(g.presence_penalty) for g in gens], torch.float32, device)
         meta.frequency_penalty = _device_tensor([float(g.frequency_penalty) for g in gens], torch.float32, device)
         meta.output_counts = _row_index_mask([r.output_token_ids for r in requests], vocab_size, device, counts=True)
-    banned = [list(r.bad_token_ids) + (sorted(r.stop_token_ids) if r.num_output_tokens < r.gen.min_new_tokens else [])
+    banned = [list(r.bad_token_ids) + (sorted(r.stop_token_ids) if _output_index(r) < r.gen.min_new_tokens else [])
               for r in requests]
     if any(banned):
         banned = [[t for t in ids if t < vocab_size] for ids in banned]

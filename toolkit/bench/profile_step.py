@@ -21,7 +21,7 @@ def _timed_step(engine, phases: dict) -> None:
     result = engine.runner.run(plan)  # includes the sampled-id host sync
     t2 = time.perf_counter()
     touched = engine.scheduler.update(plan, result.tokens, engine._check_stop)
-    [engine._output(r) for r in touched]
+    [engine._output(r, i) for r, i in touched]
     t3 = time.perf_counter()
     phases["schedule"].append(t1 - t0)
     phases["run (prepare, forward, sample, sync)"].append(t2 - t1)
