@@ -36,6 +36,11 @@ class AsyncEngine:
 
     # -- caller side (any thread with an asyncio loop) --------------------------------------------
     @property
+    def accepting(self) -> bool:
+        """False once shutdown() has begun."""
+        return self._accepting
+
+    @property
     def num_active(self) -> int:
         return len(self._streams)
 
@@ -124,5 +129,19 @@ class AsyncEngine:
                     self.engine.abort(rid)
                     self._deliver(rid, EngineDeadError(f"engine step failed: {e}"))
                 continue
-            for out in outputs:
-                self._deliver(out.request_id, out)
+            self._deliver_step(outputs)
+
+    def _deliver_step(self, outputs) -> None:
+        """Hand a step's outputs over with one wake-up per event loop, not one per request."""
+        by_loop: dict = {}
+        for out in outputs:
+            target = self._streams.get(out.request_id)
+            if target is not None:
+                by_loop.setdefault(target[0], []).append((target[1], out))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_put_all, items)
+
+
+def _put_all(items) -> None:
+    for stream, out in items:
+        stream.put_nowait(out)

@@ -93,8 +93,8 @@ class ModelRunner:
             self.model = build_model(source, self.dtype, self.device, seed=self.config.seed)
         except torch.OutOfMemoryError:
             raise OutOfMemoryError(
-                f"the weights of {source.name} do not fit on {self.device}: use a GPU with more memory, "
-                "a 4-bit AWQ checkpoint (--model-format awq), or --tp 2") from None
+                f"the weights of {source.name} do not fit on {self.device}: use a GPU with more memory "
+                "or a smaller model (4-bit AWQ and tensor parallelism are not available yet)") from None
         self.vocab_size = self.hf_config.vocab_size
         attn = self.model.attention_layers()
         self.num_layers = len(attn)

@@ -219,7 +219,7 @@ class OpenAIServing:
         return jobs
 
     def _check_accepting(self) -> None:
-        if not getattr(self.aengine, "_accepting", True):  # AsyncEngine has no public flag for it
+        if not self.aengine.accepting:
             raise APIError(503, "the server is shutting down", code="shutting_down")
 
     async def _tokenize(self, fn, *args):

@@ -39,8 +39,8 @@ def profile(model: str, batch: int, context: int, steps: int) -> dict:
     gen = GenerationConfig(max_new_tokens=steps * 3 + 16, ignore_eos=True)
     for i in range(batch):
         engine.add_request([100 + (i + j) % 1000 for j in range(context)], gen)
-    while any(r.num_computed_tokens < r.num_prompt_tokens for r in engine.scheduler.waiting + engine.scheduler.running) \
-            or engine.scheduler.waiting:
+    while engine.scheduler.waiting or any(r.num_computed_tokens < r.num_prompt_tokens
+                                          for r in engine.scheduler.running):
         engine.step()
     for _ in range(steps):  # warm-up decode
         engine.step()
