@@ -15,6 +15,8 @@ from . import engine_options as eo
 HELP = "commands: /reset clears the history, /system TEXT sets the system prompt, /exit quits"
 
 
+# Multi-turn chat resends the history every turn: prefix caching makes that cheap.
+@eo.with_engine_flags(enable_prefix_caching=True)
 def chat(
     model: eo.ModelArg = None,
     *,
@@ -23,32 +25,14 @@ def chat(
     top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0: off).")] = 50,
     max_new_tokens: Annotated[int, typer.Option(help="Longest reply in tokens.")] = 512,
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
-    max_batch_size: eo.MaxBatchSize = None,
-    cache_max_entry_count: eo.CacheMaxEntryCount = 0.8,
-    cache_block_seq_len: eo.CacheBlockSeqLen = 64,
-    session_len: eo.SessionLen = None,
-    max_prefill_token_num: eo.MaxPrefillTokenNum = 8192,
-    enable_prefix_caching: eo.EnablePrefixCaching = True,
-    tp: eo.Tp = 1,
-    model_format: eo.ModelFormat = None,
-    quant_policy: eo.QuantPolicy = 0,
-    dtype: eo.Dtype = "auto",
-    device: eo.Device = "auto",
-    eager: eo.Eager = False,
-    cpu_memory_gb: eo.CpuMemoryGb = 4.0,
+    engine_config=None,
 ) -> None:
     """Chat with a model in the terminal (streaming, multi-turn)."""
     from engine import GenerationConfig, Pipeline
 
-    config = eo.engine_config(
-        max_batch_size=max_batch_size, cache_max_entry_count=cache_max_entry_count,
-        cache_block_seq_len=cache_block_seq_len, session_len=session_len,
-        max_prefill_token_num=max_prefill_token_num, enable_prefix_caching=enable_prefix_caching, tp=tp,
-        model_format=model_format, quant_policy=quant_policy, dtype=dtype, device=device, eager=eager,
-        cpu_memory_gb=cpu_memory_gb)
     gen = GenerationConfig(do_sample=temperature > 0, temperature=temperature, top_p=top_p, top_k=top_k,
                            max_new_tokens=max_new_tokens)
-    pipe = Pipeline(model, config)
+    pipe = Pipeline(model, engine_config)
     print(f"opsctl chat with {pipe.engine.source.name}. {HELP}", flush=True)
     run_chat(pipe, gen, system)
 

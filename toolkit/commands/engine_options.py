@@ -1,10 +1,13 @@
 """EngineConfig flags shared by every command that starts the engine (chat, serve, bench offline).
 
-Flag names and defaults are LMDeploy's; `engine_config(...)` turns the parsed values into an
-EngineConfig (validated there, so a bad value is one clear error line).
+Flag names and defaults are LMDeploy's. `@with_engine_flags()` adds them to a command's signature
+(typer reads `__signature__`) and hands the command one validated EngineConfig as `engine_config`,
+so each command lists only its own options.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Annotated, Optional
 
 import typer
@@ -30,6 +33,43 @@ Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N
 Eager = Annotated[bool, typer.Option("--eager", "--eager-mode", help="Run every step eagerly (no CUDA graphs).")]
 CpuMemoryGb = Annotated[float, typer.Option(
     "--cpu-memory-gb", help="On CPU: the memory budget that --cache-max-entry-count is a fraction of.")]
+
+
+# (parameter name, typer annotation, default) of every engine flag, in --help order.
+ENGINE_FLAGS = [
+    ("tp", Tp, 1),
+    ("max_batch_size", MaxBatchSize, None),
+    ("cache_max_entry_count", CacheMaxEntryCount, 0.8),
+    ("cache_block_seq_len", CacheBlockSeqLen, 64),
+    ("session_len", SessionLen, None),
+    ("max_prefill_token_num", MaxPrefillTokenNum, 8192),
+    ("enable_prefix_caching", EnablePrefixCaching, False),
+    ("model_format", ModelFormat, None),
+    ("quant_policy", QuantPolicy, 0),
+    ("dtype", Dtype, "auto"),
+    ("device", Device, "auto"),
+    ("eager", Eager, False),
+    ("cpu_memory_gb", CpuMemoryGb, 4.0),
+]
+
+
+def with_engine_flags(**defaults):
+    """Decorate a command taking `engine_config`: it gains every engine flag (defaults overridable)."""
+    def decorate(func):
+        own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != "engine_config"]
+        flags = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann,
+                                   default=defaults.get(name, default)) for name, ann, default in ENGINE_FLAGS]
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            values = {name: kwargs.pop(name) for name, _, _ in ENGINE_FLAGS}
+            return func(*args, engine_config=engine_config(**values), **kwargs)
+
+        wrapper.__signature__ = inspect.Signature(own + flags)
+        wrapper.__annotations__ = {p.name: p.annotation for p in own + flags}
+        del wrapper.__wrapped__  # typer must see the new signature, not the wrapped one
+        return wrapper
+    return decorate
 
 
 def engine_config(*, max_batch_size=None, cache_max_entry_count=0.8, cache_block_seq_len=64, session_len=None,

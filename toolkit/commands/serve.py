@@ -17,6 +17,7 @@ import typer
 from . import engine_options as eo
 
 
+@eo.with_engine_flags()
 def serve(
     model: eo.ModelArg = None,
     *,
@@ -38,19 +39,7 @@ def serve(
     ] = 30.0,
     backend: Annotated[Optional[str], typer.Option(
         "--backend", help="Accepted for lmdeploy command lines (turbomind|pytorch); opsctl has one engine.")] = None,
-    tp: eo.Tp = 1,
-    max_batch_size: eo.MaxBatchSize = None,
-    cache_max_entry_count: eo.CacheMaxEntryCount = 0.8,
-    cache_block_seq_len: eo.CacheBlockSeqLen = 64,
-    session_len: eo.SessionLen = None,
-    max_prefill_token_num: eo.MaxPrefillTokenNum = 8192,
-    enable_prefix_caching: eo.EnablePrefixCaching = False,
-    model_format: eo.ModelFormat = None,
-    quant_policy: eo.QuantPolicy = 0,
-    dtype: eo.Dtype = "auto",
-    device: eo.Device = "auto",
-    eager: eo.Eager = False,
-    cpu_memory_gb: eo.CpuMemoryGb = 4.0,
+    engine_config=None,
 ) -> None:
     """Serve a model over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, /metrics)."""
     from engine.errors import EngineError
@@ -59,13 +48,7 @@ def serve(
     if backend is not None:
         print(f"opsctl serve: --backend {backend} ignored (opsctl runs its own engine)", flush=True)
     try:
-        config = eo.engine_config(
-            max_batch_size=max_batch_size, cache_max_entry_count=cache_max_entry_count,
-            cache_block_seq_len=cache_block_seq_len, session_len=session_len,
-            max_prefill_token_num=max_prefill_token_num, enable_prefix_caching=enable_prefix_caching, tp=tp,
-            model_format=model_format, quant_policy=quant_policy, dtype=dtype, device=device, eager=eager,
-            cpu_memory_gb=cpu_memory_gb)
-        code = run_server(model, config, host=server_name, port=server_port, model_name=model_name,
+        code = run_server(model, engine_config, host=server_name, port=server_port, model_name=model_name,
                           api_keys=api_keys, max_concurrent_requests=max_concurrent_requests,
                           log_level=log_level.lower(), shutdown_timeout=shutdown_timeout)
     except EngineError as e:
