@@ -11,7 +11,11 @@ import typer
 
 from .commands import bench as bench_cmd
 from .commands import chat as chat_cmd
+from .commands import check_env as check_env_cmd
 from .commands import models as models_cmd
+from .commands import plan as plan_cmd
+from .commands import profiles as profiles_cmd
+from .commands import report as report_cmd
 from .commands import serve as serve_cmd
 
 app = typer.Typer(
@@ -25,14 +29,20 @@ app.add_typer(models_cmd.app, name="models")
 app.command("chat")(chat_cmd.chat)
 app.add_typer(bench_cmd.app, name="bench")
 app.command("serve")(serve_cmd.serve)
+app.add_typer(profiles_cmd.app, name="profiles")
+app.command("plan")(plan_cmd.plan)
+app.command("check-env")(check_env_cmd.check_env)
+app.command("report")(report_cmd.report)
 
 
 def main() -> None:
     from engine.errors import EngineError
 
+    from .profiles import ProfileError
+
     try:
         app()
-    except EngineError as e:
+    except (EngineError, ProfileError) as e:
         if os.environ.get("OPSCTL_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -200,16 +200,16 @@ def test_max_concurrent_requests_gives_429(limited_server):
 def test_engine_failure_is_500_and_server_stays_up(server, client, monkeypatch):
     engine = server.engine
     wait_all_blocks_free(engine)
-    real_run = engine.runner.run
+    real_launch = engine.runner.launch
     failures = []
 
-    def failing_run(plan):
+    def failing_launch(plan):
         if len(failures) < 2:
             failures.append(plan)
             raise RuntimeError("simulated CUDA error")
-        return real_run(plan)
+        return real_launch(plan)
 
-    monkeypatch.setattr(engine.runner, "run", failing_run)
+    monkeypatch.setattr(engine.runner, "launch", failing_launch)
     r = httpx.post(server.url + CHAT, json=chat(), timeout=60)
     assert r.status_code == 500
     error = r.json()["error"]

@@ -34,8 +34,10 @@ def _sync(device: str) -> None:
 
 
 def run_generate(model, workload: OfflineWorkload, device: str, batch_size: int, model_name: str,
-                 pad_token_id: int, static_cache: bool = False) -> Run:
-    """Padded batches of `batch_size` (left padding); each batch decodes until its longest output."""
+                 pad_token_id: int, static_cache: bool = False, repeats: int = 1) -> Run:
+    """Padded batches of `batch_size` (left padding); each batch decodes until its longest output.
+
+    repeats > 1 keeps the fastest of that many runs (as for the engine)."""
     import torch
 
     kwargs = {"cache_implementation": "static"} if static_cache else {}
@@ -55,17 +57,20 @@ def run_generate(model, workload: OfflineWorkload, device: str, batch_size: int,
             model.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=new,
                            min_new_tokens=new, do_sample=False, pad_token_id=pad_token_id, **kwargs)
 
-    generate(order[:min(batch_size, 2)])  # warm-up (and compilation with a static cache)
-    _sync(device)
-    start = time.perf_counter()
-    for b in range(0, len(order), batch_size):
-        batch = order[b:b + batch_size]
-        generate(batch)
+    def measure():
         _sync(device)
-        now = time.perf_counter() - start
-        for i in batch:  # a padded batch returns all of its outputs at once
-            records[i] = RequestRecord(i, 0.0, len(workload.prompts[i]), workload.output_lens[i], e2e_s=now)
-    duration = time.perf_counter() - start
+        start = time.perf_counter()
+        for b in range(0, len(order), batch_size):
+            batch = order[b:b + batch_size]
+            generate(batch)
+            _sync(device)
+            now = time.perf_counter() - start
+            for i in batch:  # a padded batch returns all of its outputs at once
+                records[i] = RequestRecord(i, 0.0, len(workload.prompts[i]), workload.output_lens[i], e2e_s=now)
+        return time.perf_counter() - start, list(records)
+
+    generate(order[:min(batch_size, 2)])  # warm-up (and compilation with a static cache)
+    duration, records = min((measure() for _ in range(repeats)), key=lambda run: run[0])
     label = "transformers generate" + (" (static cache)" if static_cache else "")
     return Run(label=label, target="transformers-generate", model=model_name, workload=workload.describe(),
                load={"batch_size": batch_size}, config={"static_cache": static_cache, "dtype": str(model.dtype)},

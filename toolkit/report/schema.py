@@ -54,6 +54,8 @@ class Run(BaseModel):
     config: dict = Field(default_factory=dict)
     summary: RunSummary
     requests_file: str | None = None  # CSV of per-request rows, relative to the result file
+    # [start, end] of this run in seconds on the telemetry clock (BenchResult.telemetry's "t"), if sampled.
+    window_s: list[float] | None = None
     # Per-request records (toolkit.bench.metrics.RequestRecord) until they are written to the CSV.
     _records: list = PrivateAttr(default_factory=list)
 

@@ -1,0 +1,171 @@
+"""`opsctl plan [MODEL] --gpu PROFILE|auto`: what fits on a card and how fast it can go, before any run.
+
+Reads the model's config only (never its weights) and prints, for each weight format, the weight
+memory, KV bytes per token, KV tokens and sessions at each cache ratio, roofline decode tokens/s
+against batch size and prefill times, with flags for what will not fit. --json prints the plan
+itself (toolkit.planner.Plan).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..planner import DEFAULT_RESERVE_GIB, QUANTS, Plan, PlanError, make_plan
+from ..profiles import ProfileError, resolve_gpu
+from . import engine_options as eo
+
+GIB = 2**30
+
+
+def plan(
+    model: eo.ModelArg = None,
+    *,
+    gpu: Annotated[str, typer.Option("--gpu", help="Profile name (see `opsctl profiles list`) or auto: detect GPU 0.")] = "auto",
+    session_len: Annotated[int, typer.Option("--session-len", help="Tokens of one session (prompt + output).")] = 4096,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Decode batch sizes, comma-separated.")] = "1,8,32,128",
+    cache_ratios: Annotated[str, typer.Option(
+        "--cache-ratios", help="Cache ratios (LMDeploy's --cache-max-entry-count: fraction of the memory free after weights).")] = "0.5,0.8,0.9",
+    quant: Annotated[str, typer.Option("--quant", help=f"Weight formats, comma-separated: {', '.join(QUANTS)}.")] = "bf16,int8,awq",
+    context_len: Annotated[Optional[int], typer.Option(
+        "--context-len", help="Context of each sequence in the decode estimates (default: half the session).")] = None,
+    prompt_lens: Annotated[Optional[str], typer.Option(
+        "--prompt-lens", help="Prompt lengths of the prefill estimates (default: 512, 2048 and the session length).")] = None,
+    reserve_gib: Annotated[float, typer.Option(
+        "--reserve-gib", help="Memory kept for the runtime (CUDA context, workspaces, activations), GiB.")] = DEFAULT_RESERVE_GIB,
+    cache_block_seq_len: eo.CacheBlockSeqLen = 64,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Estimate weight memory, KV-cache capacity and roofline speed of MODEL on a GPU (no GPU needed)."""
+    from engine.errors import EngineError
+
+    try:
+        resolved = resolve_gpu(gpu)
+        config, name = _read_config(model)
+        result = make_plan(config, resolved.profile, quants=_list(quant, str, "--quant"), session_len=session_len,
+                           cache_ratios=_list(cache_ratios, float, "--cache-ratios"),
+                           batch_sizes=_list(batch_sizes, int, "--batch-sizes"),
+                           prompt_lens=_list(prompt_lens, int, "--prompt-lens") if prompt_lens else None,
+                           context_len=context_len, reserve_gib=reserve_gib, block_size=cache_block_seq_len,
+                           model_name=name)
+    except (ProfileError, PlanError, EngineError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    if resolved.note:
+        result.notes.insert(0, resolved.note)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print_plan(result, _console())
+
+
+def _read_config(model: str | None):
+    """(config, name) without reading weights: a config.json (or a directory holding one) is read
+    as it is, so a plan needs no weights on disk; anything else goes through resolve_model."""
+    if model is not None:
+        path = Path(model).expanduser()
+        config_file = path / "config.json" if path.is_dir() else path
+        if config_file.suffix == ".json" and config_file.is_file():
+            try:
+                return json.loads(config_file.read_text(encoding="utf-8")), (path.name if path.is_dir() else path.stem)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise PlanError(f"cannot read {config_file}: {e}") from e
+    from engine.models.source import resolve_model
+
+    with Console(stderr=True).status("reading the model config"):
+        source = resolve_model(model)
+    return source.hf_config, source.name
+
+
+def _list(text: str, kind, option: str) -> list:
+    try:
+        values = [kind(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of {kind.__name__}", param_hint=option) from None
+    if not values:
+        raise typer.BadParameter("give at least one value", param_hint=option)
+    return values
+
+
+def print_plan(result: Plan, console: Console) -> None:
+    """The plan as three tables (memory, decode, prefill), then flags and notes."""
+    p = result.params
+    console.print(f"[bold]{result.model}[/bold] on [bold]{result.profile_display_name}[/bold] ({result.profile}): "
+                  f"{result.memory_bytes / GIB:.1f} GiB, {result.bandwidth_gbs:g} GB/s ({result.bandwidth_source}), "
+                  f"{result.tensor_tflops:g} 16-bit TFLOP/s ({result.tensor_tflops_source})")
+    console.print(f"{p.total / 1e9:.2f} B parameters: embedding {p.embedding / 1e6:.0f} M, lm_head "
+                  + ("tied" if p.lm_head_tied else f"{p.lm_head / 1e6:.0f} M") +
+                  f", {p.num_layers} layers x {p.per_layer / 1e6:.1f} M; KV cache "
+                  f"{result.quants[0].kv_bytes_per_token:,} bytes/token; reserve {result.reserve_bytes / GIB:.1f} GiB; "
+                  f"session {result.session_len:,} tokens")
+    for note in result.notes:
+        console.print(f"note: {note}")
+    console.print(_memory_table(result))
+    console.print(_decode_table(result))
+    console.print(_prefill_table(result))
+    for q in result.quants:
+        for flag in q.flags:
+            console.print(f"[bold red]{q.quant}[/bold red]: {flag}")
+        for note in q.notes:
+            console.print(f"{q.quant}: {note}")
+    console.print("Rules: " + "; ".join(f"{k} = {v}" for k, v in result.flag_rules.items()) + ".")
+
+
+def _memory_table(result: Plan) -> Table:
+    table = Table(title=f"Memory (KV tokens and sessions of {result.session_len:,} at each cache ratio)",
+                  title_justify="left")
+    for column in ("format", "weights", "free after weights + reserve"):
+        table.add_column(column, justify="right" if column != "format" else "left", no_wrap=True)
+    for ratio in result.quants[0].kv:
+        table.add_column(f"ratio {ratio.cache_ratio:g}", justify="right", no_wrap=True)
+    table.add_column("flags")
+    for q in result.quants:
+        cells = [f"{kv.tokens:,} ({kv.sequences_in_blocks})" if q.fits else "-" for kv in q.kv]
+        flags = ", ".join(f.split(":")[0] for f in q.flags) or "ok"
+        table.add_row(q.quant, f"{q.weights.total / GIB:.2f} GiB", f"{q.free_bytes / GIB:.2f} GiB", *cells,
+                      f"[red]{flags}[/red]" if q.flags else flags)
+    return table
+
+
+def _decode_table(result: Plan) -> Table:
+    most = max(kv.cache_ratio for kv in result.quants[0].kv)
+    table = Table(title=f"Decode tokens/s, roofline, context {result.context_len:,} tokens per sequence "
+                        f"(! = the batch's KV needs more than ratio {most:g})", title_justify="left")
+    table.add_column("format")
+    table.add_column("weights read/step", justify="right")
+    for d in result.quants[0].decode:
+        table.add_column(f"batch {d.batch_size}", justify="right", no_wrap=True)
+    for q in result.quants:
+        cells = []
+        for d in q.decode:
+            over = d.cache_ratio_needed is None or d.cache_ratio_needed > most
+            cells.append(f"{d.tokens_per_s:,.0f}{'!' if over else ''}" + (" (compute)" if d.bound == "compute" else ""))
+        table.add_row(q.quant, f"{q.weights.decode / 1e9:.2f} GB", *cells)
+    return table
+
+
+def _prefill_table(result: Plan) -> Table:
+    table = Table(title="Prefill time of one prompt, roofline", title_justify="left")
+    table.add_column("format")
+    for e in result.quants[0].prefill:
+        table.add_column(f"{e.prompt_len:,} tokens", justify="right", no_wrap=True)
+    for q in result.quants:
+        table.add_row(q.quant, *(_seconds(e.seconds) for e in q.prefill))
+    return table
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1e3:,.1f} ms" if value < 1 else f"{value:,.2f} s"
+
+
+def _console() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=160)  # piped: do not fold the tables at 80 columns
+    return console
+
