@@ -136,6 +136,6 @@ class KVCacheManager:
         request.num_hashed_blocks = 0
 
     def reset_prefix_cache(self) -> None:
-        for key, block in self.cached.items():
+        for block in self.cached.values():
             self.block_key[block] = None
         self.cached.clear()
