@@ -4,7 +4,9 @@ Every result file carries this, so a number is never separated from the machine 
 """
 from __future__ import annotations
 
+import os
 import platform
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -30,6 +32,9 @@ def versions() -> dict[str, str]:
 
 
 def git_commit() -> str:
+    """HEAD's sha (+ "-dirty"); OPSCTL_GIT_COMMIT overrides it for copies of the tree without history."""
+    if os.environ.get("OPSCTL_GIT_COMMIT"):
+        return os.environ["OPSCTL_GIT_COMMIT"]
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -38,15 +43,15 @@ def git_commit() -> str:
                                capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    if not re.fullmatch(r"[0-9a-f]{40}", sha):  # e.g. "HEAD" where the repository has no commits
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
 
 
 def device_info() -> dict:
     """The accelerator (name, memory, count) or the CPU when there is none."""
     info: dict = {"host": platform.node(), "cpu": platform.processor() or platform.machine()}
     try:
-        import os
-
         info["cpu_count"] = os.cpu_count()
         import torch
 

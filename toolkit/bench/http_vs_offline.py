@@ -1,6 +1,6 @@
 """Output tokens/s of the HTTP server against the offline engine, same engine, same workload, same concurrency.
 
-    python -m engine.server.bench_http_vs_offline --model preset:qwen2.5-7b --concurrency 64 \\
+    python -m toolkit.bench.http_vs_offline --model preset:qwen2.5-7b --concurrency 64 \\
         --input-len 512 --output-len 256 --out reports/http_vs_offline.json
 
 1. Offline: N requests of random prompt ids (input-len tokens each, ignore_eos, greedy, output-len new
@@ -158,8 +158,8 @@ def client_main(args) -> None:
 def run_http(engine, args, prompts, warmup) -> dict:
     import uvicorn
 
-    from ..async_engine import AsyncEngine
-    from .app import build_app
+    from engine.async_engine import AsyncEngine
+    from engine.server.app import build_app
 
     aengine = AsyncEngine(engine)
     app = build_app(aengine)
@@ -176,7 +176,7 @@ def run_http(engine, args, prompts, warmup) -> dict:
         json.dump({"prompts": prompts, "warmup": warmup}, f)
         prompts_file = f.name
     try:
-        cmd = [sys.executable, "-m", "engine.server.bench_http_vs_offline", "--client-url", url,
+        cmd = [sys.executable, "-m", "toolkit.bench.http_vs_offline", "--client-url", url,
                "--prompts-file", prompts_file, "--model-name", engine.source.name,
                "--concurrency", str(args.concurrency), "--output-len", str(args.output_len)]
         if not args.per_token_events:
@@ -197,24 +197,13 @@ def run_http(engine, args, prompts, warmup) -> dict:
 
 # -- main ------------------------------------------------------------------------------------------
 def _environment(engine) -> dict:
-    import importlib.metadata as md
-
     import torch
 
-    versions = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "fastapi", "starlette", "uvicorn", "httpx", "triton"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(__file__)).stdout.strip() or None
-    except OSError:
-        commit = None
+    from ..system_info import git_commit, versions
+
     device = engine.runner.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"device": name, "versions": versions, "git_commit": commit,
+    return {"device": name, "versions": versions(), "git_commit": git_commit(),
             "http_impl": "httptools" if _has("httptools") else "h11", "uvloop": _has("uvloop")}
 
 
@@ -229,8 +218,8 @@ def main(argv=None) -> int:
     if args.client_url:
         client_main(args)
         return 0
-    from .. import EngineConfig, GenerationConfig
-    from ..engine import LLMEngine
+    from engine import EngineConfig, GenerationConfig
+    from engine.engine import LLMEngine
 
     n = args.num_requests or 4 * args.concurrency
     session_len = args.session_len or args.input_len + args.output_len + 64
