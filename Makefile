@@ -21,10 +21,18 @@ install: $(VENV)/.installed
 model: install
 	$(VENV)/bin/opsctl models pull
 
-# The main job until `opsctl tune` lands: the engine against plain transformers on the embedded
-# model (same process, same workload), result JSON + per-request CSV under reports/.
+# The main job until `opsctl tune` lands: serve the embedded model, load-test it over HTTP with
+# Locust (`opsctl bench`), then the engine against plain transformers offline; each writes
+# reports/<run-id>/result.json, per-request CSVs and report.html.
+DEMO_PORT ?= 23399
 demo: model
-	$(VENV)/bin/opsctl bench offline --workload mixed --peer generate
+	@mkdir -p reports
+	@$(VENV)/bin/opsctl serve --server-port $(DEMO_PORT) --max-batch-size 16 > reports/demo-serve.log 2>&1 & \
+	pid=$$!; trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' EXIT; \
+	curl -sf --retry 150 --retry-connrefused --retry-delay 2 -o /dev/null http://127.0.0.1:$(DEMO_PORT)/health \
+		|| { echo "server did not start: see reports/demo-serve.log"; exit 1; }; \
+	$(VENV)/bin/opsctl bench --url http://127.0.0.1:$(DEMO_PORT) --dataset chat --output-len 64 --num-requests 40 --concurrency 1,4 --run-id demo-http
+	$(VENV)/bin/opsctl bench offline --workload mixed --peer generate --run-id demo-offline
 
 test: model
 	$(PY) -m pytest -q

@@ -38,10 +38,12 @@ def test_offline_result_file_on_tiny_preset(tmp_path):
     s = engine.summary
     assert s.ttft.p50 <= s.e2e.p50 and s.tpot is not None
     assert engine.config["cache_block_seq_len"] == 16
+    assert (tmp_path / "r1" / "report.html").stat().st_size > 10_000  # bench writes its report by default
 
 
 def test_engine_not_slower_than_transformers_on_cpu(tmp_path):
-    result = _bench(tmp_path, "--workload", "mixed", "--peer", "generate")
+    # Best of 2 runs each: other load on a shared machine only ever slows a run down.
+    result = _bench(tmp_path, "--workload", "mixed", "--peer", "generate", "--repeats", "2", "--no-report")
     engine, peer = result.runs
     assert engine.workload["num_requests"] == 16
     assert engine.summary.output_throughput >= peer.summary.output_throughput, (

@@ -1,4 +1,5 @@
-"""A result's runs as a terminal table (rich) and its per-request rows as CSV files (pandas)."""
+"""What a bench run leaves behind: its runs as a terminal table (rich), its per-request rows as CSV
+files (pandas), and its HTML report beside the result."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,3 +39,19 @@ def print_runs(result: BenchResult, console: Console | None = None) -> None:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in run.summary.extra.items()}
         if shown:
             console.print(f"[bold]{run.label}[/bold]: {shown}")
+
+
+def write_html_report(out_dir: Path, console: Console | None = None) -> Path | None:
+    """out_dir/report.html from out_dir/result.json. The measurements are already written, so a
+    failure here is a warning, never a lost run."""
+    from ..report.render import render_report
+
+    console = console or Console(width=160)
+    html = out_dir / "report.html"
+    try:
+        render_report([out_dir / "result.json"], html)
+    except Exception as e:  # noqa: BLE001
+        console.print(f"[yellow]warning: HTML report failed: {type(e).__name__}: {e}[/]")
+        return None
+    console.print(f"wrote {html}")
+    return html

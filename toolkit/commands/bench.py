@@ -110,6 +110,7 @@ def _range(text: str | None) -> tuple[int, int] | None:
 
 
 @app.command("offline")
+@eo.with_engine_flags()
 def offline(
     model: eo.ModelArg = None,
     *,
@@ -118,43 +119,28 @@ def offline(
     input_len: Annotated[Optional[str], typer.Option(help="Prompt tokens: N or MIN:MAX (uniform).")] = None,
     output_len: Annotated[Optional[str], typer.Option(help="Output tokens: N or MIN:MAX (uniform).")] = None,
     seed: Annotated[int, typer.Option(help="Workload seed.")] = 0,
-    peer: Annotated[list[str], typer.Option(help=f"Also run a peer on the same workload: {', '.join(PEERS)}.")] = [],
+    peer: Annotated[Optional[list[str]], typer.Option(help=f"Also run a peer on the same workload: {', '.join(PEERS)}.")] = None,
     peer_batch_size: Annotated[Optional[int], typer.Option(help="Batch size of the generate peer (default: all).")] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Measure each system this many times and keep its fastest run.")] = 1,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where reports/<run-id>/ goes.")] = Path("reports"),
     run_id: Annotated[Optional[str], typer.Option(help="Name of the result folder (default: offline-<time>).")] = None,
-    max_batch_size: eo.MaxBatchSize = None,
-    cache_max_entry_count: eo.CacheMaxEntryCount = 0.8,
-    cache_block_seq_len: eo.CacheBlockSeqLen = 64,
-    session_len: eo.SessionLen = None,
-    max_prefill_token_num: eo.MaxPrefillTokenNum = 8192,
-    enable_prefix_caching: eo.EnablePrefixCaching = False,
-    tp: eo.Tp = 1,
-    model_format: eo.ModelFormat = None,
-    quant_policy: eo.QuantPolicy = 0,
-    dtype: eo.Dtype = "auto",
-    device: eo.Device = "auto",
-    eager: eo.Eager = False,
-    cpu_memory_gb: eo.CpuMemoryGb = 4.0,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report.")] = False,
+    engine_config=None,
 ) -> None:
     """Benchmark the engine offline (no HTTP) and, with --peer, transformers on the same workload."""
     from ..bench.offline import bench_engine, build_workload
     from ..bench.peers import load_hf_model, run_generate, run_generate_batch
+    from ..bench.report_table import print_runs, write_html_report, write_requests_csv
     from ..report.schema import BenchResult, new_run_id
-    from ..bench.report_table import print_runs, write_requests_csv
     from ..system_info import command_line, device_info, git_commit, versions
 
+    peer = peer or []
     bad = [p for p in peer if p not in PEERS]
     if bad:
         raise typer.BadParameter(f"unknown peer {bad[0]!r}; choose from {', '.join(PEERS)}", param_hint="--peer")
     from engine.engine import LLMEngine
 
-    config = eo.engine_config(
-        max_batch_size=max_batch_size, cache_max_entry_count=cache_max_entry_count,
-        cache_block_seq_len=cache_block_seq_len, session_len=session_len,
-        max_prefill_token_num=max_prefill_token_num, enable_prefix_caching=enable_prefix_caching, tp=tp,
-        model_format=model_format, quant_policy=quant_policy, dtype=dtype, device=device, eager=eager,
-        cpu_memory_gb=cpu_memory_gb)
-    engine = LLMEngine(model, config)
+    engine = LLMEngine(model, engine_config)
     dev = device_info()
     work = build_workload(workload, engine.vocab_size, seed=seed, num_requests=num_requests,
                           input_len=_range(input_len), output_len=_range(output_len), max_len=engine.session_len)
@@ -162,7 +148,7 @@ def offline(
     result = BenchResult(run_id=run_id or new_run_id("offline"), kind="offline", command=command_line(),
                          git_commit=git_commit(), device=dev, versions=versions())
     typer.echo(f"engine: {name} on {engine.runner.device} ({engine.runner.dtype}), workload {work.describe()}")
-    result.runs.extend(bench_engine(engine, name, work, dev.get("name", "")))
+    result.runs.extend(bench_engine(engine, name, work, dev.get("name", ""), repeats=repeats))
     if peer:
         source, torch_device, torch_dtype = engine.source, str(engine.runner.device), engine.runner.dtype
         del engine  # free the engine's memory (weights, KV pool) for the peer
@@ -175,12 +161,14 @@ def offline(
                 result.runs.append(run_generate_batch(hf, work, torch_device, name))
             else:
                 result.runs.append(run_generate(hf, work, torch_device, peer_batch_size or len(work.prompts), name,
-                                                pad, static_cache=p == "generate-static"))
+                                                pad, static_cache=p == "generate-static", repeats=repeats))
     out_dir = output_dir / result.run_id
     write_requests_csv(result, out_dir)
     result.write(out_dir / "result.json")
     print_runs(result)
     typer.echo(f"wrote {out_dir / 'result.json'}")
+    if not no_report:
+        write_html_report(out_dir)
 
 
 def _free_device_memory() -> None:

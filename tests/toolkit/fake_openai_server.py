@@ -1,0 +1,129 @@
+"""A small, independent OpenAI-compatible server for bench tests: tokens at a known, fixed rate.
+
+It shares no code with engine/server: a FastAPI app on uvicorn in a background thread (real
+socket on 127.0.0.1) that answers GET /v1/models and streams /v1/chat/completions and
+/v1/completions. Every streamed request waits `first_token_s` before its first token, then
+`inter_token_s` between tokens, sends exactly max_tokens tokens (one word each), then a
+finish chunk, the usage chunk (when stream_options.include_usage) and [DONE]. So a correct client
+measures TTFT = first_token_s and TPOT = inter_token_s.
+
+Faults, by the server's own request count n (1-based, warm-up requests included):
+  fail_every=k         -> n % k == 0 answers HTTP 500 with an OpenAI error body;
+  close_early_every=k  -> n % k == 0 (and not failed) sends 3 tokens, then drops the connection.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+MODEL = "fake-model"
+
+
+class FakeOpenAIServer:
+    def __init__(self, *, first_token_s: float = 0.2, inter_token_s: float = 0.05, fail_every: int = 0,
+                 close_early_every: int = 0, model: str = MODEL):
+        self.first_token_s, self.inter_token_s = first_token_s, inter_token_s
+        self.fail_every, self.close_early_every, self.model = fail_every, close_early_every, model
+        self.num_requests = 0
+        self.completion_tokens_sent = 0
+        self._init_socket()
+
+    def _init_socket(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    # -- the app ---------------------------------------------------------------------------------
+    def build_app(self):
+        app = FastAPI()
+
+        @app.get("/v1/models")
+        async def models():
+            return {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "test"}]}
+
+        async def handle(request: Request, chat: bool):
+            body = await request.json()
+            self.num_requests += 1
+            n = self.num_requests
+            if self.fail_every and n % self.fail_every == 0:
+                return JSONResponse({"error": {"message": f"injected failure on request {n}", "type": "server_error",
+                                               "code": 500}}, status_code=500)
+            prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+            max_tokens = int(body.get("max_tokens") or 16)
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            close_early = bool(self.close_early_every and n % self.close_early_every == 0)
+            gen = self._stream(chat, len(prompt.split()), max_tokens, usage, close_early)
+            return StreamingResponse(gen, media_type="text/event-stream")
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request):
+            return await handle(request, True)
+
+        @app.post("/v1/completions")
+        async def completions(request: Request):
+            return await handle(request, False)
+
+        return app
+
+    async def _stream(self, chat: bool, prompt_tokens: int, max_tokens: int, usage: bool, close_early: bool):
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        head = {"id": "fake-1", "object": obj, "created": int(time.time()), "model": self.model}
+
+        def event(payload: dict) -> bytes:
+            return f"data: {json.dumps(payload)}\n\n".encode()
+
+        def choice(text: str, finish=None) -> dict:
+            if chat:
+                return {"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}
+            return {"index": 0, "text": text, "finish_reason": finish}
+
+        if chat:
+            yield event({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                              "finish_reason": None}]})
+        await asyncio.sleep(self.first_token_s)
+        for i in range(max_tokens):
+            if i:
+                await asyncio.sleep(self.inter_token_s)
+            if close_early and i == 3:
+                raise ConnectionAbortedError("injected early close")  # uvicorn drops the connection mid-body
+            self.completion_tokens_sent += 1
+            yield event({**head, "choices": [choice(f" w{i}")]})
+        yield event({**head, "choices": [choice("", "length")]})
+        if usage:
+            yield event({**head, "choices": [], "usage": {"prompt_tokens": prompt_tokens,
+                                                          "completion_tokens": max_tokens,
+                                                          "total_tokens": prompt_tokens + max_tokens}})
+        yield b"data: [DONE]\n\n"
+
+    # -- the thread ------------------------------------------------------------------------------
+    def start(self) -> "FakeOpenAIServer":
+        self.server = uvicorn.Server(uvicorn.Config(self.build_app(), log_level="critical", lifespan="off"))
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])),
+                                       name=f"fake-openai-{self.port}", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the fake OpenAI server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+    def __enter__(self) -> "FakeOpenAIServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

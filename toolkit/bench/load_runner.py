@@ -1,0 +1,455 @@
+"""`opsctl bench --url`: Locust against any OpenAI-compatible server, one Locust process per ladder rung.
+
+Locust monkey-patches with gevent at import, so it never runs in this process: each rung is
+`python -m locust -f locustfile.py --headless` in its own process, handed a JSON plan (prompts, load
+shape, records path; the API key travels in the environment, not in a file). The locustfile appends
+one JSON line per request to raw/records-<i>.jsonl; this side follows that file for the progress bar,
+then turns the lines into RequestRecords and summarizes them (percentiles from the raw samples).
+
+What lands in <output-dir>/<run-id>/:
+  result.json        BenchResult kind "http", one Run per rung
+  requests-<i>.csv   measured requests of rung i (warm-up excluded), one row each
+  raw/               the plan, the JSON-lines records (with every inter-token gap), Locust's log and CSVs
+
+Failures keep what was measured: errored requests are counted and kept in the table, an interrupted
+run (Ctrl-C) or a Locust process that dies writes the records it has, and the run says so in notes.
+An unreachable server fails before Locust starts, with one line.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..report.schema import BenchResult, Run, new_run_id
+from ..system_info import command_line, device_info, git_commit, versions
+from ..telemetry import GpuSampler, is_local_url
+from .metrics import RequestRecord, summarize
+from .report_table import print_runs, write_html_report, write_requests_csv
+from .workloads import build_workload, describe, find_tokenizer, load_tokenizer
+
+LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
+PLAN_ENV = "OPSCTL_BENCH_PLAN"  # same names as in the locustfile, which imports nothing from toolkit
+API_KEY_ENV = "OPSCTL_BENCH_API_KEY"
+MAX_POISSON_USERS = 512  # users for a Poisson rung without --concurrency (see the locustfile)
+DURATION_ITEMS = 1000  # distinct prompts per closed-loop rung in --duration mode (then they repeat)
+PROBE_TIMEOUT_S = 5.0
+_LATE_ARRIVAL_S = 0.05  # a Poisson arrival sent later than this says the users were all busy
+_STALL_GRACE_S = 60.0  # no record for timeout + this while Locust runs: give up on the rung
+
+
+class BenchError(Exception):
+    """A problem the user must fix; its message is one line."""
+
+
+@dataclass
+class HttpBenchOptions:
+    url: str
+    model: str | None = None
+    endpoint: str = "chat"  # chat | completions
+    dataset: str = "random"
+    input_len: tuple[int, int] = (1024, 1024)
+    output_len: tuple[int, int] | None = None  # None: 128 (random, chat) or the dataset's answers (sharegpt)
+    num_requests: int | None = 200
+    duration_s: float | None = None
+    concurrency: list[int] = field(default_factory=list)
+    request_rate: list[float] = field(default_factory=list)
+    warmup: int | None = None
+    slo: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    api_key: str | None = None
+    run_id: str | None = None
+    output_dir: Path = Path("reports")
+    timeout_s: float = 600.0
+    ignore_eos: bool = False
+    tokenizer: str | None = None
+
+
+@dataclass
+class Rung:
+    label: str
+    concurrency: int | None  # closed loop (or the user cap of a Poisson rung)
+    request_rate: float | None  # Poisson arrivals
+    users: int
+    warmup: int
+
+
+@dataclass
+class RungOutcome:
+    raw: list[dict]
+    window_s: list[float]
+    returncode: int | None
+    interrupted: bool = False
+    stalled: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class HttpRequestRecord(RequestRecord):
+    """A RequestRecord plus what only an HTTP run knows (for the per-request table)."""
+
+    def __init__(self, *args, scheduled_s=None, status=None, usage=False, finish_reason=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scheduled_s, self.status, self.usage, self.finish_reason = scheduled_s, status, usage, finish_reason
+
+    def row(self) -> dict:
+        return {**super().row(), "scheduled_s": self.scheduled_s, "status": self.status,
+                "usage_reported": self.usage, "finish_reason": self.finish_reason}
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+def normalize_url(url: str) -> str:
+    """'http://h:8000/v1/' -> 'http://h:8000' (the locustfile adds /v1/...)."""
+    base = url.strip().rstrip("/")
+    if base.endswith("/v1"):
+        base = base[:-3]
+    if not base.startswith(("http://", "https://")):
+        raise BenchError(f"bad --url {url!r}: use http://HOST:PORT (or https://)")
+    return base
+
+
+def probe(base: str, api_key: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> tuple[list[dict], str]:
+    """(models from GET /v1/models, what went wrong listing them); BenchError when the server is unreachable."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        resp = httpx.get(f"{base}/v1/models", headers=headers, timeout=timeout_s)
+    except httpx.TimeoutException:
+        raise BenchError(f"cannot reach {base}: no answer within {timeout_s:g} s") from None
+    except httpx.HTTPError as e:
+        reason = str(e) or type(e).__name__
+        raise BenchError(f"cannot reach {base}: {reason}") from None
+    if resp.status_code in (401, 403):
+        raise BenchError(f"{base} refused the request (HTTP {resp.status_code}): pass the right --api-key")
+    if resp.status_code != 200:
+        return [], f"GET {base}/v1/models answered HTTP {resp.status_code}"
+    try:
+        data = resp.json().get("data") or []
+        return [m for m in data if isinstance(m, dict) and m.get("id")], f"{base}/v1/models lists no model"
+    except (ValueError, AttributeError):
+        return [], f"GET {base}/v1/models did not answer an OpenAI model list"
+
+
+# -- planning ------------------------------------------------------------------------------------
+
+def plan_rungs(opts: HttpBenchOptions) -> list[Rung]:
+    """One rung per concurrency (closed loop) or per request rate (Poisson, --concurrency caps its users)."""
+    if opts.request_rate:
+        if len(opts.concurrency) > 1:
+            raise BenchError("give a ladder of --concurrency or of --request-rate, not both "
+                             "(with --request-rate, one --concurrency caps the users in flight)")
+        cap = opts.concurrency[0] if opts.concurrency else None
+        rungs = []
+        for rate in opts.request_rate:
+            if rate <= 0:
+                raise BenchError(f"--request-rate {rate:g}: must be > 0")
+            if math.isinf(rate) and opts.num_requests is None:
+                raise BenchError("--request-rate inf (all requests at once) needs --num-requests")
+            warmup = opts.warmup if opts.warmup is not None else min(4, math.ceil(min(rate, 4)))
+            expected = (opts.num_requests + warmup if opts.num_requests is not None
+                        else math.ceil(rate * opts.duration_s) + warmup)
+            users = max(1, min(cap or MAX_POISSON_USERS, expected))
+            rungs.append(Rung(f"rate={rate:g}", cap, rate, users, warmup))
+        return rungs
+    concurrency = opts.concurrency or [1]
+    if any(c < 1 for c in concurrency):
+        raise BenchError("--concurrency must be >= 1")
+    return [Rung(f"c={c}", c, None, c, opts.warmup if opts.warmup is not None else min(c, 4)) for c in concurrency]
+
+
+def _items_per_rung(opts: HttpBenchOptions, rung: Rung) -> int:
+    if opts.num_requests is not None:
+        return opts.num_requests + rung.warmup
+    if rung.request_rate:
+        return min(math.ceil(rung.request_rate * opts.duration_s * 1.2) + rung.warmup + 8, 5 * DURATION_ITEMS)
+    return DURATION_ITEMS
+
+
+# -- running -------------------------------------------------------------------------------------
+
+def run_http_bench(opts: HttpBenchOptions, console: Console | None = None) -> tuple[BenchResult, Path]:
+    """Probe, build the workload, run every rung, write result.json and the tables; returns (result, out_dir)."""
+    console = console or Console(stderr=True)
+    if opts.num_requests is None and opts.duration_s is None:
+        raise BenchError("give --num-requests or --duration")
+    if opts.num_requests is not None and opts.num_requests < 1:
+        raise BenchError("--num-requests must be >= 1")
+    base = normalize_url(opts.url)
+    rungs = plan_rungs(opts)
+    models, problem = probe(base, opts.api_key)
+    model = opts.model or (models[0]["id"] if models else None)
+    if model is None:
+        raise BenchError(f"{problem}: is {base} an OpenAI-compatible server? If so, pass --model NAME")
+    root = next((m.get("root") for m in models if m.get("id") == model), None)
+    tok = load_tokenizer(find_tokenizer(opts.tokenizer, model, root))
+
+    counts = [_items_per_rung(opts, r) for r in rungs]
+    with _progress(console) as progress:
+        task = progress.add_task("prompts", total=sum(counts) if opts.dataset == "random" else None, status="")
+        items, base_desc = build_workload(opts.dataset, tok, sum(counts), input_len=opts.input_len,
+                                          output_len=opts.output_len, default_output_len=(128, 128), seed=opts.seed,
+                                          on_item=lambda: progress.advance(task))
+        progress.update(task, total=len(items), completed=len(items))
+    result = BenchResult(run_id=opts.run_id or new_run_id("http"), kind="http", command=command_line(),
+                         git_commit=git_commit(), device=device_info(), versions=versions())
+    out_dir = Path(opts.output_dir) / result.run_id
+    (out_dir / "raw").mkdir(parents=True, exist_ok=True)
+    console.print(f"bench {base} model {model}: {len(rungs)} rung(s) {', '.join(r.label for r in rungs)}, "
+                  f"dataset {opts.dataset}, tokenizer {tok.path.name}")
+
+    with GpuSampler(interval_s=0.5, enabled=is_local_url(base)) as sampler, _progress(console) as progress:
+        offset = 0
+        for i, (rung, count) in enumerate(zip(rungs, counts)):
+            rung_items = items[offset:offset + count]
+            offset += count
+            try:
+                outcome = _run_rung(i, rung, rung_items, opts, base, model, out_dir, progress, sampler)
+            except BenchError as e:
+                if not result.runs:
+                    raise
+                result.notes.append(f"{rung.label} failed, rungs after it not run: {e}")
+                break
+            run = _make_run(i, rung, outcome, describe(rung_items, base_desc), opts, base, model)
+            result.runs.append(run)
+            result.notes.extend(outcome.notes)
+            if outcome.interrupted:
+                result.notes.append(f"interrupted during {rung.label}: partial results"
+                                    + (f"; rungs not run: {', '.join(r.label for r in rungs[i + 1:])}"
+                                       if i + 1 < len(rungs) else ""))
+                break
+    if not is_local_url(base):
+        result.notes.append(f"no GPU telemetry: {base} is not on this machine")
+    result.telemetry = sampler.samples
+    result.notes.extend(sampler.notes)
+    write_requests_csv(result, out_dir)
+    result.write(out_dir / "result.json")
+    return result, out_dir
+
+
+def was_interrupted(result: BenchResult) -> bool:
+    return any(run.summary.extra.get("interrupted") for run in result.runs)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console, transient=False)
+
+
+def _run_rung(i: int, rung: Rung, items, opts: HttpBenchOptions, base: str, model: str, out_dir: Path,
+              progress: Progress, sampler: GpuSampler) -> RungOutcome:
+    raw_dir = out_dir / "raw"
+    records_path = raw_dir / f"records-{i}.jsonl"
+    records_path.write_text("")
+    plan = {"endpoint": opts.endpoint, "model": model, "items": [it.to_json() for it in items],
+            "num_requests": opts.num_requests, "duration_s": opts.duration_s, "warmup": rung.warmup,
+            "request_rate": rung.request_rate, "seed": opts.seed + i, "records_path": str(records_path.resolve()),
+            "timeout_s": opts.timeout_s, "ignore_eos": opts.ignore_eos}
+    plan_path = raw_dir / f"plan-{i}.json"
+    plan_path.write_text(json.dumps(plan))
+    env = {**os.environ, PLAN_ENV: str(plan_path.resolve())}
+    env.pop(API_KEY_ENV, None)
+    if opts.api_key:
+        env[API_KEY_ENV] = opts.api_key
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(rung.users),
+           "-r", str(rung.users), "--host", base, "--csv", str(raw_dir / f"locust-{i}"), "--only-summary",
+           "--loglevel", "WARNING", "--exit-code-on-error", "0"]
+    total = (opts.num_requests + rung.warmup) if opts.num_requests is not None else None
+    task = progress.add_task(rung.label, total=total or opts.duration_s, status="starting Locust")
+    tail = _Tail(records_path)
+    log_path = raw_dir / f"locust-{i}.log"
+    outcome = RungOutcome(raw=[], window_s=[round(sampler.now(), 3)], returncode=None)
+    with open(log_path, "w") as log:
+        # Own session: a Ctrl-C reaches this process only, which then stops Locust with SIGTERM (its
+        # handler writes Locust's stats) and keeps the records written so far.
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        started, last_record = time.monotonic(), time.monotonic()
+        limit = (opts.duration_s + opts.timeout_s + _STALL_GRACE_S) if opts.duration_s is not None else None
+        try:
+            while proc.poll() is None:
+                time.sleep(0.2)
+                if tail.poll():
+                    last_record = time.monotonic()
+                _advance(progress, task, tail, total, opts.duration_s, started)
+                now = time.monotonic()
+                stalled = now - last_record > opts.timeout_s + _STALL_GRACE_S
+                if stalled or (limit and now - started > limit):
+                    outcome.stalled = True
+                    why = (f"no request finished for {now - last_record:.0f} s" if stalled
+                           else f"still running {now - started:.0f} s after the start of a {opts.duration_s:g} s run")
+                    outcome.notes.append(f"{rung.label}: {why}; stopped Locust (partial results)")
+                    _stop(proc)
+                    break
+        except KeyboardInterrupt:
+            outcome.interrupted = True
+            _stop(proc)
+        finally:
+            if proc.poll() is None:
+                _stop(proc)
+        outcome.returncode = proc.returncode
+    tail.poll()
+    _advance(progress, task, tail, total, opts.duration_s, started)
+    outcome.raw = tail.records
+    outcome.window_s.append(round(sampler.now(), 3))
+    expected = total
+    if not outcome.raw and not outcome.interrupted:
+        raise BenchError(f"Locust ended (exit {outcome.returncode}) without a single request: "
+                         f"{_last_line(log_path)} (log: {log_path})")
+    if (expected is not None and len(outcome.raw) < expected and not outcome.interrupted
+            and not outcome.stalled):
+        outcome.notes.append(f"{rung.label}: Locust ended after {len(outcome.raw)} of {expected} requests "
+                             f"(exit {outcome.returncode}): {_last_line(log_path)}")
+    return outcome
+
+
+def _advance(progress: Progress, task, tail: "_Tail", total: int | None, duration_s: float | None,
+             started: float) -> None:
+    """Requests done of warm-up + N, or seconds of the duration; errors so far beside the bar."""
+    completed = len(tail.records) if total is not None else min(time.monotonic() - started, duration_s or 0)
+    progress.update(task, completed=completed, status=f"{tail.errors} errors" if tail.errors else "")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (Locust writes its stats and exits), then SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1][:300] if lines else "no output"
+
+
+class _Tail:
+    """Follows a JSON-lines file that another process appends to; keeps the complete lines parsed."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.records, self.errors, self._partial = path, 0, [], 0, b""
+
+    def poll(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return 0
+        self.offset += len(data)
+        data = self._partial + data
+        *lines, self._partial = data.split(b"\n")
+        new = 0
+        for line in lines:
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                self.records.append(record)
+                self.errors += bool(record.get("error"))
+                new += 1
+        return new
+
+
+# -- results -------------------------------------------------------------------------------------
+
+def to_records(raw: list[dict]) -> list[HttpRequestRecord]:
+    """Measured (non-warm-up) requests in index order; start times from the first measured start."""
+    measured = sorted((r for r in raw if not r.get("warmup") and r.get("start_s") is not None),
+                      key=lambda r: r["index"])
+    if not measured:
+        return []
+    t0 = min(r["start_s"] for r in measured)
+    first = measured[0]["index"]
+    out = []
+    for r in measured:
+        out.append(HttpRequestRecord(
+            index=r["index"] - first, start_s=r["start_s"] - t0, prompt_tokens=int(r.get("prompt_tokens") or 0),
+            output_tokens=int(r.get("output_tokens") or 0), ttft_s=r.get("ttft_s"), e2e_s=r.get("e2e_s"),
+            itl_s=list(r.get("itl_s") or []), error=r.get("error"),
+            scheduled_s=(r["scheduled_s"] - t0) if r.get("scheduled_s") is not None else None,
+            status=r.get("status"), usage=bool(r.get("usage")), finish_reason=r.get("finish_reason")))
+    return out
+
+
+def _window(records: list[HttpRequestRecord]) -> float:
+    ends = [r.start_s + r.e2e_s for r in records if r.e2e_s is not None]
+    return max(ends) if ends else 0.0
+
+
+def _make_run(i: int, rung: Rung, outcome: RungOutcome, workload: dict, opts: HttpBenchOptions, base: str,
+              model: str) -> Run:
+    records = to_records(outcome.raw)
+    extra: dict = {"warmup_requests": sum(1 for r in outcome.raw if r.get("warmup"))}
+    errors = Counter(_error_kind(r.error) for r in records if r.error)
+    if errors:
+        extra["errors"] = dict(errors.most_common(5))
+    if records and not all(r.usage for r in records if not r.error):
+        extra["usage_missing"] = sum(1 for r in records if not r.error and not r.usage)
+    lags = [r.start_s - r.scheduled_s for r in records if r.scheduled_s is not None]
+    if lags:
+        extra["arrival_lag_max_s"] = max(lags)
+        if max(lags) > _LATE_ARRIVAL_S:
+            outcome.notes.append(f"{rung.label}: arrivals were sent up to {max(lags):.3f} s late (every user busy); "
+                                 "raise --concurrency or lower --request-rate for a true Poisson load")
+    if outcome.interrupted:
+        extra["interrupted"] = True
+    summary = summarize(records, _window(records), opts.slo or None, extra)
+    load = {"concurrency": rung.concurrency if rung.request_rate is None else None,
+            "request_rate": "inf" if rung.request_rate and math.isinf(rung.request_rate) else rung.request_rate,
+            "max_concurrency": rung.concurrency if rung.request_rate else None,
+            "users": rung.users, "num_requests": opts.num_requests, "duration": opts.duration_s,
+            "warmup": rung.warmup, "arrivals": "poisson" if rung.request_rate else "closed-loop"}
+    config = {"url": base, "endpoint": "/v1/chat/completions" if opts.endpoint == "chat" else "/v1/completions",
+              "stream": True, "include_usage": True, "ignore_eos": opts.ignore_eos, "timeout_s": opts.timeout_s,
+              "seed": opts.seed + i, "raw_records": f"raw/records-{i}.jsonl", "locust_stats": f"raw/locust-{i}_stats.csv",
+              "locust_exit_code": outcome.returncode}
+    run = Run(label=rung.label, target="http", model=model, workload=workload, load=load, config=config,
+              summary=summary, window_s=outcome.window_s)
+    return run.with_records(records)
+
+
+def _error_kind(error: str) -> str:
+    """Errors grouped by their start ('HTTP 500', 'stream broken after ...', 'connection failed')."""
+    head = error.split(":", 1)[0]
+    return head if len(head) <= 60 else head[:57] + "..."
+
+
+def report_outcome(result: BenchResult, out_dir: Path, console: Console, *, render: bool = True) -> int:
+    """Print the table, say where the files are, render the HTML report; the exit code for the CLI."""
+    print_runs(result, console)
+    for note in result.notes:
+        console.print(f"note: {note}")
+    failed = sum(r.summary.num_errors for r in result.runs)
+    total = sum(r.summary.num_requests for r in result.runs)
+    if failed:
+        kinds = Counter()
+        for r in result.runs:
+            kinds.update(r.summary.extra.get("errors", {}))
+        shown = ", ".join(f"{k} x{n}" for k, n in kinds.most_common(3))
+        console.print(f"[yellow]warning: {failed} of {total} requests failed ({shown}); partial results kept[/]")
+    console.print(f"wrote {out_dir / 'result.json'}")
+    if render:
+        write_html_report(out_dir, console)
+    return 1 if total and failed == total else 0
