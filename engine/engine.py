@@ -16,7 +16,7 @@ import torch
 
 from .config import EngineConfig
 from .detokenizer import IncrementalDetokenizer
-from .errors import InvalidRequestError, ModelLoadError
+from .errors import InvalidRequestError, ModelLoadError, OutOfMemoryError
 from .generation import GenerationConfig
 from .kv_cache import KVCacheManager
 from .models.source import ModelSource, resolve_model
@@ -92,6 +92,25 @@ class LLMEngine:
         self._init_tokenizer()
         self._init_runner()
         self._init_scheduler()
+        self._init_state()
+
+    # -- initialisation --------------------------------------------------------------------------
+    def _init_source(self, model) -> None:
+        if self.config.tp != 1:
+            raise InvalidRequestError("tensor parallelism (tp > 1) is not available yet; use tp=1", "tp")
+        if self.config.quant_policy:
+            raise InvalidRequestError("KV-cache quantization (quant_policy 4/8) is not available yet", "quant_policy")
+        if self.config.model_format == "awq":
+            raise InvalidRequestError("AWQ checkpoints are not supported yet", "model_format")
+        self.source = model if isinstance(model, ModelSource) else resolve_model(model)
+        hf = self.source.hf_config
+        max_pos = getattr(hf, "max_position_embeddings", 8192)
+        self.session_len = self.config.session_len or max_pos
+        if self.session_len > max_pos:
+            # Positions beyond the model's trained context need a rope table that long.
+            hf.max_position_embeddings = self.session_len
+
+    def _init_state(self) -> None:
         self._ids = itertools.count()
         self._in_flight = None  # the launched step whose tokens the next step() collects
         # Overlap scheduling pays where launches are asynchronous (CUDA). OPSCTL_OVERLAP=0 turns it off,
@@ -102,22 +121,6 @@ class LLMEngine:
         self._rng = random.Random()
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
-
-    # -- initialisation --------------------------------------------------------------------------
-    def _init_source(self, model) -> None:
-        if self.config.tp != 1:
-            raise InvalidRequestError("tensor parallelism (tp > 1) is not available yet; use tp=1", "tp")
-        if self.config.quant_policy:
-            raise InvalidRequestError("KV-cache quantization (quant_policy 4/8) is not available yet", "quant_policy")
-        self.source = model if isinstance(model, ModelSource) else resolve_model(model)
-        if self.config.model_format == "awq":
-            raise InvalidRequestError("AWQ checkpoints are not supported yet", "model_format")
-        hf = self.source.hf_config
-        max_pos = getattr(hf, "max_position_embeddings", 8192)
-        self.session_len = self.config.session_len or max_pos
-        if self.session_len > max_pos:
-            # Positions beyond the model's trained context need a rope table that long.
-            hf.max_position_embeddings = self.session_len
 
     def _init_tokenizer(self) -> None:
         try:
@@ -137,8 +140,6 @@ class LLMEngine:
         self.vocab_size = self.runner.vocab_size
         capacity = self.runner.num_blocks * self.config.cache_block_seq_len
         if capacity < self.session_len:
-            from .errors import OutOfMemoryError
-
             raise OutOfMemoryError(
                 f"the KV cache holds {capacity} tokens, less than one session of {self.session_len}: "
                 "raise --cache-max-entry-count or lower --session-len")

@@ -25,6 +25,8 @@ from toolkit.bench.workloads import (ASSET_TOKENIZER, WorkloadError, load_tokeni
                                      sharegpt_prompts)
 from toolkit.report.schema import BenchResult
 
+from .browser import check_page, open_in_browser
+
 
 def _bench(out: Path, url: str, *args: str, run_id: str = "r1", timeout: float = 300) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "toolkit", "bench", "--url", url, *args, "-o", str(out),
@@ -257,10 +259,10 @@ def _generated_tokens(url: str) -> float:
     return float(re.search(r"^opsctl:generation_tokens_total(?:\{[^}]*\})?\s+(\S+)", text, re.M).group(1))
 
 
-def test_real_server_exactly_n_requests(tmp_path, real_server):
+def test_real_server_exactly_n_requests(tmp_path, real_server, browser):
     before = _generated_tokens(real_server)
     proc = _bench(tmp_path, real_server, "--num-requests", "40", "--concurrency", "4", "--input-len", "16",
-                  "--output-len", "8", "--no-report")
+                  "--output-len", "8")
     assert proc.returncode == 0
     result = _result(tmp_path)
     run = result.runs[0]
@@ -274,6 +276,10 @@ def test_real_server_exactly_n_requests(tmp_path, real_server):
     # Output tokens are the server's usage: together they are what the engine counted as generated.
     assert sum(r["output_tokens"] for r in raw) == _generated_tokens(real_server) - before
     assert run.summary.tpot is not None and run.summary.output_throughput > 0
+    # The report bench wrote by default renders in headless Chromium: charts drawn, no console errors.
+    shot = tmp_path / "report.png"
+    seen = open_in_browser(browser, tmp_path / result.run_id / "report.html", shot, min_charts=3)
+    check_page(seen, shot, {"throughput-latency", "throughput-bars", "latency-distributions"})
 
 
 def test_real_server_poisson_arrivals(tmp_path, real_server):

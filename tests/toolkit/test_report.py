@@ -8,7 +8,6 @@ screenshot. Without chromium or playwright they skip locally and fail in CI (CI=
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -21,13 +20,13 @@ import pytest
 from typer.testing import CliRunner
 
 from toolkit.cli import app
+
+from .browser import check_page, open_in_browser
 from toolkit.report.render import ReportError, render_report
 from toolkit.report.schema import BenchResult, LatencyStats, Run, RunSummary
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "reports" / "examples" / "h100"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 T0 = 1_764_000_000.0  # telemetry clock: wall-clock seconds, as pynvml sampling records them
 HOSTILE_NOTE = '<img src="x" onerror="alert(1)"> and </script><script>alert(2)</script>'
 
@@ -90,74 +89,11 @@ def make_http_result(out_dir: Path, *, labels: tuple[str, ...] = ("c=1", "c=4", 
 
 # ---------------------------------------------------------------- headless Chromium
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
-def _unavailable(why: str):
-    message = f"headless browser check cannot run: {why}"
-    if _in_ci():
-        pytest.fail(message + " (CI must run it: .ci/run installs Debian's chromium, the dev extra playwright)")
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = os.environ.get("OPSCTL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not executable:
-        _unavailable("no chromium on PATH (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("playwright is not installed (pip install -e '.[dev]')")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
-
-
-def open_in_browser(browser, html: Path, screenshot: Path, min_charts: int) -> dict:
-    """Load the page from file://, wait for the charts, screenshot it; report what went wrong."""
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors, requests, dialogs = [], [], []
-    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-    page.on("request", lambda r: requests.append(r.url))
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    page.route(re.compile(r"^(https?|wss?)://"), lambda route: route.abort())  # offline, and never hang
-    try:
-        page.goto(html.resolve().as_uri(), wait_until="load")
-        page.wait_for_function(
-            f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {min_charts}", timeout=30_000)
-        charts = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')].map(el => ({
-            id: el.id, traces: (el.data || []).length, svgs: el.querySelectorAll('.main-svg').length,
-            marks: el.querySelectorAll('.point, .trace path, .boxlayer path, .scatterlayer .js-line').length}))""")
-        text = page.inner_text("body")
-        page.screenshot(path=str(screenshot), full_page=True)
-    finally:
-        page.close()
-    return dict(errors=errors, requests=requests, dialogs=dialogs, charts=charts, text=text)
-
-
-def _check_page(seen: dict, screenshot: Path, chart_ids: set[str]) -> None:
-    assert not seen["errors"], seen["errors"]
-    assert not seen["dialogs"], f"script from the data ran: {seen['dialogs']}"
-    remote = [u for u in seen["requests"] if not u.startswith(("file://", "data:", "blob:"))]
-    assert not remote, f"the page reached for the network: {remote}"
-    drawn = {c["id"]: c for c in seen["charts"]}
-    assert chart_ids <= set(drawn), (chart_ids, sorted(drawn))
-    for chart_id in chart_ids:
-        chart = drawn[chart_id]
-        assert chart["traces"] > 0 and chart["svgs"] >= 1 and chart["marks"] > 0, chart
-    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert screenshot.stat().st_size > 50_000, screenshot.stat().st_size
-
-
 def test_offline_examples_render_in_chromium(browser, tmp_path):
     out = render_report([EXAMPLES / "t-throughput", EXAMPLES / "peers-decode-b1"], tmp_path / "offline.html")
     shot = tmp_path / "offline.png"
     seen = open_in_browser(browser, out, shot, min_charts=3)
-    _check_page(seen, shot, {"throughput-latency", "throughput-bars", "latency-distributions"})
+    check_page(seen, shot, {"throughput-latency", "throughput-bars", "latency-distributions"})
     assert "gpu-telemetry" not in {c["id"] for c in seen["charts"]}
     assert "no GPU telemetry was recorded" in seen["text"]
     for expected in ("t-throughput", "peers-decode-b1", "transformers generate (static cache)",
@@ -170,7 +106,7 @@ def test_http_ladder_renders_in_chromium(browser, tmp_path):
     out = render_report([result], tmp_path / "http.html")
     shot = tmp_path / "http.png"
     seen = open_in_browser(browser, out, shot, min_charts=4)
-    _check_page(seen, shot, {"throughput-latency", "throughput-bars", "latency-distributions", "gpu-telemetry"})
+    check_page(seen, shot, {"throughput-latency", "throughput-bars", "latency-distributions", "gpu-telemetry"})
     assert HOSTILE_NOTE in seen["text"]  # shown as text, not run
     for expected in ("c=16", "29/30", "Goodput req/s", "GPU telemetry over time", "ttft_ms ≤ 200"):
         assert expected in seen["text"], expected
