@@ -83,18 +83,29 @@ def _sync(engine) -> None:
         torch.cuda.synchronize()
 
 
-def run_requests(engine, prompts: list[list[int]], output_lens: list[int]) -> tuple[list[RequestRecord], float, list]:
+def run_requests(engine, prompts: list[list[int]], output_lens: list[int], label: str = "measure"
+                 ) -> tuple[list[RequestRecord], float, list]:
     """Submit all at once and step to completion; per-request TTFT, ITL and E2E from step times."""
+    from rich.progress import Progress
+
     requests = [engine.make_request(p, _gen(n)) for p, n in zip(prompts, output_lens)]
     records = {r.request_id: RequestRecord(i, 0.0, r.num_prompt_tokens) for i, r in enumerate(requests)}
     last_time: dict[str, float] = {}
+    # The bar is redrawn by its own thread; the loop only bumps a counter every ~0.2 s.
+    progress = Progress(transient=True)
+    task = progress.add_task(f"{label}: output tokens", total=sum(output_lens))
+    shown = 0.0
     _sync(engine)
+    progress.start()
     start = time.perf_counter()
     for r in requests:
         engine.add(r)
     while engine.has_unfinished():
         outputs = engine.step()
         now = time.perf_counter() - start
+        if now - shown > 0.2:
+            progress.update(task, completed=sum(rec.output_tokens for rec in records.values()))
+            shown = now
         for out in outputs:
             rec = records[out.request_id]
             if rec.ttft_s is None:
@@ -108,13 +119,16 @@ def run_requests(engine, prompts: list[list[int]], output_lens: list[int]) -> tu
                 if out.error:
                     rec.error = out.error
     _sync(engine)
-    return list(records.values()), time.perf_counter() - start, requests
+    duration = time.perf_counter() - start
+    progress.stop()
+    return list(records.values()), duration, requests
 
 
 def warm_up(engine, workload: OfflineWorkload) -> None:
     """Exercise the paths the measurement uses (prefill sizes, decode batch sizes, graphs)."""
     n = min(len(workload.prompts), 8)
-    run_requests(engine, [p[:256] for p in workload.prompts[:n]], [min(8, o) for o in workload.output_lens[:n]])
+    run_requests(engine, [p[:256] for p in workload.prompts[:n]], [min(8, o) for o in workload.output_lens[:n]],
+                 label="warm-up")
 
 
 def _engine_run(label: str, engine, model_name: str, workload: OfflineWorkload, records, duration, extra) -> Run:
