@@ -15,9 +15,10 @@ from pathlib import Path
 _PACKAGES = ("torch", "triton", "transformers", "fastapi", "uvicorn", "locust", "pandas", "opsctl")
 
 
-def versions() -> dict[str, str]:
+def versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
+    """Python's version and each installed package's ("not installed" where missing)."""
     out = {"python": platform.python_version()}
-    for name in _PACKAGES:
+    for name in packages:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

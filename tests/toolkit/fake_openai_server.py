@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+
+from tests.server.conftest import UvicornThread
 
 MODEL = "fake-model"
 
@@ -33,14 +32,8 @@ class FakeOpenAIServer:
         self.fail_every, self.close_early_every, self.model = fail_every, close_early_every, model
         self.num_requests = 0
         self.completion_tokens_sent = 0
-        self._init_socket()
-
-    def _init_socket(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = UvicornThread(self.build_app())  # binds a free port now: url is known before start
+        self.url, self.port = self._server.url, self._server.port
 
     # -- the app ---------------------------------------------------------------------------------
     def build_app(self):
@@ -106,21 +99,11 @@ class FakeOpenAIServer:
 
     # -- the thread ------------------------------------------------------------------------------
     def start(self) -> "FakeOpenAIServer":
-        self.server = uvicorn.Server(uvicorn.Config(self.build_app(), log_level="critical", lifespan="off"))
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])),
-                                       name=f"fake-openai-{self.port}", daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the fake OpenAI server did not start")
-            time.sleep(0.02)
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
+        self._server.stop()
 
     def __enter__(self) -> "FakeOpenAIServer":
         return self.start()

@@ -35,7 +35,7 @@ def test_check_env_json(monkeypatch):
     result = CliRunner().invoke(app, ["check-env", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert set(data["versions"]) == {"python", "torch", "triton", "transformers", "opsctl"}
+    assert set(data["versions"]) == {"python", "torch", "triton", "transformers", "opsctl", "cuda"}
     assert data["gpus"] == [] and data["profile"] == "cpu" and data["no_gpu_reason"].startswith("no NVIDIA GPU")
     assert data["host"]["cpu_count"] >= 1
 

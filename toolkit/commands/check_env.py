@@ -8,14 +8,20 @@ from __future__ import annotations
 import json
 import os
 import platform
-from importlib import metadata
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..profiles import CPU_PROFILE, ProfileError, detect_local_gpus, load_profiles, profile_for_gpu_name
+from ..profiles import (
+    CPU_PROFILE,
+    ProfileError,
+    detect_local_gpus,
+    load_profiles,
+    profile_for_gpu_name,
+)
+from ..system_info import versions
 
 _PACKAGES = ("torch", "triton", "transformers", "opsctl")
 
@@ -35,13 +41,7 @@ def check_env(
 
 def environment_report() -> dict:
     """Versions, CUDA as torch sees it, host CPU and memory, NVML's GPUs with their profiles."""
-    versions = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    report: dict = {"versions": versions, "torch_cuda_build": None, "cuda_available": False,
+    report: dict = {"versions": versions(_PACKAGES), "torch_cuda_build": None, "cuda_available": False,
                     "host": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                              "memory_gib": _host_memory_gib()}}
     try:
