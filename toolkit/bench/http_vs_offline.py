@@ -33,6 +33,8 @@ import tempfile
 import threading
 import time
 
+from .metrics import latency_stats
+
 
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -134,11 +136,11 @@ async def _client_run(url: str, model: str, prompts: list[list[int]], concurrenc
         start = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
-    ttfts.sort()
-    pct = (lambda q: round(ttfts[min(len(ttfts) - 1, int(q * len(ttfts)))], 4)) if ttfts else (lambda q: None)
+    ttft = latency_stats(ttfts)
     return {"requests": len(prompts), "output_tokens": tokens, "elapsed_s": round(elapsed, 3),
             "output_tok_s": round(tokens / elapsed, 1), "sse_events": events, "errors": errors[:10],
-            "num_errors": len(errors), "ttft_p50_s": pct(0.5), "ttft_p99_s": pct(0.99)}
+            "num_errors": len(errors), "ttft_p50_s": round(ttft.p50, 4) if ttft else None,
+            "ttft_p99_s": round(ttft.p99, 4) if ttft else None}
 
 
 def client_main(args) -> None:

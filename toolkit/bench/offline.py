@@ -76,10 +76,11 @@ def _gen(max_new_tokens: int):
     return GenerationConfig(max_new_tokens=max_new_tokens, ignore_eos=True)
 
 
-def _sync(engine) -> None:
+def sync_device(device) -> None:
+    """Wait for queued GPU work so a timer reads what the device did (no-op on CPU)."""
     import torch
 
-    if engine.runner.device.type == "cuda":
+    if str(device).startswith("cuda"):
         torch.cuda.synchronize()
 
 
@@ -95,7 +96,7 @@ def run_requests(engine, prompts: list[list[int]], output_lens: list[int], label
     progress = Progress(transient=True)
     task = progress.add_task(f"{label}: output tokens", total=sum(output_lens))
     shown = 0.0
-    _sync(engine)
+    sync_device(engine.runner.device)
     progress.start()
     start = time.perf_counter()
     for r in requests:
@@ -118,7 +119,7 @@ def run_requests(engine, prompts: list[list[int]], output_lens: list[int], label
                 rec.e2e_s = now
                 if out.error:
                     rec.error = out.error
-    _sync(engine)
+    sync_device(engine.runner.device)
     duration = time.perf_counter() - start
     progress.stop()
     return list(records.values()), duration, requests

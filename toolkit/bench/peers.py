@@ -10,7 +10,7 @@ import time
 
 from ..report.schema import Run
 from .metrics import RequestRecord, summarize
-from .offline import OfflineWorkload
+from .offline import OfflineWorkload, sync_device
 
 
 def load_hf_model(source, device: str, dtype):
@@ -24,13 +24,6 @@ def load_hf_model(source, device: str, dtype):
     else:
         model = AutoModelForCausalLM.from_pretrained(source.weights_path, dtype=dtype).to(device)
     return model.eval()
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def run_generate(model, workload: OfflineWorkload, device: str, batch_size: int, model_name: str,
@@ -58,12 +51,12 @@ def run_generate(model, workload: OfflineWorkload, device: str, batch_size: int,
                            min_new_tokens=new, do_sample=False, pad_token_id=pad_token_id, **kwargs)
 
     def measure():
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         for b in range(0, len(order), batch_size):
             batch = order[b:b + batch_size]
             generate(batch)
-            _sync(device)
+            sync_device(device)
             now = time.perf_counter() - start
             for i in batch:  # a padded batch returns all of its outputs at once
                 records[i] = RequestRecord(i, 0.0, len(workload.prompts[i]), workload.output_lens[i], e2e_s=now)
@@ -85,10 +78,10 @@ def run_generate_batch(model, workload: OfflineWorkload, device: str, model_name
     config = GenerationConfig(max_new_tokens=new, min_new_tokens=new, do_sample=False, eos_token_id=-1,
                               pad_token_id=0)
     model.generate_batch(workload.prompts[:2], generation_config=config)  # warm-up
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     model.generate_batch(workload.prompts, generation_config=config)
-    _sync(device)
+    sync_device(device)
     duration = time.perf_counter() - start
     records = [RequestRecord(i, 0.0, len(p), n, e2e_s=duration)
                for i, (p, n) in enumerate(zip(workload.prompts, workload.output_lens))]
