@@ -1,8 +1,12 @@
-"""AsyncEngine: the LLMEngine stepping in a background thread, for asyncio callers (the API server).
+"""AsyncEngine: the engine behind asyncio callers (the API server), stepping outside the event loop.
 
-Callers validate and tokenize in their own thread (errors surface at once), then hand the request to
-the engine thread through a queue; outputs come back to each caller's asyncio queue. Only the engine
-thread touches the scheduler, so no lock guards the hot loop.
+Callers validate and tokenize in their own thread (errors surface at once, RequestFactory), then hand
+the request to the engine; outputs come back to each caller's asyncio queue, one wake-up per event
+loop per engine step. Two backends share that front:
+- ThreadedEngine (here): an LLMEngine stepping in a background thread of this process. Simple, and
+  what tests and the offline tools use; but the engine loop and the server share one GIL.
+- ProcessEngine (engine_process.py): the LLMEngine in its own process, which the server uses, so
+  streaming responses to many clients never delays the engine's next step.
 """
 from __future__ import annotations
 
@@ -13,34 +17,49 @@ import threading
 from collections.abc import AsyncIterator
 
 from .engine import EngineStats, LLMEngine, RequestOutput
-from .errors import EngineError
+from .errors import EngineError, InvalidRequestError
 from .generation import GenerationConfig
+from .request_factory import RequestFactory, RequestSpec
 
 log = logging.getLogger(__name__)
 
 
 class EngineDeadError(EngineError):
-    """The engine thread stopped; no request can be served."""
+    """The engine stopped (shutdown, a failed step, its process died); no request can be served."""
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine):
-        # (A 0.5 ms GIL switch interval, to hand the GIL back to this thread sooner after GPU waits,
-        # measured worse on the H100 machine: HTTP/offline 0.70 against 0.83 with CPython's 5 ms.)
-        self.engine = engine
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+    """The asyncio front: one stream per request. Backends implement _submit, _abort, _stop and stats."""
+
+    def __init__(self, requests: RequestFactory, source, config):
+        self.requests = requests
+        self.tokenizer = requests.tokenizer
+        self.session_len = requests.session_len
+        self.vocab_size = requests.vocab_size
+        self.source = source
+        self.config = config
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
-        self._wakeup = threading.Event()
-        self._stopping = False
         self._accepting = True
-        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
-        self._thread.start()
+        self.dead_reason: str | None = None  # set when the engine stopped by itself
+
+    # -- backend hooks ----------------------------------------------------------------------------
+    def _submit(self, spec: RequestSpec) -> None:
+        raise NotImplementedError
+
+    def _abort(self, request_id: str) -> None:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        raise NotImplementedError
+
+    def stats(self) -> EngineStats:
+        raise NotImplementedError
 
     # -- caller side (any thread with an asyncio loop) --------------------------------------------
     @property
     def accepting(self) -> bool:
-        """False once shutdown() has begun."""
-        return self._accepting
+        """False once shutdown() has begun or the engine died."""
+        return self._accepting and self.dead_reason is None
 
     @property
     def num_active(self) -> int:
@@ -49,12 +68,14 @@ class AsyncEngine:
     async def generate(self, prompt: str | list[int], gen: GenerationConfig | None = None,
                        request_id: str | None = None) -> AsyncIterator[RequestOutput]:
         """Stream a request's outputs; leaving the iteration early aborts the request."""
-        if not self._accepting:
-            raise EngineDeadError("the engine is shutting down and accepts no new requests")
-        request = self.engine.make_request(prompt, gen, request_id)
+        if not self.accepting:
+            raise EngineDeadError(self.dead_reason or "the engine is shutting down and accepts no new requests")
+        spec = self.requests.make_spec(prompt, gen, request_id)
+        if spec.request_id in self._streams:
+            raise InvalidRequestError(f"request id {spec.request_id!r} is already in use", "request_id")
         stream: asyncio.Queue = asyncio.Queue()
-        self._streams[request.request_id] = (asyncio.get_running_loop(), stream)
-        self._send(("add", request))
+        self._streams[spec.request_id] = (asyncio.get_running_loop(), stream)
+        self._submit(spec)
         finished = False
         try:
             while True:
@@ -66,15 +87,12 @@ class AsyncEngine:
                 if finished:
                     return
         finally:
-            self._streams.pop(request.request_id, None)
+            self._streams.pop(spec.request_id, None)
             if not finished:
-                self._send(("abort", request.request_id))
+                self._abort(spec.request_id)
 
     def abort(self, request_id: str) -> None:
-        self._send(("abort", request_id))
-
-    def stats(self) -> EngineStats:
-        return self.engine.stats()
+        self._abort(request_id)
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish (abort what is left after `timeout`), stop."""
@@ -84,21 +102,71 @@ class AsyncEngine:
         while self._streams and (deadline is None or loop.time() < deadline):
             await asyncio.sleep(0.05)
         for rid in list(self._streams):
-            self._send(("abort", rid))
+            self._abort(rid)
             self._deliver(rid, EngineDeadError("the server is shutting down"))
-        self._stopping = True
-        self._wakeup.set()
-        await loop.run_in_executor(None, self._thread.join, 5.0)
+        await self._stop()
 
-    def _send(self, command) -> None:
-        self._inbox.put(command)
-        self._wakeup.set()
-
+    # -- delivery (from the backend's thread) -----------------------------------------------------
     def _deliver(self, request_id: str, item) -> None:
         target = self._streams.get(request_id)
         if target is not None:
             loop, stream = target
             loop.call_soon_threadsafe(stream.put_nowait, item)
+
+    def _deliver_step(self, outputs) -> None:
+        """Hand a step's outputs over with one wake-up per event loop, not one per request."""
+        by_loop: dict = {}
+        for out in outputs:
+            target = self._streams.get(out.request_id)
+            if target is not None:
+                by_loop.setdefault(target[0], []).append((target[1], out))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_put_all, items)
+
+    def _fail_all(self, reason: str) -> None:
+        """The engine is gone: every open stream gets EngineDeadError."""
+        self.dead_reason = reason
+        for rid in list(self._streams):
+            self._deliver(rid, EngineDeadError(reason))
+
+
+def _put_all(items) -> None:
+    for stream, out in items:
+        stream.put_nowait(out)
+
+
+class ThreadedEngine(AsyncEngine):
+    """An LLMEngine stepping in a background thread; only that thread touches the scheduler."""
+
+    def __init__(self, engine: LLMEngine):
+        # (A 0.5 ms GIL switch interval, to hand the GIL back to this thread sooner after GPU waits,
+        # measured worse on the H100 machine: HTTP/offline 0.70 against 0.83 with CPython's 5 ms.
+        # ProcessEngine removes the contention instead.)
+        super().__init__(engine.requests, engine.source, engine.config)
+        self.engine = engine
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wakeup = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self._thread.start()
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    def _submit(self, spec: RequestSpec) -> None:
+        self._send(("add", self.engine.requests.build(spec)))
+
+    def _abort(self, request_id: str) -> None:
+        self._send(("abort", request_id))
+
+    async def _stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
+
+    def _send(self, command) -> None:
+        self._inbox.put(command)
+        self._wakeup.set()
 
     # -- engine thread ----------------------------------------------------------------------------
     def _drain_inbox(self) -> None:
@@ -132,18 +200,3 @@ class AsyncEngine:
                     self._deliver(rid, EngineDeadError(f"engine step failed: {e}"))
                 continue
             self._deliver_step(outputs)
-
-    def _deliver_step(self, outputs) -> None:
-        """Hand a step's outputs over with one wake-up per event loop, not one per request."""
-        by_loop: dict = {}
-        for out in outputs:
-            target = self._streams.get(out.request_id)
-            if target is not None:
-                by_loop.setdefault(target[0], []).append((target[1], out))
-        for loop, items in by_loop.items():
-            loop.call_soon_threadsafe(_put_all, items)
-
-
-def _put_all(items) -> None:
-    for stream, out in items:
-        stream.put_nowait(out)

@@ -6,21 +6,19 @@ forward finishes that step's requests with reason "error" and the engine goes on
 """
 from __future__ import annotations
 
-import itertools
-import os
 import logging
-import random
+import os
 from dataclasses import dataclass
 
 import torch
 
 from .config import EngineConfig
-from .detokenizer import IncrementalDetokenizer
 from .errors import InvalidRequestError, ModelLoadError, OutOfMemoryError
 from .generation import GenerationConfig
 from .kv_cache import KVCacheManager
 from .models.source import ModelSource, resolve_model
 from .request import FinishReason, Request, TokenLogprob
+from .request_factory import RequestFactory, eos_token_ids, session_len_for
 from .runner.model_runner import ModelRunner
 from .scheduler import Scheduler, SchedulerOutput
 
@@ -103,22 +101,15 @@ class LLMEngine:
         if self.config.model_format == "awq":
             raise InvalidRequestError("AWQ checkpoints are not supported yet", "model_format")
         self.source = model if isinstance(model, ModelSource) else resolve_model(model)
-        hf = self.source.hf_config
-        max_pos = getattr(hf, "max_position_embeddings", 8192)
-        self.session_len = self.config.session_len or max_pos
-        if self.session_len > max_pos:
-            # Positions beyond the model's trained context need a rope table that long.
-            hf.max_position_embeddings = self.session_len
+        self.session_len = session_len_for(self.source, self.config.session_len)
 
     def _init_state(self) -> None:
-        self._ids = itertools.count()
         self._in_flight = None  # the launched step whose tokens the next step() collects
         # Overlap scheduling pays where launches are asynchronous (CUDA). OPSCTL_OVERLAP=0 turns it off,
         # =1 forces it on (tests exercise the logic on CPU, where it is correct but gains nothing).
         overlap = os.environ.get("OPSCTL_OVERLAP", "auto")
         self._overlap = overlap == "1" or (overlap != "0" and self.runner.device.type == "cuda")
         self._requests: dict[str, Request] = {}
-        self._rng = random.Random()
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
 
@@ -127,17 +118,13 @@ class LLMEngine:
             self.tokenizer = self.source.load_tokenizer()
         except Exception as e:  # tokenizers raise many types for a broken file
             raise ModelLoadError(f"cannot load the tokenizer of {self.source.name}: {e}") from None
-        eos = set()
-        for value in (getattr(self.source.hf_config, "eos_token_id", None), self.tokenizer.eos_token_id):
-            if isinstance(value, int):
-                eos.add(value)
-            elif isinstance(value, (list, tuple)):
-                eos.update(value)
-        self.eos_token_ids = frozenset(eos)
+        self.eos_token_ids = eos_token_ids(self.source, self.tokenizer)
 
     def _init_runner(self) -> None:
         self.runner = ModelRunner(self.config, self.source, self.session_len)
         self.vocab_size = self.runner.vocab_size
+        self.requests = RequestFactory(self.tokenizer, vocab_size=self.vocab_size, session_len=self.session_len,
+                                       eos_ids=self.eos_token_ids)
         capacity = self.runner.num_blocks * self.config.cache_block_seq_len
         if capacity < self.session_len:
             raise OutOfMemoryError(
@@ -153,44 +140,12 @@ class LLMEngine:
 
     # -- requests --------------------------------------------------------------------------------
     def tokenize_prompt(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, str):
-            return self.tokenizer(prompt).input_ids
-        if not isinstance(prompt, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool)
-                                                            for t in prompt):
-            raise InvalidRequestError("prompt must be a string or a list of token ids", "prompt")
-        bad = [t for t in prompt if not 0 <= t < self.vocab_size]
-        if bad:
-            raise InvalidRequestError(f"prompt has token ids outside [0, {self.vocab_size}): {bad[:5]}", "prompt")
-        return list(prompt)
+        return self.requests.tokenize_prompt(prompt)
 
     def make_request(self, prompt: str | list[int], gen: GenerationConfig | None = None,
                      request_id: str | None = None) -> Request:
-        """Validate and tokenize; touches no engine state, so any thread may call it."""
-        gen = gen or GenerationConfig()
-        if not isinstance(gen, GenerationConfig):
-            raise InvalidRequestError("gen_config must be a GenerationConfig", "gen_config")
-        ids = self.tokenize_prompt(prompt)
-        if not ids:
-            raise InvalidRequestError("prompt is empty", "prompt")
-        if len(ids) >= self.session_len:
-            raise InvalidRequestError(
-                f"prompt has {len(ids)} tokens, more than session_len {self.session_len} allows "
-                "(at least one token must be left to generate)", "prompt")
-        bad_ids = []
-        for word in gen.bad_words:
-            encoded = self.tokenizer.encode(word, add_special_tokens=False)
-            if len(encoded) != 1:
-                raise InvalidRequestError(f"bad word {word!r} is not a single token", "bad_words")
-            bad_ids.append(encoded[0])
-        request_id = str(next(self._ids)) if request_id is None else str(request_id)
-        detok = IncrementalDetokenizer(self.tokenizer, ids, skip_special_tokens=gen.skip_special_tokens,
-                                       stop_words=gen.stop_words,
-                                       include_stop_str_in_output=gen.include_stop_str_in_output)
-        seed = gen.random_seed if gen.random_seed is not None else self._rng.getrandbits(62)
-        request = Request(request_id, ids, gen, self.eos_token_ids,
-                          max_tokens=min(len(ids) + gen.max_new_tokens, self.session_len),
-                          seed=seed % 2**62, detokenizer=detok, bad_token_ids=tuple(bad_ids))
-        return request
+        """Validate and tokenize (RequestFactory); touches no engine state, so any thread may call it."""
+        return self.requests.make_request(prompt, gen, request_id)
 
     def add(self, request: Request) -> None:
         if request.request_id in self._requests:
@@ -211,6 +166,13 @@ class LLMEngine:
             return False
         self.scheduler.abort(request)
         return True
+
+    def abort_all(self) -> list[str]:
+        """Abort every request (after a failure outside the forward); returns their ids."""
+        ids = list(self._requests)
+        for rid in ids:
+            self.abort(rid)
+        return ids
 
     def has_unfinished(self) -> bool:
         # Every unfinished request is running or waiting; a step still in flight whose requests have

@@ -23,3 +23,19 @@ class ModelLoadError(EngineError):
 
 class OutOfMemoryError(EngineError):
     """The model or the KV cache does not fit the device; the message says what would."""
+
+
+def describe_load_failure(what: str, error: Exception) -> str:
+    """One line for an unexpected failure while building an engine for `what` (a model name).
+
+    Engine errors already say what would fit; anything else (a CUDA out-of-memory, a broken weight
+    file) gets its type, its first line and, for memory, the settings that would help.
+    """
+    if isinstance(error, EngineError):
+        return str(error)
+    text = str(error).strip()
+    if "out of memory" in text.lower():
+        return (f"out of memory while loading {what}: lower --cache-max-entry-count or --session-len, "
+                "or use a 4-bit AWQ checkpoint")
+    first = text.splitlines()[0] if text else type(error).__name__
+    return f"cannot load {what}: {type(error).__name__}: {first}"

@@ -285,12 +285,64 @@ def bench_small_kernels(report: Report) -> None:
                gbytes=act_bytes / 1e9, peer="torch", peer_ms=_bench(lambda i: make_act(i, False), act_bytes))
 
 
+# Batch-1 decode's linear layers of Qwen2.5-7B: (name, N, K, bias).
+GEMV_SHAPES = [("qkv_proj", HEADS * HEAD_DIM + 2 * KV_HEADS * HEAD_DIM, HIDDEN, True), ("o_proj", HIDDEN, HIDDEN, False),
+               ("gate_up_proj", 2 * INTER, HIDDEN, False), ("down_proj", HIDDEN, INTER, False),
+               ("lm_head", 152064, HIDDEN, False)]
+
+
+def bench_gemv(report: Report, sweep: bool) -> None:
+    """One-token linear layers: our GEMV against cuBLAS (F.linear on [1, K], and on [K], its gemv path)."""
+    import itertools
+
+    import torch.nn.functional as F
+
+    from .gemv import gemv, gemv_config
+
+    for name, n, k, has_bias in GEMV_SHAPES:
+        nbytes = (n * k + k + n * (2 if has_bias else 1)) * 2
+
+        def make(i, kind, config=None, n=n, k=k, has_bias=has_bias):
+            w = torch.randn(n, k, device="cuda", dtype=DTYPE) * 0.02
+            b = torch.randn(n, device="cuda", dtype=DTYPE) if has_bias else None
+            x = torch.randn(1, k, device="cuda", dtype=DTYPE)
+            out = torch.empty(1, n, device="cuda", dtype=DTYPE)
+            if kind == "triton":
+                return lambda: gemv(x, w, b, out=out, config=config)
+            if kind == "linear_1d":
+                return lambda: F.linear(x[0], w, b)
+            return lambda: F.linear(x, w, b)
+
+        w = torch.randn(n, k, device="cuda", dtype=DTYPE) * 0.02
+        x = torch.randn(1, k, device="cuda", dtype=DTYPE)
+        torch.testing.assert_close(gemv(x, w), F.linear(x, w), rtol=2e-2, atol=2e-2)
+        del w
+        shape = f"N={n} K={k}"
+        cublas = _bench(lambda i: make(i, "linear"), nbytes)
+        report.add(f"gemv[{name}]", shape, _bench(lambda i: make(i, "triton"), nbytes), gbytes=nbytes / 1e9,
+                   peer="cublas", peer_ms=cublas)
+        report.add(f"cublas_1d[{name}]", shape, _bench(lambda i: make(i, "linear_1d"), nbytes), gbytes=nbytes / 1e9)
+        if not sweep:
+            continue
+        best = None
+        for config in itertools.product((4, 8, 16, 32), (256, 512, 1024), (4, 8), (2, 3, 4)):
+            try:
+                ms = _bench(lambda i, c=config: make(i, "triton", c), nbytes, calls=100)
+            except Exception as e:  # noqa: BLE001 - a config the compiler refuses (registers, shared memory)
+                print(f"  gemv {name} {config}: {type(e).__name__}", flush=True)
+                continue
+            if best is None or ms < best[0]:
+                best = (ms, config)
+        report.add(f"gemv_best[{name}]", f"{shape} {best[1]} (default {gemv_config(n, k)})", best[0],
+                   gbytes=nbytes / 1e9, peer="cublas", peer_ms=cublas)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.kernels.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", action="store_true",
                         help="also run the tuning grids (decode splits/configs, prefill tiles)")
     parser.add_argument("--json", metavar="PATH", help="write the rows, device and versions as JSON")
-    parser.add_argument("--only", choices=["decode", "prefill", "small"], help="run one group only")
+    parser.add_argument("--only", choices=["decode", "prefill", "small", "gemv"], help="run one group only")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("engine.kernels.bench: no CUDA device here; the kernel benchmark runs on a GPU machine. "
@@ -310,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_prefill(report, args.sweep)
     if args.only in (None, "small"):
         bench_small_kernels(report)
+    if args.only in (None, "gemv"):
+        bench_gemv(report, args.sweep)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "torch": torch.__version__, "triton": triton.__version__,

@@ -113,8 +113,7 @@ def _validation_error(error: ValidationError) -> APIError:
 def build_app(aengine: AsyncEngine, *, model_name: str | None = None, api_keys=None,
               max_concurrent_requests: int | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The OpenAI-compatible app around a running AsyncEngine (the caller owns the engine's lifetime)."""
-    engine = aengine.engine
-    model_name = model_name or engine.source.name
+    model_name = model_name or aengine.source.name
     app = FastAPI(title="opsctl", summary="OpenAI-compatible LLM server", version="0.1.0")
     app.state.shutting_down = False
     app.state.aengine = aengine
@@ -153,6 +152,8 @@ def build_app(aengine: AsyncEngine, *, model_name: str | None = None, api_keys=N
     async def health():
         if app.state.shutting_down:
             return JSONResponse({"status": "shutting_down"}, status_code=503)
+        if aengine.dead_reason is not None:
+            return JSONResponse({"status": "engine_dead", "reason": aengine.dead_reason}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/metrics")
@@ -160,7 +161,7 @@ def build_app(aengine: AsyncEngine, *, model_name: str | None = None, api_keys=N
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     def model_card() -> ModelCard:
-        return ModelCard(id=model_name, root=engine.source.name, max_model_len=engine.session_len)
+        return ModelCard(id=model_name, root=aengine.source.name, max_model_len=aengine.session_len)
 
     @app.get("/v1/models")
     async def list_models(request: Request):

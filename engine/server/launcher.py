@@ -12,16 +12,18 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
 
 import uvicorn
 
-from ..errors import EngineError
+from ..errors import EngineError, describe_load_failure
 
 log = logging.getLogger(__name__)
 
+ENGINE_PROCESS_ENV = "OPSCTL_ENGINE_PROCESS"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -63,20 +65,33 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def build_engine(model: str | None, config):
-    """LLMEngine or StartupError: engine errors already say what would fit; anything else gets one line."""
+    """LLMEngine in this process, or StartupError with one line (engine errors already say what would fit)."""
     from ..engine import LLMEngine
 
     try:
         return LLMEngine(model, config)
-    except EngineError as e:
-        raise StartupError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - a failure while loading weights or building the cache
-        if "out of memory" in str(e).lower():
-            raise StartupError(
-                f"out of memory while loading {model or 'the default model'}: lower --cache-max-entry-count "
-                "or --session-len, or use a 4-bit AWQ checkpoint") from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StartupError(f"cannot load {model or 'the default model'}: {type(e).__name__}: {first}") from None
+        raise StartupError(describe_load_failure(model or "the default model", e)) from None
+
+
+def start_engine(model: str | None, config, log_level: str = "warning"):
+    """The server's AsyncEngine: the engine in its own process (ProcessEngine), or StartupError.
+
+    OPSCTL_ENGINE_PROCESS=0 keeps it in a thread of this process instead (ThreadedEngine: one process
+    to debug, but the event loop and the engine loop then share the GIL).
+    """
+    if os.environ.get(ENGINE_PROCESS_ENV, "1") == "0":
+        from ..async_engine import ThreadedEngine
+
+        return ThreadedEngine(build_engine(model, config))
+    from ..engine_process import ProcessEngine
+    from ..models.source import resolve_model
+
+    try:
+        source = resolve_model(model)
+        return ProcessEngine.start(source, config, log_level=log_level)
+    except Exception as e:  # noqa: BLE001 - ProcessEngine reports the engine's own one-line reason
+        raise StartupError(describe_load_failure(model or "the default model", e)) from None
 
 
 def _configure_logging(level: str) -> None:
@@ -88,7 +103,6 @@ def run_server(model: str | None, config, *, host: str = "127.0.0.1", port: int 
                model_name: str | None = None, api_keys=None, max_concurrent_requests: int | None = None,
                log_level: str = "info", shutdown_timeout: float = 30.0, say=print) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code (0). Start-up failures raise StartupError."""
-    from ..async_engine import AsyncEngine
     from .app import build_app
 
     if log_level not in LOG_LEVELS:
@@ -99,14 +113,13 @@ def run_server(model: str | None, config, *, host: str = "127.0.0.1", port: int 
     sock = bind_socket(host, port)
     try:
         say(f"opsctl serve: loading {model or 'the embedded default model'} ...", flush=True)
-        engine = build_engine(model, config)
-        aengine = AsyncEngine(engine)
+        aengine = start_engine(model, config, log_level)
         app = build_app(aengine, model_name=model_name, api_keys=api_keys,
                         max_concurrent_requests=max_concurrent_requests)
-        served = model_name or engine.source.name
-        stats = engine.stats()
-        say(f"opsctl serve: {served} on http://{host}:{port}/v1 (session_len {engine.session_len}, "
-            f"{stats.num_blocks} KV blocks of {engine.config.cache_block_seq_len} tokens); "
+        served = model_name or aengine.source.name
+        stats = aengine.stats()
+        say(f"opsctl serve: {served} on http://{host}:{port}/v1 (session_len {aengine.session_len}, "
+            f"{stats.num_blocks} KV blocks of {aengine.config.cache_block_seq_len} tokens); "
             "stop with Ctrl-C or SIGTERM", flush=True)
         # uvicorn's own grace period is only a backstop: _serve aborts leftovers after shutdown_timeout.
         uv_config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),

@@ -139,10 +139,9 @@ def _byte_decoder() -> dict[str, int]:
 class OpenAIServing:
     def __init__(self, aengine: AsyncEngine, model_name: str, metrics: ServerMetrics):
         self.aengine = aengine
-        self.engine = aengine.engine
-        self.tokenizer = self.engine.tokenizer
+        self.tokenizer = aengine.tokenizer
         self.model_name = model_name
-        self.session_len = self.engine.session_len
+        self.session_len = aengine.session_len
         self.metrics = metrics
         self.token_text = TokenText(self.tokenizer)
 
@@ -219,6 +218,8 @@ class OpenAIServing:
         return jobs
 
     def _check_accepting(self) -> None:
+        if self.aengine.dead_reason is not None:
+            raise APIError(503, f"the engine has stopped: {self.aengine.dead_reason}", code="engine_dead")
         if not self.aengine.accepting:
             raise APIError(503, "the server is shutting down", code="shutting_down")
 
@@ -344,9 +345,9 @@ class OpenAIServing:
         for item in items:
             try:
                 if isinstance(item, str) and len(item) > _THREAD_TOKENIZE_CHARS:
-                    ids = await self._tokenize(self.engine.tokenize_prompt, item)
+                    ids = await self._tokenize(self.aengine.requests.tokenize_prompt, item)
                 else:
-                    ids = self.engine.tokenize_prompt(item)
+                    ids = self.aengine.requests.tokenize_prompt(item)
             except InvalidRequestError as e:
                 raise APIError(400, str(e), param="prompt") from None
             out.append(ids)
@@ -505,7 +506,7 @@ class OpenAIServing:
 
     def detokenize(self, req: DetokenizeRequest) -> dict:
         self.check_model(req.model)
-        vocab = self.engine.vocab_size
+        vocab = self.aengine.vocab_size
         bad = [t for t in req.tokens if not 0 <= t < vocab]
         if bad:
             raise APIError(400, f"tokens has ids outside [0, {vocab}): {bad[:5]}", param="tokens")

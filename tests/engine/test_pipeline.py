@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from engine import EngineConfig, GenerationConfig, InvalidRequestError, Response, pipeline
-from engine.async_engine import AsyncEngine
+from engine.async_engine import ThreadedEngine
 
 from .helpers import assert_all_blocks_free
 
@@ -87,7 +87,7 @@ def test_bad_prompt_in_batch_adds_nothing(pipe):
 
 
 def test_async_engine_streams_and_aborts(pipe):
-    aengine = AsyncEngine(pipe.engine)
+    aengine = ThreadedEngine(pipe.engine)
     prompt = pipe.engine.tokenize_prompt("The quick brown fox")
 
     async def main():

@@ -1,10 +1,11 @@
 """Server fixtures: real uvicorn servers on 127.0.0.1 (real sockets) around one shared engine.
 
-One AsyncEngine on the embedded default model serves three apps, each on its own uvicorn server in
-a background thread with its own event loop: the plain one, one with API keys, one with
---max-concurrent-requests 2. Tests read the engine's stats directly (same process), so "every KV
-block is free" is checked on the engine itself. Process-level behaviour (SIGTERM, start-up
-failures) is tested with `python -m toolkit serve` subprocesses in test_process.py.
+One engine on the embedded default model, in its own process as `opsctl serve` runs it
+(ProcessEngine), serves three apps, each on its own uvicorn server in a background thread with its
+own event loop: the plain one, one with API keys, one with --max-concurrent-requests 2. Tests read
+the engine's stats as the engine process last reported them, so "every KV block is free" is checked
+on the engine's own counters. Process-level behaviour of the server (SIGTERM, start-up failures) is
+tested with `python -m toolkit serve` subprocesses in test_process.py.
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ class ServerHandle:
 
     @property
     def engine(self):
-        return self.aengine.engine
+        """The AsyncEngine: stats() and the tokenizer, as the server sees them."""
+        return self.aengine
 
     @property
     def base_url(self) -> str:
@@ -71,13 +73,12 @@ class ServerHandle:
 @pytest.fixture(scope="session")
 def aengine():
     from engine import EngineConfig
-    from engine.async_engine import AsyncEngine
-    from engine.engine import LLMEngine
+    from engine.engine_process import ProcessEngine
+    from engine.models.source import resolve_model
 
-    engine = LLMEngine(None, EngineConfig(device="cpu", dtype="float32", cache_block_seq_len=16,
-                                          session_len=SESSION_LEN, max_batch_size=64,
-                                          cache_max_entry_count=NUM_BLOCKS))
-    aeng = AsyncEngine(engine)
+    config = EngineConfig(device="cpu", dtype="float32", cache_block_seq_len=16, session_len=SESSION_LEN,
+                          max_batch_size=64, cache_max_entry_count=NUM_BLOCKS)
+    aeng = ProcessEngine.start(resolve_model(None), config)
     yield aeng
 
     async def stop():
@@ -92,6 +93,22 @@ def _serve(aengine, **kwargs):
     app = build_app(aengine, **kwargs)
     thread = UvicornThread(app).start()
     return thread, ServerHandle(thread.url, app, aengine)
+
+
+@pytest.fixture(scope="session")
+def threaded_server():
+    """A server whose engine steps in a thread of this process (ThreadedEngine), for tests that patch it."""
+    from engine import EngineConfig
+    from engine.async_engine import ThreadedEngine
+    from engine.engine import LLMEngine
+
+    engine = LLMEngine(None, EngineConfig(device="cpu", dtype="float32", cache_block_seq_len=16, session_len=SESSION_LEN,
+                                          max_batch_size=8, cache_max_entry_count=128))
+    aeng = ThreadedEngine(engine)
+    thread, handle = _serve(aeng)
+    yield handle
+    thread.stop()
+    asyncio.run(aeng.shutdown(timeout=2))
 
 
 @pytest.fixture(scope="session")

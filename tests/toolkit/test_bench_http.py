@@ -240,14 +240,14 @@ def real_server():
     import asyncio
 
     from engine import EngineConfig
-    from engine.async_engine import AsyncEngine
+    from engine.async_engine import ThreadedEngine
     from engine.engine import LLMEngine
     from engine.server import build_app
     from tests.server.conftest import UvicornThread
 
     engine = LLMEngine(None, EngineConfig(device="cpu", dtype="float32", cache_block_seq_len=16, session_len=512,
                                           max_batch_size=16, cache_max_entry_count=128))
-    aengine = AsyncEngine(engine)
+    aengine = ThreadedEngine(engine)
     thread = UvicornThread(build_app(aengine)).start()
     yield thread.url
     thread.stop()

@@ -6,11 +6,14 @@
 1. Offline: N requests of random prompt ids (input-len tokens each, ignore_eos, greedy, output-len new
    tokens) through LLMEngine.step() directly, closed loop: a new request is added as soon as one finishes,
    so C are always in flight.
-2. HTTP: the same engine wrapped in AsyncEngine behind the real app on a real uvicorn server (a thread
-   of this process, as in `opsctl serve`), driven by C concurrent streaming /v1/completions clients in a
-   separate process (so the load generator does not share this process's GIL), same prompts, closed loop.
-Both are warmed up first (C short requests). The JSON holds both figures, the ratio (goal >= 0.9), the
-device, versions and git commit.
+2. HTTP: the real app on a real uvicorn server (a thread of this process), driven by C concurrent
+   streaming /v1/completions clients in a separate process (so the load generator does not share the
+   server's GIL), same prompts, closed loop. --backend process (the default, as `opsctl serve` runs)
+   puts the engine in its own process (ProcessEngine, same config, loaded after the offline engine is
+   freed); --backend thread wraps the offline engine in a thread of the server's process
+   (ThreadedEngine); --backend both measures the two in one run.
+Every run is warmed up first (C short requests). The JSON holds the figures, the ratio per backend
+(goal >= 0.9), the device, versions and git commit.
 
 With random-weight presets most sampled ids decode to "" (the shared tokenizer covers ids < 49152), so
 a plain stream would send an SSE event for only a fraction of tokens and flatter the HTTP path. By
@@ -52,6 +55,8 @@ def _parse(argv):
     p.add_argument("--max-prefill-token-num", type=int, default=8192)
     p.add_argument("--session-len", type=int, default=None, help="default: input-len + output-len + 64")
     p.add_argument("--eager", action="store_true")
+    p.add_argument("--backend", choices=("process", "thread", "both"), default="process",
+                   help="where the server's engine runs (default: its own process, as opsctl serve)")
     p.add_argument("--no-per-token-events", dest="per_token_events", action="store_false")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the result JSON here")
@@ -157,13 +162,12 @@ def client_main(args) -> None:
 
 
 # -- HTTP server in this process ------------------------------------------------------------------
-def run_http(engine, args, prompts, warmup) -> dict:
+def run_http(aengine, args, prompts, warmup) -> dict:
+    """Serve `aengine` on a real socket, drive it from the load-generator process, then shut it down."""
     import uvicorn
 
-    from engine.async_engine import AsyncEngine
     from engine.server.app import build_app
 
-    aengine = AsyncEngine(engine)
     app = build_app(aengine)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -179,7 +183,7 @@ def run_http(engine, args, prompts, warmup) -> dict:
         prompts_file = f.name
     try:
         cmd = [sys.executable, "-m", "toolkit.bench.http_vs_offline", "--client-url", url,
-               "--prompts-file", prompts_file, "--model-name", engine.source.name,
+               "--prompts-file", prompts_file, "--model-name", aengine.source.name,
                "--concurrency", str(args.concurrency), "--output-len", str(args.output_len)]
         if not args.per_token_events:
             cmd.append("--no-per-token-events")
@@ -241,28 +245,59 @@ def main(argv=None) -> int:
     offline = run_offline(engine, prompts, gen, args.concurrency)
     print(f"offline: {offline['output_tok_s']} output tok/s", flush=True)
 
-    print(f"http: warm-up, then {n} streaming requests from {args.concurrency} clients ...", flush=True)
-    http = run_http(engine, args, prompts, warmup)
-    print(f"http: {http['output_tok_s']} output tok/s ({http['num_errors']} errors, "
-          f"{http['sse_events']} SSE events)", flush=True)
-    ratio = round(http["output_tok_s"] / offline["output_tok_s"], 4) if offline["output_tok_s"] else None
+    env = _environment(engine)
+    engine_info = {"max_batch_size": engine.scheduler.max_batch_size, "num_kv_blocks": engine.stats().num_blocks,
+                   "dtype": str(engine.runner.dtype)}
+    runs = {}
+    for backend in (("thread", "process") if args.backend == "both" else (args.backend,)):
+        print(f"http ({backend}): warm-up, then {n} streaming requests from {args.concurrency} clients ...",
+              flush=True)
+        if backend == "thread":
+            from engine.async_engine import ThreadedEngine
+
+            aengine = ThreadedEngine(engine)
+        else:
+            source, engine = engine.source, None  # the offline engine is freed before the child loads
+            aengine = _process_engine(source, config)
+        http = runs[backend] = run_http(aengine, args, prompts, warmup)
+        http["ratio_http_over_offline"] = (round(http["output_tok_s"] / offline["output_tok_s"], 4)
+                                           if offline["output_tok_s"] else None)
+        print(f"http ({backend}): {http['output_tok_s']} output tok/s ({http['num_errors']} errors, "
+              f"{http['sse_events']} SSE events), {http['ratio_http_over_offline']} of offline", flush=True)
+    http = runs.get("process") or runs["thread"]
+    ratio = http["ratio_http_over_offline"]
     result = {
-        "benchmark": "http_vs_offline", **_environment(engine),
-        "config": {"model": args.model or engine.source.name, "concurrency": args.concurrency,
+        "benchmark": "http_vs_offline", **env,
+        "config": {"model": args.model or "SmolLM2-135M-Instruct", "concurrency": args.concurrency,
                    "input_len": args.input_len, "output_len": args.output_len, "num_requests": n,
                    "per_token_events": args.per_token_events, "session_len": session_len,
-                   "max_batch_size": engine.scheduler.max_batch_size, "num_kv_blocks": engine.stats().num_blocks,
-                   "cache_block_seq_len": args.cache_block_seq_len, "dtype": str(engine.runner.dtype),
-                   "eager": args.eager},
+                   "cache_block_seq_len": args.cache_block_seq_len, "eager": args.eager, **engine_info,
+                   "backend": "process" if "process" in runs else "thread"},
         "offline": offline, "http": http, "ratio_http_over_offline": ratio, "goal": 0.9,
     }
+    if len(runs) > 1:
+        result["http_thread"] = runs["thread"]
     print(f"ratio http/offline: {ratio} (goal >= 0.9)", flush=True)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
         print(f"wrote {args.out}", flush=True)
-    return 0 if not http["num_errors"] else 1
+    return 0 if not any(r["num_errors"] for r in runs.values()) else 1
+
+
+def _process_engine(source, config):
+    """Start the same config in its own process, once the offline engine's GPU memory is released."""
+    import gc
+
+    import torch
+
+    from engine.engine_process import ProcessEngine
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return ProcessEngine.start(source, config)
 
 
 if __name__ == "__main__":
