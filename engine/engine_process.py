@@ -23,6 +23,7 @@ import asyncio
 import logging
 import multiprocessing as mp
 import signal
+import sys
 import threading
 from multiprocessing.connection import Connection
 
@@ -169,7 +170,8 @@ def engine_main(source: ModelSource, config: EngineConfig, commands: Connection,
                 log_level: str) -> None:
     """Entry point of the engine process: load the model, then serve commands until shutdown."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    # As the server logs: to stdout, so stderr keeps only the one-line start-up error it prints.
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     from .engine import LLMEngine
 
     try:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.gemv import gemv
+
 
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
     if param.shape != loaded.shape:
@@ -17,7 +19,13 @@ def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id=No
 
 
 class Linear(nn.Module):
-    """y = x W^T (+ b); output slices named by shard ids are filled from separate checkpoint tensors."""
+    """y = x W^T (+ b); output slices named by shard ids are filled from separate checkpoint tensors.
+
+    With kernels on (CUDA), a single row (batch-1 decode) goes through the Triton GEMV, which reads
+    the weight 7-14% faster than cuBLAS's M=1 GEMMs on an H100 (engine/kernels/gemv.py).
+    """
+
+    use_kernels = False  # set by the model runner
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False,
                  shard_sizes: dict | None = None):
@@ -56,6 +64,8 @@ class Linear(nn.Module):
         if self.weight is None:
             out = x @ self.weight_t
             return out + self.bias if self.bias is not None else out
+        if self.use_kernels and x.dim() == 2 and x.shape[0] == 1 and x.is_contiguous():
+            return gemv(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 

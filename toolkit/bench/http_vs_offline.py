@@ -257,9 +257,12 @@ def main(argv=None) -> int:
 
             aengine = ThreadedEngine(engine)
         else:
-            source, engine = engine.source, None  # the offline engine is freed before the child loads
+            # Drop every reference to the offline engine (the thread backend's included) so its GPU
+            # memory is free before the engine process loads the same model.
+            source, engine, aengine = engine.source, None, None
             aengine = _process_engine(source, config)
         http = runs[backend] = run_http(aengine, args, prompts, warmup)
+        aengine = None
         http["ratio_http_over_offline"] = (round(http["output_tok_s"] / offline["output_tok_s"], 4)
                                            if offline["output_tok_s"] else None)
         print(f"http ({backend}): {http['output_tok_s']} output tok/s ({http['num_errors']} errors, "
