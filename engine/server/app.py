@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -110,88 +110,127 @@ def _validation_error(error: ValidationError) -> APIError:
     return APIError(400, f"{where}: {first.get('msg')} (got {first.get('input')!r:.80})", param=param)
 
 
+class AppState:
+    """What the routes of one app share: the engine, the serving layer, keys, limits and metrics."""
+
+    def __init__(self, aengine: AsyncEngine, model_name: str, api_keys, max_concurrent_requests: int | None,
+                 max_body_bytes: int):
+        self.aengine = aengine
+        self.model_name = model_name
+        self.metrics = ServerMetrics(aengine.stats, model_name)
+        self.serving = OpenAIServing(aengine, model_name, self.metrics)
+        self.keys = APIKeyChecker(api_keys)
+        self.limiter = ConcurrencyLimiter(max_concurrent_requests)
+        self.max_body_bytes = max_body_bytes
+
+    def model_card(self) -> ModelCard:
+        return ModelCard(id=self.model_name, root=self.aengine.source.name, max_model_len=self.aengine.session_len)
+
+
 def build_app(aengine: AsyncEngine, *, model_name: str | None = None, api_keys=None,
               max_concurrent_requests: int | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The OpenAI-compatible app around a running AsyncEngine (the caller owns the engine's lifetime)."""
-    model_name = model_name or aengine.source.name
+    """The OpenAI-compatible app around a running AsyncEngine (the caller owns the engine's lifetime).
+
+    The routes are module-level functions that find their AppState on `request.app.state`: FastAPI
+    caches endpoint functions process-wide, so routes defined as closures here would keep every
+    app, and its engine with its GPU memory, alive after the server is gone.
+    """
     app = FastAPI(title="opsctl", summary="OpenAI-compatible LLM server", version="0.1.0")
+    state = AppState(aengine, model_name or aengine.source.name, api_keys, max_concurrent_requests, max_body_bytes)
+    app.state.opsctl = state
     app.state.shutting_down = False
-    app.state.aengine = aengine
-    metrics = ServerMetrics(aengine.stats, model_name)
-    serving = OpenAIServing(aengine, model_name, metrics)
-    keys = APIKeyChecker(api_keys)
-    limiter = ConcurrencyLimiter(max_concurrent_requests)
-    app.state.metrics, app.state.serving, app.state.limiter = metrics, serving, limiter
-
-    async def parse(request: Request, model_cls):
-        keys.require(request.headers.get("authorization"))
-        data = await read_json_object(request, max_body_bytes)
-        try:
-            return model_cls.model_validate(data)
-        except ValidationError as e:
-            raise _validation_error(e) from None
-
-    async def generate(request: Request, model_cls, handler) -> Response:
-        if app.state.shutting_down:
-            raise APIError(503, "the server is shutting down", code="shutting_down")
-        req = await parse(request, model_cls)
-        limiter.acquire()
-        try:
-            response = await handler(req, request, limiter.release)
-        except ClientDisconnected:
-            limiter.release()
-            return Response(status_code=499)
-        except BaseException:
-            limiter.release()
-            raise
-        if not isinstance(response, SSEResponse):
-            limiter.release()
-        return response
-
-    @app.get("/health")
-    async def health():
-        if app.state.shutting_down:
-            return JSONResponse({"status": "shutting_down"}, status_code=503)
-        if aengine.dead_reason is not None:
-            return JSONResponse({"status": "engine_dead", "reason": aengine.dead_reason}, status_code=503)
-        return {"status": "ok"}
-
-    @app.get("/metrics")
-    async def prometheus_metrics():
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
-
-    def model_card() -> ModelCard:
-        return ModelCard(id=model_name, root=aengine.source.name, max_model_len=aengine.session_len)
-
-    @app.get("/v1/models")
-    async def list_models(request: Request):
-        keys.require(request.headers.get("authorization"))
-        return ModelList(data=[model_card()]).model_dump()
-
-    @app.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str, request: Request):
-        keys.require(request.headers.get("authorization"))
-        serving.check_model(model_id)
-        return model_card().model_dump()
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        return await generate(request, ChatCompletionRequest, serving.chat)
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        return await generate(request, CompletionRequest, serving.completion)
-
-    @app.post("/tokenize")
-    async def tokenize(request: Request):
-        return serving.tokenize(await parse(request, TokenizeRequest))
-
-    @app.post("/detokenize")
-    async def detokenize(request: Request):
-        return serving.detokenize(await parse(request, DetokenizeRequest))
-
+    app.state.aengine, app.state.metrics, app.state.serving, app.state.limiter = (
+        aengine, state.metrics, state.serving, state.limiter)
+    app.include_router(router)
     _install_error_handlers(app)
     return app
+
+
+router = APIRouter()
+
+
+def _state(request: Request) -> AppState:
+    return request.app.state.opsctl
+
+
+async def _parse(request: Request, model_cls):
+    state = _state(request)
+    state.keys.require(request.headers.get("authorization"))
+    data = await read_json_object(request, state.max_body_bytes)
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as e:
+        raise _validation_error(e) from None
+
+
+async def _generate(request: Request, model_cls, handler_name: str) -> Response:
+    if request.app.state.shutting_down:
+        raise APIError(503, "the server is shutting down", code="shutting_down")
+    req = await _parse(request, model_cls)
+    state = _state(request)
+    limiter = state.limiter
+    limiter.acquire()
+    try:
+        response = await getattr(state.serving, handler_name)(req, request, limiter.release)
+    except ClientDisconnected:
+        limiter.release()
+        return Response(status_code=499)
+    except BaseException:
+        limiter.release()
+        raise
+    if not isinstance(response, SSEResponse):
+        limiter.release()
+    return response
+
+
+@router.get("/health")
+async def health(request: Request):
+    if request.app.state.shutting_down:
+        return JSONResponse({"status": "shutting_down"}, status_code=503)
+    dead = _state(request).aengine.dead_reason
+    if dead is not None:
+        return JSONResponse({"status": "engine_dead", "reason": dead}, status_code=503)
+    return {"status": "ok"}
+
+
+@router.get("/metrics")
+async def prometheus_metrics(request: Request):
+    return Response(_state(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request):
+    state = _state(request)
+    state.keys.require(request.headers.get("authorization"))
+    return ModelList(data=[state.model_card()]).model_dump()
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request):
+    state = _state(request)
+    state.keys.require(request.headers.get("authorization"))
+    state.serving.check_model(model_id)
+    return state.model_card().model_dump()
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request):
+    return await _generate(request, ChatCompletionRequest, "chat")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request):
+    return await _generate(request, CompletionRequest, "completion")
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request):
+    return _state(request).serving.tokenize(await _parse(request, TokenizeRequest))
+
+
+@router.post("/detokenize")
+async def detokenize(request: Request):
+    return _state(request).serving.detokenize(await _parse(request, DetokenizeRequest))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
