@@ -25,6 +25,11 @@ class EngineConfig:
         128 on other GPUs, 32 on CPU).
     max_prefill_token_num: token budget of one forward (prefill chunks and decode tokens together);
         longer prompts are split across steps (dynamic split & fuse).
+    deterministic: batch-invariant kernels (vLLM's VLLM_BATCH_INVARIANT, SGLang's
+        --enable-deterministic-inference): a request's tokens do not depend on what it is batched with,
+        how its prompt is chunked, or whether its prefix came from the prefix cache. Every linear layer
+        runs one fixed-tile Triton GEMM and every attention the one-pass paged kernel; needs CUDA,
+        implies eager_mode, and costs speed (cuBLAS, split-KV decode and CUDA graphs are off).
     """
 
     max_batch_size: int | None = None
@@ -39,6 +44,7 @@ class EngineConfig:
     dtype: str = "auto"
     device: str = "auto"
     eager_mode: bool = False
+    deterministic: bool = False
     cpu_memory_gb: float = 4.0
     seed: int = 0
 

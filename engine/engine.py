@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -70,6 +71,7 @@ class EngineStats:
     prompt_tokens_total: int
     generation_tokens_total: int
     num_steps: int
+    step_time_s: float = 0.0  # wall time spent inside step() since start: the rest was waiting for work
 
     @property
     def prefix_cache_hit_rate(self) -> float:
@@ -112,6 +114,7 @@ class LLMEngine:
         self._requests: dict[str, Request] = {}
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self.step_time_s = 0.0
 
     def _init_tokenizer(self) -> None:
         try:
@@ -187,6 +190,7 @@ class LLMEngine:
         (overlap), so Python's bookkeeping runs while the GPU computes. Requests whose sampling needs
         the exact token history (penalties) turn the overlap off while they run.
         """
+        started = time.perf_counter()
         outputs: list[RequestOutput] = []
         previous, self._in_flight = self._in_flight, None
         if previous is not None and not self._can_overlap():
@@ -203,6 +207,7 @@ class LLMEngine:
         if self._in_flight is not None and not self._overlap:
             current, self._in_flight = self._in_flight, None
             outputs += self._update(current)
+        self.step_time_s += time.perf_counter() - started
         return outputs
 
     def _can_overlap(self) -> bool:
@@ -279,7 +284,7 @@ class LLMEngine:
             kv_cache_usage=self.kv.usage, num_preemptions=self.scheduler.stats.num_preemptions,
             prefix_cache_queries=self.kv.stats.queries, prefix_cache_hits=self.kv.stats.hits,
             prompt_tokens_total=self.prompt_tokens_total, generation_tokens_total=self.generation_tokens_total,
-            num_steps=self.scheduler.stats.num_steps)
+            num_steps=self.scheduler.stats.num_steps, step_time_s=self.step_time_s)
 
     def generate(self, prompts: list[str | list[int]], gen: GenerationConfig | list[GenerationConfig] | None = None
                  ) -> list[Request]:

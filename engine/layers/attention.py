@@ -14,6 +14,10 @@ from ..runner.forward_context import get_forward_context
 
 class PagedAttention(nn.Module):
     use_kernels = False  # set by the model runner
+    # EngineConfig.deterministic: decode rows take the prefill kernel too, whose one pass over the keys
+    # in fixed tiles from position 0 gives a row the same bits whether it is a decode token, part of a
+    # prompt chunk or a prompt whose prefix came from the cache (split-KV decode would not).
+    batch_invariant = False
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float):
         super().__init__()
@@ -29,7 +33,7 @@ class PagedAttention(nn.Module):
             from ..kernels.prefill_attention import paged_prefill_attention
 
             write_kv(k, v, self.k_cache, self.v_cache, ctx.slot_mapping)
-            if ctx.is_decode_only:
+            if ctx.is_decode_only and not self.batch_invariant:
                 return paged_decode_attention(q, self.k_cache, self.v_cache, ctx.block_tables, ctx.seq_lens,
                                               self.scale)
             return paged_prefill_attention(q, self.k_cache, self.v_cache, ctx.query_start_loc, ctx.seq_lens,

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.gemv import gemv
+from ..kernels.matmul import matmul_invariant
 
 
 class VocabEmbedding(nn.Module):
@@ -22,6 +23,7 @@ class LMHead(nn.Module):
     through the Triton GEMV when kernels are on (9% faster than cuBLAS for Qwen2.5-7B's 152k x 3584)."""
 
     use_kernels = False  # set by the model runner
+    batch_invariant = False  # set by the model runner (EngineConfig.deterministic)
 
     def __init__(self, vocab_size: int, hidden_size: int, tied_to: VocabEmbedding | None = None):
         super().__init__()
@@ -39,6 +41,8 @@ class LMHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.weight_t is not None:
             return (hidden @ self.weight_t).float()
+        if self.batch_invariant:
+            return matmul_invariant(hidden, self.weight).float()
         if self.use_kernels and hidden.dim() == 2 and hidden.shape[0] == 1 and hidden.is_contiguous():
             return gemv(hidden, self.weight).float()
         return F.linear(hidden, self.weight).float()

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.gemv import gemv
+from ..kernels.matmul import matmul_invariant
 
 
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
@@ -26,6 +27,7 @@ class Linear(nn.Module):
     """
 
     use_kernels = False  # set by the model runner
+    batch_invariant = False  # set by the model runner (EngineConfig.deterministic)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False,
                  shard_sizes: dict | None = None):
@@ -64,6 +66,8 @@ class Linear(nn.Module):
         if self.weight is None:
             out = x @ self.weight_t
             return out + self.bias if self.bias is not None else out
+        if self.batch_invariant:
+            return matmul_invariant(x, self.weight, self.bias)
         if self.use_kernels and x.dim() == 2 and x.shape[0] == 1 and x.is_contiguous():
             return gemv(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)

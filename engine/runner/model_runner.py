@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import EngineConfig
-from ..errors import OutOfMemoryError
+from ..errors import InvalidRequestError, OutOfMemoryError
 from ..kernels import kernel_head_dim_ok, kernels_wanted
 from ..models.loader import build_model
 from ..scheduler import SchedulerOutput
@@ -66,6 +66,10 @@ class ModelRunner:
         self.session_len = session_len
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device, self.hf_config)
+        if config.deterministic and not kernels_wanted(self.device.type):
+            raise InvalidRequestError(
+                "deterministic mode needs the Triton kernels on a CUDA device (and OPSCTL_KERNELS not 0); "
+                f"this engine runs on {self.device.type}", "deterministic")
         self._init_model(source)
         self._init_kv_cache()
         self.sampler = Sampler()
@@ -81,7 +85,9 @@ class ModelRunner:
         # Two pinned landing buffers for sampled ids: a step's copy may land while the previous one is read.
         pin = self.device.type == "cuda"
         self._sampled_host = [torch.zeros(max_batch_size, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
-        if self.device.type == "cuda" and not self.config.eager_mode:
+        # Deterministic mode runs eager: decode graphs pad the batch, which the prefill kernel that
+        # deterministic decode uses does not expect.
+        if self.device.type == "cuda" and not self.config.eager_mode and not self.config.deterministic:
             self.graphs = DecodeGraphs(self.model, self.buffers, min(max_batch_size, self.config.max_prefill_token_num))
             self.graphs.capture()
 
@@ -101,9 +107,15 @@ class ModelRunner:
         self.num_kv_heads, self.head_dim = attn[0].num_kv_heads, attn[0].head_dim
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         self.use_kernels = kernels_wanted(self.device.type) and kernel_head_dim_ok(self.head_dim)
+        if self.config.deterministic and not self.use_kernels:
+            raise InvalidRequestError(
+                f"deterministic mode needs the Triton attention kernels, which take power-of-two head sizes "
+                f"(this model's is {self.head_dim})", "deterministic")
         for module in self.model.modules():
             if hasattr(module, "use_kernels"):
                 module.use_kernels = self.use_kernels
+            if hasattr(module, "batch_invariant"):
+                module.batch_invariant = self.config.deterministic
 
     @property
     def block_bytes(self) -> int:

@@ -91,3 +91,9 @@ def test_cache_too_small_for_one_session(default_model_dir):
     with pytest.raises(OutOfMemoryError, match="less than one session"):
         LLMEngine(default_model_dir, EngineConfig(device="cpu", cache_max_entry_count=4, cache_block_seq_len=16,
                                                   session_len=1024))
+
+
+def test_deterministic_mode_without_cuda_is_one_clear_error(default_model_dir):
+    with pytest.raises(InvalidRequestError, match="deterministic mode needs the Triton kernels on a CUDA device") as e:
+        LLMEngine(default_model_dir, EngineConfig(device="cpu", deterministic=True))
+    assert e.value.param == "deterministic" and "\n" not in str(e.value)

@@ -168,6 +168,7 @@ def run_http(aengine, args, prompts, warmup) -> dict:
 
     from engine.server.app import build_app
 
+    before = aengine.stats()
     app = build_app(aengine)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -191,6 +192,7 @@ def run_http(aengine, args, prompts, warmup) -> dict:
         if done.returncode != 0:
             raise RuntimeError(f"load generator failed: {done.stderr[-2000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
+        result["engine"] = _engine_delta(before, aengine.stats())
     finally:
         os.unlink(prompts_file)
         server.should_exit = True
@@ -199,6 +201,15 @@ def run_http(aengine, args, prompts, warmup) -> dict:
     if "error" in result:
         raise RuntimeError(result["error"])
     return result
+
+
+def _engine_delta(before, after) -> dict:
+    """Engine steps and time inside step() over a run (warm-up included): where the wall time went."""
+    steps = after.num_steps - before.num_steps
+    busy = after.step_time_s - before.step_time_s
+    return {"steps": steps, "step_time_s": round(busy, 3),
+            "mean_step_ms": round(1e3 * busy / steps, 3) if steps else None,
+            "generation_tokens": after.generation_tokens_total - before.generation_tokens_total}
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -241,8 +252,10 @@ def main(argv=None) -> int:
     gen = GenerationConfig(max_new_tokens=args.output_len, ignore_eos=True, logprobs=logprobs)
 
     print(f"offline: warm-up, then {n} requests at concurrency {args.concurrency} ...", flush=True)
+    before = engine.stats()
     run_offline(engine, warmup, gen.replace(max_new_tokens=16), args.concurrency)
     offline = run_offline(engine, prompts, gen, args.concurrency)
+    offline["engine"] = _engine_delta(before, engine.stats())
     print(f"offline: {offline['output_tok_s']} output tok/s", flush=True)
 
     env = _environment(engine)

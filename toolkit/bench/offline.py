@@ -204,5 +204,7 @@ def _bench_shared_prefix(engine, model_name, workload, costs, device_name) -> li
         label = "opsctl engine, prefix cache " + ("on" if caching else "off")
         runs.append(_engine_run(label, engine, model_name, workload, records, duration, extra))
     speedup = times[False] / times[True]
-    runs[1].summary.extra.update(speedup_vs_off=speedup, outputs_identical=outputs[False] == outputs[True])
+    differing = sum(a != b for a, b in zip(outputs[False], outputs[True]))
+    runs[1].summary.extra.update(speedup_vs_off=speedup, outputs_identical=not differing,
+                                 requests_with_different_outputs=differing)
     return runs

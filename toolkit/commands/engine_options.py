@@ -31,6 +31,9 @@ QuantPolicy = Annotated[int, typer.Option("--quant-policy", help="KV-cache quant
 Dtype = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 Eager = Annotated[bool, typer.Option("--eager", "--eager-mode", help="Run every step eagerly (no CUDA graphs).")]
+Deterministic = Annotated[bool, typer.Option(
+    "--deterministic", help="Batch-invariant kernels: a request's tokens do not depend on its batch, chunking or "
+                            "prefix-cache hits (CUDA only; slower, implies --eager).")]
 CpuMemoryGb = Annotated[float, typer.Option(
     "--cpu-memory-gb", help="On CPU: the memory budget that --cache-max-entry-count is a fraction of.")]
 
@@ -49,6 +52,7 @@ ENGINE_FLAGS = [
     ("dtype", Dtype, "auto"),
     ("device", Device, "auto"),
     ("eager", Eager, False),
+    ("deterministic", Deterministic, False),
     ("cpu_memory_gb", CpuMemoryGb, 4.0),
 ]
 
@@ -74,7 +78,8 @@ def with_engine_flags(**defaults):
 
 def engine_config(*, max_batch_size=None, cache_max_entry_count=0.8, cache_block_seq_len=64, session_len=None,
                   max_prefill_token_num=8192, enable_prefix_caching=False, tp=1, model_format=None,
-                  quant_policy=0, dtype="auto", device="auto", eager=False, cpu_memory_gb=4.0):
+                  quant_policy=0, dtype="auto", device="auto", eager=False, deterministic=False,
+                  cpu_memory_gb=4.0):
     from engine import EngineConfig
 
     return EngineConfig(
@@ -82,4 +87,4 @@ def engine_config(*, max_batch_size=None, cache_max_entry_count=0.8, cache_block
         cache_block_seq_len=cache_block_seq_len, session_len=session_len,
         max_prefill_token_num=max_prefill_token_num, enable_prefix_caching=enable_prefix_caching, tp=tp,
         model_format=model_format, quant_policy=quant_policy, dtype=dtype, device=device, eager_mode=eager,
-        cpu_memory_gb=cpu_memory_gb)
+        deterministic=deterministic, cpu_memory_gb=cpu_memory_gb)
