@@ -69,7 +69,7 @@ def _prefill_attention_kernel(
         stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, stride_bt,
         GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-        UPCAST: tl.constexpr, IEEE: tl.constexpr):
+        UPCAST: tl.constexpr, IEEE: tl.constexpr, ALWAYS_MASKED: tl.constexpr):
     # Last query blocks first: they see the most keys, so the long programs start early (fewer tails).
     q_block = tl.num_programs(0) - 1 - tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -102,6 +102,11 @@ def _prefill_attention_kernel(
     v_base = v_cache_ptr + kv_head * stride_vch
     # Tiles [0, full) are visible to every row (keys <= context + first_q): no masks at all.
     full = (context + first_q + 1) // BLOCK_N
+    if ALWAYS_MASKED:
+        # Batch-invariant mode: which tiles of a row take the unmasked path depends on where the row
+        # sits in its chunk, and the two paths round differently (the compiler contracts the unmasked
+        # path's scale-and-subtract into an FMA). One path for every tile keeps a row's bits fixed.
+        full = full * 0
     for tile in range(0, full):
         m_i, l_i, acc = _prefill_tile(q, m_i, l_i, acc, tile * BLOCK_N, limit, table, k_base, v_base,
                                       stride_kcb, stride_kcs, stride_vcb, stride_vcs, scale_log2,
@@ -131,13 +136,16 @@ def _config(head_dim: int, group: int, on_gpu: bool) -> tuple[int, int, int, int
 
 def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
-                            scale: float, max_query_len: int, *, out: torch.Tensor | None = None) -> torch.Tensor:
+                            scale: float, max_query_len: int, *, out: torch.Tensor | None = None,
+                            batch_invariant: bool = False) -> torch.Tensor:
     """Causal attention of B query chunks over the paged cache.
 
     q [T, H, D] (tokens of all chunks, flattened; last dim contiguous), k_cache, v_cache
     [num_blocks, block_size, Hkv, D], query_start_loc [B+1] int32, seq_lens [B] int32 (cached + this
     chunk), block_tables [B, max_blocks] int32, max_query_len >= every chunk's length (a host int:
     it sizes the grid) -> out [T, H, D] in q's dtype. Chunks may have length 1 (decode rows) or 0.
+    batch_invariant: every key tile through the same (masked) code path, so a query row's output has
+    the same bits whatever chunk it is in and wherever it sits in it (deterministic mode; a little slower).
     """
     if q.dim() != 3 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
         raise ValueError(f"expected q [T, H, D] and caches [num_blocks, block_size, Hkv, D], "
@@ -177,5 +185,5 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_Q=block_q,
         BLOCK_N=block_n, UPCAST=not on_gpu and q.dtype != torch.float32, IEEE=q.dtype == torch.float32,
-        num_warps=num_warps, num_stages=num_stages)
+        ALWAYS_MASKED=batch_invariant, num_warps=num_warps, num_stages=num_stages)
     return out

@@ -37,6 +37,7 @@ class PagedAttention(nn.Module):
                 return paged_decode_attention(q, self.k_cache, self.v_cache, ctx.block_tables, ctx.seq_lens,
                                               self.scale)
             return paged_prefill_attention(q, self.k_cache, self.v_cache, ctx.query_start_loc, ctx.seq_lens,
-                                           ctx.block_tables, self.scale, ctx.max_query_len)
+                                           ctx.block_tables, self.scale, ctx.max_query_len,
+                                           batch_invariant=self.batch_invariant)
         reference.write_kv_ref(k, v, self.k_cache, self.v_cache, ctx.slot_mapping)
         return reference.paged_attention_ref(q, self.k_cache, self.v_cache, ctx, self.scale)

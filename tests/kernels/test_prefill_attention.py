@@ -15,7 +15,8 @@ from engine.kernels.reference import prefill_attention_ref
 from .conftest import tolerance
 
 
-def _run(query_lens, contexts, num_heads, num_kv_heads, head_dim, block_size, dtype, device, paged_kv, atol=None):
+def _run(query_lens, contexts, num_heads, num_kv_heads, head_dim, block_size, dtype, device, paged_kv, atol=None,
+         batch_invariant=False):
     seq_lens = [q + c for q, c in zip(query_lens, contexts)]
     k_cache, v_cache, tables, lens = paged_kv([max(s, 1) for s in seq_lens], num_kv_heads, head_dim, block_size,
                                               dtype, device)
@@ -27,7 +28,8 @@ def _run(query_lens, contexts, num_heads, num_kv_heads, head_dim, block_size, dt
     q = torch.randn(starts[-1], num_heads, head_dim).to(dtype).to(device)
     scale = head_dim ** -0.5
     out = torch.full_like(q, float("nan"))  # poisoned: every row must be written
-    paged_prefill_attention(q, k_cache, v_cache, qsl, lens, tables, scale, max(query_lens), out=out)
+    paged_prefill_attention(q, k_cache, v_cache, qsl, lens, tables, scale, max(query_lens), out=out,
+                            batch_invariant=batch_invariant)
     tol = tolerance(dtype) if atol is None else {"atol": atol, "rtol": atol}
     for i, (n, s) in enumerate(zip(query_lens, seq_lens)):
         if n == 0:
@@ -50,6 +52,29 @@ CASES = [  # num_heads, num_kv_heads, head_dim, block_size, dtype
 def test_prefill_mixed_batch(num_heads, num_kv_heads, head_dim, block_size, dtype, device, paged_kv):
     # A fresh prompt ending mid-block, a decode row, an empty chunk, and a chunk after 17 cached tokens.
     _run([21, 1, 0, 30], [0, 40, 5, 17], num_heads, num_kv_heads, head_dim, block_size, dtype, device, paged_kv)
+
+
+def test_prefill_batch_invariant_mode_is_still_correct(device, paged_kv):
+    _run([21, 1, 0, 30], [0, 40, 5, 17], 28, 4, 64, 16, torch.bfloat16, device, paged_kv, batch_invariant=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_batch_invariant_rows_do_not_depend_on_chunking(dtype, device, paged_kv):
+    """The last 23 rows of a 150-token prompt have the same bits whether the prompt runs as one chunk,
+    as 127 cached + 23 new tokens (a prefix-cache hit), or beside other requests."""
+    heads, kv_heads, dim = 28, 4, 64
+    k_cache, v_cache, tables, lens = paged_kv([150], kv_heads, dim, 16, dtype, device)
+    q = torch.randn(150, heads, dim).to(dtype).to(device)
+
+    def attend(q_rows, qsl, seq_lens, table_rows, max_len):
+        return paged_prefill_attention(q_rows, k_cache, v_cache, torch.tensor(qsl, dtype=torch.int32, device=device),
+                                       torch.tensor(seq_lens, dtype=torch.int32, device=device), table_rows,
+                                       0.125, max_len, batch_invariant=True)
+
+    whole = attend(q, [0, 150], [150], tables, 150)[127:]
+    chunk = attend(q[127:].contiguous(), [0, 23], [150], tables, 23)
+    mixed = attend(torch.cat([q[:5], q[127:]]), [0, 5, 28], [5, 150], tables.repeat(2, 1), 23)[5:]
+    assert torch.equal(whole, chunk) and torch.equal(whole, mixed)
 
 
 def test_prefill_single_prompt_gqa7(device, paged_kv):
