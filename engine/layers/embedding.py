@@ -5,9 +5,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.gemv import gemv
-from ..kernels.matmul import matmul_invariant
-
 
 class VocabEmbedding(nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int):
@@ -42,7 +39,11 @@ class LMHead(nn.Module):
         if self.weight_t is not None:
             return (hidden @ self.weight_t).float()
         if self.batch_invariant:
+            from ..kernels.matmul import matmul_invariant
+
             return matmul_invariant(hidden, self.weight).float()
         if self.use_kernels and hidden.dim() == 2 and hidden.shape[0] == 1 and hidden.is_contiguous():
+            from ..kernels.gemv import gemv
+
             return gemv(hidden, self.weight).float()
         return F.linear(hidden, self.weight).float()

@@ -9,9 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.gemv import gemv
-from ..kernels.matmul import matmul_invariant
-
 
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
     if param.shape != loaded.shape:
@@ -67,8 +64,12 @@ class Linear(nn.Module):
             out = x @ self.weight_t
             return out + self.bias if self.bias is not None else out
         if self.batch_invariant:
+            from ..kernels.matmul import matmul_invariant
+
             return matmul_invariant(x, self.weight, self.bias)
         if self.use_kernels and x.dim() == 2 and x.shape[0] == 1 and x.is_contiguous():
+            from ..kernels.gemv import gemv
+
             return gemv(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 

@@ -45,7 +45,7 @@ def test_gemv_refuses_more_than_one_row(device):
 
 
 def test_linear_layer_uses_gemv_for_one_row_only(device, monkeypatch):
-    from engine.layers import linear as linear_mod
+    from engine.kernels import gemv as gemv_mod
     from engine.layers.linear import Linear
 
     layer = Linear(48, 40, bias=True).to(device)
@@ -53,7 +53,7 @@ def test_linear_layer_uses_gemv_for_one_row_only(device, monkeypatch):
     torch.nn.init.normal_(layer.bias)
     layer.use_kernels = True
     calls = []
-    monkeypatch.setattr(linear_mod, "gemv", lambda *a, **kw: calls.append(a[0].shape) or gemv(*a, **kw))
+    monkeypatch.setattr(gemv_mod, "gemv", lambda *a, **kw: calls.append(a[0].shape) or gemv(*a, **kw))
     one, many = torch.randn(1, 48, device=device), torch.randn(3, 48, device=device)
     torch.testing.assert_close(layer(one), F.linear(one, layer.weight, layer.bias), **tolerance(torch.float32))
     torch.testing.assert_close(layer(many), F.linear(many, layer.weight, layer.bias))
