@@ -22,10 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing as mp
-import os
 import signal
 import sys
-import time
 import threading
 from multiprocessing.connection import Connection
 
@@ -192,9 +190,6 @@ class _EngineLoop:
         self.commands = commands
         self.events = events
         self.changed = False  # a command changed the stats since they were last sent
-        # An idle engine that wakes for one request may wait this long for the rest of a burst, so
-        # they share one prefill step (OPSCTL_ARRIVAL_WINDOW_MS, default 0: start at once).
-        self.arrival_window_s = float(os.environ.get("OPSCTL_ARRIVAL_WINDOW_MS", "0")) / 1e3
 
     def run(self) -> None:
         try:
@@ -202,8 +197,6 @@ class _EngineLoop:
                 busy = self.engine.has_unfinished()
                 # Idle: block until a command comes (a closed pipe counts as one: recv raises EOFError).
                 if (self.commands.poll(0) if busy else self.commands.poll(None)) and not self._drain():
-                    break
-                if not busy and self.arrival_window_s and not self._gather_burst():
                     break
                 if self.engine.has_unfinished():
                     self._step()
@@ -213,15 +206,6 @@ class _EngineLoop:
         except (EOFError, BrokenPipeError):
             return  # the server went away
         self.events.send(("stopped",))
-
-    def _gather_burst(self) -> bool:
-        """Keep taking commands while they come within a quarter of the window of each other."""
-        deadline = time.perf_counter() + self.arrival_window_s
-        gap = self.arrival_window_s / 4
-        while (left := deadline - time.perf_counter()) > 0 and self.commands.poll(min(gap, left)):
-            if not self._drain():
-                return False
-        return True
 
     def _drain(self) -> bool:
         """Apply every queued command; False on shutdown."""
