@@ -4,7 +4,8 @@
     opsctl serve /models/Qwen2.5-7B-Instruct --server-name 0.0.0.0 --api-keys sk-1,sk-2
 
 Start-up failures (port in use, model missing, too large for the device, cache too small for one
-session) are one line on stderr and exit code 2.
+session) are one line on stderr and exit code 2. The engine runs in its own process (set
+OPSCTL_ENGINE_PROCESS=0 to keep it in a thread of the server's process).
 """
 from __future__ import annotations
 
