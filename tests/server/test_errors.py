@@ -197,10 +197,15 @@ def test_max_concurrent_requests_gives_429(limited_server):
 
 
 # -- engine failure -------------------------------------------------------------------------------
-def test_engine_failure_is_500_and_server_stays_up(threaded_server, monkeypatch):
+@pytest.fixture
+def threaded_client(threaded_server):
+    with openai.OpenAI(base_url=threaded_server.base_url, api_key="unused", max_retries=0, timeout=120) as c:
+        yield c
+
+
+def test_engine_failure_is_500_and_server_stays_up(threaded_server, threaded_client, monkeypatch):
     """A failed forward (patched into the in-thread engine) is a 500; the server goes on serving."""
-    server = threaded_server
-    client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
+    server, client = threaded_server, threaded_client
     engine = server.aengine.engine
     wait_all_blocks_free(engine)
     real_launch = engine.runner.launch
