@@ -19,7 +19,7 @@ from .generation import GenerationConfig
 from .kv_cache import KVCacheManager
 from .models.source import ModelSource, resolve_model
 from .request import FinishReason, Request, TokenLogprob
-from .request_factory import RequestFactory, eos_token_ids, session_len_for
+from .request_factory import RequestFactory, session_len_for
 from .runner.model_runner import ModelRunner
 from .scheduler import Scheduler, SchedulerOutput
 
@@ -121,13 +121,12 @@ class LLMEngine:
             self.tokenizer = self.source.load_tokenizer()
         except Exception as e:  # tokenizers raise many types for a broken file
             raise ModelLoadError(f"cannot load the tokenizer of {self.source.name}: {e}") from None
-        self.eos_token_ids = eos_token_ids(self.source, self.tokenizer)
 
     def _init_runner(self) -> None:
         self.runner = ModelRunner(self.config, self.source, self.session_len)
         self.vocab_size = self.runner.vocab_size
-        self.requests = RequestFactory(self.tokenizer, vocab_size=self.vocab_size, session_len=self.session_len,
-                                       eos_ids=self.eos_token_ids)
+        self.requests = RequestFactory.for_model(self.source, self.tokenizer, self.session_len)
+        self.eos_token_ids = self.requests.eos_token_ids
         capacity = self.runner.num_blocks * self.config.cache_block_seq_len
         if capacity < self.session_len:
             raise OutOfMemoryError(

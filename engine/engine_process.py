@@ -33,7 +33,7 @@ from .config import EngineConfig
 from .engine import EngineStats, RequestOutput
 from .errors import EngineError, InvalidRequestError
 from .models.source import ModelSource
-from .request_factory import RequestFactory, RequestSpec, eos_token_ids, session_len_for
+from .request_factory import RequestFactory, RequestSpec, session_len_for
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,8 @@ class ProcessEngine(AsyncEngine):
     @classmethod
     def start(cls, source: ModelSource, config: EngineConfig, log_level: str = "warning") -> ProcessEngine:
         """Spawn the engine process and wait until its model is loaded (or it says why not)."""
-        tokenizer = source.load_tokenizer()
-        session_len = session_len_for(source, config.session_len)
-        requests = RequestFactory(tokenizer, vocab_size=source.hf_config.vocab_size, session_len=session_len,
-                                  eos_ids=eos_token_ids(source, tokenizer))
+        requests = RequestFactory.for_model(source, source.load_tokenizer(),
+                                            session_len_for(source, config.session_len))
         ctx = mp.get_context("spawn")  # never fork a process that may hold CUDA or threads
         command_reader, command_writer = ctx.Pipe(duplex=False)
         event_reader, event_writer = ctx.Pipe(duplex=False)
@@ -152,17 +150,15 @@ def _wait_ready(process, events: Connection):
     """The process's first message; a process that dies first is reported with its exit code."""
     while not events.poll(0.5):
         if not process.is_alive():
-            process.join()
-            return ("failed", "EngineError",
-                    f"the engine process exited with code {process.exitcode} while loading the model "
-                    "(run with --log-level debug to see why)")
-    try:
-        return events.recv()
-    except EOFError:
-        process.join(10)
-        return ("failed", "EngineError",
-                f"the engine process exited with code {process.exitcode} while loading the model "
-                "(run with --log-level debug to see why)")
+            break
+    else:
+        try:
+            return events.recv()
+        except EOFError:
+            pass
+    process.join(10)
+    return ("failed", "EngineError", f"the engine process exited with code {process.exitcode} while loading "
+                                     "the model (run with --log-level debug to see why)")
 
 
 # -- the engine process -----------------------------------------------------------------------------

@@ -65,6 +65,12 @@ class RequestFactory:
         self._ids = itertools.count()
         self._rng = random.Random()
 
+    @classmethod
+    def for_model(cls, source: ModelSource, tokenizer, session_len: int) -> RequestFactory:
+        """The factory for a model: its vocabulary size and EOS ids from the config and tokenizer."""
+        return cls(tokenizer, vocab_size=source.hf_config.vocab_size, session_len=session_len,
+                   eos_ids=eos_token_ids(source, tokenizer))
+
     def tokenize_prompt(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
             return self.tokenizer(prompt).input_ids

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import linear
+
 
 class VocabEmbedding(nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int):
@@ -38,12 +40,5 @@ class LMHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.weight_t is not None:
             return (hidden @ self.weight_t).float()
-        if self.batch_invariant:
-            from ..kernels.matmul import matmul_invariant
-
-            return matmul_invariant(hidden, self.weight).float()
-        if self.use_kernels and hidden.dim() == 2 and hidden.shape[0] == 1 and hidden.is_contiguous():
-            from ..kernels.gemv import gemv
-
-            return gemv(hidden, self.weight).float()
-        return F.linear(hidden, self.weight).float()
+        return linear(hidden, self.weight, None, use_kernels=self.use_kernels,
+                      batch_invariant=self.batch_invariant).float()

@@ -10,6 +10,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, use_kernels: bool,
+           batch_invariant: bool) -> torch.Tensor:
+    """x W^T (+ b) on the path the runner chose: the fixed-tile GEMM in deterministic mode, the Triton
+    GEMV for one row with kernels on (batch-1 decode), cuBLAS otherwise."""
+    if batch_invariant:
+        from ..kernels.matmul import matmul_invariant
+
+        return matmul_invariant(x, weight, bias)
+    if use_kernels and x.dim() == 2 and x.shape[0] == 1 and x.is_contiguous():
+        from ..kernels.gemv import gemv
+
+        return gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
     if param.shape != loaded.shape:
         raise ValueError(f"shape {tuple(loaded.shape)} does not match the model's {tuple(param.shape)}")
@@ -63,15 +78,7 @@ class Linear(nn.Module):
         if self.weight is None:
             out = x @ self.weight_t
             return out + self.bias if self.bias is not None else out
-        if self.batch_invariant:
-            from ..kernels.matmul import matmul_invariant
-
-            return matmul_invariant(x, self.weight, self.bias)
-        if self.use_kernels and x.dim() == 2 and x.shape[0] == 1 and x.is_contiguous():
-            from ..kernels.gemv import gemv
-
-            return gemv(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, use_kernels=self.use_kernels, batch_invariant=self.batch_invariant)
 
 
 class QKVLinear(Linear):

@@ -139,8 +139,6 @@ def build_app(aengine: AsyncEngine, *, model_name: str | None = None, api_keys=N
     state = AppState(aengine, model_name or aengine.source.name, api_keys, max_concurrent_requests, max_body_bytes)
     app.state.opsctl = state
     app.state.shutting_down = False
-    app.state.aengine, app.state.metrics, app.state.serving, app.state.limiter = (
-        aengine, state.metrics, state.serving, state.limiter)
     app.include_router(router)
     _install_error_handlers(app)
     return app
