@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 
 
 class EngineDeadError(EngineError):
-    """The engine stopped (shutdown, a failed step, its process died); no request can be served."""
+    """The engine stopped: `code` is "shutting_down" (the server is stopping) or "engine_dead" (it died)."""
+
+    def __init__(self, message: str, code: str = "engine_dead"):
+        super().__init__(message)
+        self.code = code
 
 
 class AsyncEngine:
@@ -41,6 +45,8 @@ class AsyncEngine:
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._accepting = True
         self.dead_reason: str | None = None  # set when the engine stopped by itself
+        # Called once, from the backend's thread, when the engine dies (the server exits on it).
+        self.on_dead = None
 
     # -- backend hooks ----------------------------------------------------------------------------
     def _submit(self, spec: RequestSpec) -> None:
@@ -69,7 +75,9 @@ class AsyncEngine:
                        request_id: str | None = None) -> AsyncIterator[RequestOutput]:
         """Stream a request's outputs; leaving the iteration early aborts the request."""
         if not self.accepting:
-            raise EngineDeadError(self.dead_reason or "the engine is shutting down and accepts no new requests")
+            if self.dead_reason is not None:
+                raise EngineDeadError(self.dead_reason)
+            raise EngineDeadError("the engine is shutting down and accepts no new requests", "shutting_down")
         spec = self.requests.make_spec(prompt, gen, request_id)
         if spec.request_id in self._streams:
             raise InvalidRequestError(f"request id {spec.request_id!r} is already in use", "request_id")
@@ -103,7 +111,7 @@ class AsyncEngine:
             await asyncio.sleep(0.05)
         for rid in list(self._streams):
             self._abort(rid)
-            self._deliver(rid, EngineDeadError("the server is shutting down"))
+            self._deliver(rid, EngineDeadError("the server is shutting down", "shutting_down"))
         await self._stop()
 
     # -- delivery (from the backend's thread) -----------------------------------------------------
@@ -124,10 +132,12 @@ class AsyncEngine:
             loop.call_soon_threadsafe(_put_all, items)
 
     def _fail_all(self, reason: str) -> None:
-        """The engine is gone: every open stream gets EngineDeadError."""
+        """The engine is gone: every open stream gets EngineDeadError ("engine_dead"), then on_dead is told."""
         self.dead_reason = reason
         for rid in list(self._streams):
             self._deliver(rid, EngineDeadError(reason))
+        if self.on_dead is not None:
+            self.on_dead(reason)
 
 
 def _put_all(items) -> None:
@@ -197,6 +207,6 @@ class ThreadedEngine(AsyncEngine):
                 log.exception("engine step failed")
                 for rid in list(self._streams):
                     self.engine.abort(rid)
-                    self._deliver(rid, EngineDeadError(f"engine step failed: {e}"))
+                    self._deliver(rid, EngineError(f"engine step failed: {e}"))
                 continue
             self._deliver_step(outputs)

@@ -5,12 +5,15 @@ Owns two things, both per request and per generated token, so both stay O(few to
   small window of ids is decoded each step, never the whole output, and text is emitted only
   once the window no longer ends in an incomplete multi-byte character.
 - Stop strings: the first (earliest) stop word in the output text finishes the request; text
-  that could still become the start of a stop word is held back until resolved either way.
+  that could still become the start of a stop word is held back until resolved either way. The
+  matching itself (linear in the text, O(len) memory per stop word) is stop_strings.py's.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from .stop_strings import StopStringMatcher
 
 # Prompt ids used as decoding context for the first output token: byte-level and SentencePiece
 # tokenizers decide a token's leading space from its left neighbour. vLLM uses 5 as well.
@@ -52,16 +55,12 @@ class IncrementalDetokenizer:
         self._prefix_text = self._decode(self._ids)
 
     def _init_stop_words(self, stop_words: Sequence[str], include: bool) -> None:
-        self._stop_words = tuple(dict.fromkeys(s for s in stop_words if s))   # dedupe, drop ""
+        self._stops = StopStringMatcher(stop_words)
         self._include_stop = include
-        # Every proper prefix of every stop word: the hold-back check is then one set lookup per
-        # candidate suffix length (at most max_len - 1 lookups a step).
-        self._stop_prefixes = {s[:i] for s in self._stop_words for i in range(1, len(s))}
-        self._max_hold = max((len(s) for s in self._stop_words), default=1) - 1
-        # Decoded output text not shown yet because it might start a stop word. Any future match
-        # must start inside it: a match starting in emitted text would overlap its end, so that
-        # end was a stop-word prefix and would have been held. Searching held + new text thus
-        # covers the region from len(emitted) - max_len + 1 on, the only place a new match can be.
+        # Decoded output text not shown yet because it might start a stop word: always the last
+        # self._stops.pending characters of the text. Any future match must start inside it (the
+        # matcher's states say how far back a match in progress began), so a stop word found in
+        # held + new text is never cut from text already emitted.
         self._held = ""
 
     def _decode(self, ids: Sequence[int]) -> str:
@@ -112,34 +111,22 @@ class IncrementalDetokenizer:
         if not new_text and not (final and self._held):
             return DetokenizerDelta("")
         window = self._held + new_text
+        match = self._stops.feed(new_text)
+        offset = len(self._held)   # where new_text starts in window
         self._held = ""
-        match = self._find_stop(window)
         if match is not None:
             start, word = match
+            start += offset
             out = window[:start + len(word)] if self._include_stop else window[:start]
             self._stopped = DetokenizerDelta(out, True, word)
             self._chunks.append(out)
             return self._stopped
-        if not final:
-            hold = self._held_suffix_len(window)
+        if final:
+            self._stops.reset()   # the held text is released: no later match may start in it
+        else:
+            hold = self._stops.pending   # <= len(window): it grew by at most len(new_text)
             if hold:
                 window, self._held = window[:-hold], window[-hold:]
         if window:
             self._chunks.append(window)
         return DetokenizerDelta(window)
-
-    def _find_stop(self, window: str) -> tuple[int, str] | None:
-        """Earliest stop word in window; on a tie of starts the shorter one, which completed first."""
-        best: tuple[int, int, str] | None = None
-        for word in self._stop_words:
-            i = window.find(word)
-            if i >= 0 and (best is None or (i, i + len(word)) < best[:2]):
-                best = (i, i + len(word), word)
-        return None if best is None else (best[0], best[2])
-
-    def _held_suffix_len(self, window: str) -> int:
-        """Length of the longest suffix of window that is a proper prefix of some stop word."""
-        for k in range(min(self._max_hold, len(window)), 0, -1):
-            if window[-k:] in self._stop_prefixes:
-                return k
-        return 0

@@ -20,15 +20,15 @@ exits when its command pipe closes, so it never outlives the server.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import multiprocessing as mp
 import signal
-import sys
 import threading
 from multiprocessing.connection import Connection
 
 from . import errors
-from .async_engine import AsyncEngine, EngineDeadError
+from .async_engine import AsyncEngine
 from .config import EngineConfig
 from .engine import EngineStats, RequestOutput
 from .errors import EngineError, InvalidRequestError
@@ -113,9 +113,7 @@ class ProcessEngine(AsyncEngine):
                 message = self._events.recv()
             except (EOFError, OSError):
                 if self._accepting:
-                    code = self._process.exitcode
-                    self._fail_all(f"the engine process exited unexpectedly (exit code {code}); restart the server")
-                    log.error("the engine process exited unexpectedly (exit code %s)", code)
+                    self._on_death()
                 return
             kind = message[0]
             if kind == "step":
@@ -129,13 +127,34 @@ class ProcessEngine(AsyncEngine):
                 error_cls = getattr(errors, error_kind, EngineError)
                 self._deliver(rid, InvalidRequestError(text, param) if error_cls is InvalidRequestError
                               else error_cls(text))
-            elif kind == "fail_all":
+            elif kind == "fail_all":  # a step failed; the engine aborted everything and goes on
                 self._mirrors.clear()
                 for rid in list(self._streams):
-                    self._deliver(rid, EngineDeadError(message[1]))
+                    self._deliver(rid, EngineError(message[1]))
             elif kind == "stopped":
                 self.dead_reason = "the engine has stopped"
                 return
+
+    def _on_death(self) -> None:
+        """The engine process went away unasked: reap it (no zombie), fail every stream, tell on_dead."""
+        self._process.join(5.0)
+        code = self._process.exitcode
+        if code is None:
+            how = "stopped answering"
+        elif code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        reason = f"the engine process {how}"
+        log.error("%s; failing %d request(s) in flight", reason, len(self._streams))
+        # What the engine last reported is no longer true: nothing runs or waits in a dead engine.
+        self._stats = dataclasses.replace(self._stats, num_running=0, num_waiting=0,
+                                          num_free_blocks=self._stats.num_blocks, kv_cache_usage=0.0)
+        self._mirrors.clear()
+        self._fail_all(reason)
 
     def _unpack(self, item) -> RequestOutput:
         rid, token_ids, text, finished, reason, n_prompt, n_output, n_cached, logprobs, error, text_end = item
@@ -166,8 +185,11 @@ def engine_main(source: ModelSource, config: EngineConfig, commands: Connection,
                 log_level: str) -> None:
     """Entry point of the engine process: load the model, then serve commands until shutdown."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # As the server logs: to stdout, so stderr keeps only the one-line start-up error it prints.
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    # As the server logs: to stdout through the same flood limit, so stderr keeps only the one-line
+    # start-up error the server prints.
+    from .logs import configure_logging
+
+    configure_logging(log_level)
     from .engine import LLMEngine
 
     try:

@@ -1,7 +1,8 @@
 """GenerationConfig: sampling and stopping parameters of one request, validated on creation.
 
 Names and defaults follow LMDeploy's GenerationConfig; presence/frequency penalties, min_p and
-multi-token stop words work (LMDeploy accepts the penalties but ignores them).
+multi-token stop words work (LMDeploy accepts the penalties but ignores them). It also carries the
+request's prefix-cache salt, so that reaches every path (pipeline, server) with the config.
 """
 from __future__ import annotations
 
@@ -10,6 +11,21 @@ import math
 from dataclasses import dataclass
 
 from .errors import InvalidRequestError
+
+# Bounds on stop strings, so one request cannot make stop matching costly (issue 9: a single
+# 40,000-character stop string once cost 1.3 GB across the two processes). OpenAI allows 4 stop
+# sequences and TGI's --max-stop-sequences defaults to 4; vLLM and LMDeploy set no bound. We allow
+# more than OpenAI, so clients written for vLLM with longer stop lists (chat templates' end
+# markers, agent frameworks' "Observation:"-style stops) keep working, and bound the length, which
+# none of them does: matching then costs at most 32 x 4 KiB of tables per request.
+MAX_STOP_WORDS = 32
+MAX_STOP_WORD_CHARS = 1024
+# bad_words must each be one token (checked against the tokenizer later); the bounds only keep a
+# request from making that check tokenize megabytes.
+MAX_BAD_WORDS = 1024
+MAX_BAD_WORD_CHARS = MAX_STOP_WORD_CHARS
+# cache_salt only has to be unique per tenant: a UUID or a hash is 32-64 characters.
+MAX_CACHE_SALT_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -21,6 +37,8 @@ class GenerationConfig:
     and output tokens; presence and frequency penalties (OpenAI style) to output tokens only.
     logprobs: None for none, 0 for the chosen token's log-probability, k > 0 to add the top-k
     alternatives. random_seed makes sampling reproducible per request, whatever the batch holds.
+    cache_salt (vLLM's name): requests share prefix-cache blocks only with requests of the same salt
+    (or, without one, with other unsalted requests), so tenants cannot probe each other's prompts.
     """
 
     max_new_tokens: int = 512
@@ -41,6 +59,7 @@ class GenerationConfig:
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     logprobs: int | None = None
+    cache_salt: str | None = None
 
     def __post_init__(self):
         # Accept lists for the sequence fields, store tuples so the config stays hashable and frozen.
@@ -84,12 +103,26 @@ class GenerationConfig:
             bad("random_seed", "must be an integer")
         if self.logprobs is not None and (not is_int(self.logprobs) or not 0 <= self.logprobs <= 20):
             bad("logprobs", "must be an integer in [0, 20]")
-        if not all(isinstance(s, str) and s for s in self.stop_words):
-            bad("stop_words", "must be non-empty strings")
-        if not all(isinstance(s, str) and s for s in self.bad_words):
-            bad("bad_words", "must be non-empty strings")
+        self._validate_strings("stop_words", MAX_STOP_WORDS, MAX_STOP_WORD_CHARS)
+        self._validate_strings("bad_words", MAX_BAD_WORDS, MAX_BAD_WORD_CHARS)
+        if self.cache_salt is not None and (not isinstance(self.cache_salt, str)
+                                            or not 0 < len(self.cache_salt) <= MAX_CACHE_SALT_CHARS):
+            raise InvalidRequestError(f"cache_salt must be a non-empty string of at most {MAX_CACHE_SALT_CHARS} "
+                                      f"characters, or left out, got {_describe(self.cache_salt)}", "cache_salt")
         if not all(is_int(t) and t >= 0 for t in self.stop_token_ids):
             bad("stop_token_ids", "must be non-negative integers")
+
+    def _validate_strings(self, name: str, max_count: int, max_chars: int) -> None:
+        # The value itself is not echoed: it may be megabytes (the reason for these bounds).
+        values = getattr(self, name)
+        if len(values) > max_count:
+            raise InvalidRequestError(f"{name} may hold at most {max_count} strings, got {len(values)}", name)
+        for value in values:
+            if not isinstance(value, str) or not value:
+                raise InvalidRequestError(f"{name} must be non-empty strings, got {_describe(value)}", name)
+            if len(value) > max_chars:
+                raise InvalidRequestError(f"{name} strings may be at most {max_chars} characters long, "
+                                          f"got one of {len(value)}", name)
 
     @property
     def greedy(self) -> bool:
@@ -101,3 +134,9 @@ class GenerationConfig:
 
     def replace(self, **changes) -> "GenerationConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _describe(value) -> str:
+    """A value for an error message, cut short: the message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

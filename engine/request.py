@@ -67,7 +67,8 @@ class Request:
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at admission
         self.block_ids: list[int] = []
         self.num_hashed_blocks = 0  # full blocks registered in the prefix cache
-        self.block_hashes: list[int] = []
+        self.block_hashes: list[bytes] = []  # prefix-cache key of each hashed block (kv_cache.block_key)
+        self.cache_salt = gen.cache_salt  # only requests of the same salt share prefix-cache blocks
         self.num_preemptions = 0
         # Text: requests with stop words are detokenized by the engine as tokens arrive (the stop
         # check needs the text); others only when a consumer reads an output's text (lazy_text).

@@ -5,6 +5,12 @@ model has loaded), then the engine is built; the socket is handed to uvicorn so 
 port in between. Start-up failures are a StartupError with one line saying what to do. SIGTERM or
 SIGINT: /health turns 503, the listener closes, in-flight requests get `shutdown_timeout` seconds to
 finish, the rest are aborted, and the process exits 0. A second SIGINT forces the exit.
+
+If the engine process dies (OOM killer, a crash, kill -9), every request in flight is failed with
+`engine_dead`, the server stops and `run_server` returns 1, so a restart policy (systemd, Docker,
+Kubernetes) brings it back; a server that answered 503 forever would never be restarted.
+Connections are guarded (connections.py: header deadline, connection cap, descriptor limit) and the
+log is bounded against floods (engine/logs.py).
 """
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ import sys
 import uvicorn
 
 from ..errors import EngineError, describe_load_failure
+from ..logs import configure_logging
+from .connections import DEFAULT_HEADER_TIMEOUT_S, default_max_connections, guarded_protocol, raise_fd_limit
 
 log = logging.getLogger(__name__)
 
@@ -94,40 +102,58 @@ def start_engine(model: str | None, config, log_level: str = "warning"):
         raise StartupError(describe_load_failure(model or "the default model", e)) from None
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    logging.getLogger("engine").setLevel(level.upper())
-
-
 def run_server(model: str | None, config, *, host: str = "127.0.0.1", port: int = 23333,
                model_name: str | None = None, api_keys=None, max_concurrent_requests: int | None = None,
-               log_level: str = "info", shutdown_timeout: float = 30.0, say=print) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit code (0). Start-up failures raise StartupError."""
-    from .app import build_app
+               log_level: str = "info", shutdown_timeout: float = 30.0, allowed_hosts=(),
+               header_timeout: float = DEFAULT_HEADER_TIMEOUT_S, body_timeout: float | None = None,
+               max_connections: int | None = None, say=print) -> int:
+    """Serve until SIGTERM/SIGINT (returns 0) or the engine's death (returns 1).
+
+    Start-up failures raise StartupError.
+    """
+    from .app import DEFAULT_BODY_TIMEOUT_S, build_app
 
     if log_level not in LOG_LEVELS:
         raise StartupError(f"--log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     if max_concurrent_requests is not None and max_concurrent_requests < 1:
         raise StartupError("--max-concurrent-requests must be at least 1")
-    _configure_logging(log_level)
+    for name, value in (("--header-timeout", header_timeout), ("--body-timeout", body_timeout)):
+        if value is not None and not value > 0:
+            raise StartupError(f"{name} must be a positive number of seconds, got {value}")
+    fd_limit = raise_fd_limit()
+    if max_connections is None:
+        max_connections = default_max_connections(fd_limit)
+    elif not 1 <= max_connections <= fd_limit:
+        raise StartupError(f"--max-connections must be between 1 and the descriptor limit {fd_limit}, "
+                           f"got {max_connections}")
+    configure_logging(log_level)
     sock = bind_socket(host, port)
+    port = sock.getsockname()[1]  # the port bound, when 0 asked for any free one
     try:
         say(f"opsctl serve: loading {model or 'the embedded default model'} ...", flush=True)
         aengine = start_engine(model, config, log_level)
         app = build_app(aengine, model_name=model_name, api_keys=api_keys,
-                        max_concurrent_requests=max_concurrent_requests)
+                        max_concurrent_requests=max_concurrent_requests, allowed_hosts=allowed_hosts,
+                        body_timeout=DEFAULT_BODY_TIMEOUT_S if body_timeout is None else body_timeout)
         served = model_name or aengine.source.name
         stats = aengine.stats()
         say(f"opsctl serve: {served} on http://{host}:{port}/v1 (session_len {aengine.session_len}, "
             f"{stats.num_blocks} KV blocks of {aengine.config.cache_block_seq_len} tokens); "
             "stop with Ctrl-C or SIGTERM", flush=True)
         # uvicorn's own grace period is only a backstop: _serve aborts leftovers after shutdown_timeout.
+        # log_config=None: configure_logging above set up the one handler, with the flood limit.
         uv_config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),
-                                   timeout_graceful_shutdown=shutdown_timeout + 10, lifespan="off")
+                                   timeout_graceful_shutdown=shutdown_timeout + 10, lifespan="off",
+                                   log_config=None, http=guarded_protocol(header_timeout=header_timeout,
+                                                                          max_connections=max_connections))
         server = _Server(uv_config)
-        asyncio.run(_serve(server, app, aengine, sock, shutdown_timeout))
+        died = asyncio.run(_serve(server, app, aengine, sock, shutdown_timeout))
     finally:
         sock.close()
+    if died is not None:
+        print(f"opsctl serve: {died}; exiting with code 1 so a supervisor restarts the server",
+              file=sys.stderr, flush=True)
+        return 1
     say("opsctl serve: stopped", flush=True)
     return 0
 
@@ -141,9 +167,24 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _serve(server, app, aengine, sock: socket.socket, shutdown_timeout: float) -> None:
+async def _serve(server, app, aengine, sock: socket.socket, shutdown_timeout: float) -> str | None:
+    """Run uvicorn until a signal or the engine's death; returns the death's reason, else None."""
     loop = asyncio.get_running_loop()
     draining: list[asyncio.Task] = []
+    died: list[str] = []
+
+    def on_engine_death(reason: str) -> None:
+        # In-flight requests already have their engine_dead error: uvicorn closes the listener and
+        # lets their responses end, then the process exits 1.
+        died.append(reason)
+        app.state.shutting_down = True
+        server.should_exit = True
+
+    def from_reader_thread(reason: str) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop already closed: the server is stopping anyway
+            loop.call_soon_threadsafe(on_engine_death, reason)
+
+    aengine.on_dead = from_reader_thread
 
     def on_signal(sig: int) -> None:
         if server.should_exit:
@@ -169,3 +210,4 @@ async def _serve(server, app, aengine, sock: socket.socket, shutdown_timeout: fl
             with contextlib.suppress(Exception):
                 await task
         await aengine.shutdown(timeout=1.0)
+    return died[0] if died else None

@@ -92,14 +92,15 @@ class ServerMetrics:
 
 
 class RequestTimer:
-    """TTFT, inter-token gaps and end-to-end time of one engine request."""
+    """TTFT, inter-token gaps and end-to-end time of one engine request; counted once when it ends."""
 
-    __slots__ = ("metrics", "arrival", "last")
+    __slots__ = ("metrics", "arrival", "last", "done")
 
     def __init__(self, metrics: ServerMetrics, arrival: float | None = None):
         self.metrics = metrics
         self.arrival = time.perf_counter() if arrival is None else arrival
         self.last: float | None = None
+        self.done = False
 
     def on_tokens(self, num_tokens: int) -> None:
         if not num_tokens:
@@ -112,5 +113,14 @@ class RequestTimer:
         self.last = now
 
     def on_finish(self, reason: str | None) -> None:
+        if self.done:
+            return
+        self.done = True
         self.metrics.e2e.observe(time.perf_counter() - self.arrival)
         self.metrics.request_finished(reason)
+
+    def on_abandoned(self) -> None:
+        """The response ended before the request did (the client left, the engine failed): an abort."""
+        if not self.done:
+            self.done = True
+            self.metrics.request_finished("abort")

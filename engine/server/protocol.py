@@ -38,7 +38,8 @@ class APIError(Exception):
     """An error the server answers in OpenAI's shape: {"error": {message, type, param, code}}."""
 
     TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-             405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+             405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
+             415: "invalid_request_error", 429: "rate_limit_error", 499: "invalid_request_error",
              500: "server_error", 503: "service_unavailable"}
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
@@ -82,6 +83,9 @@ class _SamplingFields(_Request):
     include_stop_str_in_output: Optional[bool] = False
     min_tokens: Optional[int] = 0
     user: Optional[str] = None
+    # vLLM's extension: requests share prefix-cache blocks only with requests of the same salt, so a
+    # tenant cannot probe another's prompts by timing cache hits.
+    cache_salt: Optional[str] = None
 
 
 class ChatCompletionRequest(_SamplingFields):

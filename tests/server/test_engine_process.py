@@ -112,7 +112,7 @@ def test_dead_engine_process_fails_streams_and_health():
             stream = aengine.generate(ids, GenerationConfig(max_new_tokens=200, ignore_eos=True))
             await stream.__anext__()
             os.kill(aengine._process.pid, signal.SIGKILL)
-            with pytest.raises(EngineDeadError, match="exited unexpectedly"):
+            with pytest.raises(EngineDeadError, match="killed by SIGKILL"):
                 async for _ in stream:
                     pass
 

@@ -1,11 +1,12 @@
 """`opsctl serve [MODEL]`: the OpenAI-compatible API server, with `lmdeploy serve api_server`'s flags.
 
     opsctl serve                                  # the embedded model on http://127.0.0.1:23333/v1
-    opsctl serve /models/Qwen2.5-7B-Instruct --server-name 0.0.0.0 --api-keys sk-1,sk-2
+    OPSCTL_API_KEY=sk-1 opsctl serve /models/Qwen2.5-7B-Instruct --server-name 0.0.0.0
 
 Start-up failures (port in use, model missing, too large for the device, cache too small for one
-session) are one line on stderr and exit code 2. The engine runs in its own process (set
-OPSCTL_ENGINE_PROCESS=0 to keep it in a thread of the server's process).
+session) are one line on stderr and exit code 2; the engine process dying later ends the server with
+exit code 1. The engine runs in its own process (set OPSCTL_ENGINE_PROCESS=0 to keep it in a thread
+of the server's process).
 """
 from __future__ import annotations
 
@@ -29,7 +30,24 @@ def serve(
         "--model-name", help="Name served in /v1/models and expected in requests (default: the model's).")] = None,
     api_keys: Annotated[Optional[list[str]], typer.Option(
         "--api-keys", help="Accepted API keys (Authorization: Bearer KEY); repeat the flag or separate with "
-                           "commas. Default: no key needed.")] = None,
+                           "commas. Visible to other users in `ps`: prefer --api-key-file or $OPSCTL_API_KEY. "
+                           "Default: no key needed.")] = None,
+    api_key_file: Annotated[Optional[str], typer.Option(
+        "--api-key-file", help="File of accepted API keys, one per line (# comments); adds to --api-keys and "
+                               "$OPSCTL_API_KEY (comma-separated).")] = None,
+    allowed_hosts: Annotated[Optional[list[str]], typer.Option(
+        "--allowed-hosts", help="Host header values accepted (e.g. api.example.com, *.example.com, 127.0.0.1); "
+                                "others get 400, against DNS rebinding. Repeat or separate with commas. "
+                                "Default: any.")] = None,
+    max_connections: Annotated[Optional[int], typer.Option(
+        "--max-connections", help="Open connections at once; more are answered 503 and closed (default: the "
+                                  "file-descriptor limit less a reserve).")] = None,
+    header_timeout: Annotated[float, typer.Option(
+        "--header-timeout", help="Seconds a client has to send a request's headers; then 408 and the "
+                                 "connection is closed.")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(
+        "--body-timeout", help="Seconds a client has to send a request's body; then 408 and the connection is "
+                               "closed.")] = 30.0,
     max_concurrent_requests: Annotated[Optional[int], typer.Option(
         "--max-concurrent-requests", help="Generation requests in flight at once; more get 429 (default: no limit).")
     ] = None,
@@ -44,17 +62,29 @@ def serve(
 ) -> None:
     """Serve a model over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, /metrics)."""
     from engine.errors import EngineError
-    from engine.server.launcher import run_server
+    from engine.server.auth import APIKeySourceError, gather_api_keys
+    from engine.server.launcher import StartupError, run_server
 
     if backend is not None:
         print(f"opsctl serve: --backend {backend} ignored (opsctl runs its own engine)", flush=True)
     try:
+        try:
+            keys = gather_api_keys(api_keys, api_key_file)
+        except APIKeySourceError as e:
+            raise StartupError(str(e)) from None
         code = run_server(model, engine_config, host=server_name, port=server_port, model_name=model_name,
-                          api_keys=api_keys, max_concurrent_requests=max_concurrent_requests,
-                          log_level=log_level.lower(), shutdown_timeout=shutdown_timeout)
+                          api_keys=keys, max_concurrent_requests=max_concurrent_requests,
+                          log_level=log_level.lower(), shutdown_timeout=shutdown_timeout,
+                          allowed_hosts=_split(allowed_hosts), header_timeout=header_timeout,
+                          body_timeout=body_timeout, max_connections=max_connections)
     except EngineError as e:
         if os.environ.get("OPSCTL_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
+
+
+def _split(values: list[str] | None) -> tuple[str, ...]:
+    """Repeated and/or comma-separated flag values."""
+    return tuple(v.strip() for value in values or () for v in value.split(",") if v.strip())
