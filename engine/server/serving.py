@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import threading
@@ -32,6 +33,8 @@ from .metrics import RequestTimer, ServerMetrics
 from .protocol import (APIError, ChatCompletionChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessage,
                        CompletionChoice, CompletionRequest, CompletionResponse, DetokenizeRequest,
                        DetokenizeResponse, PromptTokensDetails, TokenizeRequest, TokenizeResponse, Usage)
+
+log = logging.getLogger(__name__)
 
 MAX_CHOICES = 128  # n times the number of prompts: OpenAI's cap on n
 MAX_LOGPROBS = 20
@@ -268,7 +271,7 @@ class OpenAIServing:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         jobs = self._jobs(req, [ids], "messages", max_name, max_tokens, logprobs, "top_logprobs", rid)
-        ctx = _Context(rid, int(time.time()), self.model_name, arrival)
+        ctx = _Context(rid, int(time.time()), self.model_name, arrival, _http_request_id(http))
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         if req.stream:
             return SSEResponse(self._chat_stream(ctx, jobs, include_usage, logprobs is not None), on_close)
@@ -333,7 +336,7 @@ class OpenAIServing:
         prompts = await self._completion_prompts(req.prompt)
         rid = f"cmpl-{uuid.uuid4().hex}"
         jobs = self._jobs(req, prompts, "prompt", "max_tokens", req.max_tokens, req.logprobs, "logprobs", rid)
-        ctx = _Context(rid, int(time.time()), self.model_name, arrival)
+        ctx = _Context(rid, int(time.time()), self.model_name, arrival, _http_request_id(http))
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         if req.stream:
             return SSEResponse(self._completion_stream(ctx, jobs, include_usage, req.logprobs), on_close)
@@ -449,14 +452,13 @@ class OpenAIServing:
                         timers[index].on_finish(out.finish_reason)
                         _finish_choice(c, out)
                         if out.finish_reason == "error":
-                            raise APIError(500, f"the engine failed on this request: {out.error}",
-                                           code="engine_error")
+                            raise _engine_failure(ctx, out.error)
         except EngineDeadError as e:
             raise _dead(e) from None
         except InvalidRequestError as e:  # checked before, so only if the engine's rules grew
             raise APIError(400, str(e), param=e.param) from None
         except EngineError as e:
-            raise APIError(500, f"the engine failed on this request: {e}", code="engine_error") from None
+            raise _engine_failure(ctx, e) from None
         finally:
             for timer in timers:
                 timer.on_abandoned()
@@ -481,8 +483,7 @@ class OpenAIServing:
                         _finish_choice(choices[index], out)
                         remaining -= 1
                         if out.finish_reason == "error":
-                            yield _sse(APIError(500, f"the engine failed on this request: {out.error}",
-                                                code="engine_error").body())
+                            yield _sse(_engine_failure(ctx, out.error).body())
                             yield _DONE
                             return
                         if not remaining and not include_usage:
@@ -497,7 +498,7 @@ class OpenAIServing:
             yield _DONE
             return
         except EngineError as e:
-            yield _sse(APIError(500, f"the engine failed on this request: {e}", code="engine_error").body())
+            yield _sse(_engine_failure(ctx, e).body())
             yield _DONE
             return
         finally:  # a client that leaves closes this generator here: its requests count as aborted
@@ -550,6 +551,18 @@ class _Context:
     created: int
     model: str
     arrival: float
+    request_id: str | None = None  # the HTTP request's id (guard.py), named in 5xx bodies and the log
+
+
+def _http_request_id(http: HTTPRequest) -> str | None:
+    return http.scope.get("state", {}).get("request_id")
+
+
+def _engine_failure(ctx: _Context, detail) -> APIError:
+    """A 500 naming the request id; the failure's text goes to the log only (it may carry paths or data)."""
+    log.error("request %s (%s): the engine failed: %s", ctx.request_id, ctx.rid, detail)
+    return APIError(500, f"the engine failed on this request (request id {ctx.request_id}); the server log has "
+                         "the details", code="engine_error")
 
 
 def _finish_choice(c: _Choice, out: RequestOutput) -> None:

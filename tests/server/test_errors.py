@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import httpx
 import openai
@@ -203,7 +204,7 @@ def threaded_client(threaded_server):
         yield c
 
 
-def test_engine_failure_is_500_and_server_stays_up(threaded_server, threaded_client, monkeypatch):
+def test_engine_failure_is_500_and_server_stays_up(threaded_server, threaded_client, monkeypatch, caplog):
     """A failed forward (patched into the in-thread engine) is a 500; the server goes on serving."""
     server, client = threaded_server, threaded_client
     engine = server.aengine.engine
@@ -218,14 +219,19 @@ def test_engine_failure_is_500_and_server_stays_up(threaded_server, threaded_cli
         return real_launch(plan)
 
     monkeypatch.setattr(engine.runner, "launch", failing_launch)
-    r = httpx.post(server.url + CHAT, json=chat(), timeout=60)
+    with caplog.at_level(logging.ERROR, logger="engine.server.serving"):
+        r = httpx.post(server.url + CHAT, json=chat(), timeout=60)
     assert r.status_code == 500
     error = r.json()["error"]
     assert error["type"] == "server_error" and error["code"] == "engine_error"
-    assert "simulated CUDA error" in error["message"]
-    with pytest.raises(openai.APIError, match="simulated CUDA error"):
+    # The body names the request id, never the exception's text; the log has the text under that id.
+    request_id = r.headers["x-request-id"]
+    assert f"request id {request_id}" in error["message"] and "simulated" not in r.text
+    assert any(request_id in rec.getMessage() and "simulated CUDA error" in rec.getMessage() for rec in caplog.records)
+    with pytest.raises(openai.APIError, match="the engine failed on this request") as failed:
         for _ in client.chat.completions.create(model=MODEL_NAME, messages=MSG, max_tokens=4, stream=True):
             pass
+    assert "simulated" not in str(failed.value)
     assert len(failures) == 2
     resp = client.chat.completions.create(model=MODEL_NAME, messages=MSG, max_tokens=4)
     assert resp.choices[0].message.content
@@ -233,6 +239,30 @@ def test_engine_failure_is_500_and_server_stays_up(threaded_server, threaded_cli
     text = httpx.get(server.url + "/metrics").text
     assert 'opsctl:request_success_total{finished_reason="error"' in text
     assert json.loads(httpx.get(server.url + "/health").text) == {"status": "ok"}
+
+
+def test_a_bug_is_a_500_with_the_request_id_logged_once(threaded_server, monkeypatch, caplog):
+    """An exception no route handles: 500 naming the request id (the client's, if it sent a plain one),
+    no exception text in the body, one log record carrying the traceback, and the server goes on."""
+    serving = threaded_server.app.state.opsctl.serving
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("secret at /home/alice/key.pem")
+
+    monkeypatch.setattr(serving, "chat", broken)
+    with caplog.at_level(logging.DEBUG):
+        r = httpx.post(threaded_server.url + CHAT, json=chat(), headers={"X-Request-Id": "trace-42"}, timeout=30)
+        odd = httpx.post(threaded_server.url + CHAT, json=chat(), headers={"X-Request-Id": "no spaces\tplease"},
+                         timeout=30)
+    assert r.status_code == 500 and r.headers["x-request-id"] == "trace-42"
+    assert r.json()["error"]["code"] == "internal_error" and "trace-42" in r.json()["error"]["message"]
+    assert "secret" not in r.text and "RuntimeError" not in r.text
+    assert odd.status_code == 500 and len(odd.headers["x-request-id"]) == 32  # a fresh id, not the client's
+    records = [rec for rec in caplog.records if rec.name.startswith(("engine", "uvicorn")) and "trace-42" in rec.getMessage()]
+    assert len(records) == 1 and records[0].exc_info is not None
+    assert not [rec for rec in caplog.records if rec.name.startswith("uvicorn") and rec.levelno >= logging.ERROR]
+    monkeypatch.undo()
+    assert httpx.post(threaded_server.url + CHAT, json=chat(), timeout=60).status_code == 200
 
 
 def test_shutting_down_gives_503(server, http):
