@@ -14,6 +14,16 @@ What lands in <output-dir>/<run-id>/:
 Failures keep what was measured: errored requests are counted and kept in the table, an interrupted
 run (Ctrl-C) or a Locust process that dies writes the records it has, and the run says so in notes.
 An unreachable server fails before Locust starts, with one line.
+
+Misbehaving servers. Every request has one deadline, --timeout from its start to the end of its
+stream (the locustfile enforces it), so whatever a server does (no headers, keep-alive comments
+forever, a body that is not SSE, JSON that is not JSON, no [DONE], only 500s) each request ends by
+then as a record; the failures are counted by kind in result.json (summary.extra.errors) and a note
+says in words what the server did. GET /v1/models is checked: an answer that is not a model list
+(not JSON, no "data" list, an entry without a string "id") stops the run with one line naming the
+URL and the problem, unless --model names the model, in which case the run goes on with a warning
+and a note (the list is then only needed for the default model and its tokenizer). A models
+endpoint that does not answer within PROBE_TIMEOUT_S, or refuses the key, stops the run either way.
 """
 from __future__ import annotations
 
@@ -29,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..report.schema import BenchResult, Run, new_run_id
@@ -44,8 +55,11 @@ API_KEY_ENV = "OPSCTL_BENCH_API_KEY"
 MAX_POISSON_USERS = 512  # users for a Poisson rung without --concurrency (see the locustfile)
 DURATION_ITEMS = 1000  # distinct prompts per closed-loop rung in --duration mode (then they repeat)
 PROBE_TIMEOUT_S = 5.0
+_MAX_MODELS_BYTES = 4 << 20  # a model list is a few KB; past this the server is not sending one
 _LATE_ARRIVAL_S = 0.05  # a Poisson arrival sent later than this says the users were all busy
-_STALL_GRACE_S = 60.0  # no record for timeout + this while Locust runs: give up on the rung
+# No record for timeout + this while Locust runs: give up on the rung. Only a backstop: the locustfile
+# ends every request at its --timeout deadline, so this fires only if Locust itself hangs.
+_STALL_GRACE_S = 60.0
 
 
 class BenchError(Exception):
@@ -70,7 +84,7 @@ class HttpBenchOptions:
     api_key: str | None = None
     run_id: str | None = None
     output_dir: Path = Path("reports")
-    timeout_s: float = 600.0
+    timeout_s: float = 600.0  # per request, sending it to the end of its stream (not per read)
     ignore_eos: bool = False
     tokenizer: str | None = None
 
@@ -119,26 +133,67 @@ def normalize_url(url: str) -> str:
 
 
 def probe(base: str, api_key: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> tuple[list[dict], str]:
-    """(models from GET /v1/models, what went wrong listing them); BenchError when the server is unreachable."""
+    """(models GET /v1/models lists, "" or what is wrong with its answer, one line naming the URL).
+
+    BenchError when the server cannot be asked at all: unreachable, no complete answer within
+    timeout_s, or the key refused. Every model returned has a non-empty string "id".
+    """
     import httpx
 
+    url = f"{base}/v1/models"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    deadline = time.monotonic() + timeout_s
     try:
-        resp = httpx.get(f"{base}/v1/models", headers=headers, timeout=timeout_s)
-    except httpx.TimeoutException:
-        raise BenchError(f"cannot reach {base}: no answer within {timeout_s:g} s") from None
+        with httpx.stream("GET", url, headers=headers, timeout=timeout_s) as resp:
+            if resp.status_code in (401, 403):
+                raise BenchError(f"{base} refused the request (HTTP {resp.status_code}): pass the right --api-key")
+            if resp.status_code != 200:
+                return [], f"GET {url} answered HTTP {resp.status_code}"
+            body = bytearray()
+            # Read by hand: httpx's timeout is per read, and a server may dribble bytes forever.
+            for chunk in resp.iter_bytes():
+                body += chunk
+                if len(body) > _MAX_MODELS_BYTES:
+                    return [], f"GET {url} answered over {_MAX_MODELS_BYTES >> 20} MiB, not a model list"
+                if time.monotonic() > deadline:
+                    raise BenchError(f"GET {url} sent no complete answer within {timeout_s:g} s")
+            content_type = resp.headers.get("content-type", "no Content-Type").split(";")[0]
+    except httpx.ConnectTimeout:
+        raise BenchError(f"cannot reach {base}: no connection within {timeout_s:g} s") from None
+    except httpx.TimeoutException:  # connected, but the answer did not come (or not all of it)
+        raise BenchError(f"GET {url} sent no answer within {timeout_s:g} s") from None
     except httpx.HTTPError as e:
-        reason = str(e) or type(e).__name__
-        raise BenchError(f"cannot reach {base}: {reason}") from None
-    if resp.status_code in (401, 403):
-        raise BenchError(f"{base} refused the request (HTTP {resp.status_code}): pass the right --api-key")
-    if resp.status_code != 200:
-        return [], f"GET {base}/v1/models answered HTTP {resp.status_code}"
+        raise BenchError(f"cannot reach {base}: {str(e) or type(e).__name__}") from None
+    return _model_list(url, bytes(body), content_type)
+
+
+def _model_list(url: str, body: bytes, content_type: str) -> tuple[list[dict], str]:
+    """The models of an OpenAI model list, or ([], what is wrong with it)."""
     try:
-        data = resp.json().get("data") or []
-        return [m for m in data if isinstance(m, dict) and m.get("id")], f"{base}/v1/models lists no model"
-    except (ValueError, AttributeError):
-        return [], f"GET {base}/v1/models did not answer an OpenAI model list"
+        doc = json.loads(body)
+    except ValueError:
+        return [], f"GET {url} answered something not JSON ({content_type}): {_quote(body)}"
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, list):
+        return [], f'GET {url} answered JSON with no "data" list: {_quote(body)}'
+    for j, m in enumerate(data):
+        if not isinstance(m, dict):
+            return [], f"GET {url} answered a model list whose data[{j}] is {_quote(m)}, not an object"
+        if not isinstance(m.get("id"), str) or not m["id"].strip():
+            return [], f"GET {url} answered a model list whose data[{j}].id is {_quote(m.get('id'))}, not a name"
+    if not data:
+        return [], f"GET {url} lists no model"
+    return [{**m, "root": m.get("root") if isinstance(m.get("root"), str) else None} for m in data], ""
+
+
+def _quote(value, limit: int = 80) -> str:
+    """A short one-line rendering of what the server sent, for an error message."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", "replace")
+        text = repr(" ".join(value.split()))
+    else:
+        text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -187,11 +242,20 @@ def run_http_bench(opts: HttpBenchOptions, console: Console | None = None) -> tu
         raise BenchError("--num-requests must be >= 1")
     base = normalize_url(opts.url)
     rungs = plan_rungs(opts)
+    if not opts.timeout_s > 0:
+        raise BenchError(f"--timeout {opts.timeout_s:g}: must be > 0 (seconds each request may take)")
     models, problem = probe(base, opts.api_key)
-    model = opts.model or (models[0]["id"] if models else None)
-    if model is None:
-        raise BenchError(f"{problem}: is {base} an OpenAI-compatible server? If so, pass --model NAME")
-    root = next((m.get("root") for m in models if m.get("id") == model), None)
+    notes = []
+    if opts.model:
+        model = opts.model
+        if problem:  # the user named the model: the list was only needed to pick one
+            notes.append(f"{problem}; used --model {model}")
+            console.print(f"[yellow]warning: {escape(problem)}; using --model {escape(model)}[/]")
+    elif models:
+        model = models[0]["id"]
+    else:
+        raise BenchError(f"{problem}; if {base} serves an OpenAI API anyway, pass --model NAME")
+    root = next((m.get("root") for m in models if m["id"] == model), None)
     tok = load_tokenizer(find_tokenizer(opts.tokenizer, model, root))
 
     counts = [_items_per_rung(opts, r) for r in rungs]
@@ -203,6 +267,7 @@ def run_http_bench(opts: HttpBenchOptions, console: Console | None = None) -> tu
         progress.update(task, total=len(items), completed=len(items))
     result = BenchResult(run_id=opts.run_id or new_run_id("http"), kind="http", command=command_line(),
                          git_commit=git_commit(), device=device_info(), versions=versions())
+    result.notes.extend(notes)
     out_dir = Path(opts.output_dir) / result.run_id
     (out_dir / "raw").mkdir(parents=True, exist_ok=True)
     console.print(f"bench {base} model {model}: {len(rungs)} rung(s) {', '.join(r.label for r in rungs)}, "
@@ -303,7 +368,7 @@ def _run_rung(i: int, rung: Rung, items, opts: HttpBenchOptions, base: str, mode
     outcome.raw = tail.records
     outcome.window_s.append(round(sampler.now(), 3))
     expected = total
-    if not outcome.raw and not outcome.interrupted:
+    if not outcome.raw and not outcome.interrupted and not outcome.stalled:
         raise BenchError(f"Locust ended (exit {outcome.returncode}) without a single request: "
                          f"{_last_line(log_path)} (log: {log_path})")
     if (expected is not None and len(outcome.raw) < expected and not outcome.interrupted
@@ -405,6 +470,7 @@ def _make_run(i: int, rung: Rung, outcome: RungOutcome, workload: dict, opts: Ht
     errors = Counter(_error_kind(r.error) for r in records if r.error)
     if errors:
         extra["errors"] = dict(errors.most_common(5))
+        outcome.notes.append(_explain_errors(rung.label, errors, len(records), opts.timeout_s))
     if records and not all(r.usage for r in records if not r.error):
         extra["usage_missing"] = sum(1 for r in records if not r.error and not r.usage)
     lags = [r.start_s - r.scheduled_s for r in records if r.scheduled_s is not None]
@@ -431,25 +497,56 @@ def _make_run(i: int, rung: Rung, outcome: RungOutcome, workload: dict, opts: Ht
 
 
 def _error_kind(error: str) -> str:
-    """Errors grouped by their start ('HTTP 500', 'stream broken after ...', 'connection failed')."""
+    """Errors grouped by their start, up to the first colon (the kinds the locustfile docstring lists)."""
     head = error.split(":", 1)[0]
     return head if len(head) <= 60 else head[:57] + "..."
+
+
+# What each kind of failure says about the server, for the run's notes ({t}: --timeout).
+_ERROR_WORDS = {
+    "no response before the timeout": "the server accepted the connection but sent no response headers within {t} s",
+    "no content before the timeout": "the server kept the stream open without a single token for {t} s "
+                                     "(keep-alive comments or empty events only)",
+    "stream unfinished at the timeout": "the server was still streaming at the {t} s timeout "
+                                        "(raise --timeout if its answers take that long)",
+    "not an SSE stream": "the server answered 200 with a body that is not an SSE stream "
+                         "(did it ignore \"stream\": true?)",
+    "malformed event": "the server sent data: events that are not JSON or not OpenAI chunks",
+    "error event in stream": "the server reported errors inside the stream",
+    "stream broken": "the connection broke in the middle of the stream",
+    "stream ended before [DONE]": "the server ended streams without data: [DONE]",
+    "no content": "the server finished streams without a single token",
+    "connection failed": "no connection to the server",
+    "client error": "the bench client failed (a bug in opsctl: see raw/records-*.jsonl)",
+}
+
+
+def _explain_errors(label: str, errors: Counter, total: int, timeout_s: float) -> str:
+    """One note: how many requests failed and, per kind, what the server did, in words."""
+    parts = []
+    for kind, n in errors.most_common():
+        if kind in _ERROR_WORDS:
+            words = _ERROR_WORDS[kind].format(t=f"{timeout_s:g}")
+        else:
+            words = f"the server answered {kind}" if kind.startswith("HTTP ") else kind
+        parts.append(f"{words} ({kind} x{n})")
+    return f"{label}: {sum(errors.values())} of {total} requests failed: " + "; ".join(parts)
 
 
 def report_outcome(result: BenchResult, out_dir: Path, console: Console, *, render: bool = True) -> int:
     """Print the table, say where the files are, render the HTML report; the exit code for the CLI."""
     print_runs(result, console)
     for note in result.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}")  # notes quote servers: no rich markup in them
     failed = sum(r.summary.num_errors for r in result.runs)
     total = sum(r.summary.num_requests for r in result.runs)
     if failed:
         kinds = Counter()
         for r in result.runs:
             kinds.update(r.summary.extra.get("errors", {}))
-        shown = ", ".join(f"{k} x{n}" for k, n in kinds.most_common(3))
+        shown = escape(", ".join(f"{k} x{n}" for k, n in kinds.most_common(3)))
         console.print(f"[yellow]warning: {failed} of {total} requests failed ({shown}); partial results kept[/]")
     console.print(f"wrote {out_dir / 'result.json'}")
     if render:
         write_html_report(out_dir, console)
-    return 1 if total and failed == total else 0
+    return 1 if failed == total else 0  # nothing succeeded (or nothing was measured at all)

@@ -31,6 +31,23 @@ stream), itl_s (gaps between content chunks), prompt_tokens / output_tokens (fro
 chunk, stream_options.include_usage; fallback: the plan's prompt count and the number of content
 chunks), usage (whether the server reported it), chunks, finish_reason, status, error.
 
+Every request has one deadline, timeout_s from its start to the end of its stream (a gevent.Timeout,
+so it holds through connect, headers and every read: a server that sends a keep-alive comment every
+second forever still loses the request at the deadline). Whatever the server does, the request ends
+with one record; a failed one has `error` = "KIND: details", and the runner counts failures by KIND:
+  no response before the timeout     no HTTP headers by the deadline
+  no content before the timeout      headers (maybe keep-alive comments or empty events), no token
+  stream unfinished at the timeout   tokens came, [DONE] did not, by the deadline
+  HTTP <code>                        a non-200 answer (its error message after the colon)
+  connection failed                  no connection (refused, reset before headers)
+  not an SSE stream                  a 200 whose body has no `data:` line (e.g. a whole JSON answer)
+  malformed event                    a `data:` line that is not a JSON object of the OpenAI shape
+  error event in stream              a `data:` event carrying an "error"
+  stream broken                      the connection failed mid-stream
+  stream ended before [DONE]         the body ended cleanly without `data: [DONE]`
+  no content                         [DONE] (or a finish) without a single token
+  client error                       a bug on this side; the request is still recorded
+
 Locust's own statistics get the request with its end-to-end time (not time-to-headers, which is what
 Locust records for stream=True), plus "TTFT" and "TPOT" entries of type SSE; warm-up requests are
 named "... (warmup)". Locust rounds these; opsctl's summaries come from the raw records.
@@ -51,6 +68,9 @@ PLAN_ENV = "OPSCTL_BENCH_PLAN"
 API_KEY_ENV = "OPSCTL_BENCH_API_KEY"  # the key stays out of the plan file, which is kept with the results
 _ERROR_CHARS = 300
 _CSV_SETTLE_S = 1.2  # > locust.stats.CSV_STATS_INTERVAL_SEC (1 s)
+_CONNECT_TIMEOUT_S = 10.0
+_READ_SLACK_S = 5.0  # the socket's own read timeout, a backstop behind the request's deadline
+_BODY_HEAD = 120  # bytes of a non-SSE body quoted in its error
 
 
 def _one_line(text: str) -> str:
@@ -200,29 +220,63 @@ class OpenAIStreamUser(HttpUser):
         rec = {"index": index, "warmup": warmup, "scheduled_s": scheduled, "start_s": None, "ttft_s": None,
                "e2e_s": None, "itl_s": [], "prompt_tokens": item.get("prompt_tokens"), "output_tokens": 0,
                "usage": False, "chunks": 0, "finish_reason": None, "status": None, "error": None}
+        limit = float(PLAN.get("timeout_s") or 600)
+        # One deadline for the whole request. The socket timeouts only bound each read, which a server
+        # sending a keep-alive comment every second would reset forever. gevent raises it in this
+        # greenlet wherever it waits (connect, headers, any read); the stream reader catches it to say
+        # how far the stream got, and the handler here catches it before the headers came.
+        deadline = gevent.Timeout(limit)
         start = time.perf_counter()
         rec["start_s"] = start - DISPATCH.t0
-        with self.client.post(self.path, json=self._body(item), headers=self.headers, stream=True, name=name,
-                              catch_response=True, timeout=(10, PLAN.get("timeout_s") or 600)) as resp:
-            rec["status"] = resp.status_code
-            if resp.status_code != 200:
-                rec["error"] = _http_error(resp)
-            else:
-                self._read_stream(resp, start, rec)
-            end = time.perf_counter()
-            if rec["e2e_s"] is None:
-                rec["e2e_s"] = end - start
-            resp.request_meta["response_time"] = (end - start) * 1000
-            resp.request_meta["response_length"] = rec.pop("_bytes", 0)
-            if rec["error"]:
-                resp.failure(rec["error"])
-            else:
-                resp.success()
+        deadline.start()
+        try:
+            with self.client.post(self.path, json=self._body(item), headers=self.headers, stream=True, name=name,
+                                  catch_response=True,
+                                  timeout=(min(_CONNECT_TIMEOUT_S, limit), limit + _READ_SLACK_S)) as resp:
+                try:
+                    self._read_response(resp, start, rec, deadline, limit)
+                finally:
+                    if rec["error"]:
+                        _hang_up(resp)  # a server still streaming (or hanging) must see the client leave
+        except gevent.Timeout as t:
+            if t is not deadline:
+                raise
+            if rec["status"] is None:
+                # Locust records a request when its headers come: this one it never saw, so tell it.
+                rec["error"] = f"no response before the timeout: no HTTP response within {limit:g} s"
+                rec["e2e_s"] = time.perf_counter() - start
+                self.environment.events.request.fire(request_type="POST", name=name,
+                                                     response_time=rec["e2e_s"] * 1000, response_length=0,
+                                                     exception=RuntimeError(rec["error"]), context={})
+        finally:
+            deadline.cancel()
         if not rec["error"]:
             self._fire("TTFT", rec["ttft_s"], warmup)
             if rec["output_tokens"] > 1 and rec["ttft_s"] is not None:
                 self._fire("TPOT", (rec["e2e_s"] - rec["ttft_s"]) / (rec["output_tokens"] - 1), warmup)
         return rec
+
+    def _read_response(self, resp, start: float, rec: dict, deadline: gevent.Timeout, limit: float) -> None:
+        """Fill rec from the response (its stream, or its error body) and mark it for Locust."""
+        rec["status"] = resp.status_code
+        try:
+            if resp.status_code != 200:
+                rec["error"] = _http_error(resp)
+            else:
+                self._read_stream(resp, start, rec, deadline, limit)
+        except gevent.Timeout as t:  # an error body that never ends (the stream reader catches its own)
+            if t is not deadline:
+                raise
+            rec["error"] = rec["error"] or f"HTTP {resp.status_code}: no complete error body within {limit:g} s"
+        end = time.perf_counter()
+        if rec["e2e_s"] is None:
+            rec["e2e_s"] = end - start
+        resp.request_meta["response_time"] = (end - start) * 1000
+        resp.request_meta["response_length"] = rec.pop("_bytes", 0)
+        if rec["error"]:
+            resp.failure(rec["error"])
+        else:
+            resp.success()
 
     def _fire(self, name: str, seconds: float | None, warmup: bool) -> None:
         if seconds is None:
@@ -231,36 +285,43 @@ class OpenAIStreamUser(HttpUser):
                                              response_time=seconds * 1000, response_length=0, exception=None,
                                              context={})
 
-    def _read_stream(self, resp, start: float, rec: dict) -> None:
+    def _read_stream(self, resp, start: float, rec: dict, deadline: gevent.Timeout, limit: float) -> None:
         """Parse `data:` events as bytes arrive; time each content chunk; take usage from the last chunk."""
         content_times: list[float] = []
         done = False
         buf = b""
-        nbytes = 0
+        head = b""  # the body's first bytes, quoted when it turns out not to be SSE
+        nbytes = events = comments = 0
         try:
             for data in _raw_chunks(resp):
                 now = time.perf_counter()
                 nbytes += len(data)
+                if len(head) < _BODY_HEAD:
+                    head += data[: _BODY_HEAD - len(head)]
                 buf += data
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     line = line.strip()
+                    if line.startswith(b":"):  # an SSE comment: a keep-alive, no content
+                        comments += 1
+                        continue
                     if not line.startswith(b"data:"):
                         continue
+                    events += 1
                     payload = line[5:].strip()
                     if payload == b"[DONE]":
                         done = True
                         break
-                    event = json.loads(payload)
+                    event = _parse_event(payload)
                     if event.get("error"):
                         err = event["error"]
                         rec["error"] = _one_line("error event in stream: "
-                                                 + (err.get("message", str(err)) if isinstance(err, dict) else str(err)))
+                                                 + str(err.get("message", err) if isinstance(err, dict) else err))
                         done = True
                         break
                     if _has_content(event):
                         content_times.append(now)
-                    for choice in event.get("choices") or ():
+                    for choice in event["choices"]:
                         if choice.get("finish_reason"):
                             rec["finish_reason"] = choice["finish_reason"]
                     usage = event.get("usage")
@@ -270,14 +331,31 @@ class OpenAIStreamUser(HttpUser):
                         rec["prompt_tokens"] = int(usage.get("prompt_tokens") or 0)
                 if done:
                     break
+        except gevent.Timeout as t:
+            if t is not deadline:
+                raise
+            if content_times:
+                rec["error"] = (f"stream unfinished at the timeout: {len(content_times)} content chunks in "
+                                f"{limit:g} s, no [DONE]")
+            else:
+                rec["error"] = (f"no content before the timeout: no token within {limit:g} s "
+                                f"({comments} keep-alive comments, {events} events)")
+        except _Malformed as e:
+            rec["error"] = _one_line(f"malformed event: after {len(content_times)} content chunks: {e}")
         except Exception as e:  # noqa: BLE001 - a broken stream is the server's error, recorded per request
-            rec["error"] = _one_line(f"stream broken after {len(content_times)} content chunks: "
+            rec["error"] = _one_line(f"stream broken: after {len(content_times)} content chunks: "
                                      f"{type(e).__name__}: {e}")
         end = time.perf_counter()
         rec["_bytes"] = nbytes
         rec["chunks"] = len(content_times)
         if not done and not rec["error"]:
-            rec["error"] = f"stream ended before [DONE] after {len(content_times)} content chunks"
+            if not events and "event-stream" not in resp.headers.get("content-type", ""):
+                # e.g. the whole completion as one JSON: the server ignored "stream": true
+                rec["error"] = _one_line(f"not an SSE stream: HTTP 200 with Content-Type "
+                                         f"{resp.headers.get('content-type') or 'none'} and no data: line, body "
+                                         f"{head.decode('utf-8', 'replace')!r}")
+            else:
+                rec["error"] = f"stream ended before [DONE]: after {len(content_times)} content chunks"
         if content_times:
             rec["ttft_s"] = content_times[0] - start
             rec["itl_s"] = [b - a for a, b in zip(content_times, content_times[1:])]
@@ -285,13 +363,37 @@ class OpenAIStreamUser(HttpUser):
         if not rec["usage"]:
             rec["output_tokens"] = len(content_times)
         if not rec["error"] and not content_times:
-            rec["error"] = "the stream held no content"
+            rec["error"] = "no content: [DONE] before any token"
+
+
+class _Malformed(Exception):
+    """A `data:` event that is not what an OpenAI stream sends."""
+
+
+def _parse_event(payload: bytes) -> dict:
+    """The event as a dict with a list of dict choices and a dict (or no) usage; else _Malformed."""
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        raise _Malformed(f"data: line is not JSON: {payload[:80].decode('utf-8', 'replace')!r}") from None
+    if not isinstance(event, dict):
+        raise _Malformed(f"data: line is JSON but not an object: {payload[:80].decode('utf-8', 'replace')!r}")
+    choices = event.get("choices")
+    if choices is None:
+        event["choices"] = []
+    elif not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise _Malformed(f"\"choices\" is not a list of objects: {str(choices)[:80]!r}")
+    usage = event.get("usage")
+    if usage is not None and (not isinstance(usage, dict) or not all(
+            isinstance(usage.get(k), int) or usage.get(k) is None for k in ("prompt_tokens", "completion_tokens"))):
+        raise _Malformed(f"\"usage\" is not an object of token counts: {str(usage)[:80]!r}")
+    return event
 
 
 def _has_content(event: dict) -> bool:
-    for choice in event.get("choices") or ():
+    for choice in event["choices"]:
         delta = choice.get("delta")
-        if delta is not None:  # chat
+        if isinstance(delta, dict):  # chat
             if delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning"):
                 return True
         elif choice.get("text"):  # completions
@@ -305,6 +407,15 @@ def _raw_chunks(resp):
     if getattr(raw, "chunked", False):
         return raw.stream(None, decode_content=True)
     return iter(lambda: raw.read1(65536), b"")
+
+
+def _hang_up(resp) -> None:
+    """Close the connection under a response (Locust's stand-in for a failed connection has none)."""
+    if getattr(resp, "raw", None) is not None:
+        try:
+            resp.raw.close()
+        except Exception:  # noqa: BLE001 - already broken: nothing left to close
+            pass
 
 
 def _http_error(resp) -> str:
