@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # TORCH_SPEC=torch (or keep the torch you have by pointing VENV at an environment that has it).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test model
+.PHONY: install demo test model browser
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,5 +34,17 @@ demo: model
 	$(VENV)/bin/opsctl bench --url http://127.0.0.1:$(DEMO_PORT) --dataset chat --output-len 64 --num-requests 40 --concurrency 1,4 --run-id demo-http
 	$(VENV)/bin/opsctl bench offline --workload mixed --peer generate --run-id demo-offline
 
-test: model
+# The report tests open reports in headless Chromium: Debian's package, driven by playwright (the dev
+# extra; `playwright install` downloads a browser and is never used). Installed with apt-get when it
+# is missing and we may (root, or sudo without a password); otherwise one line says the extra step.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi; \
+		if [ "$$sudo" != none ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing chromium for the report tests (apt-get) ..."; \
+			{ $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+				>/dev/null 2>&1 || echo "could not install chromium: the report browser tests will skip"; \
+		else echo "no chromium: run 'sudo apt-get install chromium' (or set OPSCTL_CHROMIUM) for the report browser tests"; fi; }
+
+test: model browser
 	$(PY) -m pytest -q
