@@ -25,6 +25,18 @@ class OutOfMemoryError(EngineError):
     """The model or the KV cache does not fit the device; the message says what would."""
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message as one line: its first line, joined with the second when the first only
+    announces it ("Validation error for field 'x':"), or its type name when it has no message. No final
+    full stop: callers go on with ": what to do"."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}".rstrip(".")
+    return lines[0].rstrip(".")
+
+
 def describe_load_failure(what: str, error: Exception) -> str:
     """One line for an unexpected failure while building an engine for `what` (a model name).
 

@@ -87,12 +87,21 @@ class ModelShape:
         if get("hidden_size") is None and get("text_config") is not None:
             return cls.from_config(get("text_config"))
         for key in _MOE_KEYS:
-            if (get(key) or 0) > 0:
-                raise PlanError(f"mixture-of-experts models ({key}={get(key)}) are not covered by the planner")
+            if _is_count(get(key)) and get(key) > 0:
+                raise PlanError(f"mixture-of-experts models ({key}={get(key)!r}) are not covered by the planner")
         required = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-        missing = [k for k in required if not isinstance(get(k), int) or get(k) <= 0]
+        missing = [k for k in required if not _is_count(get(k)) or get(k) <= 0]
         if missing:
             raise PlanError(f"the model config lacks {', '.join(missing)}: the planner needs a decoder-only LLM config")
+        # A hand-edited or damaged config.json may hold anything: refuse it here, not as a TypeError below.
+        bad = [f"{k}={get(k)!r}" for k in ("num_key_value_heads", "head_dim")
+               if get(k) is not None and (not _is_count(get(k)) or get(k) <= 0)]
+        bad += [f"{k}={get(k)!r}" for k in _MOE_KEYS if get(k) is not None and not _is_count(get(k))]
+        if get("head_dim") is None and get("hidden_size") < get("num_attention_heads"):
+            bad.append(f"hidden_size={get('hidden_size')} < num_attention_heads={get('num_attention_heads')}")
+        if bad:
+            raise PlanError(f"the model config has {', '.join(bad)}: sizes must be positive integers (and "
+                            f"hidden_size at least num_attention_heads); fix the config or pass another model")
         model_type = str(get("model_type") or "llama")
         hidden, heads = get("hidden_size"), get("num_attention_heads")
         attention_bias = bool(get("attention_bias") or False)
@@ -413,6 +422,10 @@ def _check_settings(quants, session_len, ratios, batches, reserve_gib, block_siz
         raise PlanError(f"the runtime reserve must be >= 0 GiB (got {reserve_gib})")
     if block_size < 1:
         raise PlanError(f"block size must be >= 1 (got {block_size})")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _getter(config: Any):

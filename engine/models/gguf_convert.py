@@ -3,11 +3,14 @@
 transformers dequantizes a GGUF when it loads one (needs the `gguf` and `accelerate` packages), but
 the model it returns is marked GGUF-quantized and refuses `save_pretrained`; so the state dict is
 written with safetensors and config.json without `quantization_config`. The result loads with plain
-`AutoModelForCausalLM.from_pretrained(out_dir)` and with our own weight loader.
+`AutoModelForCausalLM.from_pretrained(out_dir)` and with our own weight loader. A file cut short or
+not a GGUF at all is refused first, in one line (gguf_header); anything the reader still trips over
+is a ModelLoadError naming the file.
 
 `install_converted` does the conversion atomically into a cache directory (temp dir beside the
 target, `.complete` marker written last, then a rename), so a crash never leaves a half model that
-looks complete. Also home of `progress_step`, the one-line progress display of long model steps.
+looks complete, nor, past the next conversion or pull, its temp dir (cache_temp). Also home of
+`progress_step`, the one-line progress display of long model steps.
 """
 from __future__ import annotations
 
@@ -17,7 +20,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -25,7 +27,9 @@ from unittest import mock
 
 import torch
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, first_line
+from .cache_temp import owned_temp_dir
+from .gguf_header import check_gguf_file
 
 COMPLETE_MARKER = ".complete"
 
@@ -66,6 +70,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     out_dir = Path(out_dir)
     if not gguf_path.is_file():
         raise ModelLoadError(f"GGUF file not found: {gguf_path}")
+    check_gguf_file(gguf_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer, model = _load_gguf(gguf_path, dtype, progress)
     with progress_step("writing safetensors, config and tokenizer", enabled=progress):
@@ -84,32 +89,31 @@ def install_converted(gguf_path: str | os.PathLike, target: str | os.PathLike, *
     target = Path(target)
     if is_complete(target) and not force:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
-    try:
-        convert_gguf(gguf_path, tmp, dtype=dtype, progress=progress)
-        (tmp / COMPLETE_MARKER).write_text(f"converted from {Path(gguf_path).name}\n")
-        make_readable(tmp, *tmp.rglob("*"))
-        _replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # The temp folder (removed on any way out; a killed run's is swept by the next: cache_temp) holds
+    # the new model and, while it is swapped in, the old one.
+    with owned_temp_dir(target.parent, f".tmp-{target.name}-") as tmp:
+        new = tmp / "model"
+        new.mkdir()
+        convert_gguf(gguf_path, new, dtype=dtype, progress=progress)
+        (new / COMPLETE_MARKER).write_text(f"converted from {Path(gguf_path).name}\n")
+        make_readable(new, *new.rglob("*"))
+        _replace_dir(new, target, tmp / "old")
     return target
 
 
 def make_readable(*paths: Path) -> None:
-    """Give `paths` the modes the umask allows (mkdtemp makes 0700 dirs, safetensors 0600 files)."""
+    """Give `paths` the modes the umask allows (safetensors writes 0600 files)."""
     umask = os.umask(0)
     os.umask(umask)
     for path in paths:
         os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask)
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Rename `new` to `target`; an old `target` is moved aside first and removed after."""
+def _replace_dir(new: Path, target: Path, aside: Path) -> None:
+    """Rename `new` to `target`; an old `target` is moved to `aside` first and removed after."""
     old = None
     if target.exists():
-        old = target.with_name(f".old-{target.name}-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
+        old = aside
         os.rename(target, old)
     try:
         os.rename(new, target)
@@ -142,9 +146,9 @@ def _load_gguf(gguf_path: Path, dtype: torch.dtype, progress: bool):
             model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=dtype)
     except ImportError as e:
         raise ModelLoadError(f"reading GGUF needs the 'gguf' and 'accelerate' packages: {e}") from e
-    except (ValueError, KeyError, OSError, RuntimeError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"cannot read GGUF file {gguf_path}: {first_line}") from e
+    except Exception as e:  # noqa: BLE001 - the reader raises struct.error, IndexError, ... for a bad file
+        raise ModelLoadError(f"cannot read GGUF file {gguf_path}: {first_line(e)}: download it again, or pass "
+                             f"another model file") from e
     finally:
         if bars_were_enabled:
             hf_logging.enable_progress_bar()

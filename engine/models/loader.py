@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, first_line
 from .registry import model_class
 
 
@@ -28,7 +28,9 @@ def iter_safetensors(weights_dir: str) -> Iterator[tuple[str, torch.Tensor]]:
                 for name in f.keys():
                     yield name, f.get_tensor(name)
         except (SafetensorError, OSError, RuntimeError) as e:
-            raise ModelLoadError(f"corrupt model file {path}: {e}") from None
+            from .source import repair_hint
+
+            raise ModelLoadError(f"corrupt model file {path}: {first_line(e)}: {repair_hint(weights_dir)}") from None
 
 
 def load_weights(model: nn.Module, weights: Iterator[tuple[str, torch.Tensor]]) -> None:

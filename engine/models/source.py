@@ -7,7 +7,9 @@ Accepted, in this order:
   a "*.gguf" file     -> converted once into the cache (keyed by file name, size and mtime);
   a directory with config.json and *.safetensors -> used as it is (HF layout, sharded or not).
 Anything else is a ModelLoadError with one line saying what would have been accepted. Weights are
-not read here: the loader does that (and reports corrupt safetensors).
+not read here: the loader does that (and reports corrupt safetensors). A broken file (config.json,
+tokenizer, a GGUF cut short: gguf_header) is a ModelLoadError naming it and what to do
+(`repair_hint`); `read_config_json` is the one reader of config.json, for the engine and the toolkit.
 
 The model cache is $OPSCTL_CACHE_DIR, else ~/.cache/opsctl; models live under <cache>/models/.
 """
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, first_line
 
 CACHE_ENV = "OPSCTL_CACHE_DIR"
 PRESET_PREFIX = "preset:"
@@ -58,8 +60,8 @@ class ModelSource:
         try:
             return AutoTokenizer.from_pretrained(self.tokenizer_path)
         except Exception as e:  # noqa: BLE001 - transformers raises many kinds; all mean "unreadable"
-            raise ModelLoadError(
-                f"cannot read the tokenizer in {self.tokenizer_path}: {_first_line(e)}") from e
+            raise ModelLoadError(f"cannot read the tokenizer in {self.tokenizer_path}: {first_line(e)}: "
+                                 f"{repair_hint(self.tokenizer_path)}") from e
 
 
 def resolve_model(spec: str | os.PathLike | None, *,
@@ -126,26 +128,57 @@ def _preset_source(preset: str) -> ModelSource:
 
 def _gguf_source(path: Path, cache_dir) -> ModelSource:
     from . import gguf_convert
+    from .gguf_header import check_gguf_file
 
     target = gguf_cache_dir(path, cache_dir)
     if not gguf_convert.is_complete(target):
+        # A broken file is refused before the "converting" line: its error is then the only output.
+        check_gguf_file(path)
         print(f"opsctl: converting {path.name} into {target} (one time)", file=sys.stderr, flush=True)
         gguf_convert.install_converted(path, target)
     return hf_dir_source(target, name=path.stem)
+
+
+def read_config_json(config_file: str | os.PathLike) -> dict:
+    """A model's config.json as a dict; ModelLoadError naming the file when it is not a JSON object.
+
+    Every reader of a model's config goes through here (the engine via resolve_model, `opsctl plan`,
+    `opsctl models list`), so a broken file reads the same wherever it is met.
+    """
+    config_file = Path(config_file)
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"corrupt {config_file}: {first_line(e)}: {repair_hint(config_file.parent)}") from e
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"corrupt {config_file}: it holds a JSON {type(data).__name__}, not an object: "
+                             f"{repair_hint(config_file.parent)}")
+    return data
+
+
+def repair_hint(directory: str | os.PathLike) -> str:
+    """What to do about a broken file in a model directory (ends the one-line error)."""
+    from .default_model import DEFAULT_MODEL_NAME
+    from .gguf_convert import COMPLETE_MARKER
+
+    directory = Path(directory)
+    if (directory / COMPLETE_MARKER).is_file():  # written by opsctl: a pulled or converted copy in the cache
+        if directory.name == DEFAULT_MODEL_NAME:
+            return "run `opsctl models pull --force` to fetch it again"
+        return f"delete {directory} (a converted copy) and run again to convert it anew"
+    return "download the model again, or pass another model"
 
 
 def _read_config(directory: Path):
     from transformers import AutoConfig
 
     config_file = directory / "config.json"
-    try:
-        json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"corrupt {config_file}: {e}") from e
+    read_config_json(config_file)
     try:
         return AutoConfig.from_pretrained(str(directory))
     except Exception as e:  # noqa: BLE001 - unknown model_type, bad field values, ...
-        raise ModelLoadError(f"cannot read {config_file}: {_first_line(e)}") from e
+        raise ModelLoadError(f"cannot read {config_file}: {first_line(e)}: fix that file, or pass another "
+                             f"model") from e
 
 
 def _check_weights(directory: Path) -> None:
@@ -153,8 +186,8 @@ def _check_weights(directory: Path) -> None:
     if index_file.is_file():
         try:
             shards = set(json.loads(index_file.read_text(encoding="utf-8"))["weight_map"].values())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError) as e:
-            raise ModelLoadError(f"corrupt {index_file}: {e}") from e
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
+            raise ModelLoadError(f"corrupt {index_file}: {first_line(e)}: {repair_hint(directory)}") from e
         missing = sorted(s for s in shards if not (directory / s).is_file())
         if missing:
             raise ModelLoadError(f"{directory} lacks safetensors shards listed in {index_file.name}: "
@@ -181,9 +214,4 @@ def _check_tokenizer(directory: Path) -> None:
             try:
                 json.loads(path.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ModelLoadError(f"corrupt {path}: {e}") from e
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+                raise ModelLoadError(f"corrupt {path}: {first_line(e)}: {repair_hint(directory)}") from e

@@ -293,9 +293,22 @@ def fake_convert(monkeypatch):
     return calls
 
 
+def _whole_gguf(path: Path) -> Path:
+    """A structurally whole GGUF (header and one tensor): what resolve_model checks before converting."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def test_gguf_is_converted_once_and_keyed_by_file(cache, tmp_path, fake_convert):
-    gguf = tmp_path / "my-model.Q4_0.gguf"
-    gguf.write_bytes(b"GGUF" + bytes(100))
+    gguf = _whole_gguf(tmp_path / "my-model.Q4_0.gguf")
     first = resolve_model(str(gguf))
     assert (first.kind, first.name) == ("hf", "my-model.Q4_0")
     assert Path(first.weights_path).parent == cache / "models" / "gguf"
@@ -310,8 +323,7 @@ def test_gguf_is_converted_once_and_keyed_by_file(cache, tmp_path, fake_convert)
 
 
 def test_failed_conversion_leaves_nothing_that_looks_complete(cache, tmp_path, monkeypatch):
-    gguf = tmp_path / "broken.gguf"
-    gguf.write_bytes(b"GGUF")
+    gguf = _whole_gguf(tmp_path / "broken.gguf")
 
     def crash(gguf_path, out_dir, **kwargs):
         (Path(out_dir) / "config.json").write_text("{}")

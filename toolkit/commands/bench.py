@@ -52,7 +52,7 @@ def http(
     api_key: Annotated[Optional[str], typer.Option(help="Bearer token for the server.", envvar="OPENAI_API_KEY")] = None,
     ignore_eos: Annotated[bool, typer.Option(help="Send ignore_eos (vLLM/LMDeploy/opsctl extension) so outputs reach max_tokens.")] = False,
     tokenizer: Annotated[Optional[str], typer.Option(help="Local tokenizer directory for prompt lengths (default: the served model's if found, else SmolLM2's).")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for a response's next bytes before counting it as an error.")] = 600.0,
+    timeout: Annotated[float, typer.Option(help="Seconds each request may take, from sending it to the end of its stream, before it counts as an error.")] = 600.0,
     run_id: Annotated[Optional[str], typer.Option(help="Name of the result folder (default: http-<time>).")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where reports/<run-id>/ goes.")] = Path("reports"),
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report.")] = False,
@@ -72,6 +72,7 @@ def http(
 
     if endpoint not in ("chat", "completions"):
         raise typer.BadParameter(f"{endpoint!r}: use chat or completions", param_hint="--endpoint")
+    run_id = _checked_run_id(output_dir, run_id, "http")
     try:
         slo_limits = parse_slo(slo)
     except ValueError as e:
@@ -97,6 +98,21 @@ def http(
         raise typer.Exit(130) from None
     code = report_outcome(result, out_dir, Console(width=160), render=not no_report)
     raise typer.Exit(130 if was_interrupted(result) else code)
+
+
+def _checked_run_id(output_dir: Path, run_id: str | None, prefix: str) -> str:
+    """The run id to write under (a new <prefix>-<time> when none was given), or one `error:` line and
+    exit 2 when it would put the results anywhere but output_dir/<one folder> (toolkit.report.paths)."""
+    from ..report.paths import UnsafePathError, run_dir
+    from ..report.schema import new_run_id
+
+    run_id = new_run_id(prefix) if run_id is None else run_id
+    try:
+        run_dir(output_dir, run_id)
+    except UnsafePathError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    return run_id
 
 
 def _range(text: str | None) -> tuple[int, int] | None:
@@ -131,13 +147,14 @@ def offline(
     from ..bench.offline import bench_engine, build_workload
     from ..bench.peers import load_hf_model, run_generate, run_generate_batch
     from ..bench.report_table import print_runs, write_html_report, write_requests_csv
-    from ..report.schema import BenchResult, new_run_id
+    from ..report.schema import BenchResult
     from ..system_info import command_line, device_info, git_commit, versions
 
     peer = peer or []
     bad = [p for p in peer if p not in PEERS]
     if bad:
         raise typer.BadParameter(f"unknown peer {bad[0]!r}; choose from {', '.join(PEERS)}", param_hint="--peer")
+    run_id = _checked_run_id(output_dir, run_id, "offline")  # before the model loads: fail in a second
     from engine.engine import LLMEngine
 
     engine = LLMEngine(model, engine_config)
@@ -145,7 +162,7 @@ def offline(
     work = build_workload(workload, engine.vocab_size, seed=seed, num_requests=num_requests,
                           input_len=_range(input_len), output_len=_range(output_len), max_len=engine.session_len)
     name = engine.source.name
-    result = BenchResult(run_id=run_id or new_run_id("offline"), kind="offline", command=command_line(),
+    result = BenchResult(run_id=run_id, kind="offline", command=command_line(),
                          git_commit=git_commit(), device=dev, versions=versions())
     typer.echo(f"engine: {name} on {engine.runner.device} ({engine.runner.dtype}), workload {work.describe()}")
     result.runs.extend(bench_engine(engine, name, work, dev.get("name", ""), repeats=repeats))

@@ -2,11 +2,11 @@
 
 `pull` fetches and converts the embedded default model (SmolLM2-135M-Instruct) once; `list` shows
 what the cache holds ($OPSCTL_CACHE_DIR, else ~/.cache/opsctl) and the presets usable as
-`preset:NAME`.
+`preset:NAME`. Both remove the temporary folders of pulls and conversions that were killed
+(engine.models.cache_temp).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -27,10 +27,11 @@ def pull(
     from engine.models.default_model import (DEFAULT_MODEL_NAME, default_model_dir, is_default_model_pulled,
                                              pull_default_model)
 
-    if is_default_model_pulled() and not force:
+    cached = is_default_model_pulled() and not force
+    path = pull_default_model(force=force)  # at once when cached, after sweeping killed pulls' leftovers
+    if cached:
         print(f"{DEFAULT_MODEL_NAME} is already in the cache: {default_model_dir()} (--force converts it again)")
         return
-    path = pull_default_model(force=force)
     print(f"{DEFAULT_MODEL_NAME} is ready: {path}")
 
 
@@ -45,6 +46,7 @@ def list_models(
 
     console = _console()
     root = models_dir()
+    _sweep(root, console)
     table = Table(title=f"Models in the cache ({root})", title_justify="left")
     table.add_column("name", no_wrap=True)
     table.add_column("path", overflow="fold")
@@ -62,6 +64,16 @@ def list_models(
         console.print(f"No models in the cache ({root}): `opsctl models pull` fetches the default one.")
     if presets:
         console.print(_presets_table())
+
+
+def _sweep(root: Path, console: Console) -> None:
+    """Remove what killed pulls and conversions left in the cache (never a running one's: cache_temp)."""
+    from engine.models.cache_temp import sweep_leftovers
+
+    removed = sweep_leftovers(root) + sweep_leftovers(root / "gguf")
+    if removed:
+        console.print(f"Removed {len(removed)} leftover folder(s) of interrupted pulls or conversions "
+                      f"({_human_size(sum(size for _, size in removed))}).")
 
 
 def _console() -> Console:
@@ -104,10 +116,15 @@ def _presets_table() -> Table:
 
 
 def _architecture(config_file: Path) -> str:
+    from engine.errors import ModelLoadError
+    from engine.models.source import read_config_json  # the engine's reader: a broken file is one row, not a crash
+
     try:
-        return _describe(json.loads(config_file.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, AttributeError):
+        return _describe(read_config_json(config_file))
+    except ModelLoadError:
         return "unreadable config.json"
+    except (TypeError, AttributeError, KeyError, IndexError):  # a JSON object, but not a model config
+        return "unrecognised config.json"
 
 
 def _describe(config: dict) -> str:

@@ -71,10 +71,9 @@ def _read_config(model: str | None):
         path = Path(model).expanduser()
         config_file = path / "config.json" if path.is_dir() else path
         if config_file.suffix == ".json" and config_file.is_file():
-            try:
-                return json.loads(config_file.read_text(encoding="utf-8")), (path.name if path.is_dir() else path.stem)
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise PlanError(f"cannot read {config_file}: {e}") from e
+            from engine.models.source import read_config_json  # the engine's reader: same errors everywhere
+
+            return read_config_json(config_file), (path.name if path.is_dir() else path.stem)
     from engine.models.source import resolve_model
 
     with Console(stderr=True).status("reading the model config"):

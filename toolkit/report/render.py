@@ -1,9 +1,10 @@
 """One self-contained HTML page comparing result files: `render_report(results, output)`.
 
 Finds each result (a result.json, its run directory, or a run id under reports/), reads it with
-the schema and its per-request CSVs with pandas, turns runs into table rows, draws the charts
-(charts.py) and fills templates/report.html.j2 (jinja2, autoescaped). plotly.js is inlined once,
-so the file opens offline and can be mailed or archived as it is.
+the schema and its per-request CSVs with pandas (only from the result's own folder: paths.py),
+turns runs into table rows, draws the charts (charts.py) and fills templates/report.html.j2
+(jinja2, autoescaped). plotly.js is inlined once, so the file opens offline and can be mailed or
+archived as it is.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from . import charts
+from .paths import UnsafePathError, file_in_result_dir
 from .schema import BenchResult, Run
 
 REPORTS_DIR = Path("reports")
@@ -61,7 +63,7 @@ def _read_requests(run: Run, base: Path, notes: list[str]) -> pd.DataFrame | Non
     if not run.requests_file:
         notes.append(f"{run.label}: no per-request rows were recorded; its charts use the summary only.")
         return None
-    csv = base / run.requests_file
+    csv = file_in_result_dir(base, run.requests_file, f"run {run.label!r}: requests_file")
     if not csv.is_file():
         notes.append(f"{run.label}: per-request file {run.requests_file} is missing; "
                      f"its charts use the summary only.")
@@ -88,7 +90,12 @@ def load_result(path: Path, taken: set[str]) -> LoadedResult:
         name, n = f"{result.run_id} ({n})", n + 1
     taken.add(name)
     notes: list[str] = []
-    requests = [_read_requests(run, path.parent, notes) for run in result.runs]
+    try:
+        requests = [_read_requests(run, path.parent, notes) for run in result.runs]
+    except UnsafePathError as e:
+        # Refused, not skipped: opsctl writes bare names beside result.json, so this result was edited
+        # or made elsewhere, and a page that quietly left the part out would hide that.
+        raise ReportError(f"{path}: {e}; fix that field or remove it") from None
     return LoadedResult(name=name, path=path, result=result, requests=requests, notes=notes)
 
 
