@@ -85,11 +85,22 @@ class AsyncEngine:
         self._streams[spec.request_id] = (asyncio.get_running_loop(), stream)
         self._submit(spec)
         finished = False
+        pending = None  # an error met while merging, raised after the merged output is handed over
         try:
             while True:
-                out = await stream.get()
+                out = pending if pending is not None else await stream.get()
+                pending = None
                 if isinstance(out, BaseException):
                     raise out
+                # A consumer that fell behind (a busy event loop, a slow client) gets what piled up
+                # as one output, as vLLM's output collector does: its work per engine step stays
+                # bounded instead of growing with the backlog, so it catches up.
+                while not out.finished and not stream.empty():
+                    later = stream.get_nowait()
+                    if isinstance(later, BaseException):
+                        pending = later
+                        break
+                    out = merge_outputs(out, later)
                 finished = out.finished
                 yield out
                 if finished:
@@ -138,6 +149,18 @@ class AsyncEngine:
             self._deliver(rid, EngineDeadError(reason))
         if self.on_dead is not None:
             self.on_dead(reason)
+
+
+def merge_outputs(first: RequestOutput, later: RequestOutput) -> RequestOutput:
+    """Two consecutive outputs of one request as one (the later one's state, both ones' tokens and text)."""
+    if first._text is None and later._text is None:
+        text = None  # lazy: the later output's text covers every token not read yet (Request.lazy_text)
+    else:
+        text = first.text + later.text
+    return RequestOutput(later.request_id, first.token_ids + later.token_ids, text, later.finished,
+                         later.finish_reason, later.num_prompt_tokens, later.num_output_tokens,
+                         later.num_cached_tokens, first.logprobs + later.logprobs, later.error,
+                         request=later._request, text_end=later._text_end)
 
 
 def _put_all(items) -> None:
