@@ -91,3 +91,21 @@ def test_real_pull_and_list(default_model_dir):
     assert "SmolLM2-135M-Instruct (default)" in listed.stdout
     assert "LlamaForCausalLM (30 layers, hidden 576, 9 heads, 3 kv)" in listed.stdout
     assert "preset:tiny-qwen3" in listed.stdout
+
+
+@pytest.mark.parametrize("columns", ["40", "200"])
+def test_list_and_pull_read_the_same_at_any_path_length_and_width(default_model_dir, tmp_path, columns):
+    """A fresh HOME with a long path and a narrow or absent terminal: names, paths and architectures
+    stay whole (a long cache path once folded the architecture cell that scripts read)."""
+    cache = tmp_path / ("long-directory-name-" * 8) / "cache"
+    (cache / "models").mkdir(parents=True)
+    (cache / "models" / "SmolLM2-135M-Instruct").symlink_to(default_model_dir)
+    env = {"OPSCTL_CACHE_DIR": str(cache), "COLUMNS": columns, "TERM": "dumb"}
+    listed = _run_cli("models", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "SmolLM2-135M-Instruct (default)" in listed.stdout
+    assert "LlamaForCausalLM (30 layers, hidden 576, 9 heads, 3 kv)" in listed.stdout
+    assert "Qwen2ForCausalLM (28 layers, hidden 3584, 28 heads, 4 kv)" in listed.stdout
+    pulled = _run_cli("models", "pull", env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "already in the cache" in pulled.stdout and str(cache / "models") in pulled.stdout

@@ -51,7 +51,7 @@ def list_models(
     table.add_column("name", no_wrap=True)
     table.add_column("path", overflow="fold")
     table.add_column("size", no_wrap=True, justify="right")
-    table.add_column("architecture")
+    table.add_column("architecture", no_wrap=True)  # read by scripts and tests: never folded
     rows = _cached_models(root)
     for name, path, size, arch, complete in rows:
         label = name + (" (default)" if name == DEFAULT_MODEL_NAME else "")
@@ -106,7 +106,7 @@ def _presets_table() -> Table:
 
     table = Table(title="Presets (random weights; use as preset:NAME)", title_justify="left")
     table.add_column("name", no_wrap=True)
-    table.add_column("architecture")
+    table.add_column("architecture", no_wrap=True)
     table.add_column("weights (bf16)", no_wrap=True, justify="right")
     for name in list_presets():
         config = preset_config(name)
