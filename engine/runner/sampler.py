@@ -73,7 +73,11 @@ def apply_penalties(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tenso
 
 
 def _top_k_top_p_min_p(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
-    """Mask (to -inf) tokens outside each row's top-k, top-p nucleus and min-p floor."""
+    """Mask (to -inf) tokens outside each row's top-k, top-p nucleus and min-p floor.
+
+    Each filter is HF's (TopK/TopP/MinPLogitsWarper); the order is vLLM v1's: min-p first, then
+    top-k and top-p (HF runs min-p last, which differs only when min-p and top-p are both set).
+    """
     if meta.min_p is not None:
         probs = logits.softmax(dim=-1)
         floor = probs.max(dim=-1, keepdim=True).values * meta.min_p[:, None]
@@ -83,13 +87,17 @@ def _top_k_top_p_min_p(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Te
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     drop = torch.zeros_like(sorted_logits, dtype=torch.bool)
     if meta.top_k is not None:
-        ranks = torch.arange(logits.shape[-1], device=logits.device)[None, :]
-        drop |= ranks >= meta.top_k[:, None]
+        # Tokens tied with the k-th stay (as HF and vLLM keep them): a cut by rank would keep an
+        # arbitrary subset of the tie, which the sort order (not stable on GPU) picks.
+        kth = sorted_logits.gather(-1, (meta.top_k[:, None] - 1).clamp(0, logits.shape[-1] - 1))
+        drop |= sorted_logits < kth
     if meta.top_p is not None:
         probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)
-        # Keep the smallest prefix whose mass reaches top_p: drop a token when the mass before it does.
-        mass_before = probs.cumsum(dim=-1) - probs
-        drop |= mass_before >= meta.top_p[:, None]
+        # Keep the smallest prefix whose mass reaches top_p: drop a token when the tokens from it to
+        # the tail hold at most 1 - top_p. Summed from the tail, as HF does: a float32 cumsum from the
+        # head reaches 1.0 early and then cut thousands of tail tokens from rows with top_p = 1 (off).
+        mass_from_here = probs.flip(-1).cumsum(dim=-1).flip(-1)
+        drop |= mass_from_here <= 1 - meta.top_p[:, None]
         drop[:, 0] = False
     return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
 
