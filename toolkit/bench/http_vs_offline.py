@@ -58,6 +58,8 @@ def _parse(argv):
     p.add_argument("--backend", choices=("process", "thread", "both"), default="process",
                    help="where the server's engine runs (default: its own process, as opsctl serve)")
     p.add_argument("--no-per-token-events", dest="per_token_events", action="store_false")
+    p.add_argument("--client-procs", type=int, default=None,
+                   help="load-generator processes (default: one per 64 clients)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the result JSON here")
     # Internal: the load-generator subprocess.
@@ -149,16 +151,75 @@ async def _client_run(url: str, model: str, prompts: list[list[int]], concurrenc
 
 
 def client_main(args) -> None:
+    """One load-generator process: warm up, say "ready", wait for "go" on stdin, measure, print JSON."""
     with open(args.prompts_file) as f:
         work = json.load(f)
     warm = asyncio.run(_client_run(args.client_url, args.model_name, work["warmup"], args.concurrency, 16,
                                    args.per_token_events))
     if warm["num_errors"]:
-        print(json.dumps({"error": f"warm-up failed: {warm['errors']}"}))
+        print(json.dumps({"error": f"warm-up failed: {warm['errors']}"}), flush=True)
         return
+    print("ready", flush=True)
+    sys.stdin.readline()
+    started = time.time()
     result = asyncio.run(_client_run(args.client_url, args.model_name, work["prompts"], args.concurrency,
                                      args.output_len, args.per_token_events))
-    print(json.dumps(result))
+    result.update(started=started, ended=time.time())
+    print(json.dumps(result), flush=True)
+
+
+def _split(items: list, parts: int) -> list[list]:
+    return [items[i::parts] for i in range(parts)]
+
+
+def _drive(url: str, args, model_name: str, prompts, warmup, procs: int) -> dict:
+    """`procs` client processes, each with its share of the prompts and of the concurrency, started
+    together once all have warmed up; their figures merged over the common window."""
+    files, clients = [], []
+    shares = [args.concurrency // procs + (i < args.concurrency % procs) for i in range(procs)]
+    try:
+        for i, (part, warm, share) in enumerate(zip(_split(prompts, procs), _split(warmup, procs), shares)):
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+                json.dump({"prompts": part, "warmup": warm}, f)
+                files.append(f.name)
+            cmd = [sys.executable, "-m", "toolkit.bench.http_vs_offline", "--client-url", url,
+                   "--prompts-file", f.name, "--model-name", model_name,
+                   "--concurrency", str(share), "--output-len", str(args.output_len)]
+            if not args.per_token_events:
+                cmd.append("--no-per-token-events")
+            clients.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True))
+        for c in clients:
+            line = c.stdout.readline().strip()
+            if line != "ready":
+                err = c.stderr.read()[-2000:] if c.poll() is not None else ""
+                raise RuntimeError(f"load generator failed to warm up: {line[:500]} {err}")
+        for c in clients:
+            c.stdin.write("go\n")
+            c.stdin.flush()
+        outs = []
+        for c in clients:
+            out, err = c.communicate()
+            if c.returncode != 0:
+                raise RuntimeError(f"load generator failed: {err[-2000:]}")
+            outs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+        for name in files:
+            os.unlink(name)
+    bad = [o["error"] for o in outs if "error" in o]
+    if bad:
+        return {"error": bad[0]}
+    elapsed = max(o["ended"] for o in outs) - min(o["started"] for o in outs)
+    tokens = sum(o["output_tokens"] for o in outs)
+    return {"requests": sum(o["requests"] for o in outs), "output_tokens": tokens, "elapsed_s": round(elapsed, 3),
+            "output_tok_s": round(tokens / elapsed, 1), "sse_events": sum(o["sse_events"] for o in outs),
+            "num_errors": sum(o["num_errors"] for o in outs), "errors": [e for o in outs for e in o["errors"]][:10],
+            "client_processes": procs,
+            "ttft_p50_s_per_client": [o["ttft_p50_s"] for o in outs], "ttft_p99_s": max(
+                (o["ttft_p99_s"] or 0) for o in outs)}
 
 
 # -- HTTP server in this process ------------------------------------------------------------------
@@ -179,22 +240,23 @@ def run_http(aengine, args, prompts, warmup) -> dict:
     thread.start()
     while not server.started:
         time.sleep(0.05)
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"prompts": prompts, "warmup": warmup}, f)
-        prompts_file = f.name
     try:
-        cmd = [sys.executable, "-m", "toolkit.bench.http_vs_offline", "--client-url", url,
-               "--prompts-file", prompts_file, "--model-name", aengine.source.name,
-               "--concurrency", str(args.concurrency), "--output-len", str(args.output_len)]
-        if not args.per_token_events:
-            cmd.append("--no-per-token-events")
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"load generator failed: {done.stderr[-2000:]}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        import resource
+
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_before, wall_before = time.process_time(), time.perf_counter()
+        result = _drive(url, args, aengine.source.name, prompts, warmup, args.client_procs)
+        wall = time.perf_counter() - wall_before
+        if "error" in result:
+            raise RuntimeError(result["error"])
         result["engine"] = _engine_delta(before, aengine.stats())
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # CPU per wall second of the two Python processes around the engine (1.0 = one core busy):
+        # near 1.0 means that process, not the engine, sets the pace.
+        result["api_process_cpu"] = round((time.process_time() - cpu_before) / wall, 3)
+        result["client_process_cpu_each"] = round((children.ru_utime + children.ru_stime - children_before.ru_utime
+                                              - children_before.ru_stime) / wall / args.client_procs, 3)
     finally:
-        os.unlink(prompts_file)
         server.should_exit = True
         thread.join(30)
         asyncio.run(aengine.shutdown(timeout=5))
@@ -239,6 +301,7 @@ def main(argv=None) -> int:
     from engine.engine import LLMEngine
 
     n = args.num_requests or 4 * args.concurrency
+    args.client_procs = args.client_procs or max(1, -(-args.concurrency // 64))
     session_len = args.session_len or args.input_len + args.output_len + 64
     config = EngineConfig(device=args.device, dtype=args.dtype, cache_max_entry_count=args.cache_max_entry_count,
                           cache_block_seq_len=args.cache_block_seq_len, max_batch_size=args.max_batch_size,
@@ -257,6 +320,17 @@ def main(argv=None) -> int:
     offline = run_offline(engine, prompts, gen, args.concurrency)
     offline["engine"] = _engine_delta(before, engine.stats())
     print(f"offline: {offline['output_tok_s']} output tok/s", flush=True)
+    # The plain engine: every request added at once, the scheduler admits them as slots free
+    # (the offline harness of `opsctl bench offline`); with --max-batch-size = concurrency the
+    # same load the closed loop and the HTTP clients keep up.
+    from .offline import run_requests
+
+    before = engine.stats()
+    records, seconds, _ = run_requests(engine, prompts, [args.output_len] * len(prompts), label="plain engine")
+    plain_tokens = sum(r.output_tokens for r in records)
+    plain = {"requests": len(records), "output_tokens": plain_tokens, "elapsed_s": round(seconds, 3),
+             "output_tok_s": round(plain_tokens / seconds, 1), "engine": _engine_delta(before, engine.stats())}
+    print(f"plain engine: {plain['output_tok_s']} output tok/s", flush=True)
 
     env = _environment(engine)
     engine_info = {"max_batch_size": engine.scheduler.max_batch_size, "num_kv_blocks": engine.stats().num_blocks,
@@ -278,6 +352,7 @@ def main(argv=None) -> int:
         aengine = None
         http["ratio_http_over_offline"] = (round(http["output_tok_s"] / offline["output_tok_s"], 4)
                                            if offline["output_tok_s"] else None)
+        http["ratio_http_over_plain"] = round(http["output_tok_s"] / plain["output_tok_s"], 4)
         print(f"http ({backend}): {http['output_tok_s']} output tok/s ({http['num_errors']} errors, "
               f"{http['sse_events']} SSE events), {http['ratio_http_over_offline']} of offline", flush=True)
     http = runs.get("process") or runs["thread"]
@@ -289,7 +364,8 @@ def main(argv=None) -> int:
                    "per_token_events": args.per_token_events, "session_len": session_len,
                    "cache_block_seq_len": args.cache_block_seq_len, "eager": args.eager, **engine_info,
                    "backend": "process" if "process" in runs else "thread"},
-        "offline": offline, "http": http, "ratio_http_over_offline": ratio, "goal": 0.9,
+        "plain_engine": plain, "offline": offline, "http": http, "ratio_http_over_offline": ratio,
+        "ratio_http_over_plain": http["ratio_http_over_plain"], "goal": 0.95,
     }
     if len(runs) > 1:
         result["http_thread"] = runs["thread"]
