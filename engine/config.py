@@ -30,6 +30,10 @@ class EngineConfig:
         how its prompt is chunked, or whether its prefix came from the prefix cache. Every linear layer
         runs one fixed-tile Triton GEMM and every attention the one-pass paged kernel; needs CUDA,
         implies eager_mode, and costs speed (cuBLAS, split-KV decode and CUDA graphs are off).
+    debug_invariants: after every step, check the scheduler's queues and the KV block pool (free XOR
+        referenced, each ref count equal to the live block tables holding the block, prefix-cache
+        keys matching their blocks and tokens) and raise KVCacheInvariantError at the first
+        inconsistency. For tests and debugging: it costs a pass over every block and table per step.
     """
 
     max_batch_size: int | None = None
@@ -47,6 +51,7 @@ class EngineConfig:
     deterministic: bool = False
     cpu_memory_gb: float = 4.0
     seed: int = 0
+    debug_invariants: bool = False
 
     def __post_init__(self):
         def bad(name, why):

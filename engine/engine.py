@@ -206,6 +206,8 @@ class LLMEngine:
         if self._in_flight is not None and not self._overlap:
             current, self._in_flight = self._in_flight, None
             outputs += self._update(current)
+        if self.config.debug_invariants:  # after every update: finished requests have freed their blocks
+            self.scheduler.check_invariants()
         self.step_time_s += time.perf_counter() - started
         return outputs
 

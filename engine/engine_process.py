@@ -32,6 +32,7 @@ from .async_engine import AsyncEngine
 from .config import EngineConfig
 from .engine import EngineStats, RequestOutput
 from .errors import EngineError, InvalidRequestError
+from .kv_cache import KVCacheInvariantError
 from .models.source import ModelSource
 from .request_factory import RequestFactory, RequestSpec, session_len_for
 
@@ -246,6 +247,12 @@ class _EngineLoop:
     def _step(self) -> None:
         try:
             outputs = self.engine.step()
+        except KVCacheInvariantError:
+            # --debug-invariants found the block pool corrupt: serving on would hand one request's KV
+            # to another. Die with the first violation in the log; the server then fails what is in
+            # flight with engine_dead and exits non-zero.
+            log.exception("KV-cache invariant violated: stopping the engine")
+            raise
         except Exception as e:  # a bug outside the forward: fail everyone rather than hang them
             log.exception("engine step failed")
             self.engine.abort_all()

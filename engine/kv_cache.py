@@ -5,6 +5,10 @@ With prefix caching, every full block gets a key, the SHA-256 of its parent bloc
 token ids, chained from a root that covers the request's cache_salt, so a block's key identifies
 the whole prefix up to it (and the salt). Blocks whose last user finished stay in the cache until a
 new allocation needs them; the least recently freed go first.
+
+`check_invariants` states what must hold between any two operations (free XOR referenced, ref
+counts equal to the live block tables holding each block, cache map and block keys agreeing); the
+engine runs it after every step when EngineConfig.debug_invariants is on, and so do the tests.
 """
 from __future__ import annotations
 
@@ -12,10 +16,10 @@ import hashlib
 import sys
 from array import array
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .request import Request
+from .request import PLACEHOLDER, Request
 
 # Keys are a cryptographic digest, not Python's hash() of (parent, tokens): hash() of ints is
 # deterministic and not collision-resistant, so a crafted prompt could collide with another user's
@@ -39,6 +43,13 @@ def block_key(parent: bytes, token_ids: Sequence[int]) -> bytes:
     if sys.byteorder != "little":   # the same tokens give the same key on every host
         tokens.byteswap()
     return hashlib.sha256(parent + tokens.tobytes()).digest()
+
+
+class KVCacheInvariantError(AssertionError):
+    """The block pool's bookkeeping is inconsistent: a bug, never a user error.
+
+    An AssertionError so pytest reports it as a failed check; it lists every violation found.
+    """
 
 
 @dataclass
@@ -113,6 +124,18 @@ class KVCacheManager:
         request.num_computed_tokens = request.num_cached_tokens = len(hits) * self.block_size
         self.stats.hits += min(request.num_cached_tokens, request.num_prompt_tokens)
 
+    def undo_match(self, request: Request) -> None:
+        """Give back the prefix hits of a request whose allocation failed, so it waits holding nothing.
+
+        Its computed tokens all came from the cache; the lookup is not counted in the stats, as the
+        retry will be. The blocks go back to the free list as the most recently used.
+        """
+        if self.enable_prefix_caching:
+            self.stats.queries -= request.num_prompt_tokens
+            self.stats.hits -= min(request.num_computed_tokens, request.num_prompt_tokens)
+        self.free(request)
+        request.num_computed_tokens = 0
+
     def cache_full_blocks(self, request: Request, num_tokens: int) -> None:
         """Register the request's blocks that are full within its first num_tokens tokens.
 
@@ -165,7 +188,113 @@ class KVCacheManager:
         request.block_hashes = []
         request.num_hashed_blocks = 0
 
+    # -- consistency -----------------------------------------------------------------------------
+    def check_invariants(self, requests: Iterable[Request] | None = None) -> None:
+        """Raise KVCacheInvariantError listing every broken rule of the pool (debugging and tests).
+
+        With `requests` (every live request: running and waiting), each block's ref count must equal
+        the number of those requests whose block table holds it, so a block on the free list that a
+        live request still uses, or a reference nobody holds (a leak), is caught. Costs O(blocks +
+        table lengths) plus one SHA-256 per hashed block: for debug runs, not production.
+        """
+        problems: list[str] = []
+        n = self.num_blocks
+        if len(self.ref_counts) != n or len(self.block_key) != n:
+            problems.append(f"{len(self.ref_counts)} ref counts and {len(self.block_key)} keys for {n} blocks")
+            raise KVCacheInvariantError(_describe(problems))
+        for block in self.free_blocks:
+            if not 0 <= block < n:
+                problems.append(f"free list holds block {block}, outside 0..{n - 1}")
+        num_referenced = 0
+        for block, count in enumerate(self.ref_counts):
+            free = block in self.free_blocks
+            if count < 0:
+                problems.append(f"block {block} has ref count {count}")
+            elif count > 0:
+                num_referenced += 1
+                if free:
+                    problems.append(f"block {block} is on the free list with ref count {count}")
+            elif not free:
+                problems.append(f"block {block} has ref count 0 but is not on the free list (leaked)")
+        if len(self.free_blocks) + num_referenced != n:
+            problems.append(f"{len(self.free_blocks)} free + {num_referenced} referenced blocks != {n} blocks")
+
+        for key, block in self.cached.items():
+            if not 0 <= block < n:
+                problems.append(f"cache maps a key to block {block}, outside 0..{n - 1}")
+            elif self.block_key[block] != key:
+                problems.append(f"cache maps key {key.hex()[:12]} to block {block}, whose key is "
+                                f"{_short(self.block_key[block])}")
+        for block, key in enumerate(self.block_key):
+            if key is not None and self.cached.get(key) != block:
+                problems.append(f"block {block} has key {key.hex()[:12]} but the cache maps it to "
+                                f"{self.cached.get(key)}")
+        if not self.enable_prefix_caching and self.cached:
+            problems.append(f"prefix caching is off but {len(self.cached)} blocks are cached")
+
+        if requests is not None:
+            holders = [0] * n
+            for request in requests:
+                self._check_request(request, holders, problems)
+            for block, (count, held) in enumerate(zip(self.ref_counts, holders)):
+                if count != held:
+                    problems.append(f"block {block} has ref count {count} but {held} live request(s) hold it")
+        if problems:
+            raise KVCacheInvariantError(_describe(problems))
+
+    def _check_request(self, request: Request, holders: list[int], problems: list[str]) -> None:
+        rid = request.request_id
+        table = request.block_ids
+        if request.is_finished and table:
+            problems.append(f"finished request {rid!r} still holds blocks {table}")
+        if len(set(table)) != len(table):
+            problems.append(f"request {rid!r} holds a block twice: {table}")
+        for block in set(table):
+            if 0 <= block < self.num_blocks:
+                holders[block] += 1
+            else:
+                problems.append(f"request {rid!r} holds block {block}, outside 0..{self.num_blocks - 1}")
+        if request.num_computed_tokens > len(table) * self.block_size:
+            problems.append(f"request {rid!r} has {request.num_computed_tokens} computed tokens but "
+                            f"{len(table)} blocks of {self.block_size}")
+        hashed = request.num_hashed_blocks
+        if hashed != len(request.block_hashes) or hashed > len(table):
+            problems.append(f"request {rid!r}: {hashed} hashed blocks, {len(request.block_hashes)} hashes, "
+                            f"{len(table)} blocks")
+            return
+        # A registered block's key is the key of the tokens it holds at the same position in every
+        # table that holds it; a block past a table's hashed part was allocated by that request and
+        # is registered by nobody yet. A key that does not match the tokens would serve wrong KV.
+        parent = root_key(request.cache_salt)
+        for i, block in enumerate(table):
+            if not 0 <= block < self.num_blocks:
+                continue
+            key = self.block_key[block]
+            if i >= hashed:
+                if key is not None:
+                    problems.append(f"request {rid!r}: block {block} at position {i} is past its {hashed} hashed "
+                                    f"blocks but is registered in the cache")
+                continue
+            tokens = request.token_ids[i * self.block_size:(i + 1) * self.block_size]
+            expected = block_key(parent, tokens)
+            if PLACEHOLDER in tokens or request.block_hashes[i] != expected:
+                problems.append(f"request {rid!r}: hash of block {i} does not match its tokens")
+            elif key is not None and key != expected:
+                problems.append(f"request {rid!r}: block {block} at position {i} is registered under another "
+                                f"prefix's key")
+            parent = request.block_hashes[i]
+
     def reset_prefix_cache(self) -> None:
         for block in self.cached.values():
             self.block_key[block] = None
         self.cached.clear()
+
+
+def _short(key: bytes | None) -> str:
+    return "none" if key is None else key.hex()[:12]
+
+
+def _describe(problems: list[str], limit: int = 20) -> str:
+    shown = "\n  ".join(problems[:limit])
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return f"KV-cache invariant violated ({len(problems)} problem(s)):\n  {shown}{more}"

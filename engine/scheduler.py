@@ -9,13 +9,16 @@ newest running request is preempted: its blocks are freed and it is recomputed l
 Scheduling is optimistic so the next step can be planned while this one runs on the device:
 `schedule` advances num_computed_tokens and appends a placeholder for each token to be sampled;
 `update` later puts the sampled token in its place and finishes requests that stopped.
+
+`check_invariants` checks the queues and, through KVCacheManager.check_invariants, the block pool
+against the live requests; the engine calls it after every step when EngineConfig.debug_invariants is on.
 """
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
 
-from .kv_cache import KVCacheManager
+from .kv_cache import KVCacheInvariantError, KVCacheManager
 from .request import FinishReason, Request, RequestStatus
 
 
@@ -76,6 +79,33 @@ class Scheduler:
     def num_unfinished(self) -> int:
         return len(self.waiting) + len(self.running)
 
+    def check_invariants(self) -> None:
+        """Raise KVCacheInvariantError if the queues or the block pool are inconsistent (debugging, tests)."""
+        problems = []
+        live = list(self.running) + list(self.waiting)
+        if len({id(r) for r in live}) != len(live):
+            problems.append("a request is queued twice (or both running and waiting)")
+        if len(self.running) > self.max_batch_size:
+            problems.append(f"{len(self.running)} requests running, more than max_batch_size {self.max_batch_size}")
+        block_size = self.kv.block_size
+        for request in live:
+            expected = RequestStatus.RUNNING if request in self.running else RequestStatus.WAITING
+            if request.status is not expected:
+                problems.append(f"{request!r} is in the {expected.value} queue")
+            if request.status is RequestStatus.WAITING and (request.block_ids or request.num_computed_tokens):
+                problems.append(f"{request!r} is waiting but holds blocks {request.block_ids} (waiting requests hold none)")
+            if not 0 <= request.num_computed_tokens <= request.num_tokens:
+                problems.append(f"{request!r}: computed tokens outside 0..{request.num_tokens}")
+            # allocate() grows a table only for the tokens being scheduled, so a live table never
+            # holds a block beyond the one its last computed token is in.
+            needed = -(-request.num_computed_tokens // block_size)
+            if len(request.block_ids) > needed:
+                problems.append(f"{request!r} holds {len(request.block_ids)} blocks, its {request.num_computed_tokens} "
+                                f"computed tokens need {needed}")
+        if problems:
+            raise KVCacheInvariantError("scheduler invariant violated:\n  " + "\n  ".join(problems))
+        self.kv.check_invariants(live)
+
     # -- one step --------------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
@@ -105,9 +135,14 @@ class Scheduler:
         while (self.waiting and not out.num_preempted and budget > 0
                and len(self.running) < self.max_batch_size):
             request = self.waiting[0]
+            cached = request.num_cached_tokens
             self.kv.match_prefix(request)
             n = min(request.num_tokens - request.num_computed_tokens, budget)
             if not self.kv.allocate(request, n):
+                # A waiting request must hold no blocks: a request preempted later goes in front of
+                # it and may need exactly those blocks, and neither would ever run (deadlock).
+                self.kv.undo_match(request)
+                request.num_cached_tokens = cached
                 break
             self.waiting.popleft()
             request.status = RequestStatus.RUNNING

@@ -76,8 +76,10 @@ def aengine():
     from engine.engine_process import ProcessEngine
     from engine.models.source import resolve_model
 
+    # debug_invariants: the engine checks its block pool after every step; a violation fails the
+    # step's requests with "engine step failed: KV-cache invariant violated ..." (a test failure).
     config = EngineConfig(device="cpu", dtype="float32", cache_block_seq_len=16, session_len=SESSION_LEN,
-                          max_batch_size=64, cache_max_entry_count=NUM_BLOCKS)
+                          max_batch_size=64, cache_max_entry_count=NUM_BLOCKS, debug_invariants=True)
     aeng = ProcessEngine.start(resolve_model(None), config)
     yield aeng
 
@@ -103,7 +105,7 @@ def threaded_server():
     from engine.engine import LLMEngine
 
     engine = LLMEngine(None, EngineConfig(device="cpu", dtype="float32", cache_block_seq_len=16, session_len=SESSION_LEN,
-                                          max_batch_size=8, cache_max_entry_count=128))
+                                          max_batch_size=8, cache_max_entry_count=128, debug_invariants=True))
     aeng = ThreadedEngine(engine)
     thread, handle = _serve(aeng)
     yield handle

@@ -34,6 +34,9 @@ Eager = Annotated[bool, typer.Option("--eager", "--eager-mode", help="Run every 
 Deterministic = Annotated[bool, typer.Option(
     "--deterministic", help="Batch-invariant kernels: a request's tokens do not depend on its batch, chunking or "
                             "prefix-cache hits (CUDA only; slower, implies --eager).")]
+DebugInvariants = Annotated[bool, typer.Option(
+    "--debug-invariants", help="Check the scheduler and KV block pool after every step; a step that finds "
+                               "an inconsistency fails with KVCacheInvariantError (debugging; slower).")]
 CpuMemoryGb = Annotated[float, typer.Option(
     "--cpu-memory-gb", help="On CPU: the memory budget that --cache-max-entry-count is a fraction of.")]
 
@@ -54,6 +57,7 @@ ENGINE_FLAGS = [
     ("eager", Eager, False),
     ("deterministic", Deterministic, False),
     ("cpu_memory_gb", CpuMemoryGb, 4.0),
+    ("debug_invariants", DebugInvariants, False),
 ]
 
 
@@ -79,7 +83,7 @@ def with_engine_flags(**defaults):
 def engine_config(*, max_batch_size=None, cache_max_entry_count=0.8, cache_block_seq_len=64, session_len=None,
                   max_prefill_token_num=8192, enable_prefix_caching=False, tp=1, model_format=None,
                   quant_policy=0, dtype="auto", device="auto", eager=False, deterministic=False,
-                  cpu_memory_gb=4.0):
+                  cpu_memory_gb=4.0, debug_invariants=False):
     from engine import EngineConfig
 
     return EngineConfig(
@@ -87,4 +91,5 @@ def engine_config(*, max_batch_size=None, cache_max_entry_count=0.8, cache_block
         cache_block_seq_len=cache_block_seq_len, session_len=session_len,
         max_prefill_token_num=max_prefill_token_num, enable_prefix_caching=enable_prefix_caching, tp=tp,
         model_format=model_format, quant_policy=quant_policy, dtype=dtype, device=device, eager_mode=eager,
-        deterministic=deterministic, cpu_memory_gb=cpu_memory_gb)
+        deterministic=deterministic, cpu_memory_gb=cpu_memory_gb,
+        debug_invariants=debug_invariants)
