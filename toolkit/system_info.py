@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 from importlib import metadata
@@ -68,5 +69,47 @@ def device_info() -> dict:
     return info
 
 
-def command_line() -> str:
-    return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that produced a result, as it can be pasted into a shell.
+
+    `opsctl ...` however it was started (the console script, or `python -m toolkit`, whose argv[0]
+    is toolkit/__main__.py); `python -m toolkit.x.y ...` for a module of this package run with -m
+    (`python -m pkg` for another package's __main__.py); arguments quoted where the shell needs it.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    program = Path(argv[0]) if argv else Path("opsctl")
+    package = Path(__file__).resolve().parent
+    try:
+        inside = program.resolve().relative_to(package)
+    except (OSError, ValueError):
+        inside = None
+    if program.name == "opsctl" or inside == Path("__main__.py"):
+        head = ["opsctl"]
+    elif inside is not None and inside.suffix == ".py":
+        module = ".".join((package.name, *inside.with_suffix("").parts))
+        head = ["python", "-m", module.removesuffix(".__main__")]
+    elif program.name == "__main__.py":  # another package run with -m
+        head = ["python", "-m", program.parent.name]
+    else:
+        head = [program.name]
+    return shlex.join(head + _redacted(argv[1:]))
+
+
+_SECRET_OPTIONS = ("--api-key", "--api-keys")
+
+
+def _redacted(args: list[str]) -> list[str]:
+    """The arguments with the values of key options replaced: a result file is shared, a key is not."""
+    out, hide_next = [], False
+    for arg in args:
+        if hide_next:
+            out.append("REDACTED")
+            hide_next = False
+        elif arg in _SECRET_OPTIONS:
+            out.append(arg)
+            hide_next = True
+        elif arg.startswith(tuple(o + "=" for o in _SECRET_OPTIONS)):
+            out.append(arg.split("=", 1)[0] + "=REDACTED")
+        else:
+            out.append(arg)
+    return out

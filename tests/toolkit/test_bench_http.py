@@ -49,8 +49,9 @@ def _raw(out: Path, i: int = 0, run_id: str = "r1") -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def _one_error_line(proc: subprocess.CompletedProcess, starts: str) -> None:
-    assert proc.returncode == 1, proc.returncode
+def _one_error_line(proc: subprocess.CompletedProcess, starts: str, code: int = 1) -> None:
+    """One `error:` line, no traceback; exit code 1 (nothing measured) or 2 (bad input)."""
+    assert proc.returncode == code, proc.returncode
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith(starts), lines
@@ -62,7 +63,8 @@ def _one_error_line(proc: subprocess.CompletedProcess, starts: str) -> None:
 def test_ttft_and_tpot_match_the_fake_servers_known_rate(tmp_path):
     with FakeOpenAIServer(first_token_s=0.2, inter_token_s=0.05) as fake:
         proc = _bench(tmp_path, fake.url, "--num-requests", "10", "--concurrency", "2", "--input-len", "16",
-                      "--output-len", "20", "--slo", "ttft_p99_ms=500,tpot_p99_ms=100", "--no-report")
+                      "--output-len", "20", "--slo", "ttft_p99_ms=500,tpot_p99_ms=100", "--goodput", "ttft:500,tpot:100",
+                      "--no-report")
     assert proc.returncode == 0
     result = _result(tmp_path)
     assert result.kind == "http" and len(result.runs) == 1
@@ -74,7 +76,8 @@ def test_ttft_and_tpot_match_the_fake_servers_known_rate(tmp_path):
     assert s.ttft.p50 == pytest.approx(0.2, rel=0.1), s.ttft
     assert s.tpot.p50 == pytest.approx(0.05, rel=0.1), s.tpot
     assert s.itl.p50 == pytest.approx(0.05, rel=0.1), s.itl
-    assert s.goodput == pytest.approx(s.request_throughput)  # every request within the SLO
+    assert s.goodput == pytest.approx(s.request_throughput)  # every request within the --goodput limits
+    assert [(c.name, c.passed) for c in s.slo_checks] == [("ttft_p99_ms", True), ("tpot_p99_ms", True)]
     rows = _rows(tmp_path, result)
     assert len(rows) == 10 and (rows["output_tokens"] == 20).all() and rows["usage_reported"].all()
     assert (rows["ttft_s"] < rows["e2e_s"]).all()
@@ -168,9 +171,9 @@ def test_malformed_sharegpt_file_is_one_line(tmp_path):
     empty.write_text(json.dumps([{"conversations": "nope"}, 3, {"conversations": [{"from": "gpt", "value": "x"}]}]))
     with FakeOpenAIServer() as fake:
         proc = _bench(tmp_path, fake.url, "--dataset", f"sharegpt:{bad}", "--num-requests", "2", timeout=60)
-        _one_error_line(proc, f"error: ShareGPT file {bad} is not JSON")
+        _one_error_line(proc, f"error: ShareGPT file {bad} is not JSON", code=2)
         proc = _bench(tmp_path, fake.url, "--dataset", f"sharegpt:{empty}", "--num-requests", "2", timeout=60)
-        _one_error_line(proc, f"error: ShareGPT file {empty} has no usable conversation")
+        _one_error_line(proc, f"error: ShareGPT file {empty} has no usable conversation", code=2)
         assert fake.num_requests == 0
 
 
@@ -279,7 +282,7 @@ def test_real_server_exactly_n_requests(tmp_path, real_server, browser):
     # The report bench wrote by default renders in headless Chromium: charts drawn, no console errors.
     shot = tmp_path / "report.png"
     seen = open_in_browser(browser, tmp_path / result.run_id / "report.html", shot, min_charts=3)
-    check_page(seen, shot, {"throughput-latency", "throughput-bars", "latency-distributions"})
+    check_page(seen, shot, {"headline-1", "throughput-latency-1", "latency-distributions-1"})
 
 
 def test_real_server_poisson_arrivals(tmp_path, real_server):

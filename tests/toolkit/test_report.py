@@ -1,4 +1,5 @@
-"""`opsctl report`: the self-contained HTML page, checked as text and in headless Chromium.
+"""`opsctl report`: the HTML page, checked as text and in headless Chromium (folders of runs, the
+shared plotly.min.js, headlines and the committed examples: test_report_folder.py).
 
 The browser tests open the page from file:// with playwright driving the system chromium
 (Debian's package; `playwright install` is never needed), fail on console errors, page errors or
@@ -93,13 +94,15 @@ def test_offline_examples_render_in_chromium(browser, tmp_path):
     out = render_report([EXAMPLES / "t-throughput", EXAMPLES / "peers-decode-b1"], tmp_path / "offline.html")
     shot = tmp_path / "offline.png"
     seen = open_in_browser(browser, out, shot, min_charts=3)
-    check_page(seen, shot, {"throughput-latency", "throughput-bars", "latency-distributions"})
-    assert "gpu-telemetry" not in {c["id"] for c in seen["charts"]}
+    # Two workloads, two groups: throughput (256 requests) and batch-1 decode never share an axis.
+    check_page(seen, shot, {"headline-1", "headline-2", "latency-distributions-2"})
+    assert not any(c["id"].startswith(("gpu-telemetry", "throughput-latency")) for c in seen["charts"])
     assert "no GPU telemetry was recorded" in seen["text"]
     decode = json.loads((EXAMPLES / "peers-decode-b1" / "result.json").read_text())
     fraction = decode["runs"][0]["summary"]["extra"]["fraction_of_bandwidth"]
     for expected in ("t-throughput", "peers-decode-b1", "transformers generate (static cache)",
-                     "NVIDIA H100 80GB HBM3", "fraction_of_bandwidth", f"{fraction:.1%}"):
+                     "NVIDIA H100 80GB HBM3", "fraction_of_bandwidth", f"{fraction:.1%}",
+                     "engine 4.5x faster"):
         assert expected in seen["text"], expected
 
 
@@ -108,9 +111,9 @@ def test_http_ladder_renders_in_chromium(browser, tmp_path):
     out = render_report([result], tmp_path / "http.html")
     shot = tmp_path / "http.png"
     seen = open_in_browser(browser, out, shot, min_charts=4)
-    check_page(seen, shot, {"throughput-latency", "throughput-bars", "latency-distributions", "gpu-telemetry"})
+    check_page(seen, shot, {"headline-1", "throughput-latency-1", "latency-distributions-1", "gpu-telemetry-1"})
     assert HOSTILE_NOTE in seen["text"]  # shown as text, not run
-    for expected in ("c=16", "29/30", "Goodput req/s", "GPU telemetry over time", "ttft_ms ≤ 200"):
+    for expected in ("c=16", "29/30", "Goodput req/s", "GPU telemetry over time", "TTFT ≤ 200 ms and TPOT ≤ 50 ms"):
         assert expected in seen["text"], expected
 
 
@@ -124,9 +127,11 @@ def test_report_is_self_contained(tmp_path):
     assert not re.search(r"<script[^>]+src=|<link[^>]+href=\"https?:", html), "no CDN"
     runs_table = html[html.index('<table class="runs">'):]
     runs_table = runs_table[:runs_table.index("</table>")]
-    cells = re.findall(r'<tr><td class="text">(.*?)</td><td class="text">(.*?)</td><td>(.*?)</td><td>(.*?)</td>',
-                       runs_table)
-    assert cells == [("c=1", "c=1", "30/30", "0"), ("c=4", "c=4", "30/30", "0"), ("c=16", "c=16", "29/30", "1")]
+    cells = re.findall(r'<tr><td class="text">(.*?)</td><td class="text">(.*?)</td><td class="text">(.*?)</td>'
+                       r'<td>(.*?)</td><td>(.*?)</td>', runs_table)
+    assert [(run, load, requests, errors) for run, load, _, requests, errors in cells] == [
+        ("c=1", "c=1", "30/30", "0"), ("c=4", "c=4", "30/30", "0"), ("c=16", "c=16", "29/30", "1")]
+    assert all(headline.split()[1:3] == ["output", "tok/s,"] for _, _, headline, _, _ in cells), cells
 
 
 def test_missing_csv_uses_summaries_with_a_note(tmp_path):
@@ -135,13 +140,13 @@ def test_missing_csv_uses_summaries_with_a_note(tmp_path):
     (run_dir / "requests-1.csv").unlink()
     html = render_report([run_dir], tmp_path / "r.html").read_text()
     assert "transformers generate: per-request file requests-1.csv is missing" in html
-    assert 'id="throughput-latency"' in html and 'id="latency-distributions"' in html
+    assert 'id="headline-1"' in html and 'id="latency-distributions-1"' in html
 
     for csv in run_dir.glob("*.csv"):
         csv.unlink()
     html = render_report([run_dir], tmp_path / "r2.html").read_text()
-    assert 'id="throughput-latency"' in html and 'id="throughput-bars"' in html
-    assert 'id="latency-distributions"' not in html
+    assert 'id="headline-1"' in html
+    assert 'id="latency-distributions-1"' not in html
     assert "Latency distributions: no per-request rows could be read." in html
 
 

@@ -1,15 +1,60 @@
-"""`opsctl bench --url`: Locust against any OpenAI-compatible server, one Locust process per ladder rung.
+"""`opsctl bench --url`: Locust against any OpenAI-compatible server, Locust processes per ladder rung.
 
 Locust monkey-patches with gevent at import, so it never runs in this process: each rung is
-`python -m locust -f locustfile.py --headless` in its own process, handed a JSON plan (prompts, load
-shape, records path; the API key travels in the environment, not in a file). The locustfile appends
-one JSON line per request to raw/records-<i>.jsonl; this side follows that file for the progress bar,
-then turns the lines into RequestRecords and summarizes them (percentiles from the raw samples).
+`python -m locust -f locustfile.py --headless` in its own process, or a Locust master and W workers
+(see "Client processes"), handed a JSON plan (prompts, load shape, records and CPU paths; the API
+key travels in the environment, not in a file). The locustfile appends one JSON line per request to
+raw/records-<i>.jsonl (per worker raw/records-<i>.w<k>.jsonl, merged into the first when the rung
+ends); this side follows those files for the progress bar, then turns the lines into RequestRecords
+and summarizes them (percentiles from the raw samples).
+
+Throughput is measured over the steady window of a closed-loop rung: from the moment every user has
+sent its first measured request to the moment the first user finds nothing left to send, i.e. while
+all C users are busy. Output tokens count by when each chunk arrived (a request streaming across
+an edge counts only its tokens inside); requests and prompt tokens count by the fraction of each
+request's time inside. A closed loop of exactly N requests ends in a drain, fewer and fewer requests
+in flight, that the server did not slow down for: on this 2-core machine (the fake server at 32
+users, 50 ms TTFT, 10 ms ITL, 64 tokens, 200 requests) first send to last finish read 0.885 of
+the server's rate and the steady window 0.986, in the same run. The whole span's figures stay in
+summary.extra["whole_run"]; duration_s is the window the rates are over. Poisson rungs (and a
+closed loop too short to have a steady window, N < C: noted) use the whole span.
+
+Where the old bench lost its 21-26% (the issue's server: 50 ms TTFT, 7 ms ITL, 256 tokens, 4
+workers; the H200 machine's 16-core CPU; the server's rate is users x 256 / its mean request time):
+  c=64, N=256: 0.786 -> 0.991 (TTFT p50 81.5 -> 55.3 ms, the server's own 50.3)
+  c=256, N=1024: 0.765 -> 0.996 (TTFT p50 207.7 -> 52.6 ms; 4 client processes, auto)
+- the window: warm-ups ran beside the first measured requests and exactly N then spilled into a
+  last, nearly empty wave (at c=64: 60 + 3 x 64 + 4 measured over 5 request times, 0.8); now the
+  locustfile's gate holds measured requests until all users run and warm-ups are done, and the
+  rate is over the steady window;
+- the client's time per request: requests/urllib3 1,060 us CPU, a new connection per request, a
+  trip through Locust's scheduler between requests, records written inline (216 us of json.dumps
+  for 255 gaps): a lockstep wave of 64 requests queued ~30 ms on the client, which every TTFT and
+  E2E included (the locustfile's docstring has the numbers after);
+- one process for every user: at c=256 the client used 98% of a core, TTFT p50 115.7 ms even with
+  the cheaper client, until the users were spread over processes (below).
+
+Client processes. One gevent process spends ~30 us of CPU per streamed token, more with the
+requests around them: at 64 users of a 7 ms-ITL server (9,100 token events/s) the H200 machine's
+CPU was 48% busy, at 256 (36,500/s) saturated, and every latency then includes the client's own
+queueing. A rung runs in W processes (a Locust master and W workers, --expect-workers W): the
+first rung gets one per USERS_PER_PROCESS users (64: a server at 5 ms per token sends them
+12,800 events/s); later rungs scale the CPU the previous rung actually used per user to the new
+user count, for at most TARGET_BUSY of a core each; W is capped at the cores this process may use,
+less one, and at the users. --client-processes N sets W. Every result records each Locust
+process's CPU over the measured phase in summary.extra["client_cpu"] (busy: user+sys seconds over
+wall seconds; runnable: the share of the time its loop was on a CPU or waiting for one); above
+SATURATED_BUSY in a process that has users the run is flagged (extra["client_saturated"], a note,
+a console warning).
 
 What lands in <output-dir>/<run-id>/:
   result.json        BenchResult kind "http", one Run per rung
   requests-<i>.csv   measured requests of rung i (warm-up excluded), one row each
-  raw/               the plan, the JSON-lines records (with every inter-token gap), Locust's log and CSVs
+  raw/               the plan, the JSON-lines records (with every inter-token gap), each Locust
+                     process's CPU (cpu-<i>*.json), log and CSVs
+
+Prompt tokens are the server's count (usage.prompt_tokens: a chat template adds ~30 tokens to a
+64-token prompt) when it reports one; the workload's own count stays in workload_prompt_tokens.
 
 Failures keep what was measured: errored requests are counted and kept in the table, an interrupted
 run (Ctrl-C) or a Locust process that dies writes the records it has, and the run says so in notes.
@@ -31,6 +76,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,13 +91,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..report.schema import BenchResult, Run, new_run_id
 from ..system_info import command_line, device_info, git_commit, versions
 from ..telemetry import GpuSampler, is_local_url
-from .metrics import RequestRecord, summarize
+from .metrics import RequestRecord, goodput, summarize
 from .report_table import print_runs, write_html_report, write_requests_csv
 from .workloads import build_workload, describe, find_tokenizer, load_tokenizer
 
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
 PLAN_ENV = "OPSCTL_BENCH_PLAN"  # same names as in the locustfile, which imports nothing from toolkit
+ROLE_ENV = "OPSCTL_BENCH_ROLE"
 API_KEY_ENV = "OPSCTL_BENCH_API_KEY"
+USERS_PER_PROCESS = 64  # first rung: one Locust process per this many users (see the docstring)
+TARGET_BUSY = 0.5  # later rungs: processes so that each is predicted to use at most this much of a core
+SATURATED_BUSY = 0.9  # a process above this fraction of a core over the measured phase: the client set the pace
+SATURATED_WORDS = "the load generator was saturated"
+_WORKERS_WAIT_S = 60  # --expect-workers-max-wait: the workers connect within seconds
 MAX_POISSON_USERS = 512  # users for a Poisson rung without --concurrency (see the locustfile)
 DURATION_ITEMS = 1000  # distinct prompts per closed-loop rung in --duration mode (then they repeat)
 PROBE_TIMEOUT_S = 5.0
@@ -79,7 +131,8 @@ class HttpBenchOptions:
     concurrency: list[int] = field(default_factory=list)
     request_rate: list[float] = field(default_factory=list)
     warmup: int | None = None
-    slo: dict[str, float] = field(default_factory=dict)
+    slo: dict[str, float] = field(default_factory=dict)  # run-level limits (--slo): each rung passes or fails
+    goodput: dict[str, float] = field(default_factory=dict)  # per-request limits (--goodput) behind goodput
     seed: int = 0
     api_key: str | None = None
     run_id: str | None = None
@@ -87,6 +140,7 @@ class HttpBenchOptions:
     timeout_s: float = 600.0  # per request, sending it to the end of its stream (not per read)
     ignore_eos: bool = False
     tokenizer: str | None = None
+    client_processes: int | None = None  # Locust worker processes per rung; None: decided per rung
 
 
 @dataclass
@@ -106,18 +160,34 @@ class RungOutcome:
     interrupted: bool = False
     stalled: bool = False
     notes: list[str] = field(default_factory=list)
+    processes: int = 1  # Locust processes with users (workers, or the one local process)
+    cpu: list[dict] = field(default_factory=list)  # what each Locust process wrote to raw/cpu-<i>*.json
 
 
 class HttpRequestRecord(RequestRecord):
     """A RequestRecord plus what only an HTTP run knows (for the per-request table)."""
 
-    def __init__(self, *args, scheduled_s=None, status=None, usage=False, finish_reason=None, **kwargs):
+    def __init__(self, *args, scheduled_s=None, status=None, usage=False, finish_reason=None, user=None,
+                 workload_prompt_tokens=None, chunks=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.scheduled_s, self.status, self.usage, self.finish_reason = scheduled_s, status, usage, finish_reason
+        self.user, self.workload_prompt_tokens, self.chunks = user, workload_prompt_tokens, chunks
 
     def row(self) -> dict:
-        return {**super().row(), "scheduled_s": self.scheduled_s, "status": self.status,
-                "usage_reported": self.usage, "finish_reason": self.finish_reason}
+        return {**super().row(), "workload_prompt_tokens": self.workload_prompt_tokens,
+                "scheduled_s": self.scheduled_s, "status": self.status, "usage_reported": self.usage,
+                "finish_reason": self.finish_reason, "user": self.user}
+
+    def chunk_times(self) -> list[float]:
+        """When each content chunk arrived, seconds from the run's start."""
+        if self.ttft_s is None:
+            return []
+        t = self.start_s + self.ttft_s
+        out = [t]
+        for gap in self.itl_s:
+            t += gap
+            out.append(t)
+        return out
 
 
 # -- the server ----------------------------------------------------------------------------------
@@ -275,19 +345,25 @@ def run_http_bench(opts: HttpBenchOptions, console: Console | None = None) -> tu
 
     with GpuSampler(interval_s=0.5, enabled=is_local_url(base)) as sampler, _progress(console) as progress:
         offset = 0
+        previous: tuple[Rung, RungOutcome] | None = None
         for i, (rung, count) in enumerate(zip(rungs, counts)):
             rung_items = items[offset:offset + count]
             offset += count
+            processes = client_processes(rung.users, opts.client_processes, previous)
             try:
-                outcome = _run_rung(i, rung, rung_items, opts, base, model, out_dir, progress, sampler)
+                outcome = _run_rung(i, rung, rung_items, opts, base, model, out_dir, progress, sampler, processes)
             except BenchError as e:
                 if not result.runs:
                     raise
                 result.notes.append(f"{rung.label} failed, rungs after it not run: {e}")
                 break
+            previous = (rung, outcome)
             run = _make_run(i, rung, outcome, describe(rung_items, base_desc), opts, base, model)
             result.runs.append(run)
             result.notes.extend(outcome.notes)
+            for note in outcome.notes:
+                if SATURATED_WORDS in note:
+                    console.print(f"[yellow]warning: {escape(note)}[/]")
             if outcome.interrupted:
                 result.notes.append(f"interrupted during {rung.label}: partial results"
                                     + (f"; rungs not run: {', '.join(r.label for r in rungs[i + 1:])}"
@@ -311,14 +387,56 @@ def _progress(console: Console) -> Progress:
                     TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console, transient=False)
 
 
+def client_processes(users: int, asked: int | None, previous: tuple[Rung, RungOutcome] | None = None,
+                     cores: int | None = None) -> int:
+    """Locust worker processes for a rung of `users` (1: one local process); see the module docstring."""
+    if asked:
+        return max(1, min(asked, users))
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = [c["measured"]["busy"] for c in (previous[1].cpu if previous else [])
+            if c.get("users") and c.get("measured")]
+    if busy and previous[0].users:
+        per_user = sum(busy) / previous[0].users  # cores per user at the previous rung
+        wanted = math.ceil(per_user * users / TARGET_BUSY)
+    else:
+        wanted = math.ceil(users / USERS_PER_PROCESS)
+    return max(1, min(wanted, users, max(1, cores - 1)))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _locust_commands(rung: Rung, base: str, raw_dir: Path, i: int, processes: int) -> list[tuple[list[str], str]]:
+    """(command, role) per Locust process: one local process, or a master and `processes` workers."""
+    head = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--loglevel", "WARNING", "--host", base]
+    # -r users: every user starts at once (the locustfile's gate holds the measured requests until then).
+    main = head + ["--headless", "-u", str(rung.users), "-r", str(rung.users), "--csv", str(raw_dir / f"locust-{i}"),
+                   "--only-summary", "--exit-code-on-error", "0"]
+    if processes == 1:
+        return [(main, "local")]
+    port = _free_port()
+    master = main + ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+                     "--expect-workers", str(processes), "--expect-workers-max-wait", str(_WORKERS_WAIT_S)]
+    workers = [(head + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(port)],
+                f"worker {k} {processes}") for k in range(processes)]
+    return [(master, f"master {processes}")] + workers
+
+
 def _run_rung(i: int, rung: Rung, items, opts: HttpBenchOptions, base: str, model: str, out_dir: Path,
-              progress: Progress, sampler: GpuSampler) -> RungOutcome:
+              progress: Progress, sampler: GpuSampler, processes: int = 1) -> RungOutcome:
     raw_dir = out_dir / "raw"
     records_path = raw_dir / f"records-{i}.jsonl"
     records_path.write_text("")
+    for old in [*raw_dir.glob(f"records-{i}.w*.jsonl"), *raw_dir.glob(f"cpu-{i}*.json")]:
+        old.unlink()
     plan = {"endpoint": opts.endpoint, "model": model, "items": [it.to_json() for it in items],
             "num_requests": opts.num_requests, "duration_s": opts.duration_s, "warmup": rung.warmup,
             "request_rate": rung.request_rate, "seed": opts.seed + i, "records_path": str(records_path.resolve()),
+            "cpu_path": str((raw_dir / f"cpu-{i}.json").resolve()), "origin": time.monotonic(),
             "timeout_s": opts.timeout_s, "ignore_eos": opts.ignore_eos}
     plan_path = raw_dir / f"plan-{i}.json"
     plan_path.write_text(json.dumps(plan))
@@ -326,46 +444,65 @@ def _run_rung(i: int, rung: Rung, items, opts: HttpBenchOptions, base: str, mode
     env.pop(API_KEY_ENV, None)
     if opts.api_key:
         env[API_KEY_ENV] = opts.api_key
-    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(rung.users),
-           "-r", str(rung.users), "--host", base, "--csv", str(raw_dir / f"locust-{i}"), "--only-summary",
-           "--loglevel", "WARNING", "--exit-code-on-error", "0"]
     total = (opts.num_requests + rung.warmup) if opts.num_requests is not None else None
-    task = progress.add_task(rung.label, total=total or opts.duration_s, status="starting Locust")
-    tail = _Tail(records_path)
+    how = f"{processes} Locust workers" if processes > 1 else "Locust"
+    task = progress.add_task(rung.label, total=total or opts.duration_s, status=f"starting {how}")
+    tail = _Tail(records_path if processes == 1 else [raw_dir / f"records-{i}.w{k}.jsonl" for k in range(processes)])
     log_path = raw_dir / f"locust-{i}.log"
-    outcome = RungOutcome(raw=[], window_s=[round(sampler.now(), 3)], returncode=None)
-    with open(log_path, "w") as log:
-        # Own session: a Ctrl-C reaches this process only, which then stops Locust with SIGTERM (its
-        # handler writes Locust's stats) and keeps the records written so far.
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    outcome = RungOutcome(raw=[], window_s=[round(sampler.now(), 3)], returncode=None, processes=processes)
+    procs: list[subprocess.Popen] = []
+    logs = []
+    try:
+        for cmd, role in _locust_commands(rung, base, raw_dir, i, processes):
+            kind, *rest = role.split()
+            log = open(log_path if kind in ("local", "master") else raw_dir / f"locust-{i}.w{rest[0]}.log", "w")
+            logs.append(log)
+            # Own session: a Ctrl-C reaches this process only, which then stops Locust with SIGTERM (its
+            # handler writes Locust's stats) and keeps the records written so far.
+            procs.append(subprocess.Popen(cmd, env={**env, ROLE_ENV: role}, stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+        main = procs[0]
         started, last_record = time.monotonic(), time.monotonic()
         limit = (opts.duration_s + opts.timeout_s + _STALL_GRACE_S) if opts.duration_s is not None else None
         try:
-            while proc.poll() is None:
+            while main.poll() is None:
                 time.sleep(0.2)
                 if tail.poll():
                     last_record = time.monotonic()
                 _advance(progress, task, tail, total, opts.duration_s, started)
                 now = time.monotonic()
                 stalled = now - last_record > opts.timeout_s + _STALL_GRACE_S
-                if stalled or (limit and now - started > limit):
+                # A worker that quit cleanly was told to by the master, which ends in a moment too.
+                dead = next((k for k, p in enumerate(procs[1:]) if p.poll() not in (None, 0)), None)
+                if stalled or (limit and now - started > limit) or dead is not None:
                     outcome.stalled = True
-                    why = (f"no request finished for {now - last_record:.0f} s" if stalled
-                           else f"still running {now - started:.0f} s after the start of a {opts.duration_s:g} s run")
+                    if dead is not None:
+                        why = (f"Locust worker {dead} ended early (exit {procs[dead + 1].returncode}): "
+                               f"{_last_line(raw_dir / f'locust-{i}.w{dead}.log')}")
+                    elif stalled:
+                        why = f"no request finished for {now - last_record:.0f} s"
+                    else:
+                        why = f"still running {now - started:.0f} s after the start of a {opts.duration_s:g} s run"
                     outcome.notes.append(f"{rung.label}: {why}; stopped Locust (partial results)")
-                    _stop(proc)
                     break
         except KeyboardInterrupt:
             outcome.interrupted = True
-            _stop(proc)
         finally:
-            if proc.poll() is None:
-                _stop(proc)
-        outcome.returncode = proc.returncode
+            _stop(main)  # the master first: it tells its workers to quit (they write their records and CPU)
+            for p in procs[1:]:
+                _stop(p, grace_s=5.0)
+        outcome.returncode = main.returncode
+    finally:
+        for log in logs:
+            log.close()
     tail.poll()
     _advance(progress, task, tail, total, opts.duration_s, started)
     outcome.raw = tail.records
+    if processes > 1:  # one records file per rung, as with one process
+        records_path.write_text("".join(json.dumps(r) + "\n" for r in sorted(tail.records, key=lambda r: r["index"])))
+        for path in raw_dir.glob(f"records-{i}.w*.jsonl"):
+            path.unlink()
+    outcome.cpu = _read_cpu(raw_dir, i)
     outcome.window_s.append(round(sampler.now(), 3))
     expected = total
     if not outcome.raw and not outcome.interrupted and not outcome.stalled:
@@ -378,6 +515,16 @@ def _run_rung(i: int, rung: Rung, items, opts: HttpBenchOptions, base: str, mode
     return outcome
 
 
+def _read_cpu(raw_dir: Path, i: int) -> list[dict]:
+    out = []
+    for path in sorted(raw_dir.glob(f"cpu-{i}.json")) + sorted(raw_dir.glob(f"cpu-{i}.*.json")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def _advance(progress: Progress, task, tail: "_Tail", total: int | None, duration_s: float | None,
              started: float) -> None:
     """Requests done of warm-up + N, or seconds of the duration; errors so far beside the bar."""
@@ -385,8 +532,13 @@ def _advance(progress: Progress, task, tail: "_Tail", total: int | None, duratio
     progress.update(task, completed=completed, status=f"{tail.errors} errors" if tail.errors else "")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM (Locust writes its stats and exits), then SIGKILL if it lingers."""
+def _stop(proc: subprocess.Popen, grace_s: float = 0.0) -> None:
+    """After grace_s to end by itself, SIGTERM (Locust writes its stats and exits), then SIGKILL if it lingers."""
+    if grace_s:
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
     if proc.poll() is not None:
         return
     try:
@@ -409,21 +561,26 @@ def _last_line(path: Path) -> str:
 
 
 class _Tail:
-    """Follows a JSON-lines file that another process appends to; keeps the complete lines parsed."""
+    """Follows JSON-lines files that other processes append to; keeps the complete lines parsed."""
 
-    def __init__(self, path: Path):
-        self.path, self.offset, self.records, self.errors, self._partial = path, 0, [], 0, b""
+    def __init__(self, paths: Path | list[Path]):
+        self.paths = [paths] if isinstance(paths, Path) else list(paths)
+        self.offsets, self._partial = [0] * len(self.paths), [b""] * len(self.paths)
+        self.records, self.errors = [], 0
 
     def poll(self) -> int:
+        return sum(self._poll(k) for k in range(len(self.paths)))
+
+    def _poll(self, k: int) -> int:
         try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
+            with open(self.paths[k], "rb") as f:
+                f.seek(self.offsets[k])
                 data = f.read()
         except OSError:
             return 0
-        self.offset += len(data)
-        data = self._partial + data
-        *lines, self._partial = data.split(b"\n")
+        self.offsets[k] += len(data)
+        data = self._partial[k] + data
+        *lines, self._partial[k] = data.split(b"\n")
         new = 0
         for line in lines:
             if line.strip():
@@ -449,18 +606,75 @@ def to_records(raw: list[dict]) -> list[HttpRequestRecord]:
     first = measured[0]["index"]
     out = []
     for r in measured:
+        workload = r.get("workload_prompt_tokens")
+        prompt = r.get("prompt_tokens")
         out.append(HttpRequestRecord(
-            index=r["index"] - first, start_s=r["start_s"] - t0, prompt_tokens=int(r.get("prompt_tokens") or 0),
+            index=r["index"] - first, start_s=r["start_s"] - t0,
+            prompt_tokens=int(prompt if prompt is not None else workload or 0),
             output_tokens=int(r.get("output_tokens") or 0), ttft_s=r.get("ttft_s"), e2e_s=r.get("e2e_s"),
-            itl_s=list(r.get("itl_s") or []), error=r.get("error"),
+            itl_s=[g / 1e6 for g in r["itl_us"]] if "itl_us" in r else list(r.get("itl_s") or []), error=r.get("error"),
             scheduled_s=(r["scheduled_s"] - t0) if r.get("scheduled_s") is not None else None,
-            status=r.get("status"), usage=bool(r.get("usage")), finish_reason=r.get("finish_reason")))
+            status=r.get("status"), usage=bool(r.get("usage")), finish_reason=r.get("finish_reason"),
+            user=r.get("user"), workload_prompt_tokens=workload, chunks=r.get("chunks")))
     return out
 
 
 def _window(records: list[HttpRequestRecord]) -> float:
     ends = [r.start_s + r.e2e_s for r in records if r.e2e_s is not None]
     return max(ends) if ends else 0.0
+
+
+def steady_window(records: list[HttpRequestRecord], users: int) -> tuple[float, float] | None:
+    """(start, end) while every user of a closed loop was busy: from the last user's first measured send
+    to the first user's last measured finish; None when there is no such span (a user sent no measured
+    request, or the records carry no user ids)."""
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for r in records:
+        if r.user is None or r.e2e_s is None:
+            return None
+        first[r.user] = min(first.get(r.user, math.inf), r.start_s)
+        last[r.user] = max(last.get(r.user, -math.inf), r.start_s + r.e2e_s)
+    if len(first) < users or not first:
+        return None
+    start, end = max(first.values()), min(last.values())
+    return (start, end) if end > start else None
+
+
+def steady_rates(records: list[HttpRequestRecord], start: float, end: float, slo: dict | None) -> dict:
+    """Throughputs over [start, end]: output tokens by chunk arrival, requests (completed ones, as in
+    summarize) and their prompt tokens by the fraction of each request's time inside the window."""
+    span = end - start
+    requests = prompt = output = good = 0.0
+    for r in records:
+        if r.error or r.e2e_s is None:
+            continue
+        inside = max(0.0, min(end, r.start_s + r.e2e_s) - max(start, r.start_s))
+        frac = inside / r.e2e_s if r.e2e_s > 0 else float(start <= r.start_s <= end)
+        requests += frac
+        prompt += frac * r.prompt_tokens
+        times = r.chunk_times()
+        if times:  # usage may count more tokens than chunks (several per chunk): scale
+            output += sum(start <= t <= end for t in times) * r.output_tokens / len(times)
+        if slo and goodput([r], slo, 1.0) == 1.0:
+            good += frac
+    return {"duration_s": span, "request_throughput": requests / span, "input_throughput": prompt / span,
+            "output_throughput": output / span, "total_token_throughput": (prompt + output) / span,
+            "goodput": good / span if slo else None}
+
+
+def client_cpu(outcome: RungOutcome) -> tuple[list[dict], bool]:
+    """Per Locust process: role, users, CPU seconds and fraction of a core over the measured phase; saturated?"""
+    rows = []
+    for c in outcome.cpu:
+        phase = c.get("measured") or c.get("whole") or {}
+        runnable = phase.get("runnable")
+        rows.append({"role": c.get("role"), "users": c.get("users"), "cpu_s": round(phase.get("cpu_s", 0.0), 3),
+                     "wall_s": round(phase.get("to_s", 0.0) - phase.get("from_s", 0.0), 3),
+                     "busy": round(phase.get("busy", 0.0), 3),
+                     "runnable": round(runnable, 3) if runnable is not None else None})
+    saturated = any(r["users"] and max(r["busy"], r["runnable"] or 0.0) > SATURATED_BUSY for r in rows)
+    return rows, saturated
 
 
 def _make_run(i: int, rung: Rung, outcome: RungOutcome, workload: dict, opts: HttpBenchOptions, base: str,
@@ -473,6 +687,10 @@ def _make_run(i: int, rung: Rung, outcome: RungOutcome, workload: dict, opts: Ht
         outcome.notes.append(_explain_errors(rung.label, errors, len(records), opts.timeout_s))
     if records and not all(r.usage for r in records if not r.error):
         extra["usage_missing"] = sum(1 for r in records if not r.error and not r.usage)
+    counted = [r for r in records if not r.error and r.workload_prompt_tokens is not None]
+    if counted:
+        extra["prompt_tokens_mean"] = sum(r.prompt_tokens for r in counted) / len(counted)
+        extra["workload_prompt_tokens_mean"] = sum(r.workload_prompt_tokens for r in counted) / len(counted)
     lags = [r.start_s - r.scheduled_s for r in records if r.scheduled_s is not None]
     if lags:
         extra["arrival_lag_max_s"] = max(lags)
@@ -481,12 +699,35 @@ def _make_run(i: int, rung: Rung, outcome: RungOutcome, workload: dict, opts: Ht
                                  "raise --concurrency or lower --request-rate for a true Poisson load")
     if outcome.interrupted:
         extra["interrupted"] = True
-    summary = summarize(records, _window(records), opts.slo or None, extra)
+    extra["client_processes"] = outcome.processes
+    extra["client_cpu"], extra["client_saturated"] = client_cpu(outcome)
+    whole = _window(records)
+    summary = summarize(records, whole, opts.goodput or None, extra, slo_limits=opts.slo or None)
+    steady = steady_window(records, rung.users) if rung.request_rate is None else None
+    if steady:
+        update = steady_rates(records, *steady, opts.goodput or None)
+        update["extra"] = {**summary.extra, "throughput_window_s": [round(steady[0], 6), round(steady[1], 6)],
+                           "whole_run": {"duration_s": whole, "request_throughput": summary.request_throughput,
+                                         "output_throughput": summary.output_throughput}}
+        summary = summary.model_copy(update=update)
+    elif rung.request_rate is None and records:
+        outcome.notes.append(f"{rung.label}: no steady window (every user busy) to measure throughput over "
+                             f"({len(records)} measured requests at {rung.users} users): throughput is over the "
+                             "whole run, ramp and drain included; ask for more requests")
+    if extra["client_saturated"]:
+        hot = max((c for c in extra["client_cpu"] if c["users"]), key=lambda c: max(c["busy"], c["runnable"] or 0))
+        runnable = f", runnable {hot['runnable']:.0%} of the time" if hot["runnable"] is not None else ""
+        outcome.notes.append(f"{rung.label}: {SATURATED_WORDS} ({hot['role']}: {hot['busy']:.0%} of a core"
+                             f"{runnable}, {hot['users']} users, over the measured phase): latencies include its "
+                             f"own queueing and throughput may be its limit; rerun with --client-processes "
+                             f"{2 * outcome.processes} or more (this rung had {outcome.processes}) or on a less "
+                             "loaded machine")
     load = {"concurrency": rung.concurrency if rung.request_rate is None else None,
             "request_rate": "inf" if rung.request_rate and math.isinf(rung.request_rate) else rung.request_rate,
             "max_concurrency": rung.concurrency if rung.request_rate else None,
             "users": rung.users, "num_requests": opts.num_requests, "duration": opts.duration_s,
-            "warmup": rung.warmup, "arrivals": "poisson" if rung.request_rate else "closed-loop"}
+            "warmup": rung.warmup, "arrivals": "poisson" if rung.request_rate else "closed-loop",
+            "client_processes": outcome.processes}
     config = {"url": base, "endpoint": "/v1/chat/completions" if opts.endpoint == "chat" else "/v1/completions",
               "stream": True, "include_usage": True, "ignore_eos": opts.ignore_eos, "timeout_s": opts.timeout_s,
               "seed": opts.seed + i, "raw_records": f"raw/records-{i}.jsonl", "locust_stats": f"raw/locust-{i}_stats.csv",

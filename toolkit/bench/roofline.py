@@ -2,29 +2,36 @@
 
 Decode is bandwidth-bound: every step reads all weights the step uses plus each request's KV cache.
 Prefill is compute-bound: about 2 FLOPs per parameter per token, plus attention.
+The card's limits come from its hardware profile (toolkit.profiles, profiles/*.yaml): one table of
+card figures for the planner, check-env and these fractions.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Measured on this workplace's H100 (copy bandwidth, bf16 8192^3 matmul); datasheet figures beside.
-# Cards without a measurement use their datasheet value (profiles/*.yaml carry the full list).
-_LIMITS = {
-    "H100": {"bandwidth_gbs": 3000.0, "bf16_tflops": 790.0, "source": "measured on this workplace's H100"},
-    "H200": {"bandwidth_gbs": 4800.0, "bf16_tflops": 989.0, "source": "datasheet"},
-    "A100": {"bandwidth_gbs": 2039.0, "bf16_tflops": 312.0, "source": "datasheet"},
-    "L40S": {"bandwidth_gbs": 864.0, "bf16_tflops": 362.0, "source": "datasheet"},
-    "4090": {"bandwidth_gbs": 1008.0, "bf16_tflops": 165.2, "source": "datasheet"},
-    "3090": {"bandwidth_gbs": 936.0, "bf16_tflops": 71.0, "source": "datasheet"},
-    "A10": {"bandwidth_gbs": 600.0, "bf16_tflops": 125.0, "source": "datasheet"},
-}
+from ..profiles import ProfileError, load_profiles, profile_for_gpu_name
 
 
 def device_limits(device_name: str) -> dict | None:
-    for key, limits in _LIMITS.items():
-        if key.lower() in device_name.lower():
-            return limits
-    return None
+    """{"bandwidth_gbs", "bf16_tflops", "source"} of the card called `device_name` (as torch or NVML
+    names it), from its hardware profile (profiles/*.yaml, matched by the profile's pynvml_names):
+    the measured figures where the profile has them, else the datasheet's. None for a device no
+    profile matches, or when the profiles cannot be read (a bench must not fail over a limit)."""
+    if not device_name:
+        return None
+    try:
+        profile = profile_for_gpu_name(device_name, load_profiles())
+    except ProfileError:
+        return None
+    if profile is None:
+        return None
+    bandwidth, bandwidth_from = profile.bandwidth()
+    tflops, tflops_from = profile.tensor_tflops()
+    # Which figures are measured and which the datasheet's, in a few words; the profile says by whom.
+    kinds = {bandwidth_from, tflops_from}
+    source = (f"{kinds.pop()} ({profile.name} profile)" if len(kinds) == 1 else
+              f"bandwidth {bandwidth_from}, TFLOP/s {tflops_from} ({profile.name} profile)")
+    return {"bandwidth_gbs": bandwidth, "bf16_tflops": tflops, "source": source, "profile": profile.name}
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,20 @@
 `offline` measures the engine without HTTP beside plain transformers. Both write one JSON (device,
 versions, git commit, config, every run) under reports/<run-id>/ with a per-request CSV per run, and
 print a table.
+
+Limits (toolkit.bench.metrics), two kinds as in vLLM's and GuideLLM's benches:
+  --slo ttft_p99_ms=500,tpot_p99_ms=50   run-level: the run's own p99 TTFT, p99 TPOT... against each
+                                         limit; a rung that misses one fails (exit code 1)
+  --goodput ttft:500,tpot:50             per request (vLLM's --goodput): goodput = requests/s each
+                                         meeting every limit; a figure, never a failure
+
+Exit codes, the same for every command here:
+  0    measured (and every --slo met)
+  1    measured, but an SLO failed; or nothing could be measured (server unreachable, every request
+       failed, Locust died)
+  2    bad input: an option's value, a file it names, a run id; one `error:` line, nothing is run
+       (click's own type errors, e.g. --num-requests abc, also exit 2, in click's format)
+  130  interrupted (Ctrl-C); what was measured is kept
 """
 from __future__ import annotations
 
@@ -14,9 +28,18 @@ import typer
 
 from . import engine_options as eo
 
-app = typer.Typer(help="Measure serving performance.", no_args_is_help=True)
+app = typer.Typer(help="Measure serving performance: `opsctl bench --url URL` load-tests a server, `opsctl bench "
+                       "offline` the engine without HTTP. Exit codes: 0 measured (and every --slo met); 1 an SLO "
+                       "failed, or nothing could be measured; 2 bad input, nothing run; 130 interrupted.",
+                  no_args_is_help=True)
 
 PEERS = ("generate", "generate-static", "generate-batch")
+
+
+def _bad_input(message: str) -> typer.Exit:
+    """One `error:` line on stderr and exit code 2 (bad input), to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
 
 
 def _split(values: list[str], name: str, kind):
@@ -28,7 +51,7 @@ def _split(values: list[str], name: str, kind):
                 try:
                     out.append(kind(part))
                 except ValueError:
-                    raise typer.BadParameter(f"{part!r} is not a number", param_hint=name) from None
+                    raise _bad_input(f"{name} {part.strip()!r} is not a number") from None
     return out
 
 
@@ -47,17 +70,23 @@ def http(
     concurrency: Annotated[list[str], typer.Option(metavar="N[,N...]", help="Closed-loop users; repeat or comma-list for a ladder (1,4,16). With --request-rate: the cap on users.")] = [],
     request_rate: Annotated[list[str], typer.Option(metavar="R[,R...]", help="Poisson arrivals per second; repeat or comma-list for a ladder.")] = [],
     warmup: Annotated[Optional[int], typer.Option(help="Warm-up requests per rung, not counted (default min(concurrency, 4)).")] = None,
-    slo: Annotated[Optional[str], typer.Option(help="Goodput limits, e.g. ttft_p99_ms=500,tpot_p99_ms=50.")] = None,
+    slo: Annotated[Optional[str], typer.Option(metavar="NAME=MS,...", help="Run-level limits: the run's own statistic against each, e.g. ttft_p99_ms=500,tpot_p99_ms=50 (metrics ttft, tpot, itl, e2e; statistics p50, p90, p95, p99, mean, max). A rung that misses one fails the run: exit code 1.")] = None,
+    goodput: Annotated[Optional[str], typer.Option(metavar="METRIC:MS,...", help="Per-request limits, as vLLM's --goodput, e.g. ttft:500,tpot:50 (metrics ttft, tpot, e2el): goodput = requests/s that each meet every limit. Reported, never a failure.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of prompts, lengths and arrivals.")] = 0,
     api_key: Annotated[Optional[str], typer.Option(help="Bearer token for the server.", envvar="OPENAI_API_KEY")] = None,
     ignore_eos: Annotated[bool, typer.Option(help="Send ignore_eos (vLLM/LMDeploy/opsctl extension) so outputs reach max_tokens.")] = False,
     tokenizer: Annotated[Optional[str], typer.Option(help="Local tokenizer directory for prompt lengths (default: the served model's if found, else SmolLM2's).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds each request may take, from sending it to the end of its stream, before it counts as an error.")] = 600.0,
+    client_processes: Annotated[Optional[int], typer.Option(min=1, help="Locust worker processes per rung (default: one per 64 users on the first rung, then from the CPU the previous rung used; at most the cores less one).")] = None,
     run_id: Annotated[Optional[str], typer.Option(help="Name of the result folder (default: http-<time>).")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where reports/<run-id>/ goes.")] = Path("reports"),
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report.")] = False,
 ) -> None:
-    """Load-test an OpenAI-compatible server with Locust (opsctl bench --url URL), or run a subcommand."""
+    """Load-test an OpenAI-compatible server with Locust (opsctl bench --url URL), or run a subcommand.
+
+    Exit codes: 0 measured (every --slo met); 1 an SLO failed, or nothing could be measured; 2 bad
+    input (an option, a file, a run id), nothing run; 130 interrupted.
+    """
     if ctx.invoked_subcommand is not None:
         return
     if url is None:  # options but no --url (a bare `opsctl bench` prints the help before this runs)
@@ -66,38 +95,62 @@ def http(
         raise typer.Exit(2)
     from rich.console import Console
 
-    from ..bench.load_runner import BenchError, HttpBenchOptions, report_outcome, run_http_bench, was_interrupted
-    from ..bench.metrics import parse_slo
+    from ..bench.load_runner import (BenchError, HttpBenchOptions, normalize_url, plan_rungs, report_outcome,
+                                     run_http_bench, was_interrupted)
+    from ..bench.metrics import LimitError, parse_goodput, parse_slo, slo_failed
     from ..bench.workloads import WorkloadError, parse_range
 
+    # Bad input first, all of it exit code 2 with one line, before the server is asked anything.
     if endpoint not in ("chat", "completions"):
-        raise typer.BadParameter(f"{endpoint!r}: use chat or completions", param_hint="--endpoint")
+        raise _bad_input(f"--endpoint {endpoint!r}: use chat or completions")
     run_id = _checked_run_id(output_dir, run_id, "http")
     try:
-        slo_limits = parse_slo(slo)
-    except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--slo") from None
-    console = Console(stderr=True)
-    try:
+        slo_limits, goodput_limits = parse_slo(slo), parse_goodput(goodput)
         opts = HttpBenchOptions(
             url=url, model=model, endpoint=endpoint, dataset=dataset,
             input_len=parse_range(input_len, "--input-len"), output_len=parse_range(output_len, "--output-len"),
             num_requests=num_requests if num_requests is not None or duration is not None else 200,
             duration_s=duration, concurrency=_split(concurrency, "--concurrency", int),
             request_rate=_split(request_rate, "--request-rate", float), warmup=warmup, slo=slo_limits,
-            seed=seed, api_key=api_key, run_id=run_id, output_dir=output_dir, timeout_s=timeout,
-            ignore_eos=ignore_eos, tokenizer=tokenizer)
-        if num_requests is not None and duration is not None:
-            raise BenchError("give --num-requests or --duration, not both")
+            goodput=goodput_limits, seed=seed, api_key=api_key, run_id=run_id, output_dir=output_dir,
+            timeout_s=timeout, ignore_eos=ignore_eos, tokenizer=tokenizer,
+            client_processes=client_processes)
+        _check_http_options(opts, num_requests, duration)
+        normalize_url(url)
+        plan_rungs(opts)
+    except (LimitError, WorkloadError, BenchError) as e:
+        raise _bad_input(str(e)) from None
+    console = Console(stderr=True)
+    try:
         result, out_dir = run_http_bench(opts, console)
-    except (BenchError, WorkloadError) as e:
+    except WorkloadError as e:  # the dataset file or tokenizer named on the command line
+        raise _bad_input(str(e)) from None
+    except BenchError as e:  # nothing could be measured: the server, Locust
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo("interrupted before any request was measured", err=True)
         raise typer.Exit(130) from None
     code = report_outcome(result, out_dir, Console(width=160), render=not no_report)
+    if code == 0 and any(slo_failed(r.summary) for r in result.runs):
+        code = 1
     raise typer.Exit(130 if was_interrupted(result) else code)
+
+
+def _check_http_options(opts, num_requests: int | None, duration: float | None) -> None:
+    """The command line's numbers, as BenchError (exit code 2 above)."""
+    from ..bench.load_runner import BenchError
+
+    if num_requests is not None and duration is not None:
+        raise BenchError("give --num-requests or --duration, not both")
+    if num_requests is not None and num_requests < 1:
+        raise BenchError(f"--num-requests {num_requests}: must be >= 1")
+    if duration is not None and not duration > 0:
+        raise BenchError(f"--duration {duration:g}: must be > 0 (seconds per rung)")
+    if not opts.timeout_s > 0:
+        raise BenchError(f"--timeout {opts.timeout_s:g}: must be > 0 (seconds each request may take)")
+    if opts.warmup is not None and opts.warmup < 0:
+        raise BenchError(f"--warmup {opts.warmup}: must be >= 0")
 
 
 def _checked_run_id(output_dir: Path, run_id: str | None, prefix: str) -> str:
@@ -115,14 +168,30 @@ def _checked_run_id(output_dir: Path, run_id: str | None, prefix: str) -> str:
     return run_id
 
 
-def _range(text: str | None) -> tuple[int, int] | None:
+@app.command("fake-server", add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def fake_server(ctx: typer.Context) -> None:
+    """A fake OpenAI server of known timing (no model) to measure load generators against; see --help.
+
+    Its options are those of `python -m toolkit.bench.fake_server`: --port, --ttft-ms, --itl-ms,
+    --output-len, --workers, --chat-template-tokens, --stats-dir.
+    """
+    from ..bench.fake_server import main
+
+    raise typer.Exit(main(list(ctx.args), prog="opsctl bench fake-server"))
+
+
+def _range(text: str | None, name: str) -> tuple[int, int] | None:
     if text is None:
         return None
     low, _, high = text.partition(":")
     try:
-        return int(low), int(high or low)
+        low, high = int(low), int(high or low)
     except ValueError:
-        raise typer.BadParameter(f"{text!r}: use N or MIN:MAX") from None
+        raise _bad_input(f"{name} {text!r}: use N or MIN:MAX") from None
+    if not 1 <= low <= high:
+        raise _bad_input(f"{name} {text!r}: need 1 <= MIN <= MAX")
+    return low, high
 
 
 @app.command("offline")
@@ -147,24 +216,35 @@ def offline(
     from ..bench.offline import bench_engine, build_workload
     from ..bench.peers import load_hf_model, run_generate, run_generate_batch
     from ..bench.report_table import print_runs, write_html_report, write_requests_csv
+    from ..report.words import offline_workload_words
     from ..report.schema import BenchResult
     from ..system_info import command_line, device_info, git_commit, versions
 
+    from ..bench.offline import WORKLOADS
+
+    # Bad input is exit code 2 and one line, before the model loads (fail in a second).
     peer = peer or []
     bad = [p for p in peer if p not in PEERS]
     if bad:
-        raise typer.BadParameter(f"unknown peer {bad[0]!r}; choose from {', '.join(PEERS)}", param_hint="--peer")
-    run_id = _checked_run_id(output_dir, run_id, "offline")  # before the model loads: fail in a second
+        raise _bad_input(f"--peer {bad[0]!r}: unknown; choose from {', '.join(PEERS)}")
+    if workload not in WORKLOADS:
+        raise _bad_input(f"--workload {workload!r}: unknown; choose from {', '.join(WORKLOADS)}")
+    for option, value in (("--num-requests", num_requests), ("--peer-batch-size", peer_batch_size)):
+        if value is not None and value < 1:
+            raise _bad_input(f"{option} {value}: must be >= 1")
+    input_range, output_range = _range(input_len, "--input-len"), _range(output_len, "--output-len")
+    run_id = _checked_run_id(output_dir, run_id, "offline")
     from engine.engine import LLMEngine
 
     engine = LLMEngine(model, engine_config)
     dev = device_info()
     work = build_workload(workload, engine.vocab_size, seed=seed, num_requests=num_requests,
-                          input_len=_range(input_len), output_len=_range(output_len), max_len=engine.session_len)
+                          input_len=input_range, output_len=output_range, max_len=engine.session_len)
     name = engine.source.name
     result = BenchResult(run_id=run_id, kind="offline", command=command_line(),
                          git_commit=git_commit(), device=dev, versions=versions())
-    typer.echo(f"engine: {name} on {engine.runner.device} ({engine.runner.dtype}), workload {work.describe()}")
+    typer.echo(f"engine: {name} on {engine.runner.device} ({engine.runner.dtype}), "
+               f"workload {offline_workload_words(work.describe())}")
     result.runs.extend(bench_engine(engine, name, work, dev.get("name", ""), repeats=repeats))
     if peer:
         source, torch_device, torch_dtype = engine.source, str(engine.runner.device), engine.runner.dtype

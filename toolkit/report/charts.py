@@ -1,12 +1,16 @@
 """The report's charts as plotly figures, and their HTML fragments for the page.
 
-Each builder takes plain data (runs grouped by result, per-request DataFrames, telemetry samples)
-and returns a figure, or None when there is nothing to draw, so the page can say so instead.
-plotly.js itself goes into the page once (`plotly_js()`); every fragment leaves it out.
+Each builder takes plain data (runs, per-request DataFrames, telemetry samples) of ONE workload
+group (render.py groups runs by words.group_of, so unrelated workloads never share an axis) and
+returns a figure, or None when there is nothing to draw, so the page can say so instead.
+plotly.js itself is loaded once per page, inline (`plotly_js()`) or from a shared plotly.min.js
+(`write_plotly_js()`); every fragment leaves it out.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -38,9 +42,30 @@ def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
+PLOTLY_FILE = "plotly.min.js"
+
+
 def plotly_js() -> str:
-    """The plotly.js bundle, inlined once per page so the report works offline (no CDN)."""
+    """The plotly.js bundle, for a page that carries it inline (a single-file export; no CDN)."""
     return plotly.offline.get_plotlyjs()
+
+
+def write_plotly_js(folder: Path) -> Path:
+    """folder/plotly.min.js, written once: an identical copy already there is left alone (pages
+    written later share it), a different one (another plotly version) is replaced. Written to a
+    temporary name and renamed, so a page never loads half a file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / PLOTLY_FILE
+    data = plotly_js().encode("utf-8")
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return path
+    except OSError:
+        pass
+    tmp = path.with_name(f".{PLOTLY_FILE}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
 
 
 def to_div(fig: go.Figure, div_id: str) -> str:
@@ -106,39 +131,32 @@ def throughput_latency(results: Mapping[str, Sequence[Run]]) -> go.Figure | None
     return _style(fig, 460)
 
 
-def _bar_text(value: float, engine: float | None) -> str:
-    text = f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
-    if engine is not None and value > 0 and engine != value:
-        text += f" (engine {engine / value:.1f}x)"
-    return text
-
-
-def throughput_bars(results: Mapping[str, Sequence[Run]]) -> go.Figure | None:
-    """Output tok/s of every run: one panel per result (its own scale, since workloads differ),
-    bars coloured by target, peers labelled with the engine's speed-up over them."""
-    results = {name: runs for name, runs in results.items() if runs}
-    if not results:
+def headline_bars(bars: Sequence[tuple[str, str, float, str]], figure: str, unit: str,
+                  lower_is_better: bool) -> go.Figure | None:
+    """The figure one workload is about, one horizontal bar per run: (label, target, value, text)
+    each, coloured by target (engine, peers, HTTP), labelled with its value and its comparison in
+    words ("engine 4.5x faster", "12.9x faster with caching"). Horizontal, so long run labels and
+    those words stay readable."""
+    bars = [b for b in bars if b[2] is not None]
+    if not bars:
         return None
-    cols = min(len(results), 3)
-    rows = -(-len(results) // cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(results), horizontal_spacing=0.07,
-                        vertical_spacing=0.18)
+    fig = go.Figure()
     targets: dict[str, int] = {}
-    for k, (name, runs) in enumerate(results.items()):
-        engine = next((r.summary.output_throughput for r in runs if r.target == "engine"), None)
-        for run in runs:
-            first = run.target not in targets
-            targets.setdefault(run.target, len(targets))
-            value = run.summary.output_throughput
-            fig.add_trace(go.Bar(
-                x=[run.label], y=[value], name=run.target, legendgroup=run.target, showlegend=first,
-                marker_color=color(targets[run.target]), text=[_bar_text(value, engine)],
-                textposition="outside", cliponaxis=False,
-                hovertemplate="%{x}<br>%{y:,.1f} output tok/s<extra>" + name + "</extra>"),
-                row=k // cols + 1, col=k % cols + 1)
-    fig.update_layout(barmode="group", bargap=0.3)
-    fig.update_yaxes(title_text="output tok/s", rangemode="tozero")
-    return _style(fig, 420 * rows)
+    for label, target, value, text in bars:
+        first = target not in targets
+        targets.setdefault(target, len(targets))
+        fig.add_trace(go.Bar(
+            y=[label], x=[value], orientation="h", name=target, legendgroup=target, showlegend=first,
+            marker_color=color(targets[target]), text=[text], textposition="outside", cliponaxis=False,
+            constraintext="none", textfont=dict(size=12),
+            hovertemplate="%{y}<br>%{x:,.4~g} " + unit + "<extra>" + target + "</extra>"))
+    top = max(b[2] for b in bars)
+    fig.update_layout(barmode="overlay", bargap=0.35, showlegend=len(targets) > 1)
+    # Room right of the longest bar for its words.
+    fig.update_xaxes(title_text=f"{figure} ({unit}), {'lower' if lower_is_better else 'higher'} is better",
+                     range=[0, top * 1.55 if top > 0 else 1])
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    return _style(fig, 140 + 44 * len(bars))
 
 
 def latency_distributions(samples: Mapping[str, pd.DataFrame]) -> go.Figure | None:

@@ -10,7 +10,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -27,6 +27,17 @@ class LatencyStats(BaseModel):
     max: float
 
 
+class SloCheck(BaseModel):
+    """One run-level limit (--slo ttft_p99_ms=500): the run's statistic against it."""
+
+    name: str  # as given: ttft_p99_ms
+    metric: str  # ttft | tpot | itl | e2e
+    stat: str  # p50 | p90 | p95 | p99 | mean | max
+    limit_ms: float
+    measured_ms: float | None  # None: the run has no samples of that metric (and so fails)
+    passed: bool
+
+
 class RunSummary(BaseModel):
     num_requests: int
     num_completed: int
@@ -40,9 +51,24 @@ class RunSummary(BaseModel):
     tpot: LatencyStats | None = None  # (e2e - ttft) / (output tokens - 1), first token excluded
     itl: LatencyStats | None = None  # gaps between streamed chunks
     e2e: LatencyStats | None = None
-    goodput: float | None = None  # requests / s meeting every SLO
-    slo: dict[str, float] | None = None
+    goodput: float | None = None  # requests / s each meeting every limit in goodput_limits (--goodput)
+    goodput_limits: dict[str, float] | None = None  # per-request limits in ms by metric: {"ttft": 500.0}
+    slo_checks: list[SloCheck] | None = None  # run-level limits (--slo) and whether the run met each
+    # Requests per second over the span of their sends and of their completions (a Poisson rung's
+    # realised load, and whether the server kept up with it); None below two requests.
+    sent_rate: float | None = None
+    completion_rate: float | None = None
     extra: dict = Field(default_factory=dict)  # e.g. achieved GB/s and its fraction of the card's limit
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_fields(cls, data):
+        # Results written before --goodput stored the per-request limits behind goodput as "slo".
+        if isinstance(data, dict) and "slo" in data:
+            data = dict(data)
+            older = data.pop("slo")
+            data.setdefault("goodput_limits", older)
+        return data
 
 
 class Run(BaseModel):
