@@ -139,6 +139,7 @@ class HttpBenchOptions:
     output_dir: Path = Path("reports")
     timeout_s: float = 600.0  # per request, sending it to the end of its stream (not per read)
     ignore_eos: bool = False
+    temperature: float | None = None  # None: not sent, the server's default applies
     tokenizer: str | None = None
     client_processes: int | None = None  # Locust worker processes per rung; None: decided per rung
 
@@ -437,7 +438,7 @@ def _run_rung(i: int, rung: Rung, items, opts: HttpBenchOptions, base: str, mode
             "num_requests": opts.num_requests, "duration_s": opts.duration_s, "warmup": rung.warmup,
             "request_rate": rung.request_rate, "seed": opts.seed + i, "records_path": str(records_path.resolve()),
             "cpu_path": str((raw_dir / f"cpu-{i}.json").resolve()), "origin": time.monotonic(),
-            "timeout_s": opts.timeout_s, "ignore_eos": opts.ignore_eos}
+            "timeout_s": opts.timeout_s, "ignore_eos": opts.ignore_eos, "temperature": opts.temperature}
     plan_path = raw_dir / f"plan-{i}.json"
     plan_path.write_text(json.dumps(plan))
     env = {**os.environ, PLAN_ENV: str(plan_path.resolve())}
@@ -729,7 +730,8 @@ def _make_run(i: int, rung: Rung, outcome: RungOutcome, workload: dict, opts: Ht
             "warmup": rung.warmup, "arrivals": "poisson" if rung.request_rate else "closed-loop",
             "client_processes": outcome.processes}
     config = {"url": base, "endpoint": "/v1/chat/completions" if opts.endpoint == "chat" else "/v1/completions",
-              "stream": True, "include_usage": True, "ignore_eos": opts.ignore_eos, "timeout_s": opts.timeout_s,
+              "stream": True, "include_usage": True, "ignore_eos": opts.ignore_eos, "temperature": opts.temperature,
+              "timeout_s": opts.timeout_s,
               "seed": opts.seed + i, "raw_records": f"raw/records-{i}.jsonl", "locust_stats": f"raw/locust-{i}_stats.csv",
               "locust_exit_code": outcome.returncode}
     run = Run(label=rung.label, target="http", model=model, workload=workload, load=load, config=config,

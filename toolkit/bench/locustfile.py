@@ -12,7 +12,7 @@ The plan (JSON, written by the runner) holds the prompts, the load shape and the
   endpoint ("chat" | "completions"), model, items [{prompt, max_tokens, prompt_tokens}],
   num_requests (measured, after warm-up) or duration_s, warmup, request_rate (null: closed loop),
   seed, records_path, cpu_path, origin (the runner's time.monotonic() when it wrote the plan),
-  timeout_s, ignore_eos. The API key, if any, comes in OPSCTL_BENCH_API_KEY.
+  timeout_s, ignore_eos, temperature (None: the server's default). The API key, if any, comes in OPSCTL_BENCH_API_KEY.
 
 Request indices: warm-ups are 0..warmup-1, measured ones follow. Worker K of W owns the indices
 i with i % W == K (one process: all), so W processes together send exactly warmup + N requests, and
@@ -438,6 +438,8 @@ class OpenAIStreamUser(FastHttpUser):
             body["prompt"] = item["prompt"]
         if PLAN.get("ignore_eos"):
             body["ignore_eos"] = True
+        if PLAN.get("temperature") is not None:
+            body["temperature"] = PLAN["temperature"]
         return json.dumps(body).encode()
 
     def _send(self, index: int, scheduled: float | None) -> dict:

@@ -75,6 +75,7 @@ def http(
     seed: Annotated[int, typer.Option(help="Seed of prompts, lengths and arrivals.")] = 0,
     api_key: Annotated[Optional[str], typer.Option(help="Bearer token for the server.", envvar="OPENAI_API_KEY")] = None,
     ignore_eos: Annotated[bool, typer.Option(help="Send ignore_eos (vLLM/LMDeploy/opsctl extension) so outputs reach max_tokens.")] = False,
+    temperature: Annotated[Optional[float], typer.Option(min=0.0, help="Sampling temperature sent with every request (0: greedy; default: not sent, the server's default).")] = None,
     tokenizer: Annotated[Optional[str], typer.Option(help="Local tokenizer directory for prompt lengths (default: the served model's if found, else SmolLM2's).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds each request may take, from sending it to the end of its stream, before it counts as an error.")] = 600.0,
     client_processes: Annotated[Optional[int], typer.Option(min=1, help="Locust worker processes per rung (default: one per 64 users on the first rung, then from the CPU the previous rung used; at most the cores less one).")] = None,
@@ -113,7 +114,7 @@ def http(
             duration_s=duration, concurrency=_split(concurrency, "--concurrency", int),
             request_rate=_split(request_rate, "--request-rate", float), warmup=warmup, slo=slo_limits,
             goodput=goodput_limits, seed=seed, api_key=api_key, run_id=run_id, output_dir=output_dir,
-            timeout_s=timeout, ignore_eos=ignore_eos, tokenizer=tokenizer,
+            timeout_s=timeout, ignore_eos=ignore_eos, temperature=temperature, tokenizer=tokenizer,
             client_processes=client_processes)
         _check_http_options(opts, num_requests, duration)
         normalize_url(url)
