@@ -5,37 +5,21 @@ process by 755 MB and took 12 s. Both processes are measured here, by their resi
 """
 from __future__ import annotations
 
-import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from engine.generation import MAX_STOP_WORD_CHARS, MAX_STOP_WORDS
 
-from .conftest import free_port
-from .test_process import ROOT, SMALL, serve_cmd
+from .serve_process import ServeProcess, descendants, rss_mb
 
 MAX_GROWTH = 50 * 2**20
 
 
-def rss(pid: int) -> int:
-    """Resident set size of a process, in bytes (VmRSS of /proc/<pid>/status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
-
-
-def descendants(pid: int) -> list[int]:
-    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    return children + [d for c in children for d in descendants(c)]
-
-
 def memory(pid: int) -> dict[int, int]:
-    """RSS of the server process and of each process under it (the engine, multiprocessing's helpers)."""
-    return {p: rss(p) for p in [pid, *descendants(pid)]}
+    """RSS in bytes of the server process and of each process under it (the engine, multiprocessing's helpers)."""
+    return {p: int(rss_mb(p) * 2**20) for p in [pid, *descendants(pid)]}
 
 
 def assert_little_growth(before: dict[int, int], after: dict[int, int]) -> None:
@@ -45,30 +29,17 @@ def assert_little_growth(before: dict[int, int], after: dict[int, int]) -> None:
 
 
 @pytest.fixture(scope="module")
-def server():
-    port = free_port()
-    proc = subprocess.Popen(serve_cmd("--server-port", str(port), *SMALL, "--cache-max-entry-count", "128",
-                                      "--log-level", "warning"),
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+def server(tmp_path_factory):
+    serve = ServeProcess(tmp_path_factory.mktemp("stops") / "serve.log", "--log-level", "warning")
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.communicate()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.5)
+        serve.wait_healthy()
         # Warm up the request path (lazy imports, first tokenization) before anything is measured.
-        warm = httpx.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2, "stop": ["x"]}, timeout=60)
+        warm = httpx.post(serve.url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2, "stop": ["x"]},
+                          timeout=60)
         assert warm.status_code == 200, warm.text
-        yield proc, url
+        yield serve.proc, serve.url
     finally:
-        proc.kill()
-        proc.wait()
+        serve.stop()
 
 
 @pytest.mark.slow
