@@ -21,6 +21,32 @@ _PROMPT_CONTEXT_TOKENS = 5
 _REPLACEMENT_CHAR = "\ufffd"
 
 
+def _backend_decode(tokenizer):
+    """The Rust `tokenizers` decode behind a transformers fast tokenizer, where tokenizer.decode is exactly it.
+
+    transformers' decode wraps it in ~3x its own cost of Python (to_py_obj over the ids, kwargs
+    plumbing): two decodes a step per stream made that the API process's largest cost after
+    socket writes. Used only when neither decode nor _decode is overridden and no clean-up of
+    tokenization spaces applies, so the text is byte-identical; anything else takes tokenizer.decode.
+    """
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # another transformers layout: the plain path
+        return None
+    if not (isinstance(tokenizer, TokenizersBackend)
+            and type(tokenizer).decode is PreTrainedTokenizerBase.decode
+            and type(tokenizer)._decode is TokenizersBackend._decode
+            and not getattr(tokenizer, "clean_up_tokenization_spaces", True)
+            and getattr(tokenizer, "_tokenizer", None) is not None):
+        return None
+    backend = tokenizer._tokenizer.decode
+
+    def fast(ids, skip_special_tokens):
+        return backend(ids if isinstance(ids, list) else list(ids), skip_special_tokens=skip_special_tokens)
+    return fast
+
+
 @dataclass
 class DetokenizerDelta:
     """What one step produced: text safe to show now ("" when held back) and whether it stopped."""
@@ -42,6 +68,7 @@ class IncrementalDetokenizer:
                  stop_words: Sequence[str] = (), include_stop_str_in_output: bool = False):
         self._tokenizer = tokenizer
         self._skip_special_tokens = skip_special_tokens
+        self._fast_decode = _backend_decode(tokenizer)
         self._init_offsets(prompt_token_ids)
         self._init_stop_words(stop_words, include_stop_str_in_output)
         self._chunks: list[str] = []       # every piece of text emitted, joined lazily by .text
@@ -64,6 +91,8 @@ class IncrementalDetokenizer:
         self._held = ""
 
     def _decode(self, ids: Sequence[int]) -> str:
+        if self._fast_decode is not None:
+            return self._fast_decode(ids, self._skip_special_tokens)
         return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special_tokens)
 
     @property

@@ -147,7 +147,7 @@ def run_server(model: str | None, config, *, host: str = "127.0.0.1", port: int 
                                    log_config=None, http=guarded_protocol(header_timeout=header_timeout,
                                                                           max_connections=max_connections))
         server = _Server(uv_config)
-        died = asyncio.run(_serve(server, app, aengine, sock, shutdown_timeout))
+        died = run_event_loop(_serve(server, app, aengine, sock, shutdown_timeout))
     finally:
         sock.close()
     if died is not None:
@@ -156,6 +156,23 @@ def run_server(model: str | None, config, *, host: str = "127.0.0.1", port: int 
         return 1
     say("opsctl serve: stopped", flush=True)
     return 0
+
+
+def run_event_loop(coro):
+    """Run `coro` on uvloop where it is installed (uvicorn[standard] brings it), else on asyncio's loop.
+
+    uvicorn picks uvloop itself only in Server.run(); we drive Server.serve() under our own signal
+    handling, so the loop is chosen here: asyncio.run() would leave the server on the pure-Python loop.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    uvloop.install()
+    return asyncio.run(coro)
 
 
 class _Server(uvicorn.Server):

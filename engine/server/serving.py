@@ -111,6 +111,26 @@ def _sse(payload: dict) -> bytes:
 _DONE = b"data: [DONE]\n\n"
 
 
+def _json(value) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class _TextChunk:
+    """The SSE bytes of a plain text chunk (no logprobs, not finished, no usage), byte for byte what _sse
+    renders for {**head, "choices": [{"index": i, <field>: text, "logprobs": None, "finish_reason": None}],
+    "usage": None}, but with only the text JSON-encoded per chunk: the rest is rendered once per stream."""
+
+    __slots__ = ("_head", "_open", "_tail")
+
+    def __init__(self, head: dict, open_field: str, close: str):
+        self._head = "data: " + _json(head)[:-1] + ',"choices":[{"index":'
+        self._tail = close + ',"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
+        self._open = open_field
+
+    def __call__(self, index: int, text: str) -> bytes:
+        return (self._head + str(index) + self._open + _json(text) + self._tail).encode()
+
+
 def _clamp(logprob: float) -> float:
     return logprob if math.isfinite(logprob) else _LOGPROB_FLOOR
 
@@ -292,6 +312,7 @@ class OpenAIServing:
             return _sse({**head, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
                                               "finish_reason": finish}], "usage": usage})
 
+        text_chunk = _TextChunk(head, ',"delta":{"content":', "}")
         for job in jobs:
             yield chunk(job.index, {"role": "assistant", "content": ""})
         # aclosing: a client that leaves closes this generator, which must close the engine streams
@@ -304,7 +325,10 @@ class OpenAIServing:
                 index, out, usage = event
                 logprobs = ({"content": self._chat_logprobs(out.logprobs)} if want_logprobs and out.logprobs
                             else None)
-                if out.text or logprobs or out.finished:
+                if not (logprobs or out.finished or usage):
+                    if out.text:
+                        yield text_chunk(index, out.text)
+                elif out.text or logprobs or out.finished:
                     delta = {"content": out.text} if out.text else {}
                     yield chunk(index, delta, out.finish_reason if out.finished else None, logprobs, usage)
 
@@ -372,6 +396,7 @@ class OpenAIServing:
     async def _completion_stream(self, ctx: _Context, jobs: list[_Job], include_usage: bool, logprobs: int | None):
         head = {"id": ctx.rid, "object": "text_completion", "created": ctx.created, "model": ctx.model}
         offsets = [[0] for _ in jobs]
+        text_chunk = _TextChunk(head, ',"text":', "")
         async with aclosing(self._stream_events(ctx, jobs, include_usage)) as events:
             async for event in events:
                 if isinstance(event, bytes):
@@ -380,7 +405,10 @@ class OpenAIServing:
                 index, out, usage = event
                 lp = (self._completion_logprobs(out.logprobs, logprobs, offsets[index])
                       if logprobs is not None and out.logprobs else None)
-                if out.text or lp or out.finished:
+                if not (lp or out.finished or usage):
+                    if out.text:
+                        yield text_chunk(index, out.text)
+                elif out.text or lp or out.finished:
                     yield _sse({**head, "choices": [{"index": index, "text": out.text, "logprobs": lp,
                                                      "finish_reason": out.finish_reason if out.finished else None}],
                                 "usage": usage})

@@ -236,6 +236,7 @@ def run_http(aengine, args, prompts, warmup) -> dict:
     import uvicorn
 
     from engine.server.app import build_app
+    from engine.server.launcher import run_event_loop
 
     before = aengine.stats()
     app = build_app(aengine)
@@ -244,7 +245,8 @@ def run_http(aengine, args, prompts, warmup) -> dict:
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    # On uvloop, as `opsctl serve` runs it.
+    thread = threading.Thread(target=lambda: run_event_loop(server.serve(sockets=[sock])), daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.05)
