@@ -70,7 +70,7 @@ def test_sigterm_mid_stream_finishes_or_aborts_and_exits_0():
     """A short stream finishes within --shutdown-timeout; a long one is ended with an error event + [DONE]."""
     port = free_port()
     proc = subprocess.Popen(serve_cmd("--server-port", str(port), *SMALL, "--cache-max-entry-count", "128",
-                                      "--shutdown-timeout", "8", "--log-level", "warning"),
+                                      "--shutdown-timeout", "12", "--log-level", "warning"),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
