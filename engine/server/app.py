@@ -29,7 +29,8 @@ from .guard import RequestGuard
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .protocol import (APIError, ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ModelCard, ModelList,
                        TokenizeRequest)
-from .serving import ClientDisconnected, OpenAIServing, SSEResponse
+from .serving import ClientDisconnected, OpenAIServing
+from .sse import SSEResponse
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from engine.server.serving import _sse, _TextChunk
+from engine.server.sse import _sse, _TextChunk
 
 TEXTS = ["", "hello", ' "quoted" \\ back', "line\nbreak\ttab\x00\x1f", "\u2028\u2029", "北京的历史", "emoji 🚀",
          "</script>", "a" * 1000]
