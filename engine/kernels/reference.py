@@ -19,26 +19,30 @@ def write_kv_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cach
 def _gather(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
     """The first `length` tokens of one request's cache: [length, Hkv, D]."""
     num_blocks = -(-length // cache.shape[1])
-    return cache[block_table[:num_blocks]].flatten(0, 1)[:length]
+    # index_select copies whole blocks (memcpy); advanced indexing was ~6x slower on CPU.
+    return cache.index_select(0, block_table[:num_blocks]).flatten(0, 1)[:length]
 
 
 def decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                          block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                          max_seq_len: int) -> torch.Tensor:
-    """One query token per request. q [B, H, D], block_tables [B, max_blocks], seq_lens [B] -> [B, H, D]."""
+    """One query token per request. q [B, H, D], block_tables [B, max_blocks], seq_lens [B] -> [B, H, D].
+
+    Also the CPU decode path: the blocks are gathered with one index_select and read by SDPA through
+    a transposed view (no second copy), the query heads of a KV head as SDPA's query rows; 3.3x
+    faster than gather + einsum at 16 x 320 tokens of SmolLM2 on 2 cores.
+    """
     batch, num_heads, head_dim = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
     num_blocks = -(-max_seq_len // block_size)
-    tables = block_tables[:, :num_blocks]
-    k = k_cache[tables].flatten(1, 2)  # [B, L, Hkv, D]
-    v = v_cache[tables].flatten(1, 2)
+    index = block_tables[:, :num_blocks].reshape(-1)
+    length = num_blocks * block_size
+    k = k_cache.index_select(0, index).view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
+    v = v_cache.index_select(0, index).view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
     qg = q.view(batch, num_kv_heads, group, head_dim)
-    scores = torch.einsum("bhgd,blhd->bhgl", qg.float(), k.float()) * scale
-    positions = torch.arange(k.shape[1], device=q.device)
-    scores.masked_fill_((positions[None, :] >= seq_lens[:, None])[:, None, None, :], float("-inf"))
-    probs = scores.softmax(dim=-1)
-    out = torch.einsum("bhgl,blhd->bhgd", probs, v.float())
+    visible = (torch.arange(length, device=q.device)[None, :] < seq_lens[:, None])[:, None, None, :]
+    out = F.scaled_dot_product_attention(qg.float(), k.float(), v.float(), attn_mask=visible, scale=scale)
     return out.reshape(batch, num_heads, head_dim).to(q.dtype)
 
 

@@ -31,14 +31,17 @@ class LMHead(nn.Module):
         else:
             self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size), requires_grad=False)
 
-        self.weight_t: torch.Tensor | None = None
+        self.cpu_weight = None
 
-    def use_transposed_weight(self) -> None:
-        """A [hidden, vocab] copy for x @ W on CPU (see Linear.use_transposed_weight): 2.5x faster there."""
-        self.weight_t = self.weight.data.t().contiguous()
+    def prepare_for_cpu(self) -> None:
+        """A packed copy for CPU GEMMs (Linear.prepare_for_cpu): 22 -> 6.6 ms for SmolLM2's head at
+        16 rows. The tied embedding keeps its own weight for lookups."""
+        from .cpu_gemm import CpuWeight
+
+        self.cpu_weight = CpuWeight(self.weight.data)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.weight_t is not None:
-            return (hidden @ self.weight_t).float()
+        if self.cpu_weight is not None:
+            return self.cpu_weight.apply(hidden).float()
         return linear(hidden, self.weight, None, use_kernels=self.use_kernels,
                       batch_invariant=self.batch_invariant).float()

@@ -84,6 +84,6 @@ def build_model(source, dtype: torch.dtype, device: torch.device, seed: int = 0)
         load_weights(model, weights)
         if torch.device(device).type == "cpu":
             for module in model.modules():
-                if hasattr(module, "use_transposed_weight"):
-                    module.use_transposed_weight()
+                if hasattr(module, "prepare_for_cpu"):
+                    module.prepare_for_cpu()
     return model.eval()
