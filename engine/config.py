@@ -5,7 +5,7 @@ Frozen and validated on creation, so a bad value fails before any weights are re
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 from .errors import InvalidRequestError
 
@@ -13,16 +13,22 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _MODEL_FORMATS = (None, "hf", "awq", "gguf")
 
 
+def _setting(default, help: str, *, flags: tuple[str, ...] = (), choices: tuple | None = None):
+    """A field with what the CLI needs to offer it: its help, its flag names (default: --field-name)."""
+    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices})
+
+
 @dataclass(frozen=True)
 class EngineConfig:
-    """Engine settings with LMDeploy's names and meanings.
+    """Engine settings with LMDeploy's names and meanings; every field is also a CLI flag.
+
+    The defaults live here only: `opsctl serve/chat/bench/tune` make their flags from these fields
+    (toolkit/commands/engine_options.py) and `to_flags()` renders a config back as the flags that
+    rebuild it, so the tuner's launch.sh, the launcher and the CLI cannot drift apart.
 
     cache_max_entry_count: fraction (0, 1] of the device memory left free after the weights that the
         KV cache takes (on CPU: of `cpu_memory_gb`); an integer > 1 is a block count instead.
-    cache_block_seq_len: tokens per KV block.
-    session_len: the longest prompt + output a request may have; None takes the model's context.
-    max_batch_size: most requests running at once; None picks by device (256 on >= 64 GiB GPUs,
-        128 on other GPUs, 32 on CPU).
+    max_batch_size: None picks by device (256 on >= 64 GiB GPUs, 128 on other GPUs, 32 on CPU).
     max_prefill_token_num: token budget of one forward (prefill chunks and decode tokens together);
         longer prompts are split across steps (dynamic split & fuse).
     deterministic: batch-invariant kernels (vLLM's VLLM_BATCH_INVARIANT, SGLang's
@@ -34,24 +40,41 @@ class EngineConfig:
         referenced, each ref count equal to the live block tables holding the block, prefix-cache
         keys matching their blocks and tokens) and raise KVCacheInvariantError at the first
         inconsistency. For tests and debugging: it costs a pass over every block and table per step.
+    kernels, overlap, engine_process: what were the environment switches OPSCTL_KERNELS,
+        OPSCTL_OVERLAP and OPSCTL_ENGINE_PROCESS; as fields they are recorded with every result.
     """
 
-    max_batch_size: int | None = None
-    cache_max_entry_count: float = 0.8
-    cache_block_seq_len: int = 64
-    session_len: int | None = None
-    max_prefill_token_num: int = 8192
-    enable_prefix_caching: bool = False
-    tp: int = 1
-    model_format: str | None = None
-    quant_policy: int = 0
-    dtype: str = "auto"
-    device: str = "auto"
-    eager_mode: bool = False
-    deterministic: bool = False
-    cpu_memory_gb: float = 4.0
-    seed: int = 0
-    debug_invariants: bool = False
+    tp: int = _setting(1, "Tensor-parallel GPUs.")
+    max_batch_size: int | None = _setting(
+        None, "Most requests running at once (default: 256 on >=64 GiB GPUs, 128 on others, 32 on CPU).")
+    cache_max_entry_count: float = _setting(
+        0.8, "Fraction of free memory after weights for the KV cache; an integer > 1 is a block count.")
+    cache_block_seq_len: int = _setting(64, "Tokens per KV-cache block.")
+    session_len: int | None = _setting(None, "Longest prompt + output per request (default: the model's context length).")
+    max_prefill_token_num: int = _setting(8192, "Token budget of one forward; longer prompts are split into chunks.")
+    enable_prefix_caching: bool = _setting(False, "Reuse KV blocks of identical prompt prefixes across requests.")
+    model_format: str | None = _setting(None, "hf, awq or gguf (default: detected).", choices=_MODEL_FORMATS[1:])
+    quant_policy: int = _setting(0, "KV-cache quantization: 0 (off), 4 or 8.", choices=(0, 4, 8))
+    dtype: str = _setting("auto", "auto, float32, bfloat16 or float16.", choices=_DTYPES)
+    device: str = _setting("auto", "auto, cpu, cuda or cuda:N.")
+    eager_mode: bool = _setting(False, "Run every step eagerly (no CUDA graphs).", flags=("--eager", "--eager-mode"))
+    deterministic: bool = _setting(
+        False, "Batch-invariant kernels: a request's tokens do not depend on its batch, chunking or prefix-cache "
+               "hits (CUDA only; slower, implies --eager).")
+    kernels: bool = _setting(True, "The Triton kernels on CUDA (--no-kernels: the torch reference path, for debugging).")
+    overlap: str = _setting("auto", "Overlap scheduling (plan step N+1 while the GPU runs step N): auto (on CUDA), on, off.",
+                            choices=("auto", "on", "off"))
+    engine_process: bool = _setting(
+        True, "The server's engine in its own process (--no-engine-process: a thread of the API process).")
+    gpu_memory_gb: float | None = _setting(
+        None, "Use at most this much GPU memory, GiB (weights and KV cache): a smaller card emulated on a bigger "
+              "one, as `opsctl tune --gpu rtx4090` does on an H200 (default: the whole card).")
+    cpu_memory_gb: float = _setting(4.0, "On CPU: the memory budget that --cache-max-entry-count is a fraction of.")
+    seed: int = _setting(0, "Seed of the random weights of preset: models and of unseeded sampling.",
+                         flags=("--engine-seed",))
+    debug_invariants: bool = _setting(
+        False, "Check the scheduler and KV block pool after every step; a step that finds an inconsistency fails "
+               "with KVCacheInvariantError (debugging; slower).")
 
     def __post_init__(self):
         def bad(name, why):
@@ -78,12 +101,40 @@ class EngineConfig:
             bad("dtype", f"must be one of {_DTYPES}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             bad("device", "must be auto, cpu, cuda or cuda:N")
+        if self.gpu_memory_gb is not None and self.gpu_memory_gb <= 0:
+            bad("gpu_memory_gb", "must be > 0")
         if self.cpu_memory_gb <= 0:
             bad("cpu_memory_gb", "must be > 0")
+        if self.overlap not in ("auto", "on", "off"):
+            bad("overlap", "must be auto, on or off")
 
     def replace(self, **changes) -> "EngineConfig":
         return dataclasses.replace(self, **changes)
 
+    def to_flags(self) -> list[str]:
+        """The CLI flags that rebuild this config from the defaults (only the fields that differ)."""
+        out: list[str] = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value == f.default:
+                continue
+            flag = flag_names(f)[0]
+            if isinstance(value, bool):
+                out.append(flag if value else "--no-" + flag[2:])
+            else:
+                out += [flag, _number(value) if isinstance(value, float) else str(value)]
+        return out
+
     @property
     def cache_is_block_count(self) -> bool:
         return self.cache_max_entry_count > 1
+
+
+def flag_names(f) -> tuple[str, ...]:
+    """A field's CLI flag names, the first the one to_flags() writes."""
+    return f.metadata.get("flags") or ("--" + f.name.replace("_", "-"),)
+
+
+def _number(value: float) -> str:
+    """A float as the shortest text that reads back as the same float (2.0 as "2")."""
+    return str(int(value)) if value.is_integer() else repr(value)

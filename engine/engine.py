@@ -7,7 +7,6 @@ forward finishes that step's requests with reason "error" and the engine goes on
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -78,10 +77,12 @@ class EngineStats:
         return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
 
 
-def _default_batch_size(device: torch.device) -> int:
+def _default_batch_size(device: torch.device, memory_gb: float | None = None) -> int:
     if device.type != "cuda":
         return 32
     total = torch.cuda.get_device_properties(device).total_memory
+    if memory_gb is not None:  # an emulated smaller card picks what that card would
+        total = min(total, memory_gb * 2**30)
     return 256 if total >= 64 * 2**30 else 128
 
 
@@ -107,10 +108,10 @@ class LLMEngine:
 
     def _init_state(self) -> None:
         self._in_flight = None  # the launched step whose tokens the next step() collects
-        # Overlap scheduling pays where launches are asynchronous (CUDA). OPSCTL_OVERLAP=0 turns it off,
-        # =1 forces it on (tests exercise the logic on CPU, where it is correct but gains nothing).
-        overlap = os.environ.get("OPSCTL_OVERLAP", "auto")
-        self._overlap = overlap == "1" or (overlap != "0" and self.runner.device.type == "cuda")
+        # Overlap scheduling pays where launches are asynchronous (CUDA). overlap="off" turns it off,
+        # "on" forces it (tests exercise the logic on CPU, where it is correct but gains nothing).
+        overlap = self.config.overlap
+        self._overlap = overlap == "on" or (overlap == "auto" and self.runner.device.type == "cuda")
         self._requests: dict[str, Request] = {}
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
@@ -134,7 +135,7 @@ class LLMEngine:
                 "raise --cache-max-entry-count or lower --session-len")
 
     def _init_scheduler(self) -> None:
-        max_batch = self.config.max_batch_size or _default_batch_size(self.runner.device)
+        max_batch = self.config.max_batch_size or _default_batch_size(self.runner.device, self.config.gpu_memory_gb)
         self.kv = KVCacheManager(self.runner.num_blocks, self.config.cache_block_seq_len,
                                  self.config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, max_batch, self.config.max_prefill_token_num)

@@ -1,16 +1,14 @@
 """Triton kernels of the GPU fast path, each with a torch reference in reference.py.
 
-Layers use them when the model runner turns them on (CUDA, and OPSCTL_KERNELS is not "0"); on CPU
-the torch references serve as the implementation.
+Layers use them when the model runner turns them on (CUDA, and EngineConfig.kernels); on CPU the
+torch references serve as the implementation.
 """
 from __future__ import annotations
 
-import os
 
-
-def kernels_wanted(device_type: str) -> bool:
-    """Whether a model on this device should run the Triton kernels (OPSCTL_KERNELS=0 turns them off)."""
-    return device_type == "cuda" and os.environ.get("OPSCTL_KERNELS", "1") != "0"
+def kernels_wanted(device_type: str, enabled: bool = True) -> bool:
+    """Whether a model on this device should run the Triton kernels (EngineConfig.kernels=False: never)."""
+    return device_type == "cuda" and enabled
 
 
 def kernel_head_dim_ok(head_dim: int) -> bool:

@@ -66,9 +66,9 @@ class ModelRunner:
         self.session_len = session_len
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device, self.hf_config)
-        if config.deterministic and not kernels_wanted(self.device.type):
+        if config.deterministic and not kernels_wanted(self.device.type, config.kernels):
             raise InvalidRequestError(
-                "deterministic mode needs the Triton kernels on a CUDA device (and OPSCTL_KERNELS not 0); "
+                "deterministic mode needs the Triton kernels on a CUDA device (and kernels not turned off); "
                 f"this engine runs on {self.device.type}", "deterministic")
         self._init_model(source)
         self._init_kv_cache()
@@ -106,7 +106,7 @@ class ModelRunner:
         self.num_layers = len(attn)
         self.num_kv_heads, self.head_dim = attn[0].num_kv_heads, attn[0].head_dim
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        self.use_kernels = kernels_wanted(self.device.type) and kernel_head_dim_ok(self.head_dim)
+        self.use_kernels = kernels_wanted(self.device.type, self.config.kernels) and kernel_head_dim_ok(self.head_dim)
         if self.config.deterministic and not self.use_kernels:
             raise InvalidRequestError(
                 f"deterministic mode needs the Triton attention kernels, which take power-of-two head sizes "
@@ -131,6 +131,13 @@ class ModelRunner:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
                 free, _ = torch.cuda.mem_get_info(self.device)
+                if cfg.gpu_memory_gb is not None:  # an emulated smaller card: what the weights left of it
+                    left = int(cfg.gpu_memory_gb * 2**30) - torch.cuda.memory_reserved(self.device)
+                    if left <= 0:
+                        raise OutOfMemoryError(
+                            f"the weights ({torch.cuda.memory_reserved(self.device) / 2**30:.1f} GiB) fill the "
+                            f"{cfg.gpu_memory_gb:g} GiB allowed by --gpu-memory-gb")
+                    free = min(free, left)
             else:
                 free = cfg.cpu_memory_gb * 2**30
             num_blocks = int(free * cfg.cache_max_entry_count) // self.block_bytes

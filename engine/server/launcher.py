@@ -31,7 +31,6 @@ from .connections import DEFAULT_HEADER_TIMEOUT_S, default_max_connections, guar
 
 log = logging.getLogger(__name__)
 
-ENGINE_PROCESS_ENV = "OPSCTL_ENGINE_PROCESS"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -85,10 +84,10 @@ def build_engine(model: str | None, config):
 def start_engine(model: str | None, config, log_level: str = "warning"):
     """The server's AsyncEngine: the engine in its own process (ProcessEngine), or StartupError.
 
-    OPSCTL_ENGINE_PROCESS=0 keeps it in a thread of this process instead (ThreadedEngine: one process
-    to debug, but the event loop and the engine loop then share the GIL).
+    EngineConfig.engine_process=False (--no-engine-process) keeps it in a thread of this process instead
+    (ThreadedEngine: one process to debug, but the event loop and the engine loop then share the GIL).
     """
-    if os.environ.get(ENGINE_PROCESS_ENV, "1") == "0":
+    if not config.engine_process:
         from ..async_engine import ThreadedEngine
 
         return ThreadedEngine(build_engine(model, config))

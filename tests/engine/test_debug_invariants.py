@@ -37,7 +37,7 @@ def test_a_corrupted_pool_fails_the_next_step_only_with_the_flag(smol_engine):
     assert_all_blocks_free(engine)
 
 
-@pytest.mark.parametrize("overlap", ["1", "0"])
+@pytest.mark.parametrize("overlap", ["on", "off"])
 def test_random_traffic_keeps_the_pool_consistent_at_every_step(monkeypatch, overlap):
     """Prefix caching, chunked prefill, preemption, aborts and (forced on CPU) overlapped scheduling
     together, on a tiny random-weight model, with the check after every step: no existing test runs
@@ -47,11 +47,10 @@ def test_random_traffic_keeps_the_pool_consistent_at_every_step(monkeypatch, ove
     from engine.engine import LLMEngine
     from engine.generation import GenerationConfig
 
-    monkeypatch.setenv("OPSCTL_OVERLAP", overlap)
     engine = LLMEngine("preset:tiny-llama", EngineConfig(
         device="cpu", cache_max_entry_count=12, cache_block_seq_len=4, session_len=48, enable_prefix_caching=True,
-        max_prefill_token_num=16, max_batch_size=6))
-    assert engine.config.debug_invariants and engine._overlap == (overlap == "1")
+        max_prefill_token_num=16, max_batch_size=6, overlap=overlap))
+    assert engine.config.debug_invariants and engine._overlap == (overlap == "on")
     rng = random.Random(0)
     prefixes = [[rng.randrange(10, 200) for _ in range(16)] for _ in range(3)]
     requests = []

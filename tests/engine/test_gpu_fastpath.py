@@ -18,9 +18,8 @@ TIE_MARGIN = 0.125  # bf16 rounding of logits of magnitude 16-32
 
 
 def _run(model: str, monkeypatch, kernels: bool, eager: bool, prompts):
-    monkeypatch.setenv("OPSCTL_KERNELS", "1" if kernels else "0")
     engine = LLMEngine(model, EngineConfig(device="cuda", session_len=4096, cache_max_entry_count=0.3,
-                                           eager_mode=eager, max_batch_size=32))
+                                           eager_mode=eager, max_batch_size=32, kernels=kernels))
     assert engine.runner.use_kernels == kernels and (engine.runner.graphs is None) == eager
     gen = GenerationConfig(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, logprobs=5)
     rids = [engine.add_request(engine.tokenize_prompt(p), gen) for p in prompts]

@@ -13,11 +13,9 @@ from .test_batching import _staggered, make_prompts
 
 @pytest.fixture(scope="module")
 def overlap_engine(default_model_dir):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OPSCTL_OVERLAP", "1")
-        engine = LLMEngine(default_model_dir, EngineConfig(device="cpu", cache_max_entry_count=24,
-                                                           cache_block_seq_len=16, session_len=384,
-                                                           max_batch_size=32))
+    engine = LLMEngine(default_model_dir, EngineConfig(device="cpu", cache_max_entry_count=24,
+                                                       cache_block_seq_len=16, session_len=384,
+                                                       max_batch_size=32, overlap="on"))
     assert engine._overlap
     return engine
 

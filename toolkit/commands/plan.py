@@ -1,9 +1,9 @@
 """`opsctl plan [MODEL] --gpu PROFILE|auto`: what fits on a card and how fast it can go, before any run.
 
-Reads the model's config only (never its weights) and prints, for each weight format, the weight
-memory, KV bytes per token, KV tokens and sessions at each cache ratio, roofline decode tokens/s
-against batch size and prefill times, with flags for what will not fit. --json prints the plan
-itself (toolkit.planner.Plan).
+Reads the model's config only (never its weights: a hub id needs only config.json in the Hugging
+Face cache) and prints, for each weight format, the weight memory, KV bytes per token, KV tokens
+and sessions at each cache ratio, roofline decode tokens/s against batch size and prefill times,
+with flags for what will not fit. --json prints the plan itself (toolkit.planner.Plan).
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from rich.table import Table
 from ..planner import DEFAULT_RESERVE_GIB, QUANTS, Plan, PlanError, make_plan
 from ..profiles import ProfileError, resolve_gpu
 from . import engine_options as eo
+
+BlockSeqLen = eo.flag("cache_block_seq_len")  # the engine flag itself: its name, type and help
 
 GIB = 2**30
 
@@ -38,7 +40,7 @@ def plan(
         "--prompt-lens", help="Prompt lengths of the prefill estimates (default: 512, 2048 and the session length).")] = None,
     reserve_gib: Annotated[float, typer.Option(
         "--reserve-gib", help="Memory kept for the runtime (CUDA context, workspaces, activations), GiB.")] = DEFAULT_RESERVE_GIB,
-    cache_block_seq_len: eo.CacheBlockSeqLen = 64,
+    cache_block_seq_len: BlockSeqLen = eo.default("cache_block_seq_len"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """Estimate weight memory, KV-cache capacity and roofline speed of MODEL on a GPU (no GPU needed)."""
@@ -66,14 +68,19 @@ def plan(
 
 def _read_config(model: str | None):
     """(config, name) without reading weights: a config.json (or a directory holding one) is read
-    as it is, so a plan needs no weights on disk; anything else goes through resolve_model."""
+    as it is, so a plan needs no weights on disk; a hub id needs only its config.json in the HF cache
+    (or fetches that file alone); anything else goes through resolve_model."""
+    from engine.models.source import read_config_json  # the engine's reader: same errors everywhere
+
     if model is not None:
         path = Path(model).expanduser()
         config_file = path / "config.json" if path.is_dir() else path
         if config_file.suffix == ".json" and config_file.is_file():
-            from engine.models.source import read_config_json  # the engine's reader: same errors everywhere
-
             return read_config_json(config_file), (path.name if path.is_dir() else path.stem)
+        from engine.models.hub import looks_like_hub_id, resolve_hub_model
+
+        if looks_like_hub_id(model):
+            return read_config_json(resolve_hub_model(model, need="config") / "config.json"), model
     from engine.models.source import resolve_model
 
     with Console(stderr=True).status("reading the model config"):

@@ -5,7 +5,7 @@
 
 Start-up failures (port in use, model missing, too large for the device, cache too small for one
 session) are one line on stderr and exit code 2; the engine process dying later ends the server with
-exit code 1. The engine runs in its own process (set OPSCTL_ENGINE_PROCESS=0 to keep it in a thread
+exit code 1. The engine runs in its own process (--no-engine-process keeps it in a thread
 of the server's process).
 """
 from __future__ import annotations
