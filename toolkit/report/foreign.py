@@ -13,6 +13,7 @@ under reports/examples/ beside them:
   wall_ms_per_step, tokens_per_s, gpu_kernel_ms_per_step, host_phases_ms, top_kernels_ms_per_step};
   kind "profile_step", a table per profiled batch.
 
+The fake server's stats and the GuideLLM comparison are read by client_checks.py.
 `convert(data, name)` returns None for JSON of none of these shapes, so a folder scan can pass it by.
 Missing fields read as absent rather than failing: the scripts have grown fields over time.
 """
@@ -51,6 +52,12 @@ def convert(data, name: str) -> Converted | None:
     if (isinstance(data, list) and data and all(isinstance(x, dict) for x in data)
             and all("wall_ms_per_step" in x for x in data)):
         return _profile_step(data, name)
+    from . import client_checks  # the load generator's own checks (imports Table and Converted from here)
+
+    if client_checks.is_fake_server_stats(data):
+        return client_checks.fake_server_stats(data, name)
+    if client_checks.is_guidellm_compare(data):
+        return client_checks.guidellm_compare(data, name)
     return None
 
 
