@@ -5,7 +5,9 @@ Accepted, in this order:
                       -> the embedded default model, pulled into the cache on first use;
   "preset:NAME"       -> a real architecture with random weights (presets.py);
   a "*.gguf" file     -> converted once into the cache (keyed by file name, size and mtime);
-  a directory with config.json and *.safetensors -> used as it is (HF layout, sharded or not).
+  a directory with config.json and *.safetensors -> used as it is (HF layout, sharded or not);
+  "Owner/Name", a hub id that is not a local path -> its snapshot in the Hugging Face cache,
+                      downloaded into it first where a hub is reachable (hub.py).
 Anything else is a ModelLoadError with one line saying what would have been accepted. Weights are
 not read here: the loader does that (and reports corrupt safetensors). A broken file (config.json,
 tokenizer, a GGUF cut short: gguf_header) is a ModelLoadError naming it and what to do
@@ -28,7 +30,7 @@ from ..errors import ModelLoadError, first_line
 CACHE_ENV = "OPSCTL_CACHE_DIR"
 PRESET_PREFIX = "preset:"
 _DEFAULT_ALIASES = ("default", "SmolLM2-135M-Instruct")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 def model_cache_dir() -> Path:
@@ -79,19 +81,22 @@ def resolve_model(spec: str | os.PathLike | None, *,
         return hf_dir_source(path)
     if text in _DEFAULT_ALIASES and not path.exists():
         return _default_source(cache_dir)
+    if path.suffix.lower() == ".gguf" and not path.exists():
+        raise ModelLoadError(f"model not found: no GGUF file at {text!r}")
+    from .hub import looks_like_hub_id, resolve_hub_model
+
+    if looks_like_hub_id(text):
+        return hf_dir_source(resolve_hub_model(text), name=text)
     from .presets import list_presets
 
     presets = ", ".join(list_presets())
-    if path.suffix.lower() == ".gguf" and not path.exists():
-        raise ModelLoadError(f"model not found: no GGUF file at {text!r}")
     if path.is_dir():
         raise ModelLoadError(
             f"model not found: {text!r} is a directory without config.json (expected an HF model "
             f"directory, a .gguf file, or preset:NAME; presets: {presets})")
     raise ModelLoadError(
         f"model not found: {text!r} is neither a local directory with config.json, a .gguf file, "
-        f"nor preset:NAME (presets: {presets}; no model hub is reachable: download the model "
-        f"yourself and pass its directory)")
+        f"preset:NAME (presets: {presets}), nor a Hugging Face hub id such as Qwen/Qwen2.5-7B-Instruct")
 
 
 def hf_dir_source(directory: str | os.PathLike, *, name: str | None = None) -> ModelSource:
@@ -204,8 +209,8 @@ def _check_weights(directory: Path) -> None:
 
 
 def _check_tokenizer(directory: Path) -> None:
-    if not any((directory / name).is_file() for name in _TOKENIZER_FILES):
-        raise ModelLoadError(f"no tokenizer in {directory}: expected one of {', '.join(_TOKENIZER_FILES)}")
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"no tokenizer in {directory}: expected one of {', '.join(TOKENIZER_FILES)}")
     # Cheap early check of the JSON files (a 7 MB tokenizer.json parses in ~50 ms); anything
     # subtler surfaces in ModelSource.load_tokenizer, also as a ModelLoadError naming the directory.
     for name in ("tokenizer.json", "tokenizer_config.json"):
