@@ -21,18 +21,11 @@ install: $(VENV)/.installed
 model: install
 	$(VENV)/bin/opsctl models pull
 
-# The main job until `opsctl tune` lands: serve the embedded model, load-test it over HTTP with
-# Locust (`opsctl bench`), then the engine against plain transformers offline; each writes
-# reports/<run-id>/result.json, per-request CSVs and report.html.
-DEMO_PORT ?= 23399
+# The main job: `opsctl tune` on the embedded default with the cpu profile (4 trials of real
+# `opsctl serve` processes under Locust load, ~4 minutes on 2 cores): reports/tune-<time>/ gets
+# tune.json, trials.csv, report.html, launch.sh (the chosen `opsctl serve` command) and deploy.yaml.
 demo: model
-	@mkdir -p reports
-	@$(VENV)/bin/opsctl serve --server-port $(DEMO_PORT) --max-batch-size 16 > reports/demo-serve.log 2>&1 & \
-	pid=$$!; trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' EXIT; \
-	curl -sf --retry 150 --retry-connrefused --retry-delay 2 -o /dev/null http://127.0.0.1:$(DEMO_PORT)/health \
-		|| { echo "server did not start: see reports/demo-serve.log"; exit 1; }; \
-	$(VENV)/bin/opsctl bench --url http://127.0.0.1:$(DEMO_PORT) --dataset chat --output-len 64 --num-requests 40 --concurrency 1,4 --run-id demo-http
-	$(VENV)/bin/opsctl bench offline --workload mixed --peer generate --run-id demo-offline
+	$(VENV)/bin/opsctl tune --gpu cpu --budget-minutes 4
 
 # The report tests open reports in headless Chromium: Debian's package, driven by playwright (the dev
 # extra; `playwright install` downloads a browser and is never used). Installed with apt-get when it

@@ -17,6 +17,7 @@ from .commands import plan as plan_cmd
 from .commands import profiles as profiles_cmd
 from .commands import report as report_cmd
 from .commands import serve as serve_cmd
+from .commands import tune as tune_cmd
 
 app = typer.Typer(
     name="opsctl",
@@ -33,6 +34,7 @@ app.add_typer(profiles_cmd.app, name="profiles")
 app.command("plan")(plan_cmd.plan)
 app.command("check-env")(check_env_cmd.check_env)
 app.command("report")(report_cmd.report)
+app.command("tune")(tune_cmd.tune)
 
 
 def main() -> None:

@@ -1,0 +1,165 @@
+"""The tuner's parts against their definitions: the Wilson interval by hand, GuideLLM's goodput search
+order, SLO attainment per request, workload SLO overrides, planner pruning, and the coordinate search
+(trial count against the grid, the default measured first, stored trials never re-run).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from engine.config import EngineConfig
+from toolkit.bench.metrics import LimitError, RequestRecord
+from toolkit.profiles import get_profile
+from toolkit.tune.load_search import LoadSearch, attainment, wilson_interval
+from toolkit.tune.schema import LoadPoint, Slo, Trial, TuneResult, TuneWorkload
+from toolkit.tune.search import Budget, CoordinateSearch, GridSearch
+from toolkit.tune.space import Space, build_space, parse_axis
+from toolkit.tune.workloads import apply_slo_override, resolve_workload
+
+SLO = Slo(ttft_ms=100, tpot_ms=10, percentile=95, attainment=0.95)
+
+
+def test_wilson_interval_by_hand():
+    # 95/100 at z = 1.96: centre (0.95 + 3.8416/200) / 1.038416 = 0.933352;
+    # spread 1.96 * sqrt(0.000475 + 3.8416/40000) / 1.038416 = 0.045104
+    low, high = wilson_interval(95, 100)
+    assert low == pytest.approx(0.888248, abs=1e-5) and high == pytest.approx(0.978456, abs=1e-5)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    low, high = wilson_interval(10, 10)
+    assert high == pytest.approx(1.0) and low == pytest.approx(10 / (10 + 1.96 ** 2), abs=1e-3)
+
+
+def test_attainment_counts_requests_meeting_every_limit():
+    records = [RequestRecord(0, 0, 8, output_tokens=11, ttft_s=0.05, e2e_s=0.05 + 10 * 0.009),  # meets both
+               RequestRecord(1, 0, 8, output_tokens=11, ttft_s=0.15, e2e_s=0.15 + 10 * 0.009),  # TTFT misses
+               RequestRecord(2, 0, 8, output_tokens=11, ttft_s=0.05, e2e_s=0.05 + 10 * 0.011),  # TPOT misses
+               RequestRecord(3, 0, 8, output_tokens=1, ttft_s=0.05, e2e_s=0.05),  # no TPOT: cannot miss it
+               RequestRecord(4, 0, 8, error="HTTP 500")]  # judged, never good
+    assert attainment(records, SLO) == (2, 5)
+
+
+def _probe_at(knee: int, calls: list):
+    def probe(c, n):
+        calls.append((c, n))
+        good = n if c <= knee else n // 2
+        low, high = wilson_interval(good, n)
+        return LoadPoint(concurrency=c, requests=n, output_tok_s=10.0 * c, request_s=1, slo_fraction=good / n,
+                         slo_fraction_low=low, slo_fraction_high=high, meets_slo=good / n >= 0.95)
+    return probe
+
+
+def test_load_search_doubles_then_bisects_as_guidellm_does():
+    calls = []
+    search = LoadSearch(_probe_at(37, calls), SLO, initial=4, max_streams=256, requests_for=lambda c: 200)
+    best = search.run()
+    assert [c for c, _ in calls] == [4, 8, 16, 32, 64, 48, 40, 36, 38]
+    assert best.concurrency == 36 and search.stop_reason.startswith("converged")
+
+
+def test_load_search_rerun_unresolved_probe_with_more_requests():
+    calls = []
+    search = LoadSearch(_probe_at(1000, calls), SLO, initial=4, max_streams=8, requests_for=lambda c: 20)
+    search.run()
+    # 20/20 has a Wilson lower bound of 0.84 < 0.95: each level is run again with 40 (lower bound 0.91),
+    # which still straddles the target but counts: one re-run per level, never more
+    assert calls == [(4, 20), (4, 40), (8, 20), (8, 40)]
+    assert "most streams tried" in search.stop_reason
+
+
+def test_load_search_walks_down_when_one_stream_fails():
+    calls = []
+    search = LoadSearch(_probe_at(0, calls), SLO, initial=4, requests_for=lambda c: 200)
+    assert search.run() is None
+    assert [c for c, _ in calls] == [4, 2, 1] and "one stream" in search.stop_reason
+
+
+def test_workload_presets_and_slo_overrides():
+    work, slo = resolve_workload("chat", cpu=False)
+    assert (work.input_len, work.output_len, slo.ttft_ms, slo.tpot_ms, slo.percentile) == (512, 256, 200, 50, 99)
+    work, slo = resolve_workload("chat", cpu=True)
+    assert work.scaled_for_cpu and slo.tpot_ms > 50
+    assert apply_slo_override(slo, "ttft_p90_ms=300").model_dump() == {
+        "ttft_ms": 300, "tpot_ms": slo.tpot_ms, "percentile": 90, "attainment": 0.9}
+    for bad in ("ttft_p99_ms=1,tpot_p90_ms=2", "e2e_p99_ms=5", "ttft_mean_ms=5", "tft_p99_ms=5"):
+        with pytest.raises(LimitError):
+            apply_slo_override(slo, bad)
+    with pytest.raises(LimitError):
+        resolve_workload("chatty", cpu=False)
+    assert resolve_workload("sharegpt:/x.json", cpu=False)[0].dataset == "/x.json"
+
+
+def test_axis_parsing():
+    assert parse_axis("max_batch_size=8,16") == ("max_batch_size", [8, 16])
+    assert parse_axis("cache-max-entry-count=0.5,2") == ("cache_max_entry_count", [0.5, 2.0])
+    assert parse_axis("enable_prefix_caching=on,off") == ("enable_prefix_caching", [True, False])
+    for bad in ("max_batch_size", "tp=2", "max_batch_size=x", "enable_prefix_caching=maybe"):
+        with pytest.raises(ValueError):
+            parse_axis(bad)
+
+
+def test_planner_prunes_what_cannot_fit_on_a_24_gib_card():
+    from engine.models.presets import preset_config
+
+    work = TuneWorkload(name="rag", input_len=3072, output_len=256)
+    space = build_space(preset_config("qwen2.5-7b"), get_profile("rtx4090"), work, cpu=False, weight_format="bf16",
+                        session_len=32768)
+    on_h200 = build_space(preset_config("qwen2.5-7b"), get_profile("h200"), work, cpu=False, weight_format="bf16",
+                          session_len=32768)
+    assert {p.weight_format for p in space.pruned} >= {"int8", "awq"}  # not available yet, said so
+    # 15.2 GB of weights leave ~6.8 GB: ~117k KV tokens at 0.95, ~35 sequences of 3,328 tokens
+    assert space.axes["max_batch_size"] == [32, 64] and 256 in on_h200.axes["max_batch_size"]
+    assert any("batch 256 would only preempt" in p.reason for p in space.pruned)
+
+
+class _Runner:
+    """Stands in for real trials: goodput = a made-up function of the settings."""
+
+    def __init__(self, score):
+        self.score, self.ran = score, []
+
+    def __call__(self, trial: Trial) -> Trial:
+        self.ran.append(trial.engine)
+        tok_s = self.score(trial.engine)
+        best = LoadPoint(concurrency=8, requests=32, output_tok_s=tok_s, request_s=1, meets_slo=True)
+        return trial.model_copy(update={"best": best, "points": [best]})
+
+
+def _result() -> TuneResult:
+    return TuneResult(run_id="x", model="m", target_profile="h200", workload=TuneWorkload(
+        name="chat", input_len=8, output_len=8), slo=SLO)
+
+
+AXES = {"max_batch_size": [32, 64, 128, 256], "cache_max_entry_count": [0.8, 0.9],
+        "max_prefill_token_num": [2048, 8192], "enable_prefix_caching": [False, True]}
+
+
+def _score(e):
+    return (e.get("max_batch_size", 256) ** 0.5 * (1.1 if e.get("cache_max_entry_count") == 0.9 else 1.0)
+            * (1.05 if e.get("max_prefill_token_num") == 2048 else 1.0))
+
+
+def test_coordinate_search_finds_the_grid_best_with_a_quarter_of_the_trials():
+    coordinate, grid = _Runner(_score), _Runner(_score)
+    r1, r2 = _result(), _result()
+    s1 = CoordinateSearch(Space("bf16", dict(AXES)), EngineConfig(), r1, coordinate, lambda: None, Budget()).run_search()
+    s2 = GridSearch(Space("bf16", dict(AXES)), EngineConfig(), r2, grid, lambda: None, Budget()).run_search()
+    best_grid = max(t.best.output_tok_s for t in r2.trials)
+    chosen = r1.trial(r1.chosen)
+    assert chosen.best.output_tok_s >= 0.95 * best_grid
+    assert s1.trials_run <= 0.25 * s2.trials_run and s1.grid_size == 32
+    assert coordinate.ran[0] == {} and r1.trials[0].is_default  # the default first
+    # max_batch_size 256 scores as the default (256 here): not 3% better, so the default's None is kept
+    assert chosen.engine == {"cache_max_entry_count": 0.9, "max_prefill_token_num": 2048}
+
+
+def test_stored_trials_are_not_rerun():
+    first = _Runner(_score)
+    result = _result()
+    CoordinateSearch(Space("bf16", dict(AXES)), EngineConfig(), result, first, lambda: None, Budget(max_trials=3)).run_search()
+    assert len(result.trials) == 3 and "trial budget" in result.search.stop_reason if result.search else True
+    again = _Runner(_score)
+    summary = CoordinateSearch(Space("bf16", dict(AXES)), EngineConfig(), result, again, lambda: None, Budget()).run_search()
+    assert again.ran and not any(e in first.ran for e in again.ran)
+    assert summary.trials_run == len(result.trials) == len(first.ran) + len(again.ran)
+    assert math.isclose(result.trial(result.chosen).best.output_tok_s, max(t.best.output_tok_s for t in result.trials))

@@ -1,0 +1,214 @@
+"""A whole tune: where it measures, what it tries, trials saved as they finish, the choice and outputs.
+
+`run_tune(options)` is `opsctl tune` without the command line: it works out the device that measures
+(the target card itself, a bigger GPU with the target's memory emulated, or the CPU, labelled as
+such), builds the space, runs the search with every trial saved to tune.json and trials.csv as it
+finishes, then writes launch.sh, deploy.yaml and report.html for the chosen configuration.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+
+from engine.config import EngineConfig
+from toolkit.profiles import HardwareProfile, detect_local_gpus
+from toolkit.report.schema import new_run_id
+from toolkit.system_info import command_line, device_info, git_commit, versions
+
+from .schema import Slo, Trial, TuneResult, TuneWorkload
+from .search import Budget, CoordinateSearch, GridSearch, objective
+from .space import build_space, predict
+from .trial import TrialSettings, run_trial
+
+EMULATION_MARGIN = 1.05  # a device this much bigger than the target emulates it (caps memory)
+
+
+class TuneError(Exception):
+    """Bad input or an unusable resume; one line for the user."""
+
+
+@dataclass
+class TuneOptions:
+    model: str | None
+    profile: HardwareProfile
+    workload: TuneWorkload
+    slo: Slo
+    base: EngineConfig
+    output_dir: Path = Path("reports")
+    run_id: str | None = None
+    resume: str | None = None
+    budget_minutes: float | None = None
+    max_trials: int | None = None
+    axes: dict[str, list] = field(default_factory=dict)
+    search: str = "coordinate"
+    max_streams: int | None = None
+    min_requests: int | None = None
+    initial_streams: int | None = None
+
+
+@dataclass
+class Where:
+    """The device that runs the trials and how it relates to the target card."""
+
+    cpu: bool
+    emulate_gib: float | None
+    device: dict
+    notes: list[str]
+
+
+def where_to_measure(profile: HardwareProfile, base: EngineConfig) -> Where:
+    gpus, reason = detect_local_gpus()
+    if base.device == "cpu" or not gpus or profile.name == "cpu":
+        notes = []
+        if profile.name != "cpu":
+            notes.append(f"{profile.display_name} is not on this machine ({reason or 'the CPU was asked for'}): "
+                         f"the plan and estimates are for {profile.display_name}; the trials measure on the CPU, "
+                         f"labelled as such")
+        return Where(cpu=True, emulate_gib=None, device=device_info(), notes=notes)
+    _, name, memory_gib = gpus[0]
+    if memory_gib > profile.memory_gib * EMULATION_MARGIN:
+        return Where(cpu=False, emulate_gib=float(profile.memory_gib), device=device_info(), notes=[
+            f"{profile.display_name} emulated on {name}: the engine may use {profile.memory_gib:g} GiB of its "
+            f"{memory_gib:.0f} GiB, so what fits and what runs out of memory match the target card; speeds are "
+            f"{name}'s, and the target card's are planner estimates"])
+    if memory_gib < profile.memory_gib / EMULATION_MARGIN:
+        raise TuneError(f"GPU 0 ({name}, {memory_gib:.0f} GiB) is smaller than {profile.display_name} "
+                        f"({profile.memory_gib:g} GiB): it cannot stand in for it")
+    return Where(cpu=False, emulate_gib=None, device=device_info(), notes=[])
+
+
+def _hf_config(model):
+    from engine.models.source import resolve_model
+
+    try:
+        return resolve_model(model).hf_config
+    except Exception:  # noqa: BLE001 - the trials will say what is wrong with the model
+        return None
+
+
+def _session_len(hf_config, base: EngineConfig) -> int:
+    if base.session_len:
+        return base.session_len
+    return int(getattr(hf_config, "max_position_embeddings", 4096) or 4096) if hf_config is not None else 4096
+
+
+def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
+    where = where_to_measure(options.profile, options.base)
+    hf_config = _hf_config(options.model)
+    weight_format = "float32" if where.cpu else "bf16"
+    if options.resume:
+        out_dir = Path(options.output_dir) / options.resume
+        if not (out_dir / "tune.json").is_file():
+            raise TuneError(f"--resume {options.resume}: no {out_dir / 'tune.json'}")
+        result = TuneResult.read(out_dir / "tune.json")
+        console.print(f"resuming {options.resume}: {len(result.trials)} trial(s) done, none re-run")
+    else:
+        run_id = options.run_id or new_run_id("tune")
+        out_dir = Path(options.output_dir) / run_id
+        if (out_dir / "tune.json").exists():
+            raise TuneError(f"{out_dir} holds a tune already: --resume {run_id}, or another --run-id")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result = TuneResult(run_id=run_id, command=command_line(), git_commit=git_commit(),
+                            model=options.model or "the embedded default model (SmolLM2-135M-Instruct)",
+                            model_spec=options.model, target_profile=options.profile.name,
+                            measured_on=where.device, emulated=where.emulate_gib is not None, versions=versions(),
+                            workload=options.workload, slo=options.slo, notes=list(where.notes))
+    session_len = _session_len(hf_config, options.base)
+    space = build_space(hf_config, options.profile, result.workload, cpu=where.cpu, weight_format=weight_format,
+                        session_len=session_len, block_size=options.base.cache_block_seq_len,
+                        overrides=options.axes, usable_gib=where.emulate_gib)
+    result.space = {"weight_format": weight_format, **space.axes}
+    result.pruned = space.pruned
+    for note in where.notes:
+        console.print(f"[yellow]{note}[/]")
+    console.print(f"tune {result.run_id}: {result.model} for {options.profile.display_name}, workload "
+                  f"{result.workload.name} ({result.workload.input_len} prompt / {result.workload.output_len} output "
+                  f"tokens), SLO {result.slo.words()}; {space.grid_size} configurations in the space")
+    for p in space.pruned:
+        console.print(f"  pruned {p.weight_format} {p.engine or ''}: {p.reason}")
+
+    tokens = result.workload.input_len + result.workload.output_len
+    settings = TrialSettings(
+        model=options.model, workload=result.workload, slo=result.slo, out_dir=out_dir, console=console,
+        max_streams=options.max_streams or (8 if where.cpu else 512),
+        min_requests=options.min_requests or (8 if where.cpu else 64),
+        initial_streams=options.initial_streams or (1 if where.cpu else 4))
+
+    def measure(trial: Trial) -> Trial:
+        console.print(f"trial {trial.trial_id}: {' '.join(trial.flags) or '(defaults)'}")
+        done = run_trial(trial, settings)
+        if done.status == "failed":
+            console.print(f"  [red]failed[/]: {done.reason}")
+        elif done.best is None:
+            console.print(f"  no load meets the SLO ({done.stop_reason})")
+        else:
+            batch = done.best.concurrency
+            done.predicted = predict(hf_config, options.profile if not where.cpu else _cpu_profile(),
+                                     weight_format=weight_format, batch=batch, context=tokens // 2)
+            console.print(f"  best: {done.best.concurrency} streams, {done.best.output_tok_s:,.1f} tok/s within the "
+                          f"SLO ({done.stop_reason}; set-up {done.setup_s:.1f} s)")
+        return done
+
+    def save() -> None:
+        result.write(out_dir / "tune.json")
+        _write_trials_csv(result, out_dir / "trials.csv")
+
+    save()
+    deadline = time.monotonic() + options.budget_minutes * 60 if options.budget_minutes else None
+    fixed = {"gpu_memory_gb": where.emulate_gib} if where.emulate_gib else {}
+    search_cls = GridSearch if options.search == "grid" else CoordinateSearch
+    search = search_cls(space, options.base, result, measure, save, Budget(options.max_trials, deadline), fixed)
+    result.search = search.run_search()
+    result.why = explain_choice(result)
+    save()
+    return result, out_dir
+
+
+def _cpu_profile() -> HardwareProfile:
+    from toolkit.profiles import get_profile
+
+    return get_profile("cpu")
+
+
+def explain_choice(result: TuneResult) -> str:
+    chosen = result.trial(result.chosen) if result.chosen else None
+    default = next((t for t in result.trials if t.is_default), None)
+    if chosen is None:
+        failed = sum(1 for t in result.trials if t.status == "failed")
+        return (f"no configuration met the SLO ({result.slo.words()}) at any load: {failed} of "
+                f"{len(result.trials)} failed to run; relax the SLO or use a bigger card")
+    words = (f"{' '.join(chosen.flags) or 'the defaults'} carries {chosen.best.concurrency} streams at "
+             f"{chosen.best.output_tok_s:,.1f} output tok/s with {chosen.best.slo_fraction:.0%} of requests within "
+             f"{result.slo.words()}, the most of the {sum(1 for t in result.trials if t.status == 'ok')} "
+             f"configurations measured")
+    if default is None or default is chosen:
+        return words + ("; it is the default configuration" if default is chosen else "")
+    base = objective(default)
+    if base > 0:
+        return words + f"; {objective(chosen) / base:.2f}x the default configuration's {base:,.1f} tok/s"
+    return words + ("; the default configuration failed: " + default.reason if default.status == "failed"
+                    else "; the default configuration met the SLO at no load")
+
+
+def _write_trials_csv(result: TuneResult, path: Path) -> None:
+    rows = []
+    for t in result.trials:
+        for p in t.points or [None]:
+            rows.append({"trial_id": t.trial_id, "status": t.status, "flags": " ".join(t.flags),
+                         "is_default": t.is_default, "setup_s": t.setup_s, "reason": t.reason,
+                         **(p.model_dump() if p is not None else {}),
+                         "best": p is not None and t.best is not None and p.concurrency == t.best.concurrency})
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def launch_config(result: TuneResult, base: EngineConfig) -> EngineConfig | None:
+    """The chosen configuration as the target card runs it (no emulation cap)."""
+    chosen = result.trial(result.chosen) if result.chosen else None
+    if chosen is None:
+        return None
+    return base.replace(**chosen.engine)
+
