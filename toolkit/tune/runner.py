@@ -48,6 +48,7 @@ class TuneOptions:
     max_streams: int | None = None
     min_requests: int | None = None
     initial_streams: int | None = None
+    load_tolerance: float = 0.1
 
 
 @dataclass
@@ -136,10 +137,15 @@ def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
         model=options.model, workload=result.workload, slo=result.slo, out_dir=out_dir, console=console,
         max_streams=options.max_streams or (8 if where.cpu else 512),
         min_requests=options.min_requests or (8 if where.cpu else 64),
-        initial_streams=options.initial_streams or (1 if where.cpu else 4))
+        initial_streams=options.initial_streams or (1 if where.cpu else 4), tolerance=options.load_tolerance)
 
     def measure(trial: Trial) -> Trial:
         console.print(f"trial {trial.trial_id}: {' '.join(trial.flags) or '(defaults)'}")
+        # Warm start: each configuration differs from the best so far in one setting, so its load
+        # search starts where the best one's ended (a probe or two instead of doubling up from 4).
+        incumbent = max((t for t in result.trials if t.best is not None), key=objective, default=None)
+        settings.initial_streams = (incumbent.best.concurrency if incumbent is not None
+                                    else options.initial_streams or (1 if where.cpu else 4))
         done = run_trial(trial, settings)
         if done.status == "failed":
             console.print(f"  [red]failed[/]: {done.reason}")

@@ -14,10 +14,14 @@ from pathlib import Path
 from rich.console import Console
 
 from toolkit.bench.load_runner import BenchError, HttpBenchOptions, run_http_bench
+from toolkit.bench.serve_subprocess import ServeError, ServeProcess
 
 from .load_search import LoadSearch, attainment, score
 from .schema import LoadPoint, Slo, Trial, TuneWorkload
-from .server import ServerFailed, TrialServer
+
+
+class ServerFailed(Exception):
+    """The trial's server died while it was being measured."""
 
 
 @dataclass
@@ -33,6 +37,7 @@ class TrialSettings:
     max_streams: int = 256
     max_probes: int = 10
     initial_streams: int = 4
+    tolerance: float = 0.1  # the load search stops when pass and fail are this close (GuideLLM's default)
     seed: int = 0
     console: Console | None = None
 
@@ -53,15 +58,17 @@ def run_trial(trial: Trial, settings: TrialSettings) -> Trial:
     trial = trial.model_copy(update={"started_at": _now(), "points": [], "best": None})
     out = settings.out_dir
     (out / "servers").mkdir(parents=True, exist_ok=True)
-    server = TrialServer(settings.model, trial.flags, out / "servers" / f"{trial.trial_id}.log")
+    began = time.monotonic()
+    server = ServeProcess(settings.model, trial.flags, out / "servers" / f"{trial.trial_id}.log")
     try:
         try:
-            trial.setup_s = server.start(settings.start_timeout_s)
-            trial.setup_kind = "restart"
-        except ServerFailed as e:
+            server.wait_ready(settings.start_timeout_s)
+            trial.setup_s, trial.setup_kind = time.monotonic() - began, "restart"
+        except ServeError as e:
             return _failed(trial, f"did not start: {e}")
         search = LoadSearch(lambda c, n: _probe(trial, settings, server, c, n), settings.slo,
                             initial=settings.initial_streams, max_streams=settings.max_streams,
+                            tolerance=settings.tolerance,
                             max_probes=settings.max_probes, requests_for=lambda c: max(settings.min_requests, 3 * c))
         try:
             trial.best = search.run()
@@ -72,7 +79,7 @@ def run_trial(trial: Trial, settings: TrialSettings) -> Trial:
         trial.finished_at = _now()
         return trial
     finally:
-        server.stop()
+        server.stop(timeout_s=30)
 
 
 def _failed(trial: Trial, reason: str) -> Trial:
@@ -80,9 +87,9 @@ def _failed(trial: Trial, reason: str) -> Trial:
                                     "finished_at": _now()})
 
 
-def _probe(trial: Trial, settings: TrialSettings, server: TrialServer, concurrency: int, requests: int) -> LoadPoint:
-    if not server.alive():
-        raise ServerFailed(f"the server died: {server.failure_reason()}")
+def _probe(trial: Trial, settings: TrialSettings, server: ServeProcess, concurrency: int, requests: int) -> LoadPoint:
+    if not server.running():
+        raise ServerFailed(f"the server died: {server.last_words()}")
     w = settings.workload
     run_id = f"{trial.trial_id}-c{concurrency}-n{requests}"
     opts = HttpBenchOptions(url=server.url, endpoint="completions", dataset=w.dataset and "sharegpt" or "random",
@@ -96,11 +103,11 @@ def _probe(trial: Trial, settings: TrialSettings, server: TrialServer, concurren
     try:
         result, folder = run_http_bench(opts, console=settings.console or Console(stderr=True, quiet=True))
     except BenchError:
-        if not server.alive():
-            raise ServerFailed(f"the server died: {server.failure_reason()}") from None
+        if not server.running():
+            raise ServerFailed(f"the server died: {server.last_words()}") from None
         raise
-    if not server.alive():
-        raise ServerFailed(f"the server died during {concurrency} streams: {server.failure_reason()}")
+    if not server.running():
+        raise ServerFailed(f"the server died during {concurrency} streams: {server.last_words()}")
     run = result.runs[0]
     s = run.summary
     memory, util = _telemetry(result.telemetry)
