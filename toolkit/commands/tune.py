@@ -44,6 +44,8 @@ def tune(
                                                             "8 on the CPU; 3 per stream above that).")] = None,
     initial_streams: Annotated[Optional[int], typer.Option(help="Streams of each load search's first probe "
                                                                "(default 4 on a GPU, 1 on the CPU).")] = None,
+    load_tolerance: Annotated[float, typer.Option(help="A load search stops when the passing and failing stream "
+                                                       "counts are within this fraction (GuideLLM's 0.1).")] = 0.1,
     run_id: Annotated[Optional[str], typer.Option(help="Folder name under --output-dir (default: tune-<time>).")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the run's folder goes.")] = Path("reports"),
     engine_config=None,
@@ -71,12 +73,15 @@ def tune(
                             ("--min-requests", min_requests), ("--initial-streams", initial_streams)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} {value}: must be >= 1")
+        if not 0 < load_tolerance < 1:
+            raise ValueError(f"--load-tolerance {load_tolerance:g}: must be in (0, 1)")
         if budget_minutes is not None and budget_minutes <= 0:
             raise ValueError(f"--budget-minutes {budget_minutes:g}: must be > 0")
         options = TuneOptions(model=model, profile=profile, workload=work, slo=goal, base=engine_config,
                               output_dir=output_dir, run_id=run_id, resume=resume, budget_minutes=budget_minutes,
                               max_trials=max_trials, axes=axes, search=search, max_streams=max_streams,
-                              min_requests=min_requests, initial_streams=initial_streams)
+                              min_requests=min_requests, initial_streams=initial_streams,
+                              load_tolerance=load_tolerance)
     except (ProfileError, LimitError, ValueError) as e:
         raise _bad_input(str(e)) from None
     try:

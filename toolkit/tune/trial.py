@@ -66,8 +66,11 @@ def run_trial(trial: Trial, settings: TrialSettings) -> Trial:
             trial.setup_s, trial.setup_kind = time.monotonic() - began, "restart"
         except ServeError as e:
             return _failed(trial, f"did not start: {e}")
+        # Past twice the batch cap, more streams only queue: TTFT grows, throughput does not.
+        cap = trial.engine.get("max_batch_size")
+        most = min(settings.max_streams, 2 * cap) if cap else settings.max_streams
         search = LoadSearch(lambda c, n: _probe(trial, settings, server, c, n), settings.slo,
-                            initial=settings.initial_streams, max_streams=settings.max_streams,
+                            initial=min(settings.initial_streams, most), max_streams=most,
                             tolerance=settings.tolerance,
                             max_probes=settings.max_probes, requests_for=lambda c: max(settings.min_requests, 3 * c))
         try:

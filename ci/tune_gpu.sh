@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Issue 12 on a CUDA machine: `opsctl tune` of preset qwen2.5-7b (chat: 512 prompt / 256 output tokens,
+# TTFT p99 <= 200 ms, TPOT p99 <= 50 ms) for one card profile per call:
+#   bash ci/tune_gpu.sh rtx4090     # 24 GiB emulated on the bigger card: what fits matches an RTX 4090
+#   bash ci/tune_gpu.sh h200
+# Each tune stops starting trials after $BUDGET minutes (default 6) so that one call fits the device
+# machine's 10-minute limit; a cut-short tune resumes with RESUME=1 (finished trials are kept).
+# Results: reports/tune-gpu-<profile>/ (tune.json, trials.csv, report.html, launch.sh, deploy.yaml,
+# the bench folders of every load probe, the servers' logs), packed into $OUT/tune-<profile>.tgz.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PROFILE=${1:?usage: bash ci/tune_gpu.sh PROFILE}
+MODEL=${MODEL:-preset:qwen2.5-7b}
+BUDGET=${BUDGET:-6}
+RUN=tune-gpu-$PROFILE
+export PYTHONUNBUFFERED=1
+args=(tune "$MODEL" --gpu "$PROFILE" --workload chat --budget-minutes "$BUDGET" -o reports)
+if [ "${RESUME:-0}" = 1 ] && [ -f "reports/$RUN/tune.json" ]; then
+    args+=(--resume "$RUN")
+else
+    rm -rf "reports/$RUN"
+    args+=(--run-id "$RUN")
+fi
+python3 -m toolkit "${args[@]}" ${EXTRA:-} 2>&1 | tee "reports/$RUN.log"
+code=${PIPESTATUS[0]}
+echo "opsctl tune exit code $code"
+if [ -n "${OUT:-}" ]; then
+    cp "reports/$RUN.log" "reports/$RUN/run.log" 2>/dev/null
+    tar czf "$OUT/tune-$PROFILE.tgz" -C reports "$RUN"
+fi
+exit 0
