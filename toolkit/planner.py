@@ -1,4 +1,5 @@
-"""What fits and how fast, from a model's config alone: memory fit and roofline estimates.
+"""What fits and how fast, from a model's config alone: memory fit, roofline estimates and the
+calibrated predictions of what the engine will reach.
 
 Pure functions of an HF config (a transformers PretrainedConfig or a plain dict), a hardware
 profile and a weight format; no weights are read and no GPU is needed. The formulas:
@@ -11,9 +12,11 @@ profile and a weight format; no weights are read and no GPU is needed. The formu
   0.5 byte + per group of 128 input channels an fp16 scale and a 4-bit zero per output channel.
   Embedding, lm_head, biases and norms stay 16-bit in both, as AutoAWQ and LMDeploy leave them.
 - KV bytes per token = 2 (K and V) x layers x kv_heads x head_dim x 2 (16-bit cache).
-- Free memory = card memory (memory_gib x 2^30) - weights - a runtime reserve (default
-  DEFAULT_RESERVE_GIB: CUDA context, cuBLAS workspaces, CUDA graphs and the activations of one
-  prefill chunk of a 7B-class model, and the memory the driver keeps for itself).
+- Free memory = usable card memory x 2^30 - weights - a runtime reserve. Usable memory is what
+  torch reports, where a committed run recorded it (the profile's calibration.usable_memory_gib:
+  139.8 GiB on an H200 against 141 on its datasheet), else the datasheet memory_gib. The reserve
+  (default DEFAULT_RESERVE_GIB) holds the CUDA context, cuBLAS workspaces, CUDA graphs and the
+  activations of one prefill chunk of a 7B-class model.
 - KV tokens at cache ratio r = int(r x free) // kv_bytes_per_token: LMDeploy's
   cache_max_entry_count is the fraction of the memory left free after the weights (the engine
   counts int(free x r) // block_bytes blocks the same way). Sequences of length L that fit =
@@ -28,8 +31,23 @@ profile and a weight format; no weights are read and no GPU is needed. The formu
 - Tensor FLOP/s is the 16-bit dense figure for every format (weight-only int8 and AWQ dequantize
   to 16 bits and multiply there); the profile's measured figures win over the datasheet ones.
 
+Predictions (what the engine will reach, not only what the card allows) scale the two parts of the
+roofline by the profile's efficiencies (toolkit.profiles.efficiency: calibrated from committed runs
+by `python -m toolkit.calibrate`, else a default from the calibrated cards, else 1):
+- Decode step = max(bytes / (bandwidth x decode_bandwidth), FLOPs / (tensor FLOP/s x gemm)).
+- Prefill of one prompt = max(FLOPs / (tensor FLOP/s x prefill), weight bytes / (bandwidth x
+  decode_bandwidth)): the TTFT of an idle engine.
+- Serving throughput of B streams, each a prompt of P tokens then O output tokens, in a closed loop
+  (a finished stream is replaced): per round of B requests, B prefills at the gemm efficiency plus
+  O decode steps at batch B and mean context P + O/2, so output tok/s = B x O / (B x prefill +
+  O x step). B is capped by the sequences of P + O tokens the KV cache holds, where known.
+- The closing recommendation of a plan: among the formats the engine runs today (ENGINE_DTYPES)
+  that fit, the cache ratio and batch (of the rows planned) with the highest predicted decode
+  tok/s whose batch KV fits that ratio and whose cache holds a whole session; on a tie, the ratio
+  nearest LMDeploy's default 0.8, then the smaller.
+
 Flags (the rule is in FLAG_RULES, repeated in the output):
-- "does not fit": weights + reserve exceed the card's memory.
+- "does not fit": weights + reserve exceed the card's memory; such a format gets no speeds.
 - "little KV": at cache ratio 0.8 (LMDeploy's default) the cache holds fewer than 2 sessions of
   session_len tokens, or takes fewer bytes than the weights (a full batch then reaches less than
   half the decode tokens/s that the bandwidth allows at that context).
@@ -40,7 +58,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .profiles import HardwareProfile
+from .profiles import Efficiency, HardwareProfile, efficiency as profile_efficiency
 
 QUANTS = ("bf16", "fp16", "int8", "awq")
 DEFAULT_QUANTS = ("bf16", "int8", "awq")
@@ -50,11 +68,14 @@ KV_DTYPE_BYTES = 2
 FLAG_CACHE_RATIO = 0.8
 MIN_SESSIONS = 2
 FLAG_RULES = {
-    "does not fit": "weights + runtime reserve > card memory",
+    "does not fit": "weights + runtime reserve > usable card memory (no speeds shown)",
     "little KV": (f"at cache ratio {FLAG_CACHE_RATIO} the KV cache holds fewer than {MIN_SESSIONS} sessions of "
                   f"session_len tokens, or is smaller than the weights"),
 }
 _MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+# Weight formats the engine serves today, as its --dtype; int8 and AWQ weights are not available
+# yet (engine/engine.py refuses model_format awq), so a plan recommends neither.
+ENGINE_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 class PlanError(ValueError):
@@ -270,19 +291,73 @@ class PrefillEstimate:
 
 
 @dataclass(frozen=True)
+class DecodePrediction:
+    """Predicted decode speed at one batch size and context: the roofline scaled by the efficiencies."""
+
+    batch_size: int
+    context_len: float
+    tokens_per_s: float
+    roofline_tokens_per_s: float
+    step_ms: float
+    bound: str  # which scaled part is the longer: "memory" or "compute"
+
+
+@dataclass(frozen=True)
+class PrefillPrediction:
+    """Predicted time of one prompt's prefill on an idle engine (its TTFT)."""
+
+    prompt_len: int
+    seconds: float
+    roofline_seconds: float
+    bound: str
+
+
+@dataclass(frozen=True)
+class ThroughputPrediction:
+    """Predicted output tok/s of `batch_size` streams in a closed loop (module docstring)."""
+
+    requested_batch: int
+    batch_size: int  # the streams that run at once: requested_batch, or what the KV cache holds
+    prompt_len: int
+    output_len: int
+    output_tokens_per_s: float
+    roofline_output_tokens_per_s: float
+    prefill_ms_per_request: float
+    decode_step_ms: float
+    bound: str  # of the decode step
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class QuantPlan:
-    """Everything about one weight format on the card."""
+    """Everything about one weight format on the card. A format that does not fit has no speeds."""
 
     quant: str
     weights: WeightBytes
     kv_bytes_per_token: int
-    free_bytes: int  # card memory - weights - reserve (may be negative)
+    free_bytes: int  # usable card memory - weights - reserve (may be negative)
     fits: bool
     kv: list[KvFit]
-    decode: list[DecodeEstimate]
-    prefill: list[PrefillEstimate]
+    decode: list[DecodeEstimate]  # roofline
+    prefill: list[PrefillEstimate]  # roofline
+    predicted_decode: list[DecodePrediction]
+    predicted_prefill: list[PrefillPrediction]
     flags: list[str]
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The format, cache ratio and batch a plan recommends, and the EngineConfig fields that serve it."""
+
+    quant: str
+    cache_ratio: float
+    batch_size: int
+    context_len: int
+    tokens_per_s: float  # predicted decode tok/s at that batch and context
+    roofline_tokens_per_s: float
+    engine: dict  # EngineConfig keyword arguments; EngineConfig(**engine).to_flags() are the serve flags
+    why: str
 
 
 @dataclass(frozen=True)
@@ -292,18 +367,25 @@ class Plan:
     model: str
     profile: str
     profile_display_name: str
-    memory_bytes: int
+    memory_bytes: int  # usable memory: what the plan sizes with
+    memory_source: str  # "measured" (torch's figure from a committed run) or "datasheet"
+    datasheet_memory_bytes: int
     reserve_bytes: int
     bandwidth_gbs: float
     bandwidth_source: str  # "measured" or "datasheet"
     tensor_tflops: float
     tensor_tflops_source: str
+    efficiency: Efficiency
     session_len: int
     context_len: int
     block_size: int
+    batch_sizes: list[int]
+    prompt_lens: list[int]
     shape: ModelShape
     params: ParamCounts
     quants: list[QuantPlan]
+    recommendation: Recommendation | None
+    no_recommendation: str  # why there is none ("" when there is one)
     flag_rules: dict[str, str]
     notes: list[str]
 
@@ -313,13 +395,14 @@ class Plan:
 
 def make_plan(config: Any, profile: HardwareProfile, *, quants: Iterable[str] = DEFAULT_QUANTS,
               session_len: int = 4096, cache_ratios: Iterable[float] = (0.5, 0.8, 0.9),
-              batch_sizes: Iterable[int] = (1, 8, 32, 128), prompt_lens: Iterable[int] | None = None,
+              batch_sizes: Iterable[int] = (1, 8, 32, 128, 256), prompt_lens: Iterable[int] | None = None,
               context_len: int | None = None, reserve_gib: float = DEFAULT_RESERVE_GIB,
-              block_size: int = 64, model_name: str = "") -> Plan:
+              block_size: int = 64, model_name: str = "", efficiency: Efficiency | None = None) -> Plan:
     """Plan `config` on `profile` for each weight format in `quants` (see the module docstring).
 
     context_len (decode) defaults to session_len // 2; prompt_lens (prefill) to 512, 2048 and
-    session_len, those not longer than session_len.
+    session_len, those not longer than session_len. efficiency defaults to the profile's
+    (toolkit.profiles.efficiency: calibrated, a default from the calibrated cards, or the roofline).
     """
     quants, ratios, batches = list(quants), list(cache_ratios), list(batch_sizes)
     _check_settings(quants, session_len, ratios, batches, reserve_gib, block_size)
@@ -333,6 +416,8 @@ def make_plan(config: Any, profile: HardwareProfile, *, quants: Iterable[str] = 
         raise PlanError(f"prompt lengths must be >= 1 (got {prompts})")
     bandwidth, bandwidth_source = profile.bandwidth()
     tflops, tflops_source = profile.tensor_tflops()
+    eff = efficiency if efficiency is not None else profile_efficiency(profile)
+    _, memory_source = profile.usable_memory()
     reserve = int(reserve_gib * 2**30)
     params = count_params(shape)
     notes = []
@@ -340,12 +425,17 @@ def make_plan(config: Any, profile: HardwareProfile, *, quants: Iterable[str] = 
         notes.append(f"the checkpoint is already quantized ({shape.quantization}); rows are computed from its shapes")
     plans = [_quant_plan(shape, params, profile, q, session_len=session_len, ratios=ratios, batches=batches,
                          prompts=prompts, context=context, reserve=reserve, block_size=block_size,
-                         bandwidth=bandwidth, tflops=tflops) for q in quants]
+                         bandwidth=bandwidth, tflops=tflops, efficiency=eff) for q in quants]
+    recommendation, why_none = recommend(plans, profile, session_len=session_len, context_len=context,
+                                         block_size=block_size)
     return Plan(model=model_name, profile=profile.name, profile_display_name=profile.display_name,
-                memory_bytes=profile.memory_bytes, reserve_bytes=reserve, bandwidth_gbs=bandwidth,
+                memory_bytes=profile.usable_memory_bytes, memory_source=memory_source,
+                datasheet_memory_bytes=profile.memory_bytes, reserve_bytes=reserve, bandwidth_gbs=bandwidth,
                 bandwidth_source=bandwidth_source, tensor_tflops=tflops, tensor_tflops_source=tflops_source,
-                session_len=session_len, context_len=context, block_size=block_size, shape=shape,
-                params=params, quants=plans, flag_rules=dict(FLAG_RULES), notes=notes)
+                efficiency=eff, session_len=session_len, context_len=context, block_size=block_size,
+                batch_sizes=batches, prompt_lens=prompts, shape=shape, params=params, quants=plans,
+                recommendation=recommendation, no_recommendation=why_none, flag_rules=dict(FLAG_RULES),
+                notes=notes)
 
 
 def decode_estimate(shape: ModelShape, params: ParamCounts, weights: WeightBytes, *, batch_size: int,
@@ -353,9 +443,7 @@ def decode_estimate(shape: ModelShape, params: ParamCounts, weights: WeightBytes
                     block_size: int = 64) -> DecodeEstimate:
     """Roofline decode step of `batch_size` sequences at `context_len` tokens of context each."""
     kv = kv_bytes_per_token(shape)
-    nbytes = weights.decode + batch_size * context_len * kv
-    attention = 4 * shape.num_layers * shape.num_heads * shape.head_dim * context_len
-    flops = batch_size * (2 * params.multiplying + attention)
+    nbytes, flops = decode_work(shape, params, weights, batch_size=batch_size, context_len=context_len)
     memory_s, compute_s = nbytes / (bandwidth_gbs * 1e9), flops / (tflops * 1e12)
     step = max(memory_s, compute_s)
     batch_kv = batch_size * math.ceil(context_len / block_size) * block_size * kv
@@ -365,32 +453,189 @@ def decode_estimate(shape: ModelShape, params: ParamCounts, weights: WeightBytes
                           cache_ratio_needed=batch_kv / free_bytes if free_bytes > 0 else None)
 
 
+def decode_work(shape: ModelShape, params: ParamCounts, weights: WeightBytes, *, batch_size: int,
+                context_len: float) -> tuple[float, float]:
+    """(bytes, FLOPs) of one decode step of `batch_size` sequences at `context_len` tokens each."""
+    nbytes = weights.decode + batch_size * context_len * kv_bytes_per_token(shape)
+    attention = 4 * shape.num_layers * shape.num_heads * shape.head_dim * context_len
+    return nbytes, batch_size * (2 * params.multiplying + attention)
+
+
+def prefill_flops(shape: ModelShape, params: ParamCounts, prompt_len: float) -> float:
+    """FLOPs of a causal prefill of `prompt_len` tokens (attention over half the square)."""
+    return 2 * params.multiplying * prompt_len + 2 * shape.num_layers * shape.num_heads * shape.head_dim * prompt_len**2
+
+
 def prefill_estimate(shape: ModelShape, params: ParamCounts, weights: WeightBytes, *, prompt_len: int,
                      bandwidth_gbs: float, tflops: float) -> PrefillEstimate:
     """Roofline time of a causal prefill of `prompt_len` tokens (weights read once)."""
-    attention = 2 * shape.num_layers * shape.num_heads * shape.head_dim * prompt_len * prompt_len
-    flops = 2 * params.multiplying * prompt_len + attention
+    flops = prefill_flops(shape, params, prompt_len)
     compute_s, memory_s = flops / (tflops * 1e12), weights.decode / (bandwidth_gbs * 1e9)
     return PrefillEstimate(prompt_len=prompt_len, flops=flops, seconds=max(compute_s, memory_s),
                            bound="compute" if compute_s >= memory_s else "memory")
 
 
+def predict_decode(shape: ModelShape, params: ParamCounts, weights: WeightBytes, *, batch_size: int,
+                   context_len: float, bandwidth_gbs: float, tflops: float, efficiency: Efficiency) -> DecodePrediction:
+    """Decode tok/s the engine is predicted to reach: the memory part of the step at
+    bandwidth x decode_bandwidth, the compute part at tensor FLOP/s x gemm, the longer one wins."""
+    nbytes, flops = decode_work(shape, params, weights, batch_size=batch_size, context_len=context_len)
+    memory_s = nbytes / (bandwidth_gbs * 1e9 * efficiency.decode_bandwidth)
+    compute_s = flops / (tflops * 1e12 * efficiency.gemm)
+    step = max(memory_s, compute_s)
+    roofline = max(nbytes / (bandwidth_gbs * 1e9), flops / (tflops * 1e12))
+    return DecodePrediction(batch_size=batch_size, context_len=context_len, tokens_per_s=batch_size / step,
+                            roofline_tokens_per_s=batch_size / roofline, step_ms=step * 1e3,
+                            bound="memory" if memory_s >= compute_s else "compute")
+
+
+def predict_prefill(shape: ModelShape, params: ParamCounts, weights: WeightBytes, *, prompt_len: int,
+                    bandwidth_gbs: float, tflops: float, efficiency: Efficiency) -> PrefillPrediction:
+    """Predicted TTFT of one prompt on an idle engine: FLOPs at tensor FLOP/s x prefill (weights
+    read once at bandwidth x decode_bandwidth, for a prompt so short that reading them is longer)."""
+    roofline = prefill_estimate(shape, params, weights, prompt_len=prompt_len, bandwidth_gbs=bandwidth_gbs,
+                                tflops=tflops)
+    compute_s = roofline.flops / (tflops * 1e12 * efficiency.prefill)
+    memory_s = weights.decode / (bandwidth_gbs * 1e9 * efficiency.decode_bandwidth)
+    return PrefillPrediction(prompt_len=prompt_len, seconds=max(compute_s, memory_s), roofline_seconds=roofline.seconds,
+                             bound="compute" if compute_s >= memory_s else "memory")
+
+
+def predict_throughput(shape: ModelShape, params: ParamCounts, weights: WeightBytes, *, batch_size: int,
+                       prompt_len: int, output_len: int, bandwidth_gbs: float, tflops: float, efficiency: Efficiency,
+                       kv_tokens: int | None = None, block_size: int = 64) -> ThroughputPrediction:
+    """Output tok/s of `batch_size` streams of `prompt_len` + `output_len` tokens in a closed loop:
+    B x O / (B x prefill + O x decode step at batch B, context P + O/2). The prefills run at the
+    gemm efficiency (they share steps with decode, unlike an idle engine's TTFT). With `kv_tokens`
+    (the cache's tokens), B is capped by the sequences it holds in whole blocks."""
+    if batch_size < 1 or prompt_len < 0 or output_len < 1:
+        raise PlanError(f"a throughput prediction needs batch >= 1, prompt >= 0 and output >= 1 tokens "
+                        f"(got {batch_size}, {prompt_len}, {output_len})")
+    batch, notes = batch_size, []
+    if kv_tokens is not None:
+        held = kv_tokens // (math.ceil((prompt_len + output_len) / block_size) * block_size)
+        if held < batch_size:
+            notes.append(f"the KV cache holds {held} sequences of {prompt_len + output_len:,} tokens: "
+                         f"{batch_size} streams run {held} at a time")
+            batch = held
+    if batch == 0:
+        return ThroughputPrediction(requested_batch=batch_size, batch_size=0, prompt_len=prompt_len,
+                                    output_len=output_len, output_tokens_per_s=0.0, roofline_output_tokens_per_s=0.0,
+                                    prefill_ms_per_request=0.0, decode_step_ms=0.0, bound="memory", notes=notes)
+    context = prompt_len + output_len / 2
+    nbytes, flops = decode_work(shape, params, weights, batch_size=batch, context_len=context)
+    prompt_flops = prefill_flops(shape, params, prompt_len)
+
+    def rate(eff: Efficiency) -> tuple[float, float, float, str]:
+        prefill_s = prompt_flops / (tflops * 1e12 * eff.gemm)
+        memory_s = nbytes / (bandwidth_gbs * 1e9 * eff.decode_bandwidth)
+        compute_s = flops / (tflops * 1e12 * eff.gemm)
+        step = max(memory_s, compute_s)
+        return (batch * output_len / (batch * prefill_s + output_len * step), prefill_s, step,
+                "memory" if memory_s >= compute_s else "compute")
+
+    tok_s, prefill_s, step, bound = rate(efficiency)
+    return ThroughputPrediction(requested_batch=batch_size, batch_size=batch, prompt_len=prompt_len,
+                                output_len=output_len, output_tokens_per_s=tok_s,
+                                roofline_output_tokens_per_s=rate(Efficiency.roofline())[0],
+                                prefill_ms_per_request=prefill_s * 1e3, decode_step_ms=step * 1e3, bound=bound,
+                                notes=notes)
+
+
+@dataclass(frozen=True)
+class ServingPrediction:
+    """What predict_serving says about one configuration (the tuner's first filter)."""
+
+    quant: str
+    fits: bool
+    weights_bytes: int
+    free_bytes: int
+    kv_tokens: int
+    decode_b1: DecodePrediction | None  # batch-1 decode at context prompt + output / 2
+    throughput: ThroughputPrediction | None
+    efficiency: Efficiency
+
+
+def predict_serving(config: Any, profile: HardwareProfile, *, quant: str, batch_size: int, prompt_len: int,
+                    output_len: int, cache_ratio: float = FLAG_CACHE_RATIO, reserve_gib: float = DEFAULT_RESERVE_GIB,
+                    block_size: int = 64, efficiency: Efficiency | None = None) -> ServingPrediction:
+    """Batch-1 decode and closed-loop throughput of `config` on `profile` in weight format `quant`,
+    with the KV cache at `cache_ratio` of the usable memory left after weights and reserve. A
+    format that does not fit gets no speeds."""
+    shape = ModelShape.from_config(config)
+    params, weights = count_params(shape), weight_bytes(shape, quant)
+    eff = efficiency if efficiency is not None else profile_efficiency(profile)
+    free = profile.usable_memory_bytes - weights.total - int(reserve_gib * 2**30)
+    kv = kv_fit(free, kv_bytes_per_token(shape), cache_ratio, max(prompt_len + output_len, 1), block_size)
+    if free <= 0:
+        return ServingPrediction(quant=quant, fits=False, weights_bytes=weights.total, free_bytes=free, kv_tokens=0,
+                                 decode_b1=None, throughput=None, efficiency=eff)
+    bandwidth, tflops = profile.bandwidth()[0], profile.tensor_tflops()[0]
+    one = predict_decode(shape, params, weights, batch_size=1, context_len=prompt_len + output_len / 2,
+                         bandwidth_gbs=bandwidth, tflops=tflops, efficiency=eff)
+    many = predict_throughput(shape, params, weights, batch_size=batch_size, prompt_len=prompt_len,
+                              output_len=output_len, bandwidth_gbs=bandwidth, tflops=tflops, efficiency=eff,
+                              kv_tokens=kv.tokens, block_size=block_size)
+    return ServingPrediction(quant=quant, fits=True, weights_bytes=weights.total, free_bytes=free, kv_tokens=kv.tokens,
+                             decode_b1=one, throughput=many, efficiency=eff)
+
+
+def recommend(plans: list[QuantPlan], profile: HardwareProfile, *, session_len: int, context_len: int,
+              block_size: int) -> tuple[Recommendation | None, str]:
+    """(the plan's recommendation, "") or (None, why there is none): see the module docstring."""
+    candidates = []
+    for q in plans:
+        if q.quant not in ENGINE_DTYPES or not q.fits or (q.quant == "bf16" and not profile.bf16_supported):
+            continue
+        for kv in q.kv:
+            if kv.sequences_in_blocks < 1:  # the engine refuses a cache that cannot hold one session
+                continue
+            for roof, pred in zip(q.decode, q.predicted_decode):
+                if roof.cache_ratio_needed is not None and roof.cache_ratio_needed <= kv.cache_ratio:
+                    # On a tie the ratio nearest the engine's default wins (its flag can be left out), then the smaller.
+                    candidates.append((pred.tokens_per_s, -abs(kv.cache_ratio - FLAG_CACHE_RATIO), -kv.cache_ratio,
+                                       q, kv, roof, pred))
+    if not candidates:
+        runnable = [q.quant for q in plans if q.quant in ENGINE_DTYPES]
+        if not runnable:
+            return None, (f"none of the formats planned is one the engine runs today ({', '.join(ENGINE_DTYPES)}; "
+                          f"int8 and AWQ weights are not available yet)")
+        return None, (f"no {'/'.join(runnable)} row fits: weights + reserve leave no cache for one session of "
+                      f"{session_len:,} tokens and a batch at {context_len:,} tokens of context")
+    *_, q, kv, roof, pred = max(candidates, key=lambda c: c[:3])
+    engine = {"max_batch_size": pred.batch_size, "cache_max_entry_count": kv.cache_ratio, "session_len": session_len,
+              "dtype": ENGINE_DTYPES[q.quant], "cache_block_seq_len": block_size}
+    why = (f"the highest predicted decode speed of the rows planned whose batch KV fits its cache ratio: "
+           f"{pred.tokens_per_s:,.0f} tok/s at batch {pred.batch_size}, context {context_len:,} "
+           f"(roofline {roof.tokens_per_s:,.0f}); the cache holds {kv.sequences_in_blocks} sessions of "
+           f"{session_len:,}")
+    return Recommendation(quant=q.quant, cache_ratio=kv.cache_ratio, batch_size=pred.batch_size,
+                          context_len=context_len, tokens_per_s=pred.tokens_per_s,
+                          roofline_tokens_per_s=roof.tokens_per_s, engine=engine, why=why), ""
+
+
 def _quant_plan(shape, params, profile, quant, *, session_len, ratios, batches, prompts, context, reserve,
-                block_size, bandwidth, tflops) -> QuantPlan:
+                block_size, bandwidth, tflops, efficiency) -> QuantPlan:
     weights = weight_bytes(shape, quant)
     kv = kv_bytes_per_token(shape)
-    free = profile.memory_bytes - weights.total - reserve
+    memory = profile.usable_memory_bytes
+    free = memory - weights.total - reserve
     fits = free > 0
     kv_rows = [kv_fit(free, kv, r, session_len, block_size) for r in ratios]
-    decode = [decode_estimate(shape, params, weights, batch_size=b, context_len=context, bandwidth_gbs=bandwidth,
-                              tflops=tflops, free_bytes=free, block_size=block_size) for b in batches]
-    prefill = [prefill_estimate(shape, params, weights, prompt_len=p, bandwidth_gbs=bandwidth, tflops=tflops)
-               for p in prompts]
+    speed = dict(bandwidth_gbs=bandwidth, tflops=tflops)
+    # A format that does not fit runs at no speed: its rows stay empty rather than show a roofline.
+    decode = [decode_estimate(shape, params, weights, batch_size=b, context_len=context, free_bytes=free,
+                              block_size=block_size, **speed) for b in batches] if fits else []
+    prefill = [prefill_estimate(shape, params, weights, prompt_len=p, **speed) for p in prompts] if fits else []
+    predicted_decode = [predict_decode(shape, params, weights, batch_size=b, context_len=context,
+                                       efficiency=efficiency, **speed) for b in batches] if fits else []
+    predicted_prefill = [predict_prefill(shape, params, weights, prompt_len=p, efficiency=efficiency, **speed)
+                         for p in prompts] if fits else []
     flags, notes = [], []
     gib = 2**30
     if not fits:
         flags.append(f"does not fit: weights {weights.total / gib:.1f} GiB + reserve {reserve / gib:.1f} GiB "
-                     f"> {profile.memory_bytes / gib:.1f} GiB")
+                     f"> {memory / gib:.1f} GiB")
     else:
         ref = kv_fit(free, kv, FLAG_CACHE_RATIO, session_len, block_size)
         if ref.tokens < MIN_SESSIONS * session_len:
@@ -403,7 +648,8 @@ def _quant_plan(shape, params, profile, quant, *, session_len, ratios, batches, 
     if quant == "bf16" and not profile.bf16_supported:
         notes.append(f"{profile.name} has no bf16 support: use fp16")
     return QuantPlan(quant=quant, weights=weights, kv_bytes_per_token=kv, free_bytes=free, fits=fits,
-                     kv=kv_rows, decode=decode, prefill=prefill, flags=flags, notes=notes)
+                     kv=kv_rows, decode=decode, prefill=prefill, predicted_decode=predicted_decode,
+                     predicted_prefill=predicted_prefill, flags=flags, notes=notes)
 
 
 def _check_settings(quants, session_len, ratios, batches, reserve_gib, block_size) -> None:

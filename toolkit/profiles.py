@@ -1,8 +1,19 @@
 """Hardware profiles: load and validate profiles/*.yaml, and find the profile of the local GPU.
 
 One YAML per card (datasheet figures, dense tensor throughput with FP32 accumulation, a source
-line). `memory_gib` is the datasheet capacity taken as GiB (2^30 bytes); drivers report a little
-less (an H100 80GB shows 79.6 GiB), which the planner's runtime reserve absorbs.
+line). `memory_gib` is the datasheet capacity taken as GiB (2^30 bytes); torch sees less (an H200
+shows 139.8 GiB of its 141, an H100 79.2 of 80).
+
+Two blocks of measured figures, which win over the datasheet's:
+- `measured`: figures measured by hand on this workplace's card (copy bandwidth, a big bf16 matmul),
+  with a source line.
+- `calibration`: figures derived from committed runs by `python -m toolkit.calibrate` (never typed
+  in): the memory torch reports as usable, and the efficiencies the engine reaches, each a fraction
+  of the profile's roofline figures (`bandwidth()`, `tensor_tflops()`) with the file and figure it
+  came from. `efficiency()` resolves them for the planner: the card's own calibration, else a default
+  from the calibrated cards of the same vendor (their mean fraction of the datasheet figure), else
+  the bare roofline (efficiency 1), saying which for each figure. A profile without calibration
+  plans on its datasheet memory.
 
 Where profiles are read from, first found wins: the `dir` argument, $OPSCTL_PROFILES_DIR, then
 profiles/ next to the toolkit package (the repository root, also for an editable install), then
@@ -16,17 +27,21 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Mapping, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PROFILES_ENV = "OPSCTL_PROFILES_DIR"
 CPU_PROFILE = "cpu"
 
 Positive = Annotated[float, Field(gt=0)]
+# A fraction of a roofline figure. Above 1 is possible (a read-only stream can beat the copy test
+# that measured the bandwidth), above 1.5 means the roofline figure itself is wrong.
+Fraction = Annotated[float, Field(gt=0, le=1.5)]
+EFFICIENCY_FIGURES = ("decode_bandwidth_efficiency", "gemm_efficiency", "prefill_efficiency")
 
 
 class ProfileError(ValueError):
@@ -41,6 +56,60 @@ class MeasuredFigures(BaseModel):
     memory_bandwidth_gbs: Optional[Positive] = None
     bf16_tflops: Optional[Positive] = None
     source: str = Field(min_length=1)
+
+
+class Calibration(BaseModel):
+    """Figures derived from committed runs by `python -m toolkit.calibrate`, each with its source.
+
+    decode_bandwidth_efficiency: batch-1 decode tok/s / the planner's roofline at the profile's
+        bandwidth() (weights + KV read once a step), same model and context.
+    gemm_efficiency: the fraction of tensor_tflops() that makes the planner's serving model
+        (planner.predict_throughput: prefills + decode steps of a full batch) give the measured
+        output tok/s of big-batch runs.
+    prefill_efficiency: one prompt's prefill FLOPs / its measured TTFT, over tensor_tflops().
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    usable_memory_gib: Optional[Positive] = None  # what torch reports as the card's total memory
+    usable_memory_source: Optional[str] = None
+    decode_bandwidth_efficiency: Optional[Fraction] = None
+    decode_source: Optional[str] = None
+    gemm_efficiency: Optional[Fraction] = None
+    gemm_source: Optional[str] = None
+    prefill_efficiency: Optional[Fraction] = None
+    prefill_source: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _sources(self) -> "Calibration":
+        pairs = [("usable_memory_gib", "usable_memory_source"), ("decode_bandwidth_efficiency", "decode_source"),
+                 ("gemm_efficiency", "gemm_source"), ("prefill_efficiency", "prefill_source")]
+        for figure, source in pairs:
+            if (getattr(self, figure) is None) != (not getattr(self, source)):
+                raise ValueError(f"{figure} and {source} go together: a figure needs the run it came from")
+        return self
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Fractions of a profile's roofline figures that the engine reaches, and where each came from.
+
+    decode_bandwidth scales bandwidth(); gemm and prefill scale tensor_tflops(). `origins` says, per
+    figure, "calibrated: <source>", "default: ..." or "roofline: ..." in words.
+    """
+
+    decode_bandwidth: float
+    gemm: float
+    prefill: float
+    origins: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def roofline(cls, why: str = "no efficiency applied") -> "Efficiency":
+        return cls(1.0, 1.0, 1.0, {f: f"roofline: {why}" for f in EFFICIENCY_FIGURES})
+
+    @property
+    def is_roofline(self) -> bool:
+        return all(o.startswith("roofline") for o in self.origins.values())
 
 
 class HardwareProfile(BaseModel):
@@ -66,12 +135,29 @@ class HardwareProfile(BaseModel):
     pcie_gen: Optional[Annotated[int, Field(ge=1)]] = None
     pynvml_names: list[str] = Field(default_factory=list)
     measured: Optional[MeasuredFigures] = None
+    calibration: Optional[Calibration] = None
     source: str = Field(min_length=1)
 
     @property
     def memory_bytes(self) -> int:
-        """Card memory in bytes as the planner counts it: memory_gib x 2^30."""
+        """Datasheet card memory in bytes: memory_gib x 2^30."""
         return int(self.memory_gib * 2**30)
+
+    def usable_memory(self) -> tuple[float, str]:
+        """(GiB, "measured" or "datasheet"): the memory torch reports where a run recorded it."""
+        if self.calibration and self.calibration.usable_memory_gib:
+            return self.calibration.usable_memory_gib, "measured"
+        return self.memory_gib, "datasheet"
+
+    @property
+    def usable_memory_bytes(self) -> int:
+        """The memory the planner sizes with: usable_memory() x 2^30."""
+        return int(self.usable_memory()[0] * 2**30)
+
+    @property
+    def datasheet_tensor_tflops(self) -> float:
+        """16-bit dense tensor TFLOP/s from the datasheet (fp16 where bf16 is unsupported)."""
+        return self.bf16_tflops if self.bf16_supported else self.fp16_tflops
 
     def bandwidth(self) -> tuple[float, str]:
         """(GB/s, "measured" or "datasheet"): the measured figure when the profile has one."""
@@ -87,7 +173,22 @@ class HardwareProfile(BaseModel):
         """
         if self.measured and self.measured.bf16_tflops:
             return self.measured.bf16_tflops, "measured"
-        return (self.bf16_tflops if self.bf16_supported else self.fp16_tflops), "datasheet"
+        return self.datasheet_tensor_tflops, "datasheet"
+
+    def calibrated(self, figure: str) -> float | None:
+        """One of EFFICIENCY_FIGURES from this profile's own calibration, or None."""
+        return getattr(self.calibration, figure) if self.calibration else None
+
+    def datasheet_fraction(self, figure: str) -> float | None:
+        """A calibrated efficiency re-expressed as a fraction of the datasheet figure (the profile's
+        roofline figure may be a measured one): what carries over to a card with no runs."""
+        value = self.calibrated(figure)
+        if value is None:
+            return None
+        if figure == "decode_bandwidth_efficiency":
+            return value * self.bandwidth()[0] / self.memory_bandwidth_gbs
+        return value * self.tensor_tflops()[0] / self.datasheet_tensor_tflops
+
 
     def matches(self, device_name: str) -> int:
         """Length of the longest of `pynvml_names` found in `device_name` as whole words; 0 if none.
@@ -100,6 +201,47 @@ class HardwareProfile(BaseModel):
             if re.search(regex, device_name, flags=re.IGNORECASE):
                 best = max(best, len(pattern))
         return best
+
+
+def efficiency(profile: HardwareProfile, profiles: Mapping[str, HardwareProfile] | None = None) -> Efficiency:
+    """The efficiencies the planner applies on `profile` (see the module docstring for the order).
+
+    `profiles` are the cards a default is derived from (default: load_profiles(); unreadable
+    profiles leave no default). Only cards of the same vendor count: a GPU's efficiency says
+    nothing about a CPU host.
+    """
+    if profiles is None:
+        try:
+            profiles = load_profiles()
+        except ProfileError:
+            profiles = {}
+    values, origins = {}, {}
+    for figure in EFFICIENCY_FIGURES:
+        own = profile.calibrated(figure)
+        if own is not None:
+            values[figure] = own
+            origins[figure] = f"calibrated: {getattr(profile.calibration, _SOURCE_OF[figure])}"
+            continue
+        donors = {p.name: p.datasheet_fraction(figure) for p in profiles.values()
+                  if p.name != profile.name and p.vendor == profile.vendor and p.calibrated(figure) is not None}
+        if not donors:
+            values[figure] = 1.0
+            origins[figure] = f"roofline: no {profile.vendor} card has a calibrated {figure}"
+            continue
+        of_datasheet = sum(donors.values()) / len(donors)
+        own_roof, datasheet = ((profile.bandwidth()[0], profile.memory_bandwidth_gbs)
+                               if figure == "decode_bandwidth_efficiency"
+                               else (profile.tensor_tflops()[0], profile.datasheet_tensor_tflops))
+        values[figure] = of_datasheet * datasheet / own_roof
+        origins[figure] = (f"default: {of_datasheet:.3f} of the datasheet figure, the mean of the calibrated "
+                           f"{', '.join(sorted(donors))} (no run of this card)")
+    return Efficiency(decode_bandwidth=values["decode_bandwidth_efficiency"], gemm=values["gemm_efficiency"],
+                      prefill=values["prefill_efficiency"],
+                      origins={f: origins[f] for f in EFFICIENCY_FIGURES})
+
+
+_SOURCE_OF = {"decode_bandwidth_efficiency": "decode_source", "gemm_efficiency": "gemm_source",
+              "prefill_efficiency": "prefill_source"}
 
 
 def profiles_dir(directory: str | os.PathLike | None = None) -> Path:

@@ -1,13 +1,17 @@
 """`opsctl plan [MODEL] --gpu PROFILE|auto`: what fits on a card and how fast it can go, before any run.
 
-Reads the model's config only (never its weights: a hub id needs only config.json in the Hugging
-Face cache) and prints, for each weight format, the weight memory, KV bytes per token, KV tokens
-and sessions at each cache ratio, roofline decode tokens/s against batch size and prefill times,
-with flags for what will not fit. --json prints the plan itself (toolkit.planner.Plan).
+Reads the model's config only (never its weights: a directory holding just config.json will do,
+and a hub id needs only config.json in the Hugging Face cache) and prints, for each weight format,
+the weight memory, KV bytes per token, KV tokens and sessions at each cache ratio on the card's
+usable memory, decode tokens/s against batch size and prefill times, each predicted (the roofline
+scaled by the card's calibrated efficiencies) beside the roofline, flags for what will not fit (no
+speeds for it), and a closing recommendation with the `opsctl serve` line that runs it.
+--json prints the plan itself (toolkit.planner.Plan) with the serve argv beside the recommendation.
 """
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..planner import DEFAULT_RESERVE_GIB, QUANTS, Plan, PlanError, make_plan
+from ..planner import DEFAULT_RESERVE_GIB, QUANTS, Plan, PlanError, Recommendation, make_plan
 from ..profiles import ProfileError, resolve_gpu
 from . import engine_options as eo
 
@@ -30,7 +34,9 @@ def plan(
     *,
     gpu: Annotated[str, typer.Option("--gpu", help="Profile name (see `opsctl profiles list`) or auto: detect GPU 0.")] = "auto",
     session_len: Annotated[int, typer.Option("--session-len", help="Tokens of one session (prompt + output).")] = 4096,
-    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Decode batch sizes, comma-separated.")] = "1,8,32,128",
+    batch_sizes: Annotated[str, typer.Option(
+        "--batch-sizes", help="Decode batch sizes, comma-separated (256: the engine's default on >= 64 GiB cards).")
+    ] = "1,8,32,128,256",
     cache_ratios: Annotated[str, typer.Option(
         "--cache-ratios", help="Cache ratios (LMDeploy's --cache-max-entry-count: fraction of the memory free after weights).")] = "0.5,0.8,0.9",
     quant: Annotated[str, typer.Option("--quant", help=f"Weight formats, comma-separated: {', '.join(QUANTS)}.")] = "bf16,int8,awq",
@@ -60,10 +66,22 @@ def plan(
         raise typer.Exit(2) from None
     if resolved.note:
         result.notes.insert(0, resolved.note)
+    serve = serve_argv(result.recommendation, model) if result.recommendation else None
     if as_json:
-        print(json.dumps(result.to_dict(), indent=2))
+        data = result.to_dict()
+        if serve:
+            data["recommendation"]["serve"] = serve
+        print(json.dumps(data, indent=2))
     else:
-        print_plan(result, _console())
+        print_plan(result, _console(), serve)
+
+
+def serve_argv(recommendation: Recommendation, model: str | None) -> list[str]:
+    """The `opsctl serve` argv of a recommendation: its EngineConfig rendered by to_flags(), so the
+    line parses back into the same config (the model as given to plan; none: the embedded one)."""
+    from engine.config import EngineConfig
+
+    return ["opsctl", "serve", *([model] if model else []), *EngineConfig(**recommendation.engine).to_flags()]
 
 
 def _read_config(model: str | None):
@@ -98,12 +116,19 @@ def _list(text: str, kind, option: str) -> list:
     return values
 
 
-def print_plan(result: Plan, console: Console) -> None:
-    """The plan as three tables (memory, decode, prefill), then flags and notes."""
+def print_plan(result: Plan, console: Console, serve: list[str] | None = None) -> None:
+    """The plan as three tables (memory, decode, prefill), flags and notes, then the recommendation."""
     p = result.params
+    if result.memory_source == "measured":
+        memory = (f"{result.memory_bytes / GIB:.1f} GiB usable (measured; {result.datasheet_memory_bytes / GIB:g} on "
+                  f"the datasheet)")
+    else:
+        memory = f"{result.memory_bytes / GIB:.1f} GiB (datasheet: no committed run recorded what torch sees)"
     console.print(f"[bold]{result.model}[/bold] on [bold]{result.profile_display_name}[/bold] ({result.profile}): "
-                  f"{result.memory_bytes / GIB:.1f} GiB, {result.bandwidth_gbs:g} GB/s ({result.bandwidth_source}), "
+                  f"{memory}, {result.bandwidth_gbs:g} GB/s ({result.bandwidth_source}), "
                   f"{result.tensor_tflops:g} 16-bit TFLOP/s ({result.tensor_tflops_source})")
+    for line in _efficiency_lines(result):
+        console.print(line)
     console.print(f"{p.total / 1e9:.2f} B parameters: embedding {p.embedding / 1e6:.0f} M, lm_head "
                   + ("tied" if p.lm_head_tied else f"{p.lm_head / 1e6:.0f} M") +
                   f", {p.num_layers} layers x {p.per_layer / 1e6:.1f} M; KV cache "
@@ -120,6 +145,32 @@ def print_plan(result: Plan, console: Console) -> None:
         for note in q.notes:
             console.print(f"{q.quant}: {note}")
     console.print("Rules: " + "; ".join(f"{k} = {v}" for k, v in result.flag_rules.items()) + ".")
+    rec = result.recommendation
+    if rec is None:
+        console.print(f"[bold]Recommendation[/bold]: none: {result.no_recommendation}.")
+        return
+    console.print(f"[bold]Recommendation[/bold]: {rec.quant}, cache ratio {rec.cache_ratio:g}, batch {rec.batch_size}: "
+                  f"{rec.why}.")
+    if serve:
+        console.print("  " + shlex.join(serve), soft_wrap=True)
+
+
+def _efficiency_lines(result: Plan) -> list[str]:
+    """How the predictions were made: each efficiency, what it scales and where it came from."""
+    e = result.efficiency
+    if e.is_roofline:
+        return ["Predictions = the roofline: no calibrated card of this kind (`python -m toolkit.calibrate` derives "
+                "efficiencies from committed runs)."]
+    lines = ["Predictions = roofline x efficiency (`python -m toolkit.calibrate` derives them from committed runs):"]
+    parts = [("decode", e.decode_bandwidth, f"{result.bandwidth_gbs:g} GB/s", "decode_bandwidth_efficiency"),
+             ("GEMM", e.gemm, f"{result.tensor_tflops:g} TFLOP/s", "gemm_efficiency"),
+             ("prefill", e.prefill, f"{result.tensor_tflops:g} TFLOP/s", "prefill_efficiency")]
+    for label, value, of, figure in parts:
+        origin = e.origins[figure]
+        if origin.startswith("calibrated"):  # the runs are long: the profile lists them
+            origin = f"calibrated from this card's runs (`opsctl profiles show {result.profile}`)"
+        lines.append(f"  {label} {value:.3f} of {of}: {origin}")
+    return lines
 
 
 def _memory_table(result: Plan) -> Table:
@@ -140,28 +191,37 @@ def _memory_table(result: Plan) -> Table:
 
 def _decode_table(result: Plan) -> Table:
     most = max(kv.cache_ratio for kv in result.quants[0].kv)
-    table = Table(title=f"Decode tokens/s, roofline, context {result.context_len:,} tokens per sequence "
-                        f"(! = the batch's KV needs more than ratio {most:g})", title_justify="left")
+    table = Table(title=f"Decode tokens/s, predicted (roofline), context {result.context_len:,} tokens per sequence "
+                        f"(! = the batch's KV needs more than ratio {most:g}; c = compute-bound)", title_justify="left")
     table.add_column("format")
     table.add_column("weights read/step", justify="right")
-    for d in result.quants[0].decode:
-        table.add_column(f"batch {d.batch_size}", justify="right", no_wrap=True)
+    for batch in result.batch_sizes:
+        table.add_column(f"batch {batch}", justify="right", no_wrap=True)
     for q in result.quants:
+        if not q.fits:  # no speed for what cannot run
+            table.add_row(q.quant, f"{q.weights.decode / 1e9:.2f} GB", *("-" for _ in result.batch_sizes))
+            continue
         cells = []
-        for d in q.decode:
+        for d, pred in zip(q.decode, q.predicted_decode):
             over = d.cache_ratio_needed is None or d.cache_ratio_needed > most
-            cells.append(f"{d.tokens_per_s:,.0f}{'!' if over else ''}" + (" (compute)" if d.bound == "compute" else ""))
+            cells.append(f"{pred.tokens_per_s:,.0f} ({d.tokens_per_s:,.0f}){'!' if over else ''}"
+                         + (" c" if pred.bound == "compute" else ""))
         table.add_row(q.quant, f"{q.weights.decode / 1e9:.2f} GB", *cells)
     return table
 
 
 def _prefill_table(result: Plan) -> Table:
-    table = Table(title="Prefill time of one prompt, roofline", title_justify="left")
+    table = Table(title="Prefill time of one prompt on an idle engine (TTFT), predicted (roofline)",
+                  title_justify="left")
     table.add_column("format")
-    for e in result.quants[0].prefill:
-        table.add_column(f"{e.prompt_len:,} tokens", justify="right", no_wrap=True)
+    for prompt in result.prompt_lens:
+        table.add_column(f"{prompt:,} tokens", justify="right", no_wrap=True)
     for q in result.quants:
-        table.add_row(q.quant, *(_seconds(e.seconds) for e in q.prefill))
+        if not q.fits:
+            table.add_row(q.quant, *("-" for _ in result.prompt_lens))
+            continue
+        table.add_row(q.quant, *(f"{_seconds(pred.seconds)} ({_seconds(e.seconds)})"
+                                 for e, pred in zip(q.prefill, q.predicted_prefill)))
     return table
 
 
