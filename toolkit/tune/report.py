@@ -125,7 +125,7 @@ def headline(result: TuneResult) -> dict:
                     f"({best.slo_fraction_low:.0%}–{best.slo_fraction_high:.0%} at 95%).")
     view["gain_ratio"], view["gain"] = gain_over_default(result)
     if result.emulated:
-        predicted = chosen.predicted.output_tok_s if chosen.predicted else None
+        predicted = chosen.predicted.target_output_tok_s if chosen.predicted else None
         view["estimate"] = (f"On the {result.target_profile} itself the planner estimates "
                             f"{words.rate(predicted)} output tok/s at c={best.concurrency}: an estimate, not "
                             f"a measurement." if predicted is not None else
@@ -144,11 +144,11 @@ def _slo_words(point: LoadPoint) -> str:
 def _planner_error(trial: Trial, emulated: bool) -> tuple[str, str]:
     """(predicted tok/s, its error against the measured best) as table cells. The error is
     (predicted - measured) / measured: positive where the planner promised more than was measured.
-    Emulated runs measure on a bigger card than the one predicted for, so no error is stated."""
+    The prediction is for the device that measured, also when a smaller card was emulated on it."""
     predicted = trial.predicted.output_tok_s if trial.predicted else None
     if predicted is None:
         return "–", "–"
-    if emulated or trial.best is None or trial.best.output_tok_s <= 0:
+    if trial.best is None or trial.best.output_tok_s <= 0:
         return words.rate(predicted), "–"
     error = (predicted - trial.best.output_tok_s) / trial.best.output_tok_s
     return words.rate(predicted), f"{error:+.0%} ({'over' if error > 0 else 'under' if error < 0 else 'exact'})"

@@ -132,7 +132,6 @@ def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
     for p in space.pruned:
         console.print(f"  pruned {p.weight_format} {p.engine or ''}: {p.reason}")
 
-    tokens = result.workload.input_len + result.workload.output_len
     settings = TrialSettings(
         model=options.model, workload=result.workload, slo=result.slo, out_dir=out_dir, console=console,
         max_streams=options.max_streams or (8 if where.cpu else 512),
@@ -152,9 +151,17 @@ def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
         elif done.best is None:
             console.print(f"  no load meets the SLO ({done.stop_reason})")
         else:
-            batch = done.best.concurrency
-            done.predicted = predict(hf_config, options.profile if not where.cpu else _cpu_profile(),
-                                     weight_format=weight_format, batch=batch, context=tokens // 2)
+            # The prediction for the card that measured (the target's own speeds are estimates
+            # only when it was emulated: the report says so).
+            config = options.base.replace(**done.engine)
+            measuring = options.profile if not where.emulate_gib else _profile_of_local_gpu(options.profile)
+            batch = min(done.best.concurrency, config.max_batch_size or done.best.concurrency)
+            done.predicted = predict(hf_config, measuring, weight_format=weight_format, batch=batch,
+                                     workload=result.workload, cache_ratio=config.cache_max_entry_count)
+            if where.emulate_gib:
+                target = predict(hf_config, options.profile, weight_format=weight_format, batch=batch,
+                                 workload=result.workload, cache_ratio=config.cache_max_entry_count)
+                done.predicted.target_output_tok_s = target.output_tok_s
             console.print(f"  best: {done.best.concurrency} streams, {done.best.output_tok_s:,.1f} tok/s within the "
                           f"SLO ({done.stop_reason}; set-up {done.setup_s:.1f} s)")
         return done
@@ -174,10 +181,14 @@ def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
     return result, out_dir
 
 
-def _cpu_profile() -> HardwareProfile:
-    from toolkit.profiles import get_profile
+def _profile_of_local_gpu(fallback: HardwareProfile) -> HardwareProfile:
+    """The profile of GPU 0 (the card that measured an emulated tune), else `fallback`."""
+    from toolkit.profiles import ProfileError, resolve_gpu
 
-    return get_profile("cpu")
+    try:
+        return resolve_gpu("auto").profile
+    except ProfileError:
+        return fallback
 
 
 def explain_choice(result: TuneResult) -> str:

@@ -61,10 +61,12 @@ class LoadPoint(BaseModel):
 
 
 class Prediction(BaseModel):
-    """The planner's figures for a configuration, to set beside the measured ones."""
+    """The planner's figures for a configuration, to set beside the measured ones: for the device
+    that measured (so the error is a real one), and for the target card when that was emulated."""
 
     decode_tok_s_b1: Optional[float] = None
-    output_tok_s: Optional[float] = None  # at the chosen load point's concurrency
+    output_tok_s: Optional[float] = None  # at the best load point's concurrency, on the measuring device
+    target_output_tok_s: Optional[float] = None  # the same on the emulated target card: an estimate
     kv_tokens: Optional[int] = None
     weights_gib: Optional[float] = None
     fits: bool = True

@@ -13,8 +13,8 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from toolkit.planner import (DEFAULT_RESERVE_GIB, ModelShape, count_params, decode_estimate, kv_bytes_per_token,
-                             kv_fit, weight_bytes)
+from toolkit.planner import (DEFAULT_RESERVE_GIB, FLAG_CACHE_RATIO, ModelShape, kv_bytes_per_token, kv_fit,
+                             predict_serving, weight_bytes)
 from toolkit.profiles import HardwareProfile
 
 from .schema import Prediction, Pruned, TuneWorkload
@@ -111,23 +111,18 @@ def build_space(hf_config, profile: HardwareProfile, workload: TuneWorkload, *, 
     return space
 
 
-def predict(hf_config, profile: HardwareProfile, *, weight_format: str, batch: int, context: int,
-            efficiency: float | None = None) -> Prediction:
-    """The planner's decode figure for `batch` streams at `context` tokens, scaled by a measured
-    efficiency (the fraction of the roofline this device class reaches) when one is known."""
+def predict(hf_config, profile: HardwareProfile, *, weight_format: str, batch: int, workload: TuneWorkload,
+            cache_ratio: float) -> Prediction:
+    """The calibrated planner's figures for this configuration at `batch` streams (toolkit/planner.py
+    predict_serving: roofline x measured efficiencies of the card), to set beside the measured ones."""
     if hf_config is None:
-        return Prediction(notes=["no config: no prediction"])
-    shape = ModelShape.from_config(hf_config)
-    params = count_params(shape)
-    weights = weight_bytes(shape, "fp16" if weight_format == "fp16" else "bf16")
-    bandwidth, _ = profile.bandwidth()
-    tflops, _ = profile.tensor_tflops()
-    free = int(profile.memory_gib * 2**30 - weights.total - DEFAULT_RESERVE_GIB * 2**30)
-    one = decode_estimate(shape, params, weights, batch_size=1, context_len=context, bandwidth_gbs=bandwidth,
-                          tflops=tflops, free_bytes=free)
-    at = decode_estimate(shape, params, weights, batch_size=max(batch, 1), context_len=context,
-                         bandwidth_gbs=bandwidth, tflops=tflops, free_bytes=free)
-    scale = efficiency or 1.0
-    notes = [f"roofline x {scale:.2f} measured efficiency" if efficiency else "roofline (no measured efficiency)"]
-    return Prediction(decode_tok_s_b1=one.tokens_per_s * scale, output_tok_s=at.tokens_per_s * scale,
-                      weights_gib=weights.total / 2**30, fits=free > 0, notes=notes)
+        return Prediction(notes=["no model config: no prediction"])
+    if weight_format not in ("bf16", "fp16"):
+        return Prediction(notes=[f"the planner models GPUs in 16-bit formats; no prediction for {weight_format}"])
+    p = predict_serving(hf_config, profile, quant=weight_format, batch_size=max(batch, 1),
+                        prompt_len=workload.input_len, output_len=workload.output_len,
+                        cache_ratio=cache_ratio if cache_ratio <= 1 else FLAG_CACHE_RATIO)
+    notes = [f"{figure}: {origin}" for figure, origin in p.efficiency.origins.items()]
+    return Prediction(decode_tok_s_b1=p.decode_b1.tokens_per_s if p.decode_b1 else None,
+                      output_tok_s=p.throughput.output_tokens_per_s if p.throughput else None,
+                      kv_tokens=p.kv_tokens, weights_gib=p.weights_bytes / 2**30, fits=p.fits, notes=notes)
