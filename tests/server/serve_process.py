@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from toolkit.bench.serve_subprocess import alive, children, descendants  # noqa: F401 - tests import them here
+
 from .conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,45 +22,11 @@ SMALL = ["--device", "cpu", "--cache-block-seq-len", "16", "--session-len", "102
          "--cache-max-entry-count", "128"]
 
 
-def children(pid: int) -> list[int]:
-    """Direct children of a process (Linux /proc)."""
-    found = []
-    task_dir = Path(f"/proc/{pid}/task")
-    try:
-        tasks = list(task_dir.iterdir())
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            found += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        for child in children(todo.pop()):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no VmRSS for {pid}")
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 class ServeProcess:
