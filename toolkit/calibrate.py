@@ -10,11 +10,11 @@ came from:
 - decode_bandwidth_efficiency: per batch-1 decode workload (one request: decode-b1, long-context),
   the engine's decode tok/s over the planner's roofline at the profile's bandwidth() for the same
   model and mean context (prompt + output / 2, as the bench counts it); the mean over workloads.
-- prefill_efficiency: per ttft workload, the prompt's prefill FLOPs (planner.prefill_flops) / its
+- prefill_efficiency: per ttft workload, the prompt's prefill FLOPs (predictions.prefill_flops) / its
   median TTFT, over the profile's tensor_tflops(); the mean over workloads.
 - gemm_efficiency: per big-batch workload (bench offline throughput with several requests; the
   plain engine of http_vs_offline), the fraction of tensor_tflops() at which
-  planner.predict_throughput gives the measured output tok/s (bisection), with the card's decode
+  predictions.predict_throughput gives the measured output tok/s (bisection), with the card's decode
   efficiency resolved as the planner resolves it (its own, else the default of the other cards);
   the mean over workloads.
 
@@ -43,8 +43,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from .planner import (DecodePrediction, ModelShape, PlanError, count_params, predict_decode, predict_prefill,
-                      predict_throughput, prefill_flops, weight_bytes)
+from .model_sizes import ModelShape, PlanError, count_params, weight_bytes
+from .predictions import DecodePrediction, predict_decode, predict_prefill, predict_throughput, prefill_flops
 from .profiles import (Calibration, Efficiency, HardwareProfile, ProfileError, efficiency, load_profiles,
                        profile_for_gpu_name, profiles_dir)
 
@@ -350,6 +350,8 @@ def derive(runs: Runs, profiles: dict[str, HardwareProfile]) -> dict[str, Calibr
             fields[name]["gemm_efficiency"] = _mean(fits)
             tflops, where = profile.tensor_tflops()
             decode_origin = efficiency(profile, interim).origins["decode_bandwidth_efficiency"].split(":")[0]
+            # "planner.predict_throughput" (now predictions', re-exported by the planner) stays as the
+            # committed profiles' gemm_source spell it, so that --check and --write leave them unchanged.
             fields[name]["gemm_source"] = _source(
                 f"the fraction of {tflops:g} TFLOP/s ({where}) at which planner.predict_throughput gives the "
                 f"measured output tok/s (decode efficiency {decode_origin})", fits,

@@ -58,6 +58,12 @@ class MeasuredFigures(BaseModel):
     source: str = Field(min_length=1)
 
 
+# Each figure of a Calibration and the field that names the runs it came from (the validator, efficiency()
+# and `opsctl profiles show` pair them by this one table).
+CALIBRATION_SOURCES = {"usable_memory_gib": "usable_memory_source", "decode_bandwidth_efficiency": "decode_source",
+                       "gemm_efficiency": "gemm_source", "prefill_efficiency": "prefill_source"}
+
+
 class Calibration(BaseModel):
     """Figures derived from committed runs by `python -m toolkit.calibrate`, each with its source.
 
@@ -82,9 +88,7 @@ class Calibration(BaseModel):
 
     @model_validator(mode="after")
     def _sources(self) -> "Calibration":
-        pairs = [("usable_memory_gib", "usable_memory_source"), ("decode_bandwidth_efficiency", "decode_source"),
-                 ("gemm_efficiency", "gemm_source"), ("prefill_efficiency", "prefill_source")]
-        for figure, source in pairs:
+        for figure, source in CALIBRATION_SOURCES.items():
             if (getattr(self, figure) is None) != (not getattr(self, source)):
                 raise ValueError(f"{figure} and {source} go together: a figure needs the run it came from")
         return self
@@ -220,7 +224,7 @@ def efficiency(profile: HardwareProfile, profiles: Mapping[str, HardwareProfile]
         own = profile.calibrated(figure)
         if own is not None:
             values[figure] = own
-            origins[figure] = f"calibrated: {getattr(profile.calibration, _SOURCE_OF[figure])}"
+            origins[figure] = f"calibrated: {getattr(profile.calibration, CALIBRATION_SOURCES[figure])}"
             continue
         donors = {p.name: p.datasheet_fraction(figure) for p in profiles.values()
                   if p.name != profile.name and p.vendor == profile.vendor and p.calibrated(figure) is not None}
@@ -238,10 +242,6 @@ def efficiency(profile: HardwareProfile, profiles: Mapping[str, HardwareProfile]
     return Efficiency(decode_bandwidth=values["decode_bandwidth_efficiency"], gemm=values["gemm_efficiency"],
                       prefill=values["prefill_efficiency"],
                       origins={f: origins[f] for f in EFFICIENCY_FIGURES})
-
-
-_SOURCE_OF = {"decode_bandwidth_efficiency": "decode_source", "gemm_efficiency": "gemm_source",
-              "prefill_efficiency": "prefill_source"}
 
 
 def profiles_dir(directory: str | os.PathLike | None = None) -> Path:

@@ -161,7 +161,7 @@ def test_models_list_shows_a_broken_cached_model_as_a_row(tmp_path, tiny_model_d
 
 def test_planner_refuses_config_values_of_the_wrong_type():
     """A config.json that parses but holds strings or fractions where sizes go: PlanError, not TypeError."""
-    from toolkit.planner import ModelShape, PlanError
+    from toolkit.model_sizes import ModelShape, PlanError
 
     good = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
             "vocab_size": 100}

@@ -129,6 +129,8 @@ def test_profiles_list_and_show():
     assert "165.2" in result.output and "1008 GB/s" in result.output
     shown = _invoke("profiles", "show", "h100-sxm")
     assert shown.exit_code == 0 and "measured" in shown.output and "790" in shown.output
+    # The calibration block reads as rows of figures with their runs, not as a Python dict.
+    assert "  gemm_efficiency" in shown.output and "0.516: the fraction" in shown.output and "{'" not in shown.output
     data = json.loads(_invoke("profiles", "show", "rtx3090", "--json").output)
     assert data["nvlink_gbs"] == 112.5 and data["arch"] == "sm_86"
 

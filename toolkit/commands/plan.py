@@ -20,7 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..planner import DEFAULT_RESERVE_GIB, QUANTS, Plan, PlanError, Recommendation, make_plan
+from ..model_sizes import DEFAULT_RESERVE_GIB, QUANTS, PlanError
+from ..planner import Plan, Recommendation, make_plan
 from ..profiles import ProfileError, resolve_gpu
 from . import engine_options as eo
 

@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..profiles import HardwareProfile, ProfileError, get_profile, load_profiles, profiles_dir
+from ..profiles import (CALIBRATION_SOURCES, Calibration, HardwareProfile, ProfileError, get_profile, load_profiles,
+                        profiles_dir)
 
 app = typer.Typer(help="List and show the hardware profiles (one YAML per card under profiles/).",
                   no_args_is_help=True)
@@ -60,6 +61,10 @@ def _fields_table(profile: HardwareProfile) -> Table:
     table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
     for key, value in profile.model_dump(mode="json").items():
+        if key == "calibration" and profile.calibration is not None:
+            for row in _calibration_rows(profile.calibration):
+                table.add_row(*row)
+            continue
         if key == "measured" and value:
             value = ", ".join(f"{k} {v}" for k, v in value.items() if v is not None)
         elif isinstance(value, list):
@@ -68,6 +73,23 @@ def _fields_table(profile: HardwareProfile) -> Table:
             value = "-"
         table.add_row(key, str(value))
     return table
+
+
+def _calibration_rows(calibration: Calibration) -> list[tuple[str, str]]:
+    """The calibration block as a headline row, then one indented row per figure with the runs it came
+    from (read like the other fields, not a Python dict with its Nones and quotes in one cell)."""
+    units = {"usable_memory_gib": " GiB"}
+    present = [f for f in CALIBRATION_SOURCES if getattr(calibration, f) is not None]
+    missing = [f for f in CALIBRATION_SOURCES if f not in present]
+    head = "from committed runs (python -m toolkit.calibrate)"
+    if missing:
+        # Say which are absent: the planner then takes a default from other cards or the roofline.
+        head += f"; not calibrated: {', '.join(missing)}"
+    rows = [("calibration", head)]
+    for figure in present:
+        source = getattr(calibration, CALIBRATION_SOURCES[figure])
+        rows.append((f"  {figure}", f"{getattr(calibration, figure):g}{units.get(figure, '')}: {source}"))
+    return rows
 
 
 def _or_exit(function, *args):

@@ -13,8 +13,9 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from toolkit.planner import (DEFAULT_RESERVE_GIB, FLAG_CACHE_RATIO, ModelShape, kv_bytes_per_token, kv_fit,
-                             predict_serving, weight_bytes)
+from toolkit.model_sizes import (DEFAULT_RESERVE_GIB, FLAG_CACHE_RATIO, ModelShape, kv_bytes_per_token, kv_fit,
+                                 weight_bytes)
+from toolkit.predictions import predict_serving
 from toolkit.profiles import HardwareProfile
 
 from .schema import Prediction, Pruned, TuneWorkload
@@ -113,7 +114,7 @@ def build_space(hf_config, profile: HardwareProfile, workload: TuneWorkload, *, 
 
 def predict(hf_config, profile: HardwareProfile, *, weight_format: str, batch: int, workload: TuneWorkload,
             cache_ratio: float) -> Prediction:
-    """The calibrated planner's figures for this configuration at `batch` streams (toolkit/planner.py
+    """The calibrated planner's figures for this configuration at `batch` streams (toolkit/predictions.py
     predict_serving: roofline x measured efficiencies of the card), to set beside the measured ones."""
     if hf_config is None:
         return Prediction(notes=["no model config: no prediction"])

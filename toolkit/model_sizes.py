@@ -1,0 +1,237 @@
+"""What a model weighs, from its config alone: its shape, parameter counts, weight bytes in each
+format, KV cache bytes per token and how much cache a cache ratio gives.
+
+Pure functions of an HF config (a transformers PretrainedConfig or a plain dict) and a weight
+format; no weights are read and no GPU is needed. toolkit.planner (the plan) and
+toolkit.predictions (the calibrated speeds) size models with these. The formulas:
+
+- Parameters: embedding V x H; lm_head V x H unless tied; per layer q (H x heads*d), k and v
+  (H x kv_heads*d each), o (heads*d x H), gate/up/down (3 x H x I), biases where the architecture
+  has them (Qwen2: q, k, v), two RMSNorms (2H; Qwen3 adds q/k norms of d each); final norm H.
+- Weight bytes: bf16/fp16 2 bytes a parameter. int8 (weight-only): the layers' linear weights
+  1 byte + one fp16 scale per output channel. awq (4-bit, AutoAWQ GEMM layout): linear weights
+  0.5 byte + per group of 128 input channels an fp16 scale and a 4-bit zero per output channel.
+  Embedding, lm_head, biases and norms stay 16-bit in both, as AutoAWQ and LMDeploy leave them.
+- KV bytes per token = 2 (K and V) x layers x kv_heads x head_dim x 2 (16-bit cache).
+- Free memory = usable card memory x 2^30 - weights - a runtime reserve. Usable memory is what
+  torch reports, where a committed run recorded it (the profile's calibration.usable_memory_gib:
+  139.8 GiB on an H200 against 141 on its datasheet), else the datasheet memory_gib. The reserve
+  (default DEFAULT_RESERVE_GIB) holds the CUDA context, cuBLAS workspaces, CUDA graphs and the
+  activations of one prefill chunk of a 7B-class model.
+- KV tokens at cache ratio r = int(r x free) // kv_bytes_per_token: LMDeploy's
+  cache_max_entry_count is the fraction of the memory left free after the weights (the engine
+  counts int(free x r) // block_bytes blocks the same way). Sequences of length L that fit =
+  tokens // L, and in blocks of 64 tokens floor(blocks / ceil(L / 64)).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+QUANTS = ("bf16", "fp16", "int8", "awq")
+DEFAULT_RESERVE_GIB = 2.0
+AWQ_GROUP_SIZE = 128
+KV_DTYPE_BYTES = 2
+# LMDeploy's default cache_max_entry_count: the plan's flags and predict_serving size the cache at
+# it. Here, beside kv_fit, so that the plan and the predictions share one figure without a cycle.
+FLAG_CACHE_RATIO = 0.8
+_MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+
+
+class PlanError(ValueError):
+    """A model config the planner cannot size, or plan settings that make no sense."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The dimensions of a dense decoder-only transformer that sizes its weights and KV cache."""
+
+    model_type: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    qk_norm: bool
+    quantization: str | None = None  # quant_method of a quantized checkpoint's config
+
+    @classmethod
+    def from_config(cls, config: Any) -> "ModelShape":
+        """Read a transformers PretrainedConfig or a config.json dict (text_config when nested)."""
+        get = _getter(config)
+        if get("hidden_size") is None and get("text_config") is not None:
+            return cls.from_config(get("text_config"))
+        for key in _MOE_KEYS:
+            if _is_count(get(key)) and get(key) > 0:
+                raise PlanError(f"mixture-of-experts models ({key}={get(key)!r}) are not covered by the planner")
+        required = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+        missing = [k for k in required if not _is_count(get(k)) or get(k) <= 0]
+        if missing:
+            raise PlanError(f"the model config lacks {', '.join(missing)}: the planner needs a decoder-only LLM config")
+        # A hand-edited or damaged config.json may hold anything: refuse it here, not as a TypeError below.
+        bad = [f"{k}={get(k)!r}" for k in ("num_key_value_heads", "head_dim")
+               if get(k) is not None and (not _is_count(get(k)) or get(k) <= 0)]
+        bad += [f"{k}={get(k)!r}" for k in _MOE_KEYS if get(k) is not None and not _is_count(get(k))]
+        if get("head_dim") is None and get("hidden_size") < get("num_attention_heads"):
+            bad.append(f"hidden_size={get('hidden_size')} < num_attention_heads={get('num_attention_heads')}")
+        if bad:
+            raise PlanError(f"the model config has {', '.join(bad)}: sizes must be positive integers (and "
+                            f"hidden_size at least num_attention_heads); fix the config or pass another model")
+        model_type = str(get("model_type") or "llama")
+        hidden, heads = get("hidden_size"), get("num_attention_heads")
+        attention_bias = bool(get("attention_bias") or False)
+        quant = get("quantization_config")
+        quant_method = (quant.get("quant_method") if isinstance(quant, Mapping)
+                        else getattr(quant, "quant_method", None)) if quant else None
+        return cls(
+            model_type=model_type, hidden_size=hidden, intermediate_size=get("intermediate_size"),
+            num_layers=get("num_hidden_layers"), num_heads=heads,
+            num_kv_heads=get("num_key_value_heads") or heads, head_dim=get("head_dim") or hidden // heads,
+            vocab_size=get("vocab_size"), tie_word_embeddings=bool(get("tie_word_embeddings") or False),
+            # Qwen2 always has q/k/v biases (none on o); Llama-style configs say so in attention_bias.
+            qkv_bias=model_type == "qwen2" or attention_bias,
+            o_bias=model_type != "qwen2" and attention_bias,
+            mlp_bias=bool(get("mlp_bias") or False), qk_norm=model_type == "qwen3",
+            quantization=str(quant_method) if quant_method else None)
+
+
+@dataclass(frozen=True)
+class Linear:
+    """One linear layer of a decoder layer: y = x W^T (+ b), W of out_features x in_features."""
+
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool
+
+
+def layer_linears(shape: ModelShape) -> list[Linear]:
+    """The linear layers of one decoder layer (attention q/k/v/o, MLP gate/up/down)."""
+    h, q_out, kv_out = shape.hidden_size, shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
+    i = shape.intermediate_size
+    return [Linear("q_proj", h, q_out, shape.qkv_bias), Linear("k_proj", h, kv_out, shape.qkv_bias),
+            Linear("v_proj", h, kv_out, shape.qkv_bias), Linear("o_proj", q_out, h, shape.o_bias),
+            Linear("gate_proj", h, i, shape.mlp_bias), Linear("up_proj", h, i, shape.mlp_bias),
+            Linear("down_proj", i, h, shape.mlp_bias)]
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Parameters by part. `multiplying` counts those used as matmul weights per token."""
+
+    embedding: int
+    lm_head: int  # 0 when tied (the embedding table serves as the lm_head)
+    lm_head_tied: bool
+    attention_per_layer: int  # q/k/v/o weights and biases (+ q/k norms)
+    mlp_per_layer: int
+    norms_per_layer: int
+    per_layer: int
+    num_layers: int
+    final_norm: int
+    linear_weights: int  # all layers' linear weight matrices (what int8/AWQ quantize)
+    total: int
+    multiplying: int
+
+
+def count_params(shape: ModelShape) -> ParamCounts:
+    """Parameter counts of `shape` (see the module docstring for the per-part formulas)."""
+    linears = layer_linears(shape)
+    attention = sum(_linear_params(l) for l in linears if l.name in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    if shape.qk_norm:
+        attention += 2 * shape.head_dim
+    mlp = sum(_linear_params(l) for l in linears if l.name in ("gate_proj", "up_proj", "down_proj"))
+    norms = 2 * shape.hidden_size
+    per_layer = attention + mlp + norms
+    embedding = shape.vocab_size * shape.hidden_size
+    lm_head = 0 if shape.tie_word_embeddings else embedding
+    total = embedding + lm_head + shape.num_layers * per_layer + shape.hidden_size
+    linear_weights = shape.num_layers * sum(l.in_features * l.out_features for l in linears)
+    # The embedding lookup multiplies nothing; a tied table does the lm_head's matmul.
+    multiplying = total - (0 if shape.tie_word_embeddings else embedding)
+    return ParamCounts(embedding=embedding, lm_head=lm_head, lm_head_tied=shape.tie_word_embeddings,
+                       attention_per_layer=attention, mlp_per_layer=mlp, norms_per_layer=norms,
+                       per_layer=per_layer, num_layers=shape.num_layers, final_norm=shape.hidden_size,
+                       linear_weights=linear_weights, total=total, multiplying=multiplying)
+
+
+def _linear_params(linear: Linear) -> int:
+    return linear.in_features * linear.out_features + (linear.out_features if linear.bias else 0)
+
+
+@dataclass(frozen=True)
+class WeightBytes:
+    """Bytes of the weights in one format: the whole, and what one decode step reads."""
+
+    quant: str
+    total: int
+    decode: int  # all but the embedding table (row lookups); a tied table counts once
+    linear: int  # the layers' linear weights in this format
+    scales: int  # int8 / AWQ scales and zeros
+    sixteen_bit: int  # embedding, lm_head, biases, norms (and the linears for bf16/fp16)
+
+
+def weight_bytes(shape: ModelShape, quant: str) -> WeightBytes:
+    """Weight bytes of `shape` stored as `quant` (bf16, fp16, int8 or awq)."""
+    if quant not in QUANTS:
+        raise PlanError(f"unknown weight format {quant!r}: choose from {', '.join(QUANTS)}")
+    params = count_params(shape)
+    linears = layer_linears(shape)
+    if quant in ("bf16", "fp16"):
+        linear, scales = 2 * params.linear_weights, 0
+    elif quant == "int8":
+        linear = params.linear_weights
+        scales = shape.num_layers * sum(2 * l.out_features for l in linears)  # fp16 per output channel
+    else:  # awq: 4-bit weights; per (group of 128 inputs, output): fp16 scale + 4-bit zero
+        linear = params.linear_weights // 2
+        scales = shape.num_layers * sum(math.ceil(l.in_features / AWQ_GROUP_SIZE) * l.out_features * 5 // 2
+                                        for l in linears)
+    sixteen_bit = 2 * (params.total - params.linear_weights)
+    total = linear + scales + sixteen_bit
+    embedding_bytes = 2 * params.embedding
+    decode = total - (0 if shape.tie_word_embeddings else embedding_bytes)
+    return WeightBytes(quant=quant, total=total, decode=decode, linear=linear, scales=scales,
+                       sixteen_bit=sixteen_bit)
+
+
+def kv_bytes_per_token(shape: ModelShape, dtype_bytes: int = KV_DTYPE_BYTES) -> int:
+    """K and V of one token across all layers: 2 x layers x kv_heads x head_dim x dtype bytes."""
+    return 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * dtype_bytes
+
+
+@dataclass(frozen=True)
+class KvFit:
+    """How much KV cache a cache ratio gives, and how many sequences of session_len it holds."""
+
+    cache_ratio: float
+    kv_bytes: int
+    tokens: int
+    blocks: int
+    sequences: int  # tokens // session_len
+    sequences_in_blocks: int  # blocks // ceil(session_len / block_size): what a paged cache really holds
+
+
+def kv_fit(free_bytes: int, kv_per_token: int, ratio: float, session_len: int, block_size: int) -> KvFit:
+    """KV tokens and sequences at cache ratio `ratio` of `free_bytes` (LMDeploy's meaning)."""
+    budget = max(int(free_bytes * ratio), 0)
+    tokens = budget // kv_per_token
+    blocks = budget // (kv_per_token * block_size)
+    return KvFit(cache_ratio=ratio, kv_bytes=budget, tokens=tokens, blocks=blocks,
+                 sequences=tokens // session_len,
+                 sequences_in_blocks=blocks // math.ceil(session_len / block_size))
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _getter(config: Any):
+    if isinstance(config, Mapping):
+        return config.get
+    return lambda key: getattr(config, key, None)
