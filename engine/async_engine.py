@@ -7,16 +7,19 @@ loop per engine step. Two backends share that front:
   what tests and the offline tools use; but the engine loop and the server share one GIL.
 - ProcessEngine (engine_process.py): the LLMEngine in its own process, which the server uses, so
   streaming responses to many clients never delays the engine's next step.
+`reconfigure(changes)` applies new runtime settings (LLMEngine.reconfigure) through the same command
+channel as requests, so it runs between engine steps, after every command sent before it.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import queue
 import threading
 from collections.abc import AsyncIterator
 
-from .engine import EngineStats, LLMEngine, RequestOutput
+from .engine import EngineBusyError, EngineStats, LLMEngine, RequestOutput
 from .errors import EngineError, InvalidRequestError
 from .generation import GenerationConfig
 from .request_factory import RequestFactory, RequestSpec
@@ -33,7 +36,7 @@ class EngineDeadError(EngineError):
 
 
 class AsyncEngine:
-    """The asyncio front: one stream per request. Backends implement _submit, _abort, _stop and stats."""
+    """The asyncio front: one stream per request. Backends implement _submit, _abort, _reconfigure, _stop, stats."""
 
     def __init__(self, requests: RequestFactory, source, config):
         self.requests = requests
@@ -53,6 +56,10 @@ class AsyncEngine:
         raise NotImplementedError
 
     def _abort(self, request_id: str) -> None:
+        raise NotImplementedError
+
+    def _reconfigure(self, changes: dict) -> concurrent.futures.Future:
+        """Have the engine apply `changes`; the future resolves to (new EngineConfig, new EngineStats)."""
         raise NotImplementedError
 
     async def _stop(self) -> None:
@@ -113,6 +120,25 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         self._abort(request_id)
 
+    async def reconfigure(self, changes: dict) -> EngineStats:
+        """Apply new runtime settings (engine.RUNTIME_FIELDS) to the idle engine; returns its new stats.
+
+        Refused with nothing changed: requests in flight (EngineBusyError: streams of this front, or
+        requests the engine still holds), a field that needs a restart or a bad value
+        (InvalidRequestError), settings that do not fit (OutOfMemoryError: the engine keeps the
+        previous ones). `self.config` and `stats()` show the new settings once this returns.
+        """
+        if not self.accepting:
+            if self.dead_reason is not None:
+                raise EngineDeadError(self.dead_reason)
+            raise EngineDeadError("the engine is shutting down", "shutting_down")
+        if self._streams:  # answered here, without a round trip to a busy engine
+            raise EngineBusyError(f"cannot reconfigure while {len(self._streams)} request(s) are in flight: "
+                                  "reconfigure an idle engine")
+        config, stats = await asyncio.wrap_future(self._reconfigure(dict(changes)))
+        self.config = config
+        return stats
+
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish (abort what is left after `timeout`), stop."""
         self._accepting = False
@@ -163,6 +189,14 @@ def merge_outputs(first: RequestOutput, later: RequestOutput) -> RequestOutput:
                          request=later._request, text_end=later._text_end)
 
 
+def running_future() -> concurrent.futures.Future:
+    """A future for a command already on its way to the engine: marked running, so a caller that gives up
+    waiting (its asyncio side cancelled) cannot cancel it under the thread that sets its result."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.set_running_or_notify_cancel()
+    return future
+
+
 def _put_all(items) -> None:
     for stream, out in items:
         stream.put_nowait(out)
@@ -192,10 +226,26 @@ class ThreadedEngine(AsyncEngine):
     def _abort(self, request_id: str) -> None:
         self._send(("abort", request_id))
 
+    def _reconfigure(self, changes: dict) -> concurrent.futures.Future:
+        future = running_future()
+        self._send(("reconfigure", (changes, future)))
+        return future
+
     async def _stop(self) -> None:
         self._stopping = True
         self._wakeup.set()
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
+        self._fail_unapplied()
+
+    def _fail_unapplied(self) -> None:
+        """Reconfigures still queued when the loop stopped are never applied: their callers must not wait forever."""
+        while True:
+            try:
+                kind, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "reconfigure":
+                payload[1].set_exception(EngineDeadError("the engine has stopped", "shutting_down"))
 
     def _send(self, command) -> None:
         self._inbox.put(command)
@@ -214,8 +264,23 @@ class ThreadedEngine(AsyncEngine):
                         self.engine.add(payload)
                     except EngineError as e:
                         self._deliver(payload.request_id, e)
+            elif kind == "reconfigure":
+                self._apply_reconfigure(*payload)
             else:
                 self.engine.abort(payload)
+
+    def _apply_reconfigure(self, changes: dict, future: concurrent.futures.Future) -> None:
+        try:
+            stats = self.engine.reconfigure(changes)
+        except EngineError as e:  # refused, or did not fit: the engine kept its previous settings
+            future.set_exception(e)
+        except Exception as e:  # noqa: BLE001 - not even the previous settings fit: the engine has no KV cache
+            log.exception("reconfigure left the engine without a KV cache")
+            future.set_exception(e)
+            self._stopping = True
+            self._fail_all(f"the engine failed while reconfiguring: {e}")
+        else:
+            future.set_result((self.engine.config, stats))
 
     def _run(self) -> None:
         while not self._stopping:
@@ -233,3 +298,4 @@ class ThreadedEngine(AsyncEngine):
                     self._deliver(rid, EngineError(f"engine step failed: {e}"))
                 continue
             self._deliver_step(outputs)
+        self._fail_unapplied()

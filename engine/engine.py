@@ -3,9 +3,14 @@
 The engine owns the tokenizer, the model runner, the KV-cache manager and the scheduler. Bad input is
 refused in `make_request` with one clear InvalidRequestError and changes nothing else; a failure in a
 forward finishes that step's requests with reason "error" and the engine goes on serving.
+
+`reconfigure(changes)` applies new runtime settings (RUNTIME_FIELDS) to an idle engine: the KV cache,
+block pool, scheduler and CUDA graphs are rebuilt, the weights, tokenizer and compiled kernels kept, so
+a tuner's trial costs a cache allocation instead of a restart. Any other setting needs a new engine.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import EngineConfig
-from .errors import InvalidRequestError, ModelLoadError, OutOfMemoryError
+from .errors import EngineError, InvalidRequestError, ModelLoadError, OutOfMemoryError, first_line
 from .generation import GenerationConfig
 from .kv_cache import KVCacheManager
 from .models.source import ModelSource, resolve_model
@@ -23,6 +28,19 @@ from .runner.model_runner import ModelRunner
 from .scheduler import Scheduler, SchedulerOutput
 
 log = logging.getLogger(__name__)
+
+# What reconfigure() changes on a loaded engine: each shapes only the KV cache, the block pool, the
+# scheduler or the CUDA graphs. session_len is not here: the API process sized its request checks
+# (and the model card's max_model_len) with it at start.
+RUNTIME_FIELDS = frozenset({"max_batch_size", "cache_max_entry_count", "max_prefill_token_num",
+                            "enable_prefix_caching", "cache_block_seq_len"})
+# The JSON types each runtime field takes (bool is an int to Python: refused where a number belongs).
+_RUNTIME_TYPES = {"max_batch_size": (int, type(None)), "cache_max_entry_count": (int, float),
+                  "max_prefill_token_num": (int,), "enable_prefix_caching": (bool,), "cache_block_seq_len": (int,)}
+
+
+class EngineBusyError(EngineError):
+    """The engine has requests running or waiting, and the operation needs it idle (reconfigure)."""
 
 
 class RequestOutput:
@@ -77,6 +95,28 @@ class EngineStats:
         return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
 
 
+def runtime_config(config: EngineConfig, changes: dict) -> EngineConfig:
+    """`config` with `changes` applied, validated; InvalidRequestError naming the first field refused.
+
+    Only RUNTIME_FIELDS change on a loaded engine; any other EngineConfig field needs a restart.
+    """
+    known = {f.name for f in dataclasses.fields(EngineConfig)}
+    for name, value in changes.items():
+        if name not in known:
+            raise InvalidRequestError(f"{name!r} is not an engine setting (runtime settings: "
+                                      f"{', '.join(sorted(RUNTIME_FIELDS))})", name)
+        if name not in RUNTIME_FIELDS:
+            raise InvalidRequestError(f"{name} needs a restart: only {', '.join(sorted(RUNTIME_FIELDS))} change "
+                                      "on a running engine", name)
+        types = _RUNTIME_TYPES[name]
+        if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
+            wanted = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise InvalidRequestError(f"{name} must be {wanted}, got {value!r}", name)
+    if "cache_max_entry_count" in changes:  # a float, as the CLI gives it (an integer > 1 is a block count)
+        changes = {**changes, "cache_max_entry_count": float(changes["cache_max_entry_count"])}
+    return config.replace(**changes)  # EngineConfig validates the values
+
+
 def _default_batch_size(device: torch.device, memory_gb: float | None = None) -> int:
     if device.type != "cuda":
         return 32
@@ -92,7 +132,7 @@ class LLMEngine:
         self._init_source(model)
         self._init_tokenizer()
         self._init_runner()
-        self._init_scheduler()
+        self._init_runtime(self.config)
         self._init_state()
 
     # -- initialisation --------------------------------------------------------------------------
@@ -124,22 +164,70 @@ class LLMEngine:
             raise ModelLoadError(f"cannot load the tokenizer of {self.source.name}: {e}") from None
 
     def _init_runner(self) -> None:
+        """The weights: loaded once per engine (the runtime part is _init_runtime's)."""
         self.runner = ModelRunner(self.config, self.source, self.session_len)
         self.vocab_size = self.runner.vocab_size
         self.requests = RequestFactory.for_model(self.source, self.tokenizer, self.session_len)
         self.eos_token_ids = self.requests.eos_token_ids
-        capacity = self.runner.num_blocks * self.config.cache_block_seq_len
-        if capacity < self.session_len:
-            raise OutOfMemoryError(
-                f"the KV cache holds {capacity} tokens, less than one session of {self.session_len}: "
-                "raise --cache-max-entry-count or lower --session-len")
 
-    def _init_scheduler(self) -> None:
-        max_batch = self.config.max_batch_size or _default_batch_size(self.runner.device, self.config.gpu_memory_gb)
-        self.kv = KVCacheManager(self.runner.num_blocks, self.config.cache_block_seq_len,
-                                 self.config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.kv, max_batch, self.config.max_prefill_token_num)
-        self.runner.init_batching(max_batch)
+    def _init_runtime(self, config: EngineConfig) -> None:
+        """What the runtime settings shape: KV-cache tensors, buffers and graphs (runner), block pool, scheduler.
+
+        The counters of the pool and the scheduler carry over from the ones replaced, so the server's
+        Prometheus counters never go down while its process lives.
+        """
+        max_batch = config.max_batch_size or _default_batch_size(self.runner.device, config.gpu_memory_gb)
+        self.runner.allocate(config, max_batch)
+        old_kv, old_scheduler = getattr(self, "kv", None), getattr(self, "scheduler", None)
+        self.kv = KVCacheManager(self.runner.num_blocks, config.cache_block_seq_len, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.kv, max_batch, config.max_prefill_token_num)
+        if old_kv is not None:
+            self.kv.stats = old_kv.stats
+            self.scheduler.stats = old_scheduler.stats
+        self.config = config
+
+    # -- runtime settings ------------------------------------------------------------------------
+    def reconfigure(self, changes: dict) -> EngineStats:
+        """Apply new runtime settings (RUNTIME_FIELDS) to the idle engine; returns the new stats.
+
+        The KV cache, block pool (so the prefix cache too), scheduler and CUDA graphs are rebuilt for
+        `self.config.replace(**changes)`; weights, tokenizer and compiled kernels stay. An empty
+        `changes` rebuilds the same settings: a clean pool and prefix cache. Refused, with nothing
+        changed: a field outside RUNTIME_FIELDS or a bad value (InvalidRequestError naming it),
+        requests running or waiting (EngineBusyError). If the new settings do not fit (OutOfMemoryError
+        and the like) the previous ones are restored and the error raised; if even they no longer fit,
+        RuntimeError: the engine has no KV cache and must be restarted.
+        """
+        new = runtime_config(self.config, dict(changes))
+        if self.scheduler.num_unfinished:
+            raise EngineBusyError(
+                f"cannot reconfigure while {len(self.scheduler.running)} request(s) run and "
+                f"{len(self.scheduler.waiting)} wait: reconfigure an idle engine")
+        if self._in_flight is not None:  # the last step's requests all finished: wait for it, drop its tokens
+            step, self._in_flight = self._in_flight, None
+            self._update(step)
+        old = self.config
+        started = time.perf_counter()
+        try:
+            self._init_runtime(new)  # the runner frees the old cache and graphs before allocating new ones
+        except Exception as e:
+            log.warning("reconfigure to %s failed (%s); restoring the previous settings", new.to_flags(), e)
+            try:
+                self._init_runtime(old)
+            except Exception as again:
+                # Not an EngineError: callers treat this one as the engine's end, not as a refusal.
+                raise RuntimeError(f"the engine could not restore its previous runtime settings ({again}) after "
+                                   f"failing to apply new ones ({e}): it has no KV cache and must be "
+                                   "restarted") from again
+            if isinstance(e, EngineError):  # already says what would fit
+                raise
+            # torch's own out-of-memory (graph capture) and the like: the previous settings serve on,
+            # so this is a refusal (an EngineError), not the engine's end.
+            kind = OutOfMemoryError if isinstance(e, torch.OutOfMemoryError) else EngineError
+            raise kind(f"the new settings failed: {type(e).__name__}: {first_line(e)}") from e
+        log.info("reconfigured in %.2f s: %s (%d KV blocks)", time.perf_counter() - started,
+                 " ".join(new.to_flags()) or "defaults", self.runner.num_blocks)
+        return self.stats()
 
     # -- requests --------------------------------------------------------------------------------
     def tokenize_prompt(self, prompt: str | list[int]) -> list[int]:

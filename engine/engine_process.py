@@ -6,11 +6,17 @@ its next step, and the GPU waits. Measured on an H100 with the engine in a threa
 0.84 of the offline engine's output tok/s at 64 streams. vLLM and SGLang split the same way.
 
 Protocol, over two one-way pipes (multiprocessing connections, pickled tuples):
-  server -> engine: ("add", RequestSpec) | ("abort", request_id) | ("shutdown",)
+  server -> engine: ("add", RequestSpec) | ("abort", request_id) | ("reconfigure", token, changes)
+                    | ("shutdown",)
   engine -> server: ("ready", EngineStats) | ("failed", error class name, one-line message)
                     | ("step", [packed output, ...], EngineStats) | ("stats", EngineStats)
                     | ("reject", request_id, error class name, message, param)
+                    | ("reconfigured", token, EngineConfig, EngineStats)
+                    | ("not_reconfigured", token, error class name, message, param)
                     | ("fail_all", message) | ("stopped",)
+A reconfigure runs between steps, after every command sent before it; its token pairs the answer with
+the caller waiting for it. An engine that cannot even restore its previous settings exits (the
+server then exits 1, and a supervisor restarts it).
 The server keeps its own copy of each Request (built from the same RequestSpec) and appends the
 streamed token ids to it, so the text of requests without stop words is detokenized in the server's
 process, when a stream reads it; requests with stop words are detokenized by the engine, which
@@ -20,7 +26,9 @@ exits when its command pipe closes, so it never outlives the server.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import multiprocessing as mp
 import signal
@@ -28,9 +36,9 @@ import threading
 from multiprocessing.connection import Connection
 
 from . import errors
-from .async_engine import AsyncEngine
+from .async_engine import AsyncEngine, EngineDeadError, running_future
 from .config import EngineConfig
-from .engine import EngineStats, RequestOutput
+from .engine import EngineBusyError, EngineStats, RequestOutput
 from .errors import EngineError, InvalidRequestError
 from .kv_cache import KVCacheInvariantError
 from .models.source import ModelSource
@@ -51,6 +59,8 @@ class ProcessEngine(AsyncEngine):
         self._stats = stats
         self._send_lock = threading.Lock()  # several event loops may send (tests run three servers)
         self._mirrors: dict = {}  # request_id -> this process's Request copy (token ids + detokenizer)
+        self._reconfigures: dict[int, concurrent.futures.Future] = {}  # token -> the caller's future
+        self._tokens = itertools.count()
         self._reader = threading.Thread(target=self._read, name="engine-events", daemon=True)
         self._reader.start()
 
@@ -86,6 +96,24 @@ class ProcessEngine(AsyncEngine):
     def _abort(self, request_id: str) -> None:
         self._mirrors.pop(request_id, None)
         self._send(("abort", request_id))
+
+    def _reconfigure(self, changes: dict) -> concurrent.futures.Future:
+        future = running_future()
+        token = next(self._tokens)
+        self._reconfigures[token] = future
+        # Registered before the check: a death after it fails the future in the reader thread, one
+        # before it here (either way exactly once: whoever pops the token answers it).
+        if self.dead_reason is not None:
+            self._fail_reconfigures(self.dead_reason)
+        else:
+            self._send(("reconfigure", token, changes))
+        return future
+
+    def _fail_reconfigures(self, reason: str) -> None:
+        for token in list(self._reconfigures):
+            future = self._reconfigures.pop(token, None)
+            if future is not None:
+                future.set_exception(EngineDeadError(reason))
 
     async def _stop(self) -> None:
         self._send(("shutdown",))
@@ -128,13 +156,28 @@ class ProcessEngine(AsyncEngine):
                 error_cls = getattr(errors, error_kind, EngineError)
                 self._deliver(rid, InvalidRequestError(text, param) if error_cls is InvalidRequestError
                               else error_cls(text))
+            elif kind in ("reconfigured", "not_reconfigured"):
+                self._on_reconfigured(message)
             elif kind == "fail_all":  # a step failed; the engine aborted everything and goes on
                 self._mirrors.clear()
                 for rid in list(self._streams):
                     self._deliver(rid, EngineError(message[1]))
             elif kind == "stopped":
                 self.dead_reason = "the engine has stopped"
+                self._fail_reconfigures(self.dead_reason)
                 return
+
+    def _on_reconfigured(self, message) -> None:
+        future = self._reconfigures.pop(message[1], None)
+        if message[0] == "reconfigured":
+            _, _, config, stats = message
+            self._stats = stats  # before the caller wakes: stats() already shows the new pool
+            if future is not None:
+                future.set_result((config, stats))
+            return
+        _, _, error_kind, text, param = message
+        if future is not None:
+            future.set_exception(_engine_error(error_kind, text, param))
 
     def _on_death(self) -> None:
         """The engine process went away unasked: reap it (no zombie), fail every stream, tell on_dead."""
@@ -156,6 +199,7 @@ class ProcessEngine(AsyncEngine):
                                           num_free_blocks=self._stats.num_blocks, kv_cache_usage=0.0)
         self._mirrors.clear()
         self._fail_all(reason)
+        self._fail_reconfigures(reason)
 
     def _unpack(self, item) -> RequestOutput:
         rid, token_ids, text, finished, reason, n_prompt, n_output, n_cached, logprobs, error, text_end = item
@@ -164,6 +208,16 @@ class ProcessEngine(AsyncEngine):
             mirror.token_ids.extend(token_ids)
         return RequestOutput(rid, token_ids, text, finished, reason, n_prompt, n_output, n_cached, logprobs, error,
                              request=mirror if text is None else None, text_end=text_end)
+
+
+def _engine_error(kind: str, text: str, param: str | None) -> EngineError:
+    """An error the engine process raised, rebuilt from its class name (EngineError for any other)."""
+    if kind == "InvalidRequestError":
+        return InvalidRequestError(text, param)
+    if kind == "EngineBusyError":
+        return EngineBusyError(text)
+    error_cls = getattr(errors, kind, EngineError)
+    return error_cls(text) if isinstance(error_cls, type) and issubclass(error_cls, EngineError) else EngineError(text)
 
 
 def _wait_ready(process, events: Connection):
@@ -239,10 +293,25 @@ class _EngineLoop:
                     self.events.send(("reject", spec.request_id, type(e).__name__, str(e), getattr(e, "param", None)))
             elif kind == "abort":
                 self.engine.abort(command[1])
+            elif kind == "reconfigure":
+                self._reconfigure(command[1], command[2])
             elif kind == "shutdown":
                 return False
             self.changed = True
         return True
+
+    def _reconfigure(self, token: int, changes: dict) -> None:
+        try:
+            stats = self.engine.reconfigure(changes)
+        except EngineError as e:  # refused, or did not fit: the engine kept its previous settings
+            self.events.send(("not_reconfigured", token, type(e).__name__, str(e), getattr(e, "param", None)))
+        except Exception:
+            # Not even the previous settings fit: no KV cache is left to serve with. Exit, so the
+            # server fails what waits with engine_dead and exits 1 for a supervisor to restart it.
+            log.exception("reconfigure left the engine without a KV cache: stopping the engine")
+            raise
+        else:
+            self.events.send(("reconfigured", token, self.engine.config, stats))
 
     def _step(self) -> None:
         try:

@@ -3,7 +3,8 @@
 A decode step of a 7B model launches ~300 kernels; on the GPU machine's slow CPU, launching them
 eagerly costs more than the GPU work itself at small batches. Each graph is captured once against
 the input buffers' device tensors; a replay needs only those buffers refilled (padding rows write
-to slot -1 and attend to nothing).
+to slot -1 and attend to nothing). Graphs for other buffers (new runtime settings) are new graphs:
+`release` frees these and their memory pool first.
 """
 from __future__ import annotations
 
@@ -73,6 +74,14 @@ class DecodeGraphs:
         torch.cuda.synchronize()
         log.info("captured %d decode CUDA graphs (batch %d..%d) in %.1f s", len(self.sizes), self.sizes[0],
                  self.sizes[-1], time.perf_counter() - start)
+
+    def release(self) -> None:
+        """Free every graph, its outputs and the shared memory pool (before graphs for new buffers are captured)."""
+        for graph in self.graphs.values():
+            graph.reset()
+        self.graphs.clear()
+        self.outputs.clear()  # the outputs live in the pool: the pool is freed only once they are gone too
+        self.pool = None
 
     def replay(self, size: int) -> torch.Tensor:
         self.graphs[size].replay()

@@ -4,6 +4,10 @@
 per-request metadata (query_start_loc, seq_lens, block_tables) in preallocated buffers, runs the
 model under a forward context (decode steps replay a CUDA graph), computes logits only for the rows
 that sample, samples on the device, and returns the sampled ids: the one host sync of the step.
+
+Two lifetimes: the weights are loaded once, in the constructor; what the runtime settings shape (the
+KV-cache tensors, the input buffers, the decode CUDA graphs) is made by `allocate(config, max_batch)`
+and dropped by `release()`, so an engine can take new runtime settings without reloading its weights.
 """
 from __future__ import annotations
 
@@ -61,6 +65,7 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, config: EngineConfig, source, session_len: int):
+        """Load the weights; `allocate` then makes the KV cache, buffers and graphs for a configuration."""
         self.config = config
         self.hf_config = source.hf_config
         self.session_len = session_len
@@ -71,13 +76,50 @@ class ModelRunner:
                 "deterministic mode needs the Triton kernels on a CUDA device (and kernels not turned off); "
                 f"this engine runs on {self.device.type}", "deterministic")
         self._init_model(source)
-        self._init_kv_cache()
         self.sampler = Sampler()
+        self.kv_cache: torch.Tensor | None = None
+        self.num_blocks = 0
+        self.buffers: InputBuffers | None = None
         self.graphs: DecodeGraphs | None = None
+        self._sampled_host: list[torch.Tensor] = []
         self._last_sampled: torch.Tensor | None = None  # the previous step's sampled ids, on the device
         self._flip = 0
 
-    def init_batching(self, max_batch_size: int) -> None:
+    # -- per-configuration state -----------------------------------------------------------------
+    def allocate(self, config: EngineConfig, max_batch_size: int) -> None:
+        """The KV cache, input buffers and (CUDA, not eager) decode graphs for `config`.
+
+        `config` may differ from the one the weights were loaded with only in runtime settings (cache
+        size and block length, batch and prefill limits); whatever was allocated before is released
+        first, since on a GPU the old and the new cache would not fit together.
+        """
+        self.release()
+        self.config = config
+        self._init_kv_cache()
+        self._init_batching(max_batch_size)
+
+    def release(self) -> None:
+        """Drop the KV cache, the decode graphs and the input buffers, and hand their memory back.
+
+        The attention layers hold views of the cache: they are cleared too, or the old tensor would
+        stay alive through them.
+        """
+        if self.graphs is not None:
+            self.graphs.release()
+            self.graphs = None
+        for attn in self.model.attention_layers():
+            attn.k_cache = attn.v_cache = None
+        self.kv_cache = None
+        self.num_blocks = 0
+        self.buffers = None
+        self._sampled_host = []
+        self._last_sampled = None
+        self._flip = 0
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # nothing queued may still read what is freed
+            torch.cuda.empty_cache()  # back to the device, so the next cache is sized on what is really free
+
+    def _init_batching(self, max_batch_size: int) -> None:
         """Input buffers for the scheduler's limits, then (CUDA, not eager) the decode graphs."""
         block = self.config.cache_block_seq_len
         self.buffers = InputBuffers(self.config.max_prefill_token_num, max_batch_size,
@@ -145,6 +187,11 @@ class ModelRunner:
             raise OutOfMemoryError(
                 "no memory is left for the KV cache after the weights: raise --cache-max-entry-count, "
                 "use a 4-bit AWQ checkpoint, or a GPU with more memory")
+        capacity = num_blocks * cfg.cache_block_seq_len
+        if capacity < self.session_len:  # checked before allocating: no point in a cache that serves nobody
+            raise OutOfMemoryError(
+                f"the KV cache holds {capacity} tokens, less than one session of {self.session_len}: "
+                "raise --cache-max-entry-count or lower --session-len")
         shape = (2, self.num_layers, num_blocks, cfg.cache_block_seq_len, self.num_kv_heads, self.head_dim)
         try:
             # zeros, not empty: unused slots are masked out, but 0 * NaN garbage would still be NaN.

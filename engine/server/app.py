@@ -181,12 +181,14 @@ class AppState:
 
 def build_app(aengine: AsyncEngine, *, model_name: str | None = None, api_keys=None,
               max_concurrent_requests: int | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-              body_timeout: float | None = DEFAULT_BODY_TIMEOUT_S, allowed_hosts=()) -> FastAPI:
+              body_timeout: float | None = DEFAULT_BODY_TIMEOUT_S, allowed_hosts=(),
+              enable_admin: bool = False) -> FastAPI:
     """The OpenAI-compatible app around a running AsyncEngine (the caller owns the engine's lifetime).
 
     The routes are module-level functions that find their AppState on `request.app.state`: FastAPI
     caches endpoint functions process-wide, so routes defined as closures here would keep every
-    app, and its engine with its GPU memory, alive after the server is gone.
+    app, and its engine with its GPU memory, alive after the server is gone. `enable_admin` adds
+    the /admin routes (admin.py: settings, reconfigure); without it they do not exist.
     """
     app = FastAPI(title="opsctl", summary="OpenAI-compatible LLM server", version="0.1.0")
     state = AppState(aengine, model_name or aengine.source.name, api_keys, max_concurrent_requests, max_body_bytes,
@@ -194,6 +196,10 @@ def build_app(aengine: AsyncEngine, *, model_name: str | None = None, api_keys=N
     app.state.opsctl = state
     app.state.shutting_down = False
     app.include_router(router)
+    if enable_admin:
+        from .admin import router as admin_router  # imported here: admin.py builds on this module
+
+        app.include_router(admin_router)
     app.add_middleware(RequestGuard, keys=state.keys, allowed_hosts=tuple(allowed_hosts or ()))
     _install_error_handlers(app)
     return app

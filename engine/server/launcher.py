@@ -105,9 +105,10 @@ def run_server(model: str | None, config, *, host: str = "127.0.0.1", port: int 
                model_name: str | None = None, api_keys=None, max_concurrent_requests: int | None = None,
                log_level: str = "info", shutdown_timeout: float = 30.0, allowed_hosts=(),
                header_timeout: float = DEFAULT_HEADER_TIMEOUT_S, body_timeout: float | None = None,
-               max_connections: int | None = None, say=print) -> int:
+               max_connections: int | None = None, enable_admin: bool = False, say=print) -> int:
     """Serve until SIGTERM/SIGINT (returns 0) or the engine's death (returns 1).
 
+    `enable_admin` serves the /admin routes (app.py, admin.py: settings, runtime reconfigure).
     Start-up failures raise StartupError.
     """
     from .app import DEFAULT_BODY_TIMEOUT_S, build_app
@@ -133,7 +134,10 @@ def run_server(model: str | None, config, *, host: str = "127.0.0.1", port: int 
         aengine = start_engine(model, config, log_level)
         app = build_app(aengine, model_name=model_name, api_keys=api_keys,
                         max_concurrent_requests=max_concurrent_requests, allowed_hosts=allowed_hosts,
-                        body_timeout=DEFAULT_BODY_TIMEOUT_S if body_timeout is None else body_timeout)
+                        body_timeout=DEFAULT_BODY_TIMEOUT_S if body_timeout is None else body_timeout,
+                        enable_admin=enable_admin)
+        if enable_admin and not api_keys:
+            log.warning("--enable-admin without an API key: whoever reaches this server can reconfigure its engine")
         served = model_name or aengine.source.name
         stats = aengine.stats()
         say(f"opsctl serve: {served} on http://{host}:{port}/v1 (session_len {aengine.session_len}, "

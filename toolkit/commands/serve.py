@@ -56,6 +56,10 @@ def serve(
     shutdown_timeout: Annotated[float, typer.Option(
         "--shutdown-timeout", help="On SIGTERM, seconds in-flight requests get to finish before they are aborted.")
     ] = 30.0,
+    enable_admin: Annotated[bool, typer.Option(
+        "--enable-admin", help="Serve GET /admin/config and POST /admin/reconfigure (new batch size, cache size, "
+                               "prefill budget, block length or prefix caching without reloading the weights, "
+                               "e.g. between a tuner's trials), behind the API key when one is set.")] = False,
     backend: Annotated[Optional[str], typer.Option(
         "--backend", help="Accepted for lmdeploy command lines (turbomind|pytorch); opsctl has one engine.")] = None,
     engine_config=None,
@@ -76,7 +80,7 @@ def serve(
                           api_keys=keys, max_concurrent_requests=max_concurrent_requests,
                           log_level=log_level.lower(), shutdown_timeout=shutdown_timeout,
                           allowed_hosts=_split(allowed_hosts), header_timeout=header_timeout,
-                          body_timeout=body_timeout, max_connections=max_connections)
+                          body_timeout=body_timeout, max_connections=max_connections, enable_admin=enable_admin)
     except EngineError as e:
         if os.environ.get("OPSCTL_DEBUG"):
             raise
