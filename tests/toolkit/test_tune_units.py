@@ -11,7 +11,7 @@ import pytest
 from engine.config import EngineConfig
 from toolkit.bench.metrics import LimitError, RequestRecord
 from toolkit.profiles import get_profile
-from toolkit.tune.load_search import LoadSearch, attainment, wilson_interval
+from toolkit.tune.load_search import LoadSearch, attainment, requests_to_resolve, score, wilson_interval
 from toolkit.tune.schema import LoadPoint, Slo, Trial, TuneResult, TuneWorkload
 from toolkit.tune.search import Budget, CoordinateSearch, GridSearch
 from toolkit.tune.space import Space, build_space, parse_axis
@@ -43,9 +43,8 @@ def _probe_at(knee: int, calls: list):
     def probe(c, n):
         calls.append((c, n))
         good = n if c <= knee else n // 2
-        low, high = wilson_interval(good, n)
-        return LoadPoint(concurrency=c, requests=n, output_tok_s=10.0 * c, request_s=1, slo_fraction=good / n,
-                         slo_fraction_low=low, slo_fraction_high=high, meets_slo=good / n >= 0.95)
+        point = LoadPoint(concurrency=c, requests=n, output_tok_s=10.0 * c, request_s=1)
+        return score(point, good, n, SLO)
     return probe
 
 
@@ -57,14 +56,19 @@ def test_load_search_doubles_then_bisects_as_guidellm_does():
     assert best.concurrency == 36 and search.stop_reason.startswith("converged")
 
 
-def test_load_search_rerun_unresolved_probe_with_more_requests():
+def test_load_search_reruns_an_unresolved_probe_only_when_twice_the_requests_could_resolve_it():
+    assert requests_to_resolve(0.95) == 73 and requests_to_resolve(0.99) == 381 and requests_to_resolve(0.9) == 35
     calls = []
+    search = LoadSearch(_probe_at(1000, calls), SLO, initial=4, max_streams=8, requests_for=lambda c: 40)
+    search.run()
+    # 40/40 has a Wilson lower bound of 0.91 < 0.95; 80/80 could resolve it (0.954): one re-run per level
+    assert calls == [(4, 40), (4, 80), (8, 40), (8, 80)]
+    assert all(p.resolved for p in search.points) and "most streams tried" in search.stop_reason
+    calls.clear()
     search = LoadSearch(_probe_at(1000, calls), SLO, initial=4, max_streams=8, requests_for=lambda c: 20)
     search.run()
-    # 20/20 has a Wilson lower bound of 0.84 < 0.95: each level is run again with 40 (lower bound 0.91),
-    # which still straddles the target but counts: one re-run per level, never more
-    assert calls == [(4, 20), (4, 40), (8, 20), (8, 40)]
-    assert "most streams tried" in search.stop_reason
+    # 40 could not resolve 0.95 either (73 needed): the verdicts stand, marked unresolved
+    assert calls == [(4, 20), (8, 20)] and not any(p.resolved for p in search.points)
 
 
 def test_load_search_walks_down_when_one_stream_fails():

@@ -104,7 +104,7 @@ def _cmdline(pid: int) -> bytes:
 class ServeProcess:
     """`python -m toolkit serve [MODEL] --server-port 0 FLAGS`, its stdout and stderr in `log_path`."""
 
-    def __init__(self, model: str | None, flags: list[str], log_path: Path):
+    def __init__(self, model: str | None, flags: list[str], log_path: Path, env: dict | None = None):
         self.command = [sys.executable, "-m", "toolkit", "serve", *([model] if model else []),
                         "--server-name", "127.0.0.1", "--server-port", "0", *flags]
         self.log_path = Path(log_path)
@@ -112,7 +112,7 @@ class ServeProcess:
         with open(self.log_path, "w") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                                          preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self.pids: dict[str, int] = {"api": self.proc.pid}
 

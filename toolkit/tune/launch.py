@@ -623,7 +623,7 @@ def write_launch_files(out_dir: str | Path, model: str, config: EngineConfig, *,
         *about,
         f"The model path must exist inside the container ({model}): bake it into the image or mount it.",
     ])
-    deploy.write_text(kubernetes_manifests(name or k8s_name(model), model, config, image=image, port=port,
+    deploy.write_text(kubernetes_manifests(name or k8s_name(model or "opsctl-default-model"), model, config, image=image, port=port,
                                            gpus=gpus, memory_gib=_cpu_memory_request(config, weights_gib, gpus),
                                            header=header), encoding="utf-8")
     return {"launch.sh": launch, "deploy.yaml": deploy}

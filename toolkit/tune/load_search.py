@@ -4,7 +4,9 @@ A probe runs `concurrency` closed-loop streams and scores SLO attainment: the fr
 requests meeting every limit (an error meets none). It passes when the attainment reaches the
 target (the SLO's percentile / 100); a Wilson interval says whether the probe had enough requests to
 tell (resolved: the interval lies wholly on one side of the target). An unresolved probe is run
-again with twice the requests before it counts, so a verdict is never one lucky run.
+again with twice the requests when twice could resolve it (a perfect record of n requests resolves
+a target t only when n >= z^2 t / (1 - t): 35 requests for p90, 381 for p99); otherwise its verdict
+is kept and marked unresolved, and the report says so.
 
 The search is GuideLLM 0.8's `goodput` profile (guidellm/benchmark/profiles/goodput.py): double the
 streams from `initial` until a level fails (or `max_streams`), then bisect between the highest
@@ -50,12 +52,18 @@ def attainment(records, slo: Slo) -> tuple[int, int]:
 def score(point: LoadPoint, good: int, judged: int, slo: Slo) -> LoadPoint:
     low, high = wilson_interval(good, judged)
     fraction = good / judged if judged else 0.0
-    return point.model_copy(update={"slo_fraction": fraction, "slo_fraction_low": low, "slo_fraction_high": high,
-                                    "meets_slo": judged > 0 and fraction >= slo.attainment})
+    point = point.model_copy(update={"slo_fraction": fraction, "slo_fraction_low": low, "slo_fraction_high": high,
+                                     "meets_slo": judged > 0 and fraction >= slo.attainment})
+    return point.model_copy(update={"resolved": resolved(point, slo)})
 
 
 def resolved(point: LoadPoint, slo: Slo) -> bool:
     return point.slo_fraction_low >= slo.attainment or point.slo_fraction_high < slo.attainment
+
+
+def requests_to_resolve(target: float, z: float = Z_95) -> int:
+    """The fewest requests whose perfect record puts the Wilson lower bound at `target`."""
+    return math.ceil(z * z * target / (1 - target)) if target < 1 else math.inf
 
 
 @dataclass
@@ -81,9 +89,11 @@ class LoadSearch:
             if len(self.points) >= self.max_probes:
                 self.stop_reason = f"probe budget of {self.max_probes} spent"
                 break
-            point = self.probe(streams, self.requests_for(streams))
-            if not resolved(point, self.slo) and len(self.points) + 1 < self.max_probes:
-                point = self.probe(streams, 2 * self.requests_for(streams))  # more requests to decide
+            n = self.requests_for(streams)
+            point = self.probe(streams, n)
+            if (not point.resolved and 2 * n >= requests_to_resolve(self.slo.attainment)
+                    and len(self.points) + 1 < self.max_probes):
+                point = self.probe(streams, 2 * n)  # more requests to decide
             self.points.append(point)
             if point.meets_slo:
                 self.best = max(self.best or 0, streams)

@@ -138,7 +138,9 @@ def _ms(value: float | None) -> str:
 
 
 def _slo_words(point: LoadPoint) -> str:
-    return f"{point.slo_fraction:.0%} ({point.slo_fraction_low:.0%}–{point.slo_fraction_high:.0%})"
+    words = f"{point.slo_fraction:.0%} ({point.slo_fraction_low:.0%}–{point.slo_fraction_high:.0%})"
+    # the interval straddles the target: too few requests to be sure of the verdict either way
+    return words if point.resolved else words + ", unresolved"
 
 
 def _planner_error(trial: Trial, emulated: bool) -> tuple[str, str]:

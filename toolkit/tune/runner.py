@@ -22,6 +22,7 @@ from toolkit.system_info import command_line, device_info, git_commit, versions
 from .schema import Slo, Trial, TuneResult, TuneWorkload
 from .search import Budget, CoordinateSearch, GridSearch, objective
 from .space import build_space, predict
+from .live_server import LiveServer
 from .trial import TrialSettings, run_trial
 
 EMULATION_MARGIN = 1.05  # a device this much bigger than the target emulates it (caps memory)
@@ -145,7 +146,7 @@ def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
         incumbent = max((t for t in result.trials if t.best is not None), key=objective, default=None)
         settings.initial_streams = (incumbent.best.concurrency if incumbent is not None
                                     else options.initial_streams or (1 if where.cpu else 4))
-        done = run_trial(trial, settings)
+        done = run_trial(trial, options.base.replace(**trial.engine, **fixed), settings, server)
         if done.status == "failed":
             console.print(f"  [red]failed[/]: {done.reason}")
         elif done.best is None:
@@ -175,7 +176,11 @@ def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
     fixed = {"gpu_memory_gb": where.emulate_gib} if where.emulate_gib else {}
     search_cls = GridSearch if options.search == "grid" else CoordinateSearch
     search = search_cls(space, options.base, result, measure, save, Budget(options.max_trials, deadline), fixed)
-    result.search = search.run_search()
+    server = LiveServer(options.model, out_dir, start_timeout_s=900.0)
+    try:
+        result.search = search.run_search()
+    finally:
+        server.stop()  # also on Ctrl-C: no server outlives its tune
     result.why = explain_choice(result)
     save()
     return result, out_dir

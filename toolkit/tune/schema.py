@@ -54,6 +54,7 @@ class LoadPoint(BaseModel):
     slo_fraction_low: float = 0.0  # Wilson 95% interval
     slo_fraction_high: float = 0.0
     meets_slo: bool = False
+    resolved: bool = True  # the Wilson interval lies wholly on one side of the target
     client_saturated: bool = False
     bench_dir: Optional[str] = None  # the opsctl bench result folder, relative to the tune folder
     gpu_memory_used_gib: Optional[float] = None  # pynvml, peak during the rung

@@ -1,8 +1,8 @@
-"""One configuration under load: start its server, find the highest load within the SLO, stop it.
+"""One configuration under load: serve it (live_server.py), find the highest load within the SLO.
 
-A trial that cannot start (too little memory, a cache smaller than a session, a crash) is recorded
-as failed with the server's own one-line reason; so is one whose server dies mid-ladder. Either way
-the server is stopped before the trial returns, also on Ctrl-C.
+A configuration that cannot be served (too little memory, a cache smaller than a session, a crash)
+is recorded as failed with the server's own one-line reason; so is one whose server dies mid-ladder
+(that server is then stopped, not reused). The tune stops its server at the end, also on Ctrl-C.
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from engine.config import EngineConfig
 from toolkit.bench.load_runner import BenchError, HttpBenchOptions, run_http_bench
-from toolkit.bench.serve_subprocess import ServeError, ServeProcess
 
+from .live_server import LiveServer, SetupFailed
 from .load_search import LoadSearch, attainment, score
 from .schema import LoadPoint, Slo, Trial, TuneWorkload
 
@@ -32,7 +33,6 @@ class TrialSettings:
     workload: TuneWorkload
     slo: Slo
     out_dir: Path  # the tune's folder; bench runs land in out_dir/bench/
-    start_timeout_s: float = 900.0
     min_requests: int = 32
     max_streams: int = 256
     max_probes: int = 10
@@ -53,36 +53,29 @@ def _telemetry(samples: list[dict]) -> tuple[float | None, float | None]:
     return (max(memory) if memory else None), (sum(util) / len(util) if util else None)
 
 
-def run_trial(trial: Trial, settings: TrialSettings) -> Trial:
-    """Measure `trial` (its flags) and return it filled in: points, best, status, timings."""
+def run_trial(trial: Trial, config: EngineConfig, settings: TrialSettings, server: LiveServer) -> Trial:
+    """Serve `config` on the tune's live server and measure it: `trial` filled in with its points,
+    best load, status and set-up time. The server is left running for the next trial."""
     trial = trial.model_copy(update={"started_at": _now(), "points": [], "best": None})
-    out = settings.out_dir
-    (out / "servers").mkdir(parents=True, exist_ok=True)
-    began = time.monotonic()
-    server = ServeProcess(settings.model, trial.flags, out / "servers" / f"{trial.trial_id}.log")
     try:
-        try:
-            server.wait_ready(settings.start_timeout_s)
-            trial.setup_s, trial.setup_kind = time.monotonic() - began, "restart"
-        except ServeError as e:
-            return _failed(trial, f"did not start: {e}")
-        # Past twice the batch cap, more streams only queue: TTFT grows, throughput does not.
-        cap = trial.engine.get("max_batch_size")
-        most = min(settings.max_streams, 2 * cap) if cap else settings.max_streams
-        search = LoadSearch(lambda c, n: _probe(trial, settings, server, c, n), settings.slo,
-                            initial=min(settings.initial_streams, most), max_streams=most,
-                            tolerance=settings.tolerance,
-                            max_probes=settings.max_probes, requests_for=lambda c: max(settings.min_requests, 3 * c))
-        try:
-            trial.best = search.run()
-        except (BenchError, ServerFailed) as e:
-            trial.points = search.points
-            return _failed(trial, str(e))
-        trial.points, trial.stop_reason = search.points, search.stop_reason
-        trial.finished_at = _now()
-        return trial
-    finally:
-        server.stop(timeout_s=30)
+        trial.setup_s, trial.setup_kind = server.serve(config, trial.trial_id)
+    except SetupFailed as e:
+        return _failed(trial, str(e))
+    # Past twice the batch cap, more streams only queue: TTFT grows, throughput does not.
+    cap = config.max_batch_size
+    most = min(settings.max_streams, 2 * cap) if cap else settings.max_streams
+    search = LoadSearch(lambda c, n: _probe(trial, settings, server, c, n), settings.slo,
+                        initial=min(settings.initial_streams, most), max_streams=most, tolerance=settings.tolerance,
+                        max_probes=settings.max_probes, requests_for=lambda c: max(settings.min_requests, 3 * c))
+    try:
+        trial.best = search.run()
+    except (BenchError, ServerFailed) as e:
+        server.stop()  # a server that died or misbehaved is not reused
+        trial.points = search.points
+        return _failed(trial, str(e))
+    trial.points, trial.stop_reason = search.points, search.stop_reason
+    trial.finished_at = _now()
+    return trial
 
 
 def _failed(trial: Trial, reason: str) -> Trial:
@@ -90,7 +83,7 @@ def _failed(trial: Trial, reason: str) -> Trial:
                                     "finished_at": _now()})
 
 
-def _probe(trial: Trial, settings: TrialSettings, server: ServeProcess, concurrency: int, requests: int) -> LoadPoint:
+def _probe(trial: Trial, settings: TrialSettings, server: LiveServer, concurrency: int, requests: int) -> LoadPoint:
     if not server.running():
         raise ServerFailed(f"the server died: {server.last_words()}")
     w = settings.workload
@@ -99,7 +92,7 @@ def _probe(trial: Trial, settings: TrialSettings, server: ServeProcess, concurre
                             input_len=(w.input_len, w.input_len), output_len=(w.output_len, w.output_len),
                             num_requests=requests, concurrency=[concurrency], ignore_eos=True, temperature=0.0,
                             seed=settings.seed, run_id=run_id, output_dir=settings.out_dir / "bench",
-                            tokenizer=None)
+                            tokenizer=None, api_key=server.api_key)
     if w.dataset:
         opts.dataset, opts.output_len = f"sharegpt:{w.dataset}", None
     started = time.monotonic()
