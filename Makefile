@@ -24,8 +24,9 @@ model: install
 # The main job: `opsctl tune` on the embedded default with the cpu profile (4 trials of real
 # `opsctl serve` processes under Locust load, ~4 minutes on 2 cores): reports/tune-<time>/ gets
 # tune.json, trials.csv, report.html, launch.sh (the chosen `opsctl serve` command) and deploy.yaml.
+# Exit code 1 (no configuration met the SLO on a busy machine) still leaves a full report: not a failure here.
 demo: model
-	$(VENV)/bin/opsctl tune --gpu cpu --budget-minutes 4
+	$(VENV)/bin/opsctl tune --gpu cpu --budget-minutes 4 || [ $$? -eq 1 ]
 
 # The report tests open reports in headless Chromium: Debian's package, driven by playwright (the dev
 # extra; `playwright install` downloads a browser and is never used). Installed with apt-get when it

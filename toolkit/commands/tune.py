@@ -39,7 +39,7 @@ def tune(
              "enable_prefix_caching); repeatable.")] = None,
     search: Annotated[str, typer.Option(help="coordinate (the tuner) or grid (every configuration, to check it).")] = "coordinate",
     max_streams: Annotated[Optional[int], typer.Option(help="Most concurrent streams a load search tries "
-                                                           "(default 512 on a GPU, 8 on the CPU).")] = None,
+                                                           "(default 512 on a GPU, 16 on the CPU).")] = None,
     min_requests: Annotated[Optional[int], typer.Option(help="Fewest requests per load probe (default 64 on a GPU, "
                                                             "8 on the CPU; 3 per stream above that).")] = None,
     initial_streams: Annotated[Optional[int], typer.Option(help="Streams of each load search's first probe "

@@ -38,10 +38,11 @@ VLLM_TIGHT_UTILIZATION = 0.95
 
 
 # -- opsctl serve -------------------------------------------------------------------------------
-def serve_command(model: str, config: EngineConfig, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+def serve_command(model: str | None, config: EngineConfig, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                   extra: Sequence[str] = ()) -> list[str]:
-    """The `opsctl serve` argv that starts `model` with `config` (only non-default engine flags)."""
-    return ["opsctl", "serve", model, *config.to_flags(), "--server-name", host, "--server-port", str(port),
+    """The `opsctl serve` argv that starts `model` (None: the embedded default) with `config` (only
+    non-default engine flags)."""
+    return ["opsctl", "serve", *([model] if model else []), *config.to_flags(), "--server-name", host, "--server-port", str(port),
             *extra]
 
 
@@ -341,6 +342,7 @@ def _folded(value, ctx: Context) -> Part:
 
 _DEBUG_KERNELS = "the torch reference path instead of the Triton kernels is an opsctl debugging switch; no equivalent"
 _DEBUG_INVARIANTS = "the per-step scheduler and KV pool checks are opsctl's own (debugging); no equivalent"
+_DEBUG_STEP_DELAY = "the per-step delay is opsctl's own (a slowed engine for testing gates); no equivalent"
 
 # One entry per EngineConfig field, in its order.
 LMDEPLOY_MAP: dict[str, Translate] = {
@@ -364,6 +366,7 @@ LMDEPLOY_MAP: dict[str, Translate] = {
     "cpu_memory_gb": _missing("LMDeploy has no CPU backend, so no CPU memory budget"),
     "seed": _missing("LMDeploy's server takes no seed: pass `seed` in each request to make sampling repeatable"),
     "debug_invariants": _missing(_DEBUG_INVARIANTS),
+    "debug_step_delay_ms": _missing(_DEBUG_STEP_DELAY),
 }
 
 VLLM_MAP: dict[str, Translate] = {
@@ -388,6 +391,7 @@ VLLM_MAP: dict[str, Translate] = {
     "cpu_memory_gb": _vllm_cpu_memory,
     "seed": _flag("--seed", always=True),  # older vLLM defaults to no seed
     "debug_invariants": _missing(_DEBUG_INVARIANTS),
+    "debug_step_delay_ms": _missing(_DEBUG_STEP_DELAY),
 }
 
 

@@ -135,7 +135,7 @@ def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
 
     settings = TrialSettings(
         model=options.model, workload=result.workload, slo=result.slo, out_dir=out_dir, console=console,
-        max_streams=options.max_streams or (8 if where.cpu else 512),
+        max_streams=options.max_streams or (16 if where.cpu else 512),
         min_requests=options.min_requests or (8 if where.cpu else 64),
         initial_streams=options.initial_streams or (1 if where.cpu else 4), tolerance=options.load_tolerance)
 
