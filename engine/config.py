@@ -40,6 +40,8 @@ class EngineConfig:
         referenced, each ref count equal to the live block tables holding the block, prefix-cache
         keys matching their blocks and tokens) and raise KVCacheInvariantError at the first
         inconsistency. For tests and debugging: it costs a pass over every block and table per step.
+    debug_step_delay_ms: sleep this long after every step, so the engine is slower by a known amount;
+        for testing performance gates (`opsctl gate` must fail on such an engine).
     kernels, overlap, engine_process: what were the environment switches OPSCTL_KERNELS,
         OPSCTL_OVERLAP and OPSCTL_ENGINE_PROCESS; as fields they are recorded with every result.
     """
@@ -75,6 +77,9 @@ class EngineConfig:
     debug_invariants: bool = _setting(
         False, "Check the scheduler and KV block pool after every step; a step that finds an inconsistency fails "
                "with KVCacheInvariantError (debugging; slower).")
+    debug_step_delay_ms: float = _setting(
+        0.0, "Sleep this long after every engine step, ms: a deliberately slowed engine for testing performance "
+             "gates (opsctl gate).")
 
     def __post_init__(self):
         def bad(name, why):
@@ -105,6 +110,8 @@ class EngineConfig:
             bad("gpu_memory_gb", "must be > 0")
         if self.cpu_memory_gb <= 0:
             bad("cpu_memory_gb", "must be > 0")
+        if not self.debug_step_delay_ms >= 0:  # also rejects NaN
+            bad("debug_step_delay_ms", "must be >= 0")
         if self.overlap not in ("auto", "on", "off"):
             bad("overlap", "must be auto, on or off")
 

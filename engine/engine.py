@@ -297,6 +297,8 @@ class LLMEngine:
             outputs += self._update(current)
         if self.config.debug_invariants:  # after every update: finished requests have freed their blocks
             self.scheduler.check_invariants()
+        if self.config.debug_step_delay_ms:  # a known slowdown, for testing performance gates
+            time.sleep(self.config.debug_step_delay_ms / 1000)
         self.step_time_s += time.perf_counter() - started
         return outputs
 

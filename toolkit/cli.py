@@ -11,6 +11,7 @@ import typer
 
 from .commands import bench as bench_cmd
 from .commands import chat as chat_cmd
+from .commands import gate as gate_cmd
 from .commands import check_env as check_env_cmd
 from .commands import models as models_cmd
 from .commands import plan as plan_cmd
@@ -35,6 +36,7 @@ app.command("plan")(plan_cmd.plan)
 app.command("check-env")(check_env_cmd.check_env)
 app.command("report")(report_cmd.report)
 app.command("tune")(tune_cmd.tune)
+app.command("gate")(gate_cmd.gate)
 
 
 def main() -> None:

@@ -54,6 +54,7 @@ SAMPLES = {
     "cpu_memory_gb": 12.5,
     "seed": 7,
     "debug_invariants": True,
+    "debug_step_delay_ms": 5.0,
 }
 
 ROUND_TRIP_CONFIGS = [
