@@ -12,11 +12,12 @@ says by how much), so the bench is held to what the server actually did, within 
 
 Values this machine takes (the server and the client share 2 cores with other work):
   64 streams, TTFT 100 ms, ITL 20 ms, 48-80 tokens (uniform), 320 requests: 3,200 token events/s,
-  a quarter of a core for the client. Lengths vary so requests do not run in lockstep: 64 requests
-  finishing and arriving together queue ~10 ms in the server's intake before its arrival stamp
-  can see them (measured: TTFT p50 59 ms against the server's 50.5), which is the server's delay,
-  not the client's. TTFT is 100 ms, not 50: a few ms of scheduling on this machine stay under 5%.
-  The lockstep case is tested for throughput alone (below), with the work spread over 2 Locust workers.
+  a quarter of a core for the client. Lengths vary so requests do not fall into lockstep (before the
+  users' first sends were spread, 64 requests finishing and arriving together queued ~10 ms in the
+  server's intake before its arrival stamp could see them: TTFT p50 59 ms against the server's
+  50.5, the server's delay, not the client's). TTFT is 100 ms, not 50: a few ms of scheduling on
+  this machine stay under 5%. Identical requests are tested for throughput alone (below), with the
+  work spread over 2 Locust workers; test_bench_stagger checks that they do not run in lockstep.
 A client starved on purpose (ITL 1 ms, 64 streams, one process: 64,000 events/s asked of one
 core) must be flagged as saturated.
 """
@@ -86,8 +87,9 @@ def test_ttft_tpot_and_throughput_match_what_the_server_did(tmp_path):
 
 
 def test_lockstep_throughput_over_two_locust_workers(tmp_path):
-    """Identical requests at 64 users run in lockstep waves: exactly N of them end in a drain (the last wave
-    part-full), which the whole-run figure counts and the steady window does not."""
+    """Identical requests at 64 users: exactly N of them start in a ramp (the first sends spread over one
+    request time) and end in a drain (fewer and fewer in flight), which the whole-run figure counts and the
+    steady window does not."""
     with FakeServer(FakeConfig(ttft_s=0.05, itl_s=0.02), workers=SERVER_WORKERS) as fake:
         result, out_dir = _bench(fake, tmp_path, output_len=(64, 64), num_requests=288, concurrency=[64],
                                  client_processes=2)
@@ -98,7 +100,7 @@ def test_lockstep_throughput_over_two_locust_workers(tmp_path):
     print(f"output {s.output_throughput:.0f} tok/s, whole run {whole:.0f}, server {truth:.0f}; {s.extra['client_cpu']}")
     assert s.num_requests == 288 and s.num_errors == 0
     assert s.output_throughput == pytest.approx(truth, rel=0.05)
-    assert whole < 0.95 * truth  # 4.5 waves: the drain the old window counted (0.82 of the truth at 32 users here)
+    assert whole < 0.95 * truth  # 4.5 request times each: the ramp and drain the old window counted (~0.82 here)
     # Two workers of 32 users each (and the master, which runs none), their records merged into one file.
     assert s.extra["client_processes"] == 2 and result.runs[0].load["client_processes"] == 2
     assert sorted(c["users"] for c in s.extra["client_cpu"]) == [0, 32, 32]
