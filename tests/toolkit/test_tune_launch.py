@@ -16,6 +16,7 @@ import yaml
 from engine.config import EngineConfig
 from toolkit.cli import app
 from toolkit.commands.engine_options import ENGINE_FLAGS
+from toolkit.tune import equivalents as E
 from toolkit.tune import launch as L
 
 FIELDS = [f.name for f in dataclasses.fields(EngineConfig)]
@@ -90,12 +91,12 @@ def test_shell_line_quotes_for_the_shell():
 
 
 # -- the LMDeploy and vLLM tables ---------------------------------------------------------------
-@pytest.mark.parametrize("table", [L.LMDEPLOY_MAP, L.VLLM_MAP], ids=["lmdeploy", "vllm"])
+@pytest.mark.parametrize("table", [E.LMDEPLOY_MAP, E.VLLM_MAP], ids=["lmdeploy", "vllm"])
 def test_every_engine_config_field_has_a_mapping_entry(table):
     assert list(table) == FIELDS  # one entry per field, in EngineConfig's order
 
 
-@pytest.mark.parametrize("command", [L.lmdeploy_command, L.vllm_command], ids=["lmdeploy", "vllm"])
+@pytest.mark.parametrize("command", [E.lmdeploy_command, E.vllm_command], ids=["lmdeploy", "vllm"])
 @pytest.mark.parametrize("name", FIELDS)
 def test_no_setting_is_dropped_silently(command, name):
     """Each non-default value changes the command or adds a note naming the opsctl flag."""
@@ -110,18 +111,18 @@ def test_a_field_without_an_entry_becomes_a_note():
     class Wider(EngineConfig):
         new_knob: int = dataclasses.field(default=3, metadata={"help": "", "flags": (), "choices": None})
 
-    for command in (L.lmdeploy_command, L.vllm_command):
+    for command in (E.lmdeploy_command, E.vllm_command):
         _, notes = command(MODEL, Wider(new_knob=5))
         assert "--new-knob 5: no translation for this setting yet" in notes
 
 
 def test_lmdeploy_defaults_and_same_named_flags():
-    argv, _ = L.lmdeploy_command(MODEL, EngineConfig())
+    argv, _ = E.lmdeploy_command(MODEL, EngineConfig())
     assert argv == ["lmdeploy", "serve", "api_server", MODEL, "--server-name", "0.0.0.0", "--server-port", "23333"]
     config = EngineConfig(tp=2, max_batch_size=64, cache_max_entry_count=0.6, cache_block_seq_len=32,
                           session_len=4096, max_prefill_token_num=4096, enable_prefix_caching=True,
                           model_format="awq", quant_policy=8, dtype="float16", eager_mode=True)
-    argv, notes = L.lmdeploy_command(MODEL, config)
+    argv, notes = E.lmdeploy_command(MODEL, config)
     assert argv[4:-4] == ["--tp", "2", "--max-batch-size", "64", "--cache-max-entry-count", "0.6",
                           "--cache-block-seq-len", "32", "--session-len", "4096", "--max-prefill-token-num", "4096",
                           "--enable-prefix-caching", "--model-format", "awq", "--quant-policy", "8",
@@ -131,14 +132,14 @@ def test_lmdeploy_defaults_and_same_named_flags():
 
 
 def test_lmdeploy_has_no_float32_gguf_or_cpu():
-    argv, notes = L.lmdeploy_command(MODEL, EngineConfig(dtype="float32", model_format="gguf", device="cpu"))
+    argv, notes = E.lmdeploy_command(MODEL, EngineConfig(dtype="float32", model_format="gguf", device="cpu"))
     assert "--dtype" not in argv and "--model-format" not in argv and "--device" not in argv
     for flag in ("--dtype float32: ", "--model-format gguf: ", "--device cpu: "):
         assert any(n.startswith(flag) for n in notes), flag
 
 
 def test_vllm_writes_the_flags_whose_defaults_differ():
-    argv, _ = L.vllm_command(MODEL, EngineConfig())
+    argv, _ = E.vllm_command(MODEL, EngineConfig())
     assert argv[:3] == ["vllm", "serve", MODEL]
     assert "--no-enable-prefix-caching" in argv  # vLLM caches prefixes by default, opsctl does not
     assert argv[argv.index("--block-size") + 1] == "64"  # vLLM's default is 16
@@ -151,7 +152,7 @@ def test_vllm_equivalents():
     config = EngineConfig(tp=2, max_batch_size=64, session_len=4096, enable_prefix_caching=True, quant_policy=8,
                           dtype="bfloat16", eager_mode=True, deterministic=True, overlap="off", seed=5,
                           device="cuda:2")
-    argv, notes = L.vllm_command(MODEL, config)
+    argv, notes = E.vllm_command(MODEL, config)
     assert argv[0] == "env"
     env = argv[1:argv.index("vllm")]
     assert sorted(env) == ["CUDA_VISIBLE_DEVICES=2", "VLLM_BATCH_INVARIANT=1"]
@@ -165,7 +166,7 @@ def test_vllm_equivalents():
 
 
 def test_vllm_kv_int4_awq_and_block_counts():
-    argv, notes = L.vllm_command(MODEL, EngineConfig(quant_policy=4, model_format="awq", cache_max_entry_count=900))
+    argv, notes = E.vllm_command(MODEL, EngineConfig(quant_policy=4, model_format="awq", cache_max_entry_count=900))
     assert "--kv-cache-dtype" not in argv and "--quantization" not in argv
     assert argv[argv.index("--num-gpu-blocks-override") + 1] == "900"
     assert "--gpu-memory-utilization" not in argv
@@ -174,52 +175,52 @@ def test_vllm_kv_int4_awq_and_block_counts():
 
 
 def test_vllm_refuses_a_token_budget_below_the_batch():
-    _, notes = L.vllm_command(MODEL, EngineConfig(max_batch_size=256, max_prefill_token_num=128))
+    _, notes = E.vllm_command(MODEL, EngineConfig(max_batch_size=256, max_prefill_token_num=128))
     assert any(n.startswith("--max-prefill-token-num 128: ") and "refuses" in n for n in notes)
 
 
 def test_vllm_on_cpu_sizes_its_cache_in_whole_gib():
-    argv, notes = L.vllm_command(MODEL, EngineConfig(device="cpu", cpu_memory_gb=12.5, cache_max_entry_count=0.5))
+    argv, notes = E.vllm_command(MODEL, EngineConfig(device="cpu", cpu_memory_gb=12.5, cache_max_entry_count=0.5))
     assert argv[:2] == ["env", "VLLM_CPU_KVCACHE_SPACE=6"]  # 12.5 x 0.5 = 6.25 GiB, whole GiB
     assert any(n.startswith("--device cpu: ") for n in notes)
 
 
 # -- the cache-size conversion ------------------------------------------------------------------
 def test_gpu_memory_utilization_formula():
-    assert L.gpu_memory_utilization(0.8, 14.0, 80.0) == 0.835  # (14 + 0.8 x 66) / 80
-    assert L.gpu_memory_utilization(0.8, 14.0, 80.0, tp=2) == 0.817  # W per GPU = 7: 65.4 / 80 = 0.8175
-    assert L.gpu_memory_utilization(0.8, 14.0, 80.0, cap_gib=24.0) == 0.275  # (14 + 0.8 x 10) / 80
-    assert L.gpu_memory_utilization(0.8, 14.0, 24.0, cap_gib=30.0) == 0.916  # a cap above the card: 22 / 24
-    assert L.gpu_memory_utilization(0.8, None, 80.0) is None
-    assert L.gpu_memory_utilization(0.8, 14.0, None) is None
-    assert L.gpu_memory_utilization(0.8, 90.0, 80.0) is None  # the weights do not fit
+    assert E.gpu_memory_utilization(0.8, 14.0, 80.0) == 0.835  # (14 + 0.8 x 66) / 80
+    assert E.gpu_memory_utilization(0.8, 14.0, 80.0, tp=2) == 0.817  # W per GPU = 7: 65.4 / 80 = 0.8175
+    assert E.gpu_memory_utilization(0.8, 14.0, 80.0, cap_gib=24.0) == 0.275  # (14 + 0.8 x 10) / 80
+    assert E.gpu_memory_utilization(0.8, 14.0, 24.0, cap_gib=30.0) == 0.916  # a cap above the card: 22 / 24
+    assert E.gpu_memory_utilization(0.8, None, 80.0) is None
+    assert E.gpu_memory_utilization(0.8, 14.0, None) is None
+    assert E.gpu_memory_utilization(0.8, 90.0, 80.0) is None  # the weights do not fit
 
 
 @pytest.mark.parametrize("r, w, m", [(0.8, 14.2, 80.0), (0.9, 4.5, 24.0), (0.35, 60.0, 141.0)])
 def test_converted_utilization_gives_the_same_kv_memory(r, w, m):
-    u = L.gpu_memory_utilization(r, w, m)
+    u = E.gpu_memory_utilization(r, w, m)
     assert u * m - w == pytest.approx(r * (m - w), abs=0.001 * m)
     assert u * m - w <= r * (m - w) + 1e-9  # rounded down: never more than opsctl used
 
 
 def test_vllm_without_figures_says_the_ratio_was_not_converted():
-    argv, notes = L.vllm_command(MODEL, EngineConfig(cache_max_entry_count=0.7))
+    argv, notes = E.vllm_command(MODEL, EngineConfig(cache_max_entry_count=0.7))
     assert "--gpu-memory-utilization" not in argv
     assert any(n.startswith("--cache-max-entry-count 0.7: not converted") for n in notes)
-    argv, notes = L.vllm_command(MODEL, EngineConfig(cache_max_entry_count=0.7), weights_gib=14.0, memory_gib=80.0)
+    argv, notes = E.vllm_command(MODEL, EngineConfig(cache_max_entry_count=0.7), weights_gib=14.0, memory_gib=80.0)
     assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.752"  # (14 + 0.7 x 66) / 80 = 0.7525
     assert any("(W + r x (C - W)) / M" in n for n in notes)
 
 
 def test_a_gpu_memory_cap_is_folded_into_both_cache_sizes():
     config = EngineConfig(cache_max_entry_count=0.85, gpu_memory_gb=24.0)
-    argv, notes = L.lmdeploy_command(MODEL, config, weights_gib=14.2, memory_gib=80.0)
+    argv, notes = E.lmdeploy_command(MODEL, config, weights_gib=14.2, memory_gib=80.0)
     assert argv[argv.index("--cache-max-entry-count") + 1] == "0.126"  # 0.85 x 9.8 / 65.8 = 0.1266
-    assert L.capped_cache_ratio(0.85, 14.2, 80.0, cap_gib=24.0) == 0.126
-    argv, _ = L.vllm_command(MODEL, config, weights_gib=14.2, memory_gib=80.0)
+    assert E.capped_cache_ratio(0.85, 14.2, 80.0, cap_gib=24.0) == 0.126
+    argv, _ = E.vllm_command(MODEL, config, weights_gib=14.2, memory_gib=80.0)
     assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.281"  # (14.2 + 0.85 x 9.8) / 80
     # launched on the card it emulated, the cap does not bind: the ratio stays as tuned
-    argv, notes = L.lmdeploy_command(MODEL, config, weights_gib=14.2, memory_gib=24.0)
+    argv, notes = E.lmdeploy_command(MODEL, config, weights_gib=14.2, memory_gib=24.0)
     assert argv[argv.index("--cache-max-entry-count") + 1] == "0.85"
     assert not any(n.startswith("--cache-max-entry-count") for n in notes)
 
@@ -299,8 +300,8 @@ def test_launch_files(tmp_path, model, config, gpus):
     assert shlex.split(run) == ["exec", *L.serve_command(model, config), "$@"]
     after = lines[lines.index(run) + 1:]
     assert all(line == "" or line.startswith("#") for line in after)  # the equivalents are comments only
-    lmdeploy, _ = L.lmdeploy_command(model, config, weights_gib=14.2, memory_gib=80.0)
-    vllm, vllm_notes = L.vllm_command(model, config, weights_gib=14.2, memory_gib=80.0)
+    lmdeploy, _ = E.lmdeploy_command(model, config, weights_gib=14.2, memory_gib=80.0)
+    vllm, vllm_notes = E.vllm_command(model, config, weights_gib=14.2, memory_gib=80.0)
     assert "#   " + L.shell_line(lmdeploy) in after and "#   " + L.shell_line(vllm) in after
     assert any(line.startswith("#   - ") for line in after)  # their notes
     deployment, _ = _docs(paths["deploy.yaml"].read_text())
