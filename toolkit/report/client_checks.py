@@ -1,6 +1,6 @@
-"""Result files of the two checks on the load generator itself, read into the report's schema.
+"""Result files of the checks on the load generator and the tuner themselves, read into the report's schema.
 
-Both are committed beside the runs they judge (reports/examples/):
+All are committed beside the runs they judge (reports/examples/):
 
 - the fake server's own account of a run (`opsctl bench fake-server --stats-dir`, saved from its
   /stats endpoint): what it was told to do (config: ttft_s, itl_s, output_len) and what it did
@@ -9,6 +9,9 @@ Both are committed beside the runs they judge (reports/examples/):
 - `bash ci/guidellm_compare.sh`: opsctl bench and GuideLLM run against the same servers at the same
   concurrency, {"comparisons": [{"label", "opsctl", "guidellm", "rows": [{metric, opsctl, guidellm,
   ratio}]}]}. Kind "guidellm_compare", a table per comparison.
+- `bash ci/guidellm_goodput.sh`: opsctl tune's load search and GuideLLM's goodput search on the same
+  server, {"repetitions": [{"guidellm", "opsctl": {"probes", "answer", "bracket"}, "agreement"}]}.
+  Kind "guidellm_goodput", a summary table and a table of probes per repetition.
 """
 from __future__ import annotations
 
@@ -81,6 +84,87 @@ def guidellm_compare(data: dict, name: str) -> Converted:
     versions = {k: str(v) for k, v in (data.get("versions") or {}).items()}
     result = BenchResult(run_id=name, kind="guidellm_compare", created_at="not recorded",
                          command=str(data.get("script", "bash ci/guidellm_compare.sh")),
+                         git_commit=versions.get("opsctl_git_commit", "unknown"),
+                         device=dict(data.get("machine") or {}), versions=versions, notes=notes)
+    return Converted(result, tables, headline)
+
+
+def is_guidellm_goodput(data) -> bool:
+    return (isinstance(data, dict) and isinstance(data.get("repetitions"), list) and "guidellm" in str(
+        data.get("versions", {})) and "comparisons" not in data)
+
+
+def _pct(value) -> str:
+    value = _num(value)
+    return f"{value:.1%}" if value is not None else "–"
+
+
+def _n(value, digits: int = 0) -> str:
+    value = _num(value)
+    return f"{value:,.{digits}f}" if value is not None else "–"
+
+
+def _bracket(search: dict) -> str:
+    best, worst = (list(search.get("bracket") or []) + [None, None])[:2]
+    return f"[{best if best is not None else '–'}, {worst if worst is not None else '–'}]"
+
+
+def guidellm_goodput(data: dict, name: str) -> Converted:
+    """`bash ci/guidellm_goodput.sh`: opsctl tune's load search and GuideLLM's goodput search on the
+    same server, {"settings", "repetitions": [{"label", "first", "guidellm" | "opsctl": {"probes":
+    [{streams, requests, attainment, attainment_low/high, pass, resolved, ttft_p90_ms, tpot_p90_ms,
+    counted}], "answer", "bracket", "stop"}, "wall_s", "agreement"}]}. Kind "guidellm_goodput"."""
+    summary, tables, agreed, total = [], [], 0, 0
+    for rep in data["repetitions"]:
+        if not isinstance(rep, dict):
+            continue
+        label, wall = str(rep.get("label", "?")), rep.get("wall_s") or {}
+        verdict = rep.get("agreement") or {}
+        if verdict:
+            total += 1
+            agreed += bool(verdict.get("within_one_step"))
+        row = [label, str(rep.get("first", "–"))]
+        probes = []
+        for tool, title in (("guidellm", "GuideLLM"), ("opsctl", "opsctl tune")):
+            search = rep.get(tool) if isinstance(rep.get(tool), dict) else {}
+            answer = search.get("answer")
+            row += [str(answer) if answer is not None else "none", _bracket(search), _n(wall.get(tool))]
+            for i, p in enumerate(search.get("probes") or []):
+                if not isinstance(p, dict):
+                    continue
+                verdict_words = "pass" if p.get("pass") else "fail"
+                if not p.get("resolved", True):
+                    verdict_words += ", unresolved"
+                if p.get("counted") is False:
+                    verdict_words += ", re-run"
+                probes.append([title, str(i + 1), str(p.get("streams", "?")), str(p.get("requests", "–")),
+                               _pct(p.get("attainment")),
+                               f"{_pct(p.get('attainment_low'))} – {_pct(p.get('attainment_high'))}",
+                               verdict_words, _n(p.get("ttft_p90_ms")), _n(p.get("tpot_p90_ms"), 1)])
+        row.append(("yes" if verdict.get("within_one_step") else "NO") if verdict else "–")
+        summary.append(row)
+        tables.append(Table(f"{label}: every probe", ["search", "#", "streams", "requests", "attainment",
+                                                       "95% Wilson interval", "verdict", "TTFT p90 ms",
+                                                       "TPOT p90 ms"], probes,
+                            "re-run: an unresolved opsctl probe, run again with twice the requests; the re-run "
+                            "decided."))
+    settings = data.get("settings") or {}
+    caption = (f"SLO: TTFT <= {settings.get('ttft_ms', '?')} ms and TPOT <= {settings.get('tpot_ms', '?')} ms for "
+               f"{_pct(settings.get('target_attainment'))} of requests; streams from "
+               f"{settings.get('initial_streams', '?')} up to {settings.get('max_streams', '?')}, tolerance "
+               f"{settings.get('tolerance', '?')}, "
+               f"{settings.get('requests_per_probe', '?')} requests per probe. Bracket: [highest passing, lowest "
+               "failing] streams when the search stopped.")
+    tables.insert(0, Table("The highest load within the SLO, per search",
+                           ["repetition", "first", "GuideLLM", "GuideLLM bracket", "GuideLLM s", "opsctl",
+                            "opsctl bracket", "opsctl s", "within one step"], summary, caption))
+    answers = "; ".join(f"{r[0]}: GuideLLM {r[2]}, opsctl {r[5]}" for r in summary)
+    headline = (f"opsctl tune's load search against GuideLLM's goodput search: within one step in {agreed} of "
+                f"{total} repetitions ({answers} streams)")
+    notes = [str(x) for x in data.get("findings") or []] + [str(x) for x in data.get("differences") or []]
+    versions = {k: str(v) for k, v in (data.get("versions") or {}).items()}
+    result = BenchResult(run_id=name, kind="guidellm_goodput", created_at="not recorded",
+                         command=str(data.get("script", "bash ci/guidellm_goodput.sh")),
                          git_commit=versions.get("opsctl_git_commit", "unknown"),
                          device=dict(data.get("machine") or {}), versions=versions, notes=notes)
     return Converted(result, tables, headline)

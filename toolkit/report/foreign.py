@@ -13,7 +13,8 @@ under reports/examples/ beside them:
   wall_ms_per_step, tokens_per_s, gpu_kernel_ms_per_step, host_phases_ms, top_kernels_ms_per_step};
   kind "profile_step", a table per profiled batch.
 
-The fake server's stats and the GuideLLM comparison are read by client_checks.py.
+The fake server's stats, the GuideLLM comparison and the goodput-search comparison are read by
+client_checks.py.
 `convert(data, name)` returns None for JSON of none of these shapes, so a folder scan can pass it by.
 Missing fields read as absent rather than failing: the scripts have grown fields over time.
 """
@@ -58,6 +59,8 @@ def convert(data, name: str) -> Converted | None:
         return client_checks.fake_server_stats(data, name)
     if client_checks.is_guidellm_compare(data):
         return client_checks.guidellm_compare(data, name)
+    if client_checks.is_guidellm_goodput(data):
+        return client_checks.guidellm_goodput(data, name)
     return None
 
 
