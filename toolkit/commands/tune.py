@@ -52,7 +52,7 @@ def tune(
 ) -> None:
     """Find the settings that serve the most traffic within the SLO on a card; report, launch.sh, deploy.yaml."""
     from toolkit.bench.metrics import LimitError
-    from toolkit.profiles import ProfileError, get_profile, resolve_gpu
+    from toolkit.profiles import ProfileError, resolve_gpu
     from toolkit.tune.runner import TuneError, TuneOptions, run_tune
     from toolkit.tune.space import parse_axis
     from toolkit.tune.workloads import apply_slo_override, resolve_workload
