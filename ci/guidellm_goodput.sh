@@ -99,7 +99,7 @@ run_guidellm() {  # LABEL [RAMPUP_S]: the arm "guidellm", or "guidellm_rampup" w
                --data "kind=synthetic_text,prompt_tokens=$IN_LEN,output_tokens=$OUT_LEN"
                --tokenizer "kind=huggingface_auto,model=$TOK"
                --output "kind=json,path=$RESULTS/$label-$tool.json" --disable-progress)
-    record "$label-$tool" "$(printf '%q ' "${cmd[@]}")"
+    record "$label-$tool" "${cmd[*]@Q}"
     (cd "$RESULTS" && GUIDELLM__LOGGING__CONSOLE_LOG_LEVEL=INFO timed "$label-$tool" timeout 900 "${cmd[@]}") \
         > "$RESULTS/$label-$tool.log" 2>&1 || echo "   guidellm failed: see $RESULTS/$label-$tool.log"
     grep -a "Goodput search" "$RESULTS/$label-$tool.log" | tail -1 | sed 's/^.*- /   /'
@@ -112,7 +112,7 @@ run_opsctl() {  # LABEL
                --slo "ttft_p${PERCENTILE}_ms=$TTFT_MS,tpot_p${PERCENTILE}_ms=$TPOT_MS"
                --initial-streams "$INITIAL" --max-streams "$MAX_STREAMS" --min-requests "$REQUESTS"
                --load-tolerance "$TOLERANCE" --run-id "$label-opsctl" -o "$RESULTS")
-    record "$label-opsctl" "$(printf '%q ' "${cmd[@]}")"
+    record "$label-opsctl" "${cmd[*]@Q}"
     echo "== $label: opsctl tune"
     COLUMNS=200 timed "$label-opsctl" timeout 900 "${cmd[@]}" > "$RESULTS/$label-opsctl.log" 2>&1
     local rc=$?; [ $rc -le 1 ] || echo "   opsctl tune failed ($rc): see $RESULTS/$label-opsctl.log"
@@ -129,7 +129,7 @@ done
 fi  # ANALYZE_ONLY
 
 "$PY" - "$RESULTS" "$OUT_JSON" "$GVENV" <<'EOF'
-import bisect, csv, glob, json, math, os, platform, re, subprocess, sys
+import bisect, csv, glob, json, math, os, platform, re, shlex, subprocess, sys
 results, out_json, gvenv = sys.argv[1:4]
 env = dict(os.environ)
 TTFT, TPOT, TARGET = float(env["TTFT_MS"]), float(env["TPOT_MS"]), float(env["TARGET"])
@@ -215,7 +215,12 @@ def opsctl(label):
     probes = []
     # every bench run of the trial in the order it ran (a re-run of an unresolved probe included),
     # judged again from its requests CSV as the tune judges them (an error meets no objective)
-    for folder in sorted(glob.glob(f"{results}/{label}-opsctl/bench/*-c*-n*"), key=os.path.getmtime):
+    def made(folder):  # when the bench run wrote its result (seconds), else the folder's time
+        try:
+            return json.load(open(f"{folder}/result.json"))["created_at"]
+        except (OSError, ValueError, KeyError):
+            return str(os.path.getmtime(folder))
+    for folder in sorted(glob.glob(f"{results}/{label}-opsctl/bench/*-c*-n*"), key=made):
         ms = lambda r, k: float(r[k]) * 1000 if r.get(k) not in (None, "") else None
         csvs = glob.glob(f"{folder}/requests-*.csv")
         reqs = list(csv.DictReader(open(csvs[0]))) if csvs else []
@@ -269,7 +274,7 @@ def fmt(p):
     if p["attainment"] is None:
         return f"{p['streams']}:-"
     return (f"{p['streams']}:{p['attainment']:.2f}{'P' if p['pass'] else 'F'}{'' if p['resolved'] else '?'}"
-            f"/{p['requests']}{'' if p.get('counted', True) else ' (re-run)'}")
+            f"/{p['requests']}{'' if p.get('counted', True) else ' (then re-run)'}")
 print(f"probe: streams:attainment P(ass)/F(ail) ?=unresolved /requests")
 for r in reps:
     print(f"\n{r['label']} (order {', '.join(r['order'])})")
@@ -289,7 +294,8 @@ def ver(cmd):
 def all_of(key):
     v = [r[key]["within_one_step"] for r in reps if r[key]]
     return all(v) if v else None
-commands = dict(line.rstrip("\n").split("\t", 1) for line in open(f"{results}/commands.tsv") if "\t" in line)
+commands = {k: shlex.join(shlex.split(v)) for k, v in  # one quoting style, however the shell wrote them
+            (line.rstrip("\n").split("\t", 1) for line in open(f"{results}/commands.tsv") if "\t" in line)}
 doc = {
     "issue": 12,
     "what": "opsctl tune's load search against GuideLLM's goodput search, on the same server (opsctl serve)",

@@ -111,56 +111,69 @@ def _bracket(search: dict) -> str:
 
 def guidellm_goodput(data: dict, name: str) -> Converted:
     """`bash ci/guidellm_goodput.sh`: opsctl tune's load search and GuideLLM's goodput search on the
-    same server, {"settings", "repetitions": [{"label", "first", "guidellm" | "opsctl": {"probes":
-    [{streams, requests, attainment, attainment_low/high, pass, resolved, ttft_p90_ms, tpot_p90_ms,
-    counted}], "answer", "bracket", "stop"}, "wall_s", "agreement"}]}. Kind "guidellm_goodput"."""
-    summary, tables, agreed, total = [], [], 0, 0
+    same server, {"settings", "repetitions": [{"label", "order", "guidellm" | "guidellm_rampup" |
+    "opsctl": {"probes": [{streams, requests, attainment, attainment_low/high, pass, resolved,
+    ttft_p90_ms, tpot_p90_ms, sent_together, counted}], "answer", "bracket", "stop"}, "wall_s",
+    "agreement", "agreement_rampup"}]}. Kind "guidellm_goodput"."""
+    arms = [("guidellm", "GuideLLM", "agreement"), ("guidellm_rampup", "GuideLLM ramp-up", "agreement_rampup"),
+            ("opsctl", "opsctl tune", None)]
+    present = [a for a in arms if any(isinstance(r, dict) and isinstance(r.get(a[0]), dict)
+                                      for r in data["repetitions"])]
+    summary, tables, counts = [], [], {}
     for rep in data["repetitions"]:
         if not isinstance(rep, dict):
             continue
         label, wall = str(rep.get("label", "?")), rep.get("wall_s") or {}
-        verdict = rep.get("agreement") or {}
-        if verdict:
-            total += 1
-            agreed += bool(verdict.get("within_one_step"))
         row = [label, str(rep.get("first", "–"))]
         probes = []
-        for tool, title in (("guidellm", "GuideLLM"), ("opsctl", "opsctl tune")):
-            search = rep.get(tool) if isinstance(rep.get(tool), dict) else {}
+        for key, title, verdict_key in present:
+            search = rep.get(key) if isinstance(rep.get(key), dict) else {}
             answer = search.get("answer")
-            row += [str(answer) if answer is not None else "none", _bracket(search), _n(wall.get(tool))]
+            row += [str(answer) if answer is not None else "none", _bracket(search), _n(wall.get(key))]
+            if verdict_key:
+                verdict = rep.get(verdict_key) or {}
+                row.append(("yes" if verdict.get("within_one_step") else "NO") if verdict else "–")
+                if verdict:
+                    done = counts.setdefault(title, [0, 0])
+                    done[0] += bool(verdict.get("within_one_step"))
+                    done[1] += 1
             for i, p in enumerate(search.get("probes") or []):
                 if not isinstance(p, dict):
                     continue
-                verdict_words = "pass" if p.get("pass") else "fail"
+                words = "pass" if p.get("pass") else "fail"
                 if not p.get("resolved", True):
-                    verdict_words += ", unresolved"
+                    words += ", unresolved"
                 if p.get("counted") is False:
-                    verdict_words += ", re-run"
+                    words += ", then re-run"
                 probes.append([title, str(i + 1), str(p.get("streams", "?")), str(p.get("requests", "–")),
                                _pct(p.get("attainment")),
-                               f"{_pct(p.get('attainment_low'))} – {_pct(p.get('attainment_high'))}",
-                               verdict_words, _n(p.get("ttft_p90_ms")), _n(p.get("tpot_p90_ms"), 1)])
-        row.append(("yes" if verdict.get("within_one_step") else "NO") if verdict else "–")
+                               f"{_pct(p.get('attainment_low'))} – {_pct(p.get('attainment_high'))}", words,
+                               _n(p.get("ttft_p90_ms")), _n(p.get("tpot_p90_ms"), 1), _n(p.get("sent_together"), 2)])
         summary.append(row)
         tables.append(Table(f"{label}: every probe", ["search", "#", "streams", "requests", "attainment",
                                                        "95% Wilson interval", "verdict", "TTFT p90 ms",
-                                                       "TPOT p90 ms"], probes,
-                            "re-run: an unresolved opsctl probe, run again with twice the requests; the re-run "
-                            "decided."))
+                                                       "TPOT p90 ms", "sent together"], probes,
+                            "then re-run: an unresolved opsctl probe, run again with twice the requests (the next "
+                            "row decided). Sent together: the mean number of other requests sent within one decode "
+                            "step of each (streams - 1: every stream in step)."))
     settings = data.get("settings") or {}
     caption = (f"SLO: TTFT <= {settings.get('ttft_ms', '?')} ms and TPOT <= {settings.get('tpot_ms', '?')} ms for "
                f"{_pct(settings.get('target_attainment'))} of requests; streams from "
                f"{settings.get('initial_streams', '?')} up to {settings.get('max_streams', '?')}, tolerance "
-               f"{settings.get('tolerance', '?')}, "
-               f"{settings.get('requests_per_probe', '?')} requests per probe. Bracket: [highest passing, lowest "
-               "failing] streams when the search stopped.")
-    tables.insert(0, Table("The highest load within the SLO, per search",
-                           ["repetition", "first", "GuideLLM", "GuideLLM bracket", "GuideLLM s", "opsctl",
-                            "opsctl bracket", "opsctl s", "within one step"], summary, caption))
-    answers = "; ".join(f"{r[0]}: GuideLLM {r[2]}, opsctl {r[5]}" for r in summary)
-    headline = (f"opsctl tune's load search against GuideLLM's goodput search: within one step in {agreed} of "
-                f"{total} repetitions ({answers} streams)")
+               f"{settings.get('tolerance', '?')}, {settings.get('requests_per_probe', '?')} requests per probe; "
+               f"server flags {settings.get('engine_flags', '?')}. Bracket: [highest passing, lowest failing] "
+               "streams when the search stopped; s: the search's wall time; vs opsctl: within one step of opsctl's "
+               "answer.")
+    columns = ["repetition", "first"]
+    for key, title, verdict_key in present:
+        columns += [title, "bracket", "s"] + (["vs opsctl"] if verdict_key else [])
+    tables.insert(0, Table("The highest load within the SLO, per search", columns, summary, caption))
+    at = [2 + sum(4 if v else 3 for _, _, v in present[:i]) for i in range(len(present))]  # answer columns
+    answers = "; ".join(f"{r[0]} " + " / ".join(r[i] for i in at) for r in summary)
+    agreed = ", ".join(f"{title} in {a} of {n}" for title, (a, n) in counts.items())
+    flags = f" ({settings['engine_flags']})" if settings.get("engine_flags") else ""
+    headline = (f"opsctl tune's load search against GuideLLM's goodput search{flags}: within one step of opsctl, "
+                f"{agreed or '–'} repetitions (streams, {' / '.join(t for _, t, _ in present)}: {answers})")
     notes = [str(x) for x in data.get("findings") or []] + [str(x) for x in data.get("differences") or []]
     versions = {k: str(v) for k, v in (data.get("versions") or {}).items()}
     result = BenchResult(run_id=name, kind="guidellm_goodput", created_at="not recorded",

@@ -21,8 +21,9 @@ class Slo(BaseModel):
     ttft_ms: float
     tpot_ms: float
     percentile: int = 99
-    # a load point passes when the lower bound of the Wilson interval of the fraction of requests
-    # meeting every limit is at least `attainment` (GuideLLM's goodput search works the same way)
+    # a load point passes when the fraction of its requests meeting every limit is at least
+    # `attainment` (the point estimate, as GuideLLM's goodput search; the Wilson interval only says
+    # whether the probe had enough requests to tell)
     attainment: float = 0.9
 
     def words(self) -> str:
