@@ -81,12 +81,16 @@ def guidellm_compare(data: dict, name: str) -> Converted:
     notes = [str(x) for x in data.get("findings") or []]
     if data.get("runs_note"):
         notes.insert(0, str(data["runs_note"]))
+    return Converted(_script_result(data, name, "guidellm_compare", notes), tables, headline)
+
+
+def _script_result(data: dict, name: str, kind: str, notes: list[str]) -> BenchResult:
+    """The result of one of the ci/guidellm_*.sh comparisons: its script, versions, machine, notes."""
     versions = {k: str(v) for k, v in (data.get("versions") or {}).items()}
-    result = BenchResult(run_id=name, kind="guidellm_compare", created_at="not recorded",
-                         command=str(data.get("script", "bash ci/guidellm_compare.sh")),
-                         git_commit=versions.get("opsctl_git_commit", "unknown"),
-                         device=dict(data.get("machine") or {}), versions=versions, notes=notes)
-    return Converted(result, tables, headline)
+    return BenchResult(run_id=name, kind=kind, created_at="not recorded",
+                       command=str(data.get("script", f"bash ci/{kind}.sh")),
+                       git_commit=versions.get("opsctl_git_commit", "unknown"),
+                       device=dict(data.get("machine") or {}), versions=versions, notes=notes)
 
 
 def is_guidellm_goodput(data) -> bool:
@@ -175,9 +179,4 @@ def guidellm_goodput(data: dict, name: str) -> Converted:
     headline = (f"opsctl tune's load search against GuideLLM's goodput search{flags}: within one step of opsctl, "
                 f"{agreed or '–'} repetitions (streams, {' / '.join(t for _, t, _ in present)}: {answers})")
     notes = [str(x) for x in data.get("findings") or []] + [str(x) for x in data.get("differences") or []]
-    versions = {k: str(v) for k, v in (data.get("versions") or {}).items()}
-    result = BenchResult(run_id=name, kind="guidellm_goodput", created_at="not recorded",
-                         command=str(data.get("script", "bash ci/guidellm_goodput.sh")),
-                         git_commit=versions.get("opsctl_git_commit", "unknown"),
-                         device=dict(data.get("machine") or {}), versions=versions, notes=notes)
-    return Converted(result, tables, headline)
+    return Converted(_script_result(data, name, "guidellm_goodput", notes), tables, headline)
