@@ -83,24 +83,22 @@ def where_to_measure(profile: HardwareProfile, base: EngineConfig) -> Where:
     return Where(cpu=False, emulate_gib=None, device=device_info(), notes=[])
 
 
-def _hf_config(model):
+def _model_config(model, base: EngineConfig) -> tuple[object | None, int]:
+    """(the model's HF config, the session length its servers will serve), as the engine works them
+    out; (None, the configured length or 4096) when the model cannot be read: its trials say why."""
     from engine.models.source import resolve_model
+    from engine.request_factory import session_len_for
 
     try:
-        return resolve_model(model).hf_config
+        source = resolve_model(model)
     except Exception:  # noqa: BLE001 - the trials will say what is wrong with the model
-        return None
-
-
-def _session_len(hf_config, base: EngineConfig) -> int:
-    if base.session_len:
-        return base.session_len
-    return int(getattr(hf_config, "max_position_embeddings", 4096) or 4096) if hf_config is not None else 4096
+        return None, base.session_len or 4096
+    return source.hf_config, session_len_for(source, base.session_len)
 
 
 def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
     where = where_to_measure(options.profile, options.base)
-    hf_config = _hf_config(options.model)
+    hf_config, session_len = _model_config(options.model, options.base)
     weight_format = "float32" if where.cpu else "bf16"
     if options.resume:
         out_dir = Path(options.output_dir) / options.resume
@@ -119,7 +117,6 @@ def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
                             model_spec=options.model, target_profile=options.profile.name,
                             measured_on=where.device, emulated=where.emulate_gib is not None, versions=versions(),
                             workload=options.workload, slo=options.slo, notes=list(where.notes))
-    session_len = _session_len(hf_config, options.base)
     space = build_space(hf_config, options.profile, result.workload, cpu=where.cpu, weight_format=weight_format,
                         session_len=session_len, block_size=options.base.cache_block_seq_len,
                         overrides=options.axes, usable_gib=where.emulate_gib)

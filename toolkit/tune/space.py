@@ -82,7 +82,8 @@ def build_space(hf_config, profile: HardwareProfile, workload: TuneWorkload, *, 
     space = Space(weight_format, axes, pruned)
     if not cpu and hf_config is not None:
         shape = ModelShape.from_config(hf_config)
-        memory = (usable_gib or profile.memory_gib) * 2**30
+        # an emulated card's cap, else what the card shows to torch (the profile's measured figure)
+        memory = usable_gib * 2**30 if usable_gib else profile.usable_memory_bytes
         weights = weight_bytes(shape, "fp16" if weight_format == "fp16" else "bf16").total
         free = memory - weights - DEFAULT_RESERVE_GIB * 2**30
         kv_token = kv_bytes_per_token(shape)
