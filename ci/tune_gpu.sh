@@ -21,7 +21,9 @@ else
     rm -rf "reports/$RUN"
     args+=(--run-id "$RUN")
 fi
-python3 -m toolkit "${args[@]}" ${EXTRA:-} 2>&1 | tee "reports/$RUN.log"
+# Ctrl-C (SIGINT) before the device call's own limit: the tune stops its server and keeps its finished
+# trials, so what it measured is packed below and RESUME=1 continues it.
+timeout -s INT -k 30 "${LIMIT:-540}" python3 -m toolkit "${args[@]}" ${EXTRA:-} 2>&1 | tee "reports/$RUN.log"
 code=${PIPESTATUS[0]}
 echo "opsctl tune exit code $code"
 if [ -n "${OUT:-}" ]; then

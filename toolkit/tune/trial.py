@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from engine.config import EngineConfig
-from toolkit.bench.load_runner import BenchError, HttpBenchOptions, run_http_bench
+from toolkit.bench.load_runner import BenchError, HttpBenchOptions, run_http_bench, was_interrupted
 
 from .live_server import LiveServer, SetupFailed
 from .load_search import LoadSearch, attainment, score
@@ -102,6 +102,8 @@ def _probe(trial: Trial, settings: TrialSettings, server: LiveServer, concurrenc
         if not server.running():
             raise ServerFailed(f"the server died: {server.last_words()}") from None
         raise
+    if was_interrupted(result):  # the bench caught the Ctrl-C to keep its partial run: the tune stops too
+        raise KeyboardInterrupt
     if not server.running():
         raise ServerFailed(f"the server died during {concurrency} streams: {server.last_words()}")
     run = result.runs[0]
