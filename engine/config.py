@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from .errors import InvalidRequestError
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
-_MODEL_FORMATS = (None, "hf", "awq", "gguf")
+_MODEL_FORMATS = (None, "hf", "awq", "int8", "gguf")
 
 
 def _setting(default, help: str, *, flags: tuple[str, ...] = (), choices: tuple | None = None):
@@ -55,7 +55,9 @@ class EngineConfig:
     session_len: int | None = _setting(None, "Longest prompt + output per request (default: the model's context length).")
     max_prefill_token_num: int = _setting(8192, "Token budget of one forward; longer prompts are split into chunks.")
     enable_prefix_caching: bool = _setting(False, "Reuse KV blocks of identical prompt prefixes across requests.")
-    model_format: str | None = _setting(None, "hf, awq or gguf (default: detected).", choices=_MODEL_FORMATS[1:])
+    model_format: str | None = _setting(
+        None, "Weights: hf (16-bit), awq (a 4-bit AWQ checkpoint; detected when left out), int8 (8-bit per channel, "
+              "quantized at load) or gguf (default: detected).", choices=_MODEL_FORMATS[1:])
     quant_policy: int = _setting(0, "KV-cache quantization: 0 (off), 4 or 8.", choices=(0, 4, 8))
     dtype: str = _setting("auto", "auto, float32, bfloat16 or float16.", choices=_DTYPES)
     device: str = _setting("auto", "auto, cpu, cuda or cuda:N.")

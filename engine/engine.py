@@ -139,10 +139,6 @@ class LLMEngine:
     def _init_source(self, model) -> None:
         if self.config.tp != 1:
             raise InvalidRequestError("tensor parallelism (tp > 1) is not available yet; use tp=1", "tp")
-        if self.config.quant_policy:
-            raise InvalidRequestError("KV-cache quantization (quant_policy 4/8) is not available yet", "quant_policy")
-        if self.config.model_format == "awq":
-            raise InvalidRequestError("AWQ checkpoints are not supported yet", "model_format")
         self.source = model if isinstance(model, ModelSource) else resolve_model(model)
         self.session_len = session_len_for(self.source, self.config.session_len)
 
@@ -312,6 +308,10 @@ class LLMEngine:
             return self._fail(step.plan, e)
         touched = self.scheduler.update(step.plan, result.tokens, self._check_stop)
         self._attach_logprobs(step.plan, result.tokens, result.logprobs)
+        for item, scores in zip(step.plan.scheduled, result.prompt_logprobs or ()):
+            if scores is not None:
+                first, values = scores
+                item.request.prompt_logprobs[first:first + len(values)] = values
         return [self._output(r, index) for r, index in touched]
 
     def _check_stop(self, request: Request, token: int, index: int) -> FinishReason | None:

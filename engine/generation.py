@@ -39,6 +39,9 @@ class GenerationConfig:
     alternatives. random_seed makes sampling reproducible per request, whatever the batch holds.
     cache_salt (vLLM's name): requests share prefix-cache blocks only with requests of the same salt
     (or, without one, with other unsalted requests), so tenants cannot probe each other's prompts.
+    prompt_logprobs: also score the prompt: the log-probability of each prompt token after the first,
+    given the tokens before it (Request.prompt_logprobs; perplexity, `opsctl eval ppl`). Such a prompt
+    is computed in full, never taken from the prefix cache.
     """
 
     max_new_tokens: int = 512
@@ -60,6 +63,7 @@ class GenerationConfig:
     include_stop_str_in_output: bool = False
     logprobs: int | None = None
     cache_salt: str | None = None
+    prompt_logprobs: bool = False
 
     def __post_init__(self):
         # Accept lists for the sequence fields, store tuples so the config stays hashable and frozen.

@@ -78,6 +78,9 @@ class Request:
         # Produced by the step, handed out by the next output and reset.
         self.pending_text = ""
         self.pending_logprobs: list[TokenLogprob] = []
+        # gen.prompt_logprobs: log P(prompt[i + 1] | prompt[:i + 1]) at index i, filled by position (a
+        # preempted request's recomputed prompt writes the same values again)
+        self.prompt_logprobs: list[float | None] = [None] * (self.num_prompt_tokens - 1) if gen.prompt_logprobs else []
         self.arrival_time = time.perf_counter()
         self.first_token_time: float | None = None
         self.finish_time: float | None = None

@@ -136,7 +136,8 @@ class Scheduler:
                and len(self.running) < self.max_batch_size):
             request = self.waiting[0]
             cached = request.num_cached_tokens
-            self.kv.match_prefix(request)
+            if not request.gen.prompt_logprobs:  # a scored prompt is computed in full
+                self.kv.match_prefix(request)
             n = min(request.num_tokens - request.num_computed_tokens, budget)
             if not self.kv.allocate(request, n):
                 # A waiting request must hold no blocks: a request preempted later goes in front of

@@ -11,11 +11,13 @@ import typer
 
 from .commands import bench as bench_cmd
 from .commands import chat as chat_cmd
+from .commands import eval as eval_cmd
 from .commands import gate as gate_cmd
 from .commands import check_env as check_env_cmd
 from .commands import models as models_cmd
 from .commands import plan as plan_cmd
 from .commands import profiles as profiles_cmd
+from .commands import quantize as quantize_cmd
 from .commands import report as report_cmd
 from .commands import serve as serve_cmd
 from .commands import tune as tune_cmd
@@ -37,6 +39,8 @@ app.command("check-env")(check_env_cmd.check_env)
 app.command("report")(report_cmd.report)
 app.command("tune")(tune_cmd.tune)
 app.command("gate")(gate_cmd.gate)
+app.add_typer(quantize_cmd.app, name="quantize")
+app.add_typer(eval_cmd.app, name="eval")
 
 
 def main() -> None:

@@ -187,7 +187,7 @@ def weight_bytes(shape: ModelShape, quant: str) -> WeightBytes:
         linear, scales = 2 * params.linear_weights, 0
     elif quant == "int8":
         linear = params.linear_weights
-        scales = shape.num_layers * sum(2 * l.out_features for l in linears)  # fp16 per output channel
+        scales = shape.num_layers * sum(4 * l.out_features for l in linears)  # fp32 per output channel (engine/quant/int8.py)
     else:  # awq: 4-bit weights; per (group of 128 inputs, output): fp16 scale + 4-bit zero
         linear = params.linear_weights // 2
         scales = shape.num_layers * sum(math.ceil(l.in_features / AWQ_GROUP_SIZE) * l.out_features * 5 // 2

@@ -1,6 +1,9 @@
 """Torch references of every kernel; also the attention path on CPU and with `attention_backend=torch`.
 
 Shapes: q [T, H, D] (flattened tokens of all requests), caches [num_blocks, block_size, Hkv, D].
+Quantized caches (quant_policy 8/4; format in kv_write.py's docstring) are uint8 codes [..., D] or
+[..., D // 2] with k_scale, v_scale [num_blocks, block_size, Hkv, 2] fp32 (scale, min); every function
+that reads or writes a cache takes the scales as optional arguments and dequantizes to fp32 on read.
 """
 from __future__ import annotations
 
@@ -8,24 +11,66 @@ import torch
 import torch.nn.functional as F
 
 
+def quantize_kv_ref(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric min-max codes of each row of x [..., D]: (codes uint8 [..., D * bits // 8], [..., 2] (scale, min)).
+
+    The same arithmetic as write_kv's kernel (fp32, floor(t + 0.5)), so the interpreter's codes match bit for bit.
+    """
+    qmax = (1 << bits) - 1
+    xf = x.float()
+    lo, hi = xf.amin(-1), xf.amax(-1)
+    scale = (hi - lo) / qmax
+    t = (xf - lo[..., None]) / torch.where(scale > 0, scale, 1.0)[..., None]
+    codes = torch.floor(t + 0.5).clamp_(0, qmax).to(torch.uint8)
+    if bits == 4:  # dims 2j, 2j+1 -> low, high nibble of byte j
+        codes = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return codes, torch.stack((scale, lo), -1)
+
+
+def dequantize_kv_ref(codes: torch.Tensor, scales: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """fp32 [..., D] from codes [..., D or D // 2] and scales [..., 2]: code * scale + min."""
+    if codes.shape[-1] != head_dim:
+        codes = torch.stack((codes & 15, codes >> 4), -1).flatten(-2)
+    return torch.addcmul(scales[..., 1:], codes.float(), scales[..., :1])
+
+
 def write_kv_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                 slot_mapping: torch.Tensor) -> None:
-    """Store k, v [T, Hkv, D] into the paged caches at slot_mapping [T]."""
+                 slot_mapping: torch.Tensor, k_scale: torch.Tensor | None = None,
+                 v_scale: torch.Tensor | None = None) -> None:
+    """Store k, v [T, Hkv, D] into the paged caches at slot_mapping [T] (quantized when scales are given)."""
     num_kv_heads, head_dim = k.shape[1], k.shape[2]
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k)
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, v)
+    if k_scale is None:
+        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k)
+        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, v)
+        return
+    bits = 8 * k_cache.shape[-1] // head_dim
+    for x, cache, scales in ((k, k_cache, k_scale), (v, v_cache, v_scale)):
+        codes, row_scales = quantize_kv_ref(x, bits)
+        cache.view(-1, num_kv_heads, cache.shape[-1]).index_copy_(0, slot_mapping, codes)
+        scales.view(-1, num_kv_heads, 2).index_copy_(0, slot_mapping, row_scales)
 
 
-def _gather(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+def _read_blocks(cache: torch.Tensor, scales: torch.Tensor | None, index: torch.Tensor, head_dim: int
+                 ) -> torch.Tensor:
+    """Blocks `index` of a cache: [len(index), block_size, Hkv, D], dequantized to fp32 if scales are given."""
+    # index_select copies whole blocks (memcpy); advanced indexing was ~6x slower on CPU.
+    blocks = cache.index_select(0, index)
+    if scales is None:
+        return blocks
+    return dequantize_kv_ref(blocks, scales.index_select(0, index), head_dim)
+
+
+def _gather(cache: torch.Tensor, block_table: torch.Tensor, length: int, scales: torch.Tensor | None = None,
+            head_dim: int = 0) -> torch.Tensor:
     """The first `length` tokens of one request's cache: [length, Hkv, D]."""
     num_blocks = -(-length // cache.shape[1])
-    # index_select copies whole blocks (memcpy); advanced indexing was ~6x slower on CPU.
-    return cache.index_select(0, block_table[:num_blocks]).flatten(0, 1)[:length]
+    return _read_blocks(cache, scales, block_table[:num_blocks], head_dim).flatten(0, 1)[:length]
 
 
 def decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                          block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
-                         max_seq_len: int) -> torch.Tensor:
+                         max_seq_len: int, k_scale: torch.Tensor | None = None,
+                         v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """One query token per request. q [B, H, D], block_tables [B, max_blocks], seq_lens [B] -> [B, H, D].
 
     Also the CPU decode path: the blocks are gathered with one index_select and read by SDPA through
@@ -38,8 +83,8 @@ def decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     num_blocks = -(-max_seq_len // block_size)
     index = block_tables[:, :num_blocks].reshape(-1)
     length = num_blocks * block_size
-    k = k_cache.index_select(0, index).view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
-    v = v_cache.index_select(0, index).view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
+    k = _read_blocks(k_cache, k_scale, index, head_dim).view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
+    v = _read_blocks(v_cache, v_scale, index, head_dim).view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
     qg = q.view(batch, num_kv_heads, group, head_dim)
     visible = (torch.arange(length, device=q.device)[None, :] < seq_lens[:, None])[:, None, None, :]
     out = F.scaled_dot_product_attention(qg.float(), k.float(), v.float(), attn_mask=visible, scale=scale)
@@ -47,32 +92,36 @@ def decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 
 
 def prefill_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                          block_table: torch.Tensor, seq_len: int, scale: float) -> torch.Tensor:
+                          block_table: torch.Tensor, seq_len: int, scale: float,
+                          k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """One request's chunk of q [Q, H, D] whose tokens are the last Q of its seq_len cached tokens.
 
     Causal: query i sees keys up to seq_len - Q + i (earlier chunks and prefix-cache hits included).
+    A quantized cache is dequantized to fp32 and attended in fp32 (the kernels accumulate in fp32 too).
     """
-    query_len, num_heads, _ = q.shape
-    k = _gather(k_cache, block_table, seq_len).transpose(0, 1).unsqueeze(0)  # [1, Hkv, L, D]
-    v = _gather(v_cache, block_table, seq_len).transpose(0, 1).unsqueeze(0)
-    qh = q.transpose(0, 1).unsqueeze(0)  # [1, H, Q, D]
+    query_len, num_heads, head_dim = q.shape
+    k = _gather(k_cache, block_table, seq_len, k_scale, head_dim).transpose(0, 1).unsqueeze(0)  # [1, Hkv, L, D]
+    v = _gather(v_cache, block_table, seq_len, v_scale, head_dim).transpose(0, 1).unsqueeze(0)
+    qh = q.transpose(0, 1).unsqueeze(0).to(k.dtype)  # [1, H, Q, D]
     if query_len == seq_len:
         out = F.scaled_dot_product_attention(qh, k, v, is_causal=True, scale=scale, enable_gqa=True)
     else:
         rows = torch.arange(query_len, device=q.device)[:, None] + (seq_len - query_len)
         mask = torch.arange(seq_len, device=q.device)[None, :] <= rows
         out = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
-    return out.squeeze(0).transpose(0, 1)
+    return out.squeeze(0).transpose(0, 1).to(q.dtype)
 
 
-def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, ctx, scale: float
-                        ) -> torch.Tensor:
+def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, ctx, scale: float,
+                        k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of a whole mixed step (decode tokens and prefill chunks) over the paged cache.
 
     Requests with one query token go through one batched decode call; longer chunks one by one.
     """
+    scales = (k_scale, v_scale)
     if ctx.is_decode_only:
-        return decode_attention_ref(q, k_cache, v_cache, ctx.block_tables, ctx.seq_lens, scale, ctx.max_seq_len)
+        return decode_attention_ref(q, k_cache, v_cache, ctx.block_tables, ctx.seq_lens, scale, ctx.max_seq_len,
+                                    *scales)
     out = torch.empty_like(q)
     start = 0
     decode_rows: list[int] = []
@@ -81,7 +130,7 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
             decode_rows.append(i)
         else:
             out[start:start + query_len] = prefill_attention_ref(
-                q[start:start + query_len], k_cache, v_cache, ctx.block_tables[i], seq_len, scale)
+                q[start:start + query_len], k_cache, v_cache, ctx.block_tables[i], seq_len, scale, *scales)
         start += query_len
     if decode_rows:
         plan = ctx.cache.get("ref_decode_rows")
@@ -91,7 +140,7 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                                                    max(ctx.seq_lens_host[i] for i in decode_rows))
         rows, token_idx, max_len = plan
         out[token_idx] = decode_attention_ref(q[token_idx], k_cache, v_cache, ctx.block_tables[rows],
-                                              ctx.seq_lens[rows], scale, max_len)
+                                              ctx.seq_lens[rows], scale, max_len, *scales)
     return out
 
 

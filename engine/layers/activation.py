@@ -7,7 +7,9 @@ from torch import nn
 
 
 class SiluAndMul(nn.Module):
-    use_kernels = False  # set by the model runner
+    def __init__(self, *, use_kernels: bool = False):
+        super().__init__()
+        self.use_kernels = use_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_kernels:

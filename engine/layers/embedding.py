@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import linear
+from .linear_method import linear
+from .options import PLAIN, LayerOptions
 
 
 class VocabEmbedding(nn.Module):
@@ -21,11 +22,10 @@ class LMHead(nn.Module):
     """Logits in fp32 for the rows given (only the last token of each sampling request); one row goes
     through the Triton GEMV when kernels are on (9% faster than cuBLAS for Qwen2.5-7B's 152k x 3584)."""
 
-    use_kernels = False  # set by the model runner
-    batch_invariant = False  # set by the model runner (EngineConfig.deterministic)
-
-    def __init__(self, vocab_size: int, hidden_size: int, tied_to: VocabEmbedding | None = None):
+    def __init__(self, vocab_size: int, hidden_size: int, tied_to: VocabEmbedding | None = None,
+                 options: LayerOptions = PLAIN):
         super().__init__()
+        self.options = options  # the head stays 16/32-bit in every weight format (AutoAWQ keeps it too)
         if tied_to is not None:
             self.weight = tied_to.weight
         else:
@@ -33,15 +33,16 @@ class LMHead(nn.Module):
 
         self.cpu_weight = None
 
-    def prepare_for_cpu(self) -> None:
-        """A packed copy for CPU GEMMs (Linear.prepare_for_cpu): 22 -> 6.6 ms for SmolLM2's head at
-        16 rows. The tied embedding keeps its own weight for lookups."""
-        from .cpu_gemm import CpuWeight
+    def after_loading(self) -> None:
+        """On CPU, a packed copy for oneDNN GEMMs (engine/layers/cpu_gemm.py): 22 -> 6.6 ms for
+        SmolLM2's head at 16 rows. The tied embedding keeps its own weight for lookups."""
+        if self.options.device_type == "cpu":
+            from .cpu_gemm import CpuWeight
 
-        self.cpu_weight = CpuWeight(self.weight.data)
+            self.cpu_weight = CpuWeight(self.weight.data)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.cpu_weight is not None:
             return self.cpu_weight.apply(hidden).float()
-        return linear(hidden, self.weight, None, use_kernels=self.use_kernels,
-                      batch_invariant=self.batch_invariant).float()
+        return linear(hidden, self.weight, None, use_kernels=self.options.use_kernels,
+                      batch_invariant=self.options.batch_invariant).float()

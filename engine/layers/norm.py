@@ -11,10 +11,9 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    use_kernels = False  # set by the model runner
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
+    def __init__(self, hidden_size: int, eps: float = 1e-6, *, use_kernels: bool = False):
         super().__init__()
+        self.use_kernels = use_kernels
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
 

@@ -26,10 +26,10 @@ def rope_inv_freq(hf_config, head_dim: int) -> tuple[torch.Tensor, float]:
 
 
 class RotaryEmbedding(nn.Module):
-    use_kernels = False  # set by the model runner
-
-    def __init__(self, head_dim: int, max_position: int, inv_freq: torch.Tensor, scaling: float = 1.0):
+    def __init__(self, head_dim: int, max_position: int, inv_freq: torch.Tensor, scaling: float = 1.0, *,
+                 use_kernels: bool = False):
         super().__init__()
+        self.use_kernels = use_kernels
         self.head_dim = head_dim
         self.rotary_dim = inv_freq.numel() * 2
         t = torch.arange(max_position, dtype=torch.float32)

@@ -1,7 +1,8 @@
 """Our Llama decoder (SmolLM2, Llama 2/3), the base that Qwen2/Qwen2.5/Qwen3 specialise.
 
 Fused weights: one qkv GEMM and one gate/up GEMM per layer; the residual add is fused into RMSNorm.
-Model code sees (input_ids, positions) only; attention reads the forward context.
+Model code sees (input_ids, positions) only; attention reads the forward context. Every layer is
+built with the model's LayerOptions (kernel path, weight format, KV format): nothing is set afterwards.
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from ..layers.attention import PagedAttention
 from ..layers.embedding import LMHead, VocabEmbedding
 from ..layers.linear import Linear, MergedLinear, QKVLinear
 from ..layers.norm import RMSNorm
+from ..layers.options import PLAIN, LayerOptions
 from ..layers.rotary import RotaryEmbedding, rope_inv_freq
 
 
-def _head_dim(cfg) -> int:
+def head_dim_of(cfg) -> int:
     return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
 
@@ -24,20 +26,21 @@ class LlamaAttention(nn.Module):
     qkv_bias = False
     qk_norm = False
 
-    def __init__(self, cfg, rotary: RotaryEmbedding):
+    def __init__(self, cfg, rotary: RotaryEmbedding, options: LayerOptions = PLAIN):
         super().__init__()
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = _head_dim(cfg)
+        self.head_dim = head_dim_of(cfg)
         bias = self.qkv_bias or bool(getattr(cfg, "attention_bias", False))
-        self.qkv_proj = QKVLinear(cfg.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, bias)
+        self.qkv_proj = QKVLinear(cfg.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, bias, options)
         self.o_proj = Linear(self.num_heads * self.head_dim, cfg.hidden_size,
-                             bias=bool(getattr(cfg, "attention_bias", False)) and not self.qkv_bias)
+                             bias=bool(getattr(cfg, "attention_bias", False)) and not self.qkv_bias, options=options)
         if self.qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, use_kernels=options.use_kernels)
+            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, use_kernels=options.use_kernels)
         self.rotary = rotary
-        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim ** -0.5)
+        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim ** -0.5,
+                                   options)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)
@@ -54,14 +57,14 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, options: LayerOptions = PLAIN):
         super().__init__()
         bias = bool(getattr(cfg, "mlp_bias", False))
-        self.gate_up_proj = MergedLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias)
+        self.gate_up_proj = MergedLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias, options)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias, options=options)
         if getattr(cfg, "hidden_act", "silu") != "silu":
             raise ValueError(f"unsupported hidden_act {cfg.hidden_act!r}")
-        self.act = SiluAndMul()
+        self.act = SiluAndMul(use_kernels=options.use_kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
@@ -70,12 +73,12 @@ class LlamaMLP(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     attention_cls = LlamaAttention
 
-    def __init__(self, cfg, rotary: RotaryEmbedding):
+    def __init__(self, cfg, rotary: RotaryEmbedding, options: LayerOptions = PLAIN):
         super().__init__()
-        self.self_attn = self.attention_cls(cfg, rotary)
-        self.mlp = LlamaMLP(cfg)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = self.attention_cls(cfg, rotary, options)
+        self.mlp = LlamaMLP(cfg, options)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, use_kernels=options.use_kernels)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, use_kernels=options.use_kernels)
 
     def forward(self, positions, hidden, residual):
         if residual is None:
@@ -98,18 +101,20 @@ class LlamaForCausalLM(nn.Module):
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
     }
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, options: LayerOptions = PLAIN):
         super().__init__()
         self.config = cfg
-        head_dim = _head_dim(cfg)
+        self.options = options
+        head_dim = head_dim_of(cfg)
         inv_freq, scaling = rope_inv_freq(cfg, head_dim)
         max_pos = getattr(cfg, "max_position_embeddings", 8192)
-        self.rotary = RotaryEmbedding(head_dim, max_pos, inv_freq, scaling)
+        self.rotary = RotaryEmbedding(head_dim, max_pos, inv_freq, scaling, use_kernels=options.use_kernels)
         self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(self.layer_cls(cfg, self.rotary) for _ in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.layers = nn.ModuleList(self.layer_cls(cfg, self.rotary, options) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, use_kernels=options.use_kernels)
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
-        self.lm_head = LMHead(cfg.vocab_size, cfg.hidden_size, self.embed_tokens if self.tie_word_embeddings else None)
+        self.lm_head = LMHead(cfg.vocab_size, cfg.hidden_size,
+                              self.embed_tokens if self.tie_word_embeddings else None, options)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)

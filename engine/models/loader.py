@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError, first_line
+from ..layers.options import LayerOptions
 from .registry import model_class
 
 
@@ -55,7 +56,8 @@ def load_weights(model: nn.Module, weights: Iterator[tuple[str, torch.Tensor]]) 
         except ValueError as e:
             raise ModelLoadError(f"checkpoint tensor {ckpt_name!r}: {e}") from None
         loaded.add(name)
-    missing = [n for n in params if n not in loaded and not _is_tied(model, n)]
+    missing = [n for n, p in params.items()
+               if n not in loaded and not _is_tied(model, n) and not getattr(p, "derived", False)]
     if missing:
         raise ModelLoadError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
 
@@ -64,26 +66,53 @@ def _is_tied(model: nn.Module, name: str) -> bool:
     return name == "lm_head.weight" and getattr(model, "tie_word_embeddings", False)
 
 
-def build_model(source, dtype: torch.dtype, device: torch.device, seed: int = 0) -> nn.Module:
-    """Instantiate the architecture on `device` in `dtype` and load its weights."""
+_LINEAR_WEIGHTS = tuple(f".{n}.weight" for n in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                    "down_proj"))
+
+
+def _packed_as_awq(weights: Iterator[tuple[str, torch.Tensor]], group_size: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """A 16-bit preset's linear weights rounded to AWQ's layout (engine/quant/int4_pack.py), on the fly."""
+    from ..quant.int4_pack import pack_awq
+
+    for name, tensor in weights:
+        if name.endswith(_LINEAR_WEIGHTS):
+            base = name[:-len("weight")]
+            qweight, qzeros, scales = pack_awq(tensor, group_size)
+            yield base + "qweight", qweight
+            yield base + "qzeros", qzeros
+            yield base + "scales", scales
+        else:
+            yield name, tensor
+
+
+def build_model(source, dtype: torch.dtype, device: torch.device, options: LayerOptions | None = None,
+                seed: int = 0) -> nn.Module:
+    """Instantiate the architecture on `device` in `dtype` with `options` and load its weights.
+
+    model.weight_bytes: the bytes of the weights in their stored format (int8 codes and scales, packed
+    int4 and its scales), counted before any device-specific repacking.
+    """
+    options = options or LayerOptions(device_type=torch.device(device).type)
     cls = model_class(source.hf_config)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = cls(source.hf_config)
+            model = cls(source.hf_config, options)
     finally:
         torch.set_default_dtype(previous)
     if source.kind == "preset":
         from .presets import iter_random_weights
 
         weights = iter_random_weights(source.hf_config, seed=seed, dtype=dtype, device=device)
+        if options.weight_format == "awq":
+            weights = _packed_as_awq(weights, options.group_size)
     else:
         weights = iter_safetensors(source.weights_path)
     with torch.no_grad():
         load_weights(model, weights)
-        if torch.device(device).type == "cpu":
-            for module in model.modules():
-                if hasattr(module, "prepare_for_cpu"):
-                    module.prepare_for_cpu()
+        model.weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.device.type != "meta")
+        for module in model.modules():
+            if hasattr(module, "after_loading"):
+                module.after_loading()
     return model.eval()

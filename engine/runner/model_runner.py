@@ -19,7 +19,10 @@ import torch
 from ..config import EngineConfig
 from ..errors import InvalidRequestError, OutOfMemoryError
 from ..kernels import kernel_head_dim_ok, kernels_wanted
+from ..layers.options import LayerOptions
+from ..models.llama import head_dim_of
 from ..models.loader import build_model
+from ..models.weight_format import resolve_weight_format
 from ..scheduler import SchedulerOutput
 from .cuda_graph import DecodeGraphs
 from .forward_context import forward_context
@@ -61,6 +64,8 @@ class StepResult:
 
     tokens: list[int | None]
     logprobs: list[tuple[float, list[tuple[int, float]]] | None]
+    # gen.prompt_logprobs: (first prompt index scored, log-probabilities) per scheduled request, or None
+    prompt_logprobs: list[tuple[int, list[float]] | None] | None = None
 
 
 class ModelRunner:
@@ -78,6 +83,7 @@ class ModelRunner:
         self._init_model(source)
         self.sampler = Sampler()
         self.kv_cache: torch.Tensor | None = None
+        self.kv_scales: torch.Tensor | None = None  # quant_policy 8/4: (scale, min) per token and kv head
         self.num_blocks = 0
         self.buffers: InputBuffers | None = None
         self.graphs: DecodeGraphs | None = None
@@ -108,8 +114,8 @@ class ModelRunner:
             self.graphs.release()
             self.graphs = None
         for attn in self.model.attention_layers():
-            attn.k_cache = attn.v_cache = None
-        self.kv_cache = None
+            attn.k_cache = attn.v_cache = attn.k_scale = attn.v_scale = None
+        self.kv_cache = self.kv_scales = None
         self.num_blocks = 0
         self.buffers = None
         self._sampled_host = []
@@ -137,33 +143,46 @@ class ModelRunner:
     def _init_model(self, source) -> None:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        self.options = self._layer_options(source)
         try:
-            self.model = build_model(source, self.dtype, self.device, seed=self.config.seed)
+            self.model = build_model(source, self.dtype, self.device, self.options, seed=self.config.seed)
         except torch.OutOfMemoryError:
             raise OutOfMemoryError(
-                f"the weights of {source.name} do not fit on {self.device}: use a GPU with more memory "
-                "or a smaller model (4-bit AWQ and tensor parallelism are not available yet)") from None
+                f"the weights of {source.name} do not fit on {self.device}: use a GPU with more memory, "
+                "a 4-bit AWQ checkpoint (opsctl quantize awq) or --model-format int8") from None
         self.vocab_size = self.hf_config.vocab_size
         attn = self.model.attention_layers()
         self.num_layers = len(attn)
         self.num_kv_heads, self.head_dim = attn[0].num_kv_heads, attn[0].head_dim
-        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        self.use_kernels = kernels_wanted(self.device.type, self.config.kernels) and kernel_head_dim_ok(self.head_dim)
+        self.weight_bytes = self.model.weight_bytes
+
+    def _layer_options(self, source) -> LayerOptions:
+        """How every layer runs, from the config and the checkpoint, before any weight is read."""
+        head_dim = head_dim_of(self.hf_config)
+        self.use_kernels = kernels_wanted(self.device.type, self.config.kernels) and kernel_head_dim_ok(head_dim)
         if self.config.deterministic and not self.use_kernels:
             raise InvalidRequestError(
                 f"deterministic mode needs the Triton attention kernels, which take power-of-two head sizes "
-                f"(this model's is {self.head_dim})", "deterministic")
-        for module in self.model.modules():
-            if hasattr(module, "use_kernels"):
-                module.use_kernels = self.use_kernels
-            if hasattr(module, "batch_invariant"):
-                module.batch_invariant = self.config.deterministic
+                f"(this model's is {head_dim})", "deterministic")
+        fmt = resolve_weight_format(source, self.config.model_format)
+        if self.config.deterministic and fmt.name != "hf":
+            raise InvalidRequestError(
+                f"deterministic mode runs 16-bit weights only (this model loads as {fmt.name})", "deterministic")
+        return LayerOptions(use_kernels=self.use_kernels, batch_invariant=self.config.deterministic,
+                            weight_format=fmt.name, group_size=fmt.group_size, device_type=self.device.type,
+                            kv_quant=self.config.quant_policy)
 
     @property
     def block_bytes(self) -> int:
-        """Bytes of K and V for one block across all layers."""
-        return (2 * self.num_layers * self.config.cache_block_seq_len * self.num_kv_heads * self.head_dim
-                * torch.empty((), dtype=self.dtype).element_size())
+        """Bytes of K and V for one block across all layers; with quant_policy 8/4 the codes and the scales.
+
+        A quantized row (token, kv head) is head_dim codes of quant_policy bits plus its fp32 (scale,
+        min): SmolLM2's head_dim 64 takes 72 bytes at 8 bits against 128 in bf16 (256 in fp32).
+        """
+        rows = 2 * self.num_layers * self.config.cache_block_seq_len * self.num_kv_heads
+        if self.config.quant_policy:
+            return rows * (self.head_dim * self.config.quant_policy // 8 + 2 * 4)
+        return rows * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
 
     def _init_kv_cache(self) -> None:
         cfg = self.config
@@ -192,18 +211,28 @@ class ModelRunner:
             raise OutOfMemoryError(
                 f"the KV cache holds {capacity} tokens, less than one session of {self.session_len}: "
                 "raise --cache-max-entry-count or lower --session-len")
-        shape = (2, self.num_layers, num_blocks, cfg.cache_block_seq_len, self.num_kv_heads, self.head_dim)
+        bits = cfg.quant_policy
+        if bits == 4 and self.head_dim % 2:
+            raise InvalidRequestError(f"quant_policy 4 packs two values a byte and needs an even head size "
+                                      f"(this model's is {self.head_dim}); use quant_policy 8", "quant_policy")
+        width = self.head_dim * bits // 8 if bits else self.head_dim
+        shape = (2, self.num_layers, num_blocks, cfg.cache_block_seq_len, self.num_kv_heads, width)
         try:
             # zeros, not empty: unused slots are masked out, but 0 * NaN garbage would still be NaN.
-            self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self.kv_cache = torch.zeros(shape, dtype=torch.uint8 if bits else self.dtype, device=self.device)
+            if bits:  # indexed by the same slots as the codes: a block's scales move with the block
+                self.kv_scales = torch.zeros(shape[:-1] + (2,), dtype=torch.float32, device=self.device)
         except torch.OutOfMemoryError:
+            self.kv_cache = self.kv_scales = None
             raise OutOfMemoryError(
                 f"the KV cache of {num_blocks} blocks does not fit: lower --cache-max-entry-count") from None
         for i, attn in enumerate(self.model.attention_layers()):
             attn.k_cache, attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
+            if bits:
+                attn.k_scale, attn.v_scale = self.kv_scales[0, i], self.kv_scales[1, i]
         self.num_blocks = num_blocks
-        log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", num_blocks, cfg.cache_block_seq_len,
-                 num_blocks * self.block_bytes / 2**30)
+        log.info("KV cache: %d blocks of %d tokens (%.2f GiB, %s)", num_blocks, cfg.cache_block_seq_len,
+                 num_blocks * self.block_bytes / 2**30, f"int{bits} + scales" if bits else str(self.dtype))
 
     # -- one step --------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -220,9 +249,10 @@ class ModelRunner:
         else:
             with forward_context(inputs.context):
                 hidden = self.model(inputs.input_ids, inputs.positions)
+        prompt_scores = self._score_prompts(plan, hidden)
         sampling = [item.request for item in plan.scheduled if item.sample]
         if not sampling:
-            return InFlightStep(plan, None, None, None)
+            return InFlightStep(plan, None, None, None, prompt_scores)
         # When every token samples (a pure decode step), the rows are simply the first ones.
         rows = hidden[:len(sampling)] if len(sampling) == inputs.num_tokens else hidden[inputs.logits_rows]
         logits = self.model.compute_logits(rows)
@@ -235,15 +265,38 @@ class ModelRunner:
         if self.device.type == "cuda":
             event = torch.cuda.Event()
             event.record()
-        return InFlightStep(plan, out, host, event)
+        return InFlightStep(plan, out, host, event, prompt_scores)
+
+    def _score_prompts(self, plan: SchedulerOutput, hidden: torch.Tensor) -> list | None:
+        """Log-probabilities of the next prompt token at every prompt row of requests that ask for them
+        (gen.prompt_logprobs): all of a chunk's rows go through the LM head, not only the sampled one."""
+        if not any(item.request.gen.prompt_logprobs for item in plan.scheduled):
+            return None
+        scores: list = [None] * len(plan.scheduled)
+        row = 0
+        for i, item in enumerate(plan.scheduled):
+            request, n = item.request, item.num_new_tokens
+            # rows start .. start + n - 1 predict tokens start + 1 .. start + n; only prompt ones are scored
+            last = min(item.start + n, request.num_prompt_tokens - 1)
+            if request.gen.prompt_logprobs and last > item.start:
+                count = last - item.start
+                logits = self.model.compute_logits(hidden[row:row + count])
+                targets = torch.tensor(request.token_ids[item.start + 1:last + 1], device=logits.device)
+                chosen = torch.log_softmax(logits, dim=-1).gather(1, targets.view(-1, 1)).view(-1)
+                scores[i] = (item.start, chosen)
+            row += n
+        return scores
 
     def collect(self, step: "InFlightStep") -> StepResult:
         """Wait for a launched step and hand back its tokens: the one host sync of the step."""
         plan = step.plan
         tokens: list[int | None] = [None] * len(plan.scheduled)
         logprobs: list = [None] * len(plan.scheduled)
+        prompt = None
+        if step.prompt_scores is not None:  # a prefill step: the sync costs nothing extra here
+            prompt = [None if s is None else (s[0], s[1].tolist()) for s in step.prompt_scores]
         if step.out is None:
-            return StepResult(tokens, logprobs)
+            return StepResult(tokens, logprobs, prompt)
         if step.event is not None:
             step.event.synchronize()
         sampled = step.host.tolist()
@@ -260,7 +313,7 @@ class ModelRunner:
                 alternatives = list(zip(top[0][j][:k], top[1][j][:k])) if top and k else []
                 logprobs[i] = (chosen[j], alternatives)
             j += 1
-        return StepResult(tokens, logprobs)
+        return StepResult(tokens, logprobs, prompt)
 
     @torch.inference_mode()
     def run(self, plan: SchedulerOutput) -> StepResult:
@@ -274,3 +327,4 @@ class InFlightStep:
     out: object  # SamplerOutput on the device, None when nothing samples
     host: torch.Tensor | None  # pinned copy of the sampled ids, valid once `event` has passed
     event: object
+    prompt_scores: list | None = None  # per scheduled request: (first index, log-probabilities on the device)

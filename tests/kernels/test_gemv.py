@@ -47,11 +47,11 @@ def test_gemv_refuses_more_than_one_row(device):
 def test_linear_layer_uses_gemv_for_one_row_only(device, monkeypatch):
     from engine.kernels import gemv as gemv_mod
     from engine.layers.linear import Linear
+    from engine.layers.options import LayerOptions
 
-    layer = Linear(48, 40, bias=True).to(device)
+    layer = Linear(48, 40, bias=True, options=LayerOptions(use_kernels=True, device_type="cuda")).to(device)
     torch.nn.init.normal_(layer.weight)
     torch.nn.init.normal_(layer.bias)
-    layer.use_kernels = True
     calls = []
     monkeypatch.setattr(gemv_mod, "gemv", lambda *a, **kw: calls.append(a[0].shape) or gemv(*a, **kw))
     one, many = torch.randn(1, 48, device=device), torch.randn(3, 48, device=device)

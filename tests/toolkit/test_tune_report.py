@@ -272,3 +272,42 @@ def test_hostile_page_runs_no_script_in_chromium(browser, tmp_path):
     seen = open_in_browser(browser, page, shot, min_charts=2)
     check_page(seen, shot, {"tune-throughput-latency", "tune-ladder"})
     assert HOSTILE in seen["text"]
+
+
+# ---------------------------------------------------------------- quality of each format
+
+def test_each_format_that_ran_is_scored_once_stored_first_and_shown_beside_its_speed(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from engine.config import EngineConfig
+    from toolkit.tune import quality
+
+    result = make_result()
+    result.trials[1].engine = {"model_format": "int8", "max_batch_size": 64}
+    result.trials[2].engine = {"model_format": "awq", "quant_policy": 8}
+    result.trials[3].engine = {"model_format": "awq"}  # failed: not scored
+    calls = []
+    ppl = {(None, 0): 10.0, ("int8", 0): 10.05, ("awq", 8): 10.9}
+
+    def fake(model, config):
+        calls.append((config.model_format, config.quant_policy, config.gpu_memory_gb))
+        return {"perplexity": ppl[(config.model_format, config.quant_policy)], "error": None}
+
+    monkeypatch.setattr(quality, "_perplexity", fake)
+    options = SimpleNamespace(base=EngineConfig(), model="preset:qwen2.5-7b")
+    result.quality = quality.score_formats(result, options, {"gpu_memory_gb": 24.0}, Console(file=open("/dev/null", "w")))
+    assert calls == [(None, 0, 24.0), ("awq", 8, 24.0), ("int8", 0, 24.0)]  # the emulated cap goes along
+    assert [round(q["ratio_to_stored"], 3) for q in result.quality] == [1.0, 1.09, 1.005]
+    _, page = _render(tmp_path, result)
+    text = _section(page, "quality")
+    assert "AWQ int4 weights, int8 KV cache 10.9000 1.0900x 540.0 tok/s at 16 streams (t2)" in text
+    assert "int8 weights, 16-bit KV cache 10.0500 1.0050x 500.0 tok/s at 16 streams (t1)" in text
+
+
+def test_a_format_whose_perplexity_failed_says_why(tmp_path):
+    result = make_result(quality=[{"model_format": "awq", "quant_policy": 0, "words": "AWQ int4 weights, 16-bit KV cache",
+                                   "perplexity": None, "error": "timed out after 420 s"}])
+    _, page = _render(tmp_path, result)
+    assert "not measured" in _section(page, "quality") and "timed out after 420 s" in _section(page, "quality")

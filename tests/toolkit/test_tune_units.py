@@ -97,7 +97,10 @@ def test_axis_parsing():
     assert parse_axis("max_batch_size=8,16") == ("max_batch_size", [8, 16])
     assert parse_axis("cache-max-entry-count=0.5,2") == ("cache_max_entry_count", [0.5, 2.0])
     assert parse_axis("enable_prefix_caching=on,off") == ("enable_prefix_caching", [True, False])
-    for bad in ("max_batch_size", "tp=2", "max_batch_size=x", "enable_prefix_caching=maybe"):
+    assert parse_axis("model_format=hf,int8,AWQ") == ("model_format", [None, "int8", "awq"])
+    assert parse_axis("quant_policy=0,8") == ("quant_policy", [0, 8])
+    for bad in ("max_batch_size", "tp=2", "max_batch_size=x", "enable_prefix_caching=maybe", "model_format=gptq",
+                "quant_policy=4"):
         with pytest.raises(ValueError):
             parse_axis(bad)
 
@@ -108,9 +111,17 @@ def test_planner_prunes_what_cannot_fit_on_a_24_gib_card():
     work = TuneWorkload(name="rag", input_len=3072, output_len=256)
     space = build_space(preset_config("qwen2.5-7b"), get_profile("rtx4090"), work, cpu=False, weight_format="bf16",
                         session_len=32768)
+    preset = build_space(preset_config("qwen2.5-7b"), get_profile("rtx4090"), work, cpu=False, weight_format="bf16",
+                         session_len=32768, model_kind="preset")
+    awq = build_space(preset_config("qwen2.5-7b"), get_profile("rtx4090"), work, cpu=False, weight_format="bf16",
+                      session_len=32768, model_kind="awq")
+    assert preset.axes["model_format"] == [None, "int8", "awq"]  # random weights round to AWQ at load
+    assert awq.axes["model_format"] == [None] and any("AWQ only" in p.reason for p in awq.pruned)
     on_h200 = build_space(preset_config("qwen2.5-7b"), get_profile("h200"), work, cpu=False, weight_format="bf16",
                           session_len=32768)
-    assert {p.weight_format for p in space.pruned} >= {"int8", "awq"}  # not available yet, said so
+    # a 16-bit checkpoint offers int8 and 16-bit weights; AWQ is pruned with the command that makes one
+    assert space.axes["model_format"] == [None, "int8"] and space.axes["quant_policy"] == [0, 8]
+    assert any("opsctl quantize awq" in p.reason for p in space.pruned)
     # 15.2 GB of weights leave ~6.8 GB: ~117k KV tokens at 0.95, ~35 sequences of 3,328 tokens
     assert space.axes["max_batch_size"] == [32, 64] and 256 in on_h200.axes["max_batch_size"]
     assert any("batch 256 would only preempt" in p.reason for p in space.pruned)

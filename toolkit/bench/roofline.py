@@ -45,18 +45,21 @@ class ModelCosts:
 
     @classmethod
     def from_engine(cls, engine) -> "ModelCosts":
+        from ..model_sizes import ModelShape, count_params
+
         runner = engine.runner
         model = runner.model
         embed = model.embed_tokens.weight
         embed_bytes = embed.numel() * embed.element_size()
         tied = model.tie_word_embeddings
-        # A tied table is read whole by the LM head; an untied one only row by row.
+        # A tied table is read whole by the LM head; an untied one only row by row. Bytes are the
+        # stored format's (int8 codes, packed int4 and their scales); parameters come from the shape,
+        # since bytes / element size is wrong for packed int4.
         decode_bytes = runner.weight_bytes - (0 if tied else embed_bytes)
-        params = runner.weight_bytes // embed.element_size() - (0 if tied else embed.numel())
         attn = model.attention_layers()[0]
         return cls(decode_weight_bytes=decode_bytes,
                    kv_bytes_per_token=runner.block_bytes // engine.config.cache_block_seq_len,
-                   flops_per_token=2 * params,
+                   flops_per_token=2 * count_params(ModelShape.from_config(runner.hf_config)).multiplying,
                    attn_flops_per_token_pair=4 * runner.num_layers * attn.num_heads * attn.head_dim)
 
 

@@ -35,8 +35,8 @@ def tune(
     max_trials: Annotated[Optional[int], typer.Option(help="Stop after this many trials (the default counts).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the tune reports/RUN-ID; finished trials are kept.")] = None,
     axis: Annotated[Optional[list[str]], typer.Option(
-        help="Replace an axis's values: NAME=V1,V2 (max_batch_size, cache_max_entry_count, max_prefill_token_num, "
-             "enable_prefix_caching); repeatable.")] = None,
+        help="Replace an axis's values: NAME=V1,V2 (model_format: hf/int8/awq, quant_policy: 0/8, max_batch_size, "
+             "cache_max_entry_count, max_prefill_token_num, enable_prefix_caching); repeatable.")] = None,
     search: Annotated[str, typer.Option(help="coordinate (the tuner) or grid (every configuration, to check it).")] = "coordinate",
     max_streams: Annotated[Optional[int], typer.Option(help="Most concurrent streams a load search tries "
                                                            "(default 512 on a GPU, 16 on the CPU).")] = None,
@@ -46,6 +46,9 @@ def tune(
                                                                "(default 4 on a GPU, 1 on the CPU).")] = None,
     load_tolerance: Annotated[float, typer.Option(help="A load search stops when the passing and failing stream "
                                                        "counts are within this fraction (GuideLLM's 0.1).")] = 0.1,
+    quality: Annotated[Optional[bool], typer.Option(
+        "--quality/--no-quality", help="Measure the perplexity of every weight/KV format that ran (opsctl eval ppl "
+                                      "on built-in held-out text; default: on a GPU, not on the CPU).")] = None,
     run_id: Annotated[Optional[str], typer.Option(help="Folder name under --output-dir (default: tune-<time>).")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the run's folder goes.")] = Path("reports"),
     engine_config=None,
@@ -81,7 +84,7 @@ def tune(
                               output_dir=output_dir, run_id=run_id, resume=resume, budget_minutes=budget_minutes,
                               max_trials=max_trials, axes=axes, search=search, max_streams=max_streams,
                               min_requests=min_requests, initial_streams=initial_streams,
-                              load_tolerance=load_tolerance)
+                              load_tolerance=load_tolerance, quality=quality)
     except (ProfileError, LimitError, ValueError) as e:
         raise _bad_input(str(e)) from None
     try:

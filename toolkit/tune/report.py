@@ -404,10 +404,27 @@ def page_view(result: TuneResult, out_dir: Path) -> dict:
                   for axis, v in result.space.items()],
         "artifacts": [(name, what, href) for name, what in ARTIFACTS if (href := _link(out_dir, name, name, notes))],
         "warnings": _warnings(result), "render_notes": notes,
+        "quality": quality_rows(result),
     }
 
 
 # ---------------------------------------------------------------- the page
+
+def quality_rows(result: TuneResult) -> list[dict]:
+    """Per format that ran: its perplexity, the ratio to the stored format's, and its best speed."""
+    rows = []
+    for q in result.quality:
+        ok = [t for t in result.trials if t.status == "ok" and t.best is not None
+              and (t.engine.get("model_format"), t.engine.get("quant_policy", 0)) == (q["model_format"], q["quant_policy"])]
+        best = max(ok, key=lambda t: t.best.output_tok_s, default=None)
+        ratio = q.get("ratio_to_stored")
+        rows.append({"words": q["words"],
+                     "perplexity": f"{q['perplexity']:.4f}" if q.get("perplexity") is not None else "not measured",
+                     "ratio": f"{ratio:.4f}x" if ratio else "–", "error": q.get("error") or "",
+                     "best": (f"{best.best.output_tok_s:,.1f} tok/s at {best.best.concurrency} streams ({best.trial_id})"
+                              if best else "no load met the SLO")})
+    return rows
+
 
 def render_tune_report(result: TuneResult, out_dir: Path, *, inline: bool = False) -> Path:
     """Write out_dir/report.html for `result` and return its path. plotly.js is written once to

@@ -23,6 +23,7 @@ from .schema import Slo, Trial, TuneResult, TuneWorkload
 from .search import Budget, CoordinateSearch, GridSearch, objective
 from .space import build_space, predict
 from .live_server import LiveServer
+from .quality import score_formats
 from .trial import TrialSettings, run_trial
 
 EMULATION_MARGIN = 1.05  # a device this much bigger than the target emulates it (caps memory)
@@ -50,6 +51,7 @@ class TuneOptions:
     min_requests: int | None = None
     initial_streams: int | None = None
     load_tolerance: float = 0.1
+    quality: bool | None = None  # perplexity of each weight/KV format that ran (None: on a GPU, not on the CPU)
 
 
 @dataclass
@@ -83,22 +85,25 @@ def where_to_measure(profile: HardwareProfile, base: EngineConfig) -> Where:
     return Where(cpu=False, emulate_gib=None, device=device_info(), notes=[])
 
 
-def _model_config(model, base: EngineConfig) -> tuple[object | None, int]:
-    """(the model's HF config, the session length its servers will serve), as the engine works them
-    out; (None, the configured length or 4096) when the model cannot be read: its trials say why."""
+def _model_config(model, base: EngineConfig) -> tuple[object | None, int, str]:
+    """(the model's HF config, the session length its servers will serve, its kind: hf, awq or preset),
+    as the engine works them out; (None, the configured length or 4096, "hf") when the model cannot be
+    read: its trials say why."""
     from engine.models.source import resolve_model
     from engine.request_factory import session_len_for
 
     try:
         source = resolve_model(model)
     except Exception:  # noqa: BLE001 - the trials will say what is wrong with the model
-        return None, base.session_len or 4096
-    return source.hf_config, session_len_for(source, base.session_len)
+        return None, base.session_len or 4096, "hf"
+    qc = getattr(source.hf_config, "quantization_config", None)
+    kind = "preset" if source.kind == "preset" else "awq" if qc else "hf"
+    return source.hf_config, session_len_for(source, base.session_len), kind
 
 
 def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
     where = where_to_measure(options.profile, options.base)
-    hf_config, session_len = _model_config(options.model, options.base)
+    hf_config, session_len, model_kind = _model_config(options.model, options.base)
     weight_format = "float32" if where.cpu else "bf16"
     if options.resume:
         out_dir = Path(options.output_dir) / options.resume
@@ -119,7 +124,7 @@ def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
                             workload=options.workload, slo=options.slo, notes=list(where.notes))
     space = build_space(hf_config, options.profile, result.workload, cpu=where.cpu, weight_format=weight_format,
                         session_len=session_len, block_size=options.base.cache_block_seq_len,
-                        overrides=options.axes, usable_gib=where.emulate_gib)
+                        overrides=options.axes, usable_gib=where.emulate_gib, model_kind=model_kind)
     result.space = {"weight_format": weight_format, **space.axes}
     result.pruned = space.pruned
     for note in where.notes:
@@ -154,10 +159,11 @@ def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
             config = options.base.replace(**done.engine)
             measuring = options.profile if not where.emulate_gib else _profile_of_local_gpu(options.profile)
             batch = min(done.best.concurrency, config.max_batch_size or done.best.concurrency)
-            done.predicted = predict(hf_config, measuring, weight_format=weight_format, batch=batch,
+            fmt = config.model_format or weight_format  # the planner's calibration covers 16-bit formats
+            done.predicted = predict(hf_config, measuring, weight_format=fmt, batch=batch,
                                      workload=result.workload, cache_ratio=config.cache_max_entry_count)
             if where.emulate_gib:
-                target = predict(hf_config, options.profile, weight_format=weight_format, batch=batch,
+                target = predict(hf_config, options.profile, weight_format=fmt, batch=batch,
                                  workload=result.workload, cache_ratio=config.cache_max_entry_count)
                 done.predicted.target_output_tok_s = target.output_tok_s
             console.print(f"  best: {done.best.concurrency} streams, {done.best.output_tok_s:,.1f} tok/s within the "
@@ -178,6 +184,8 @@ def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
         result.search = search.run_search()
     finally:
         server.stop()  # also on Ctrl-C: no server outlives its tune
+    if options.quality if options.quality is not None else not where.cpu:
+        result.quality = score_formats(result, options, fixed, console)
     result.why = explain_choice(result)
     save()
     return result, out_dir

@@ -126,6 +126,9 @@ class TuneResult(BaseModel):
     chosen: Optional[str] = None  # trial_id
     why: str = ""  # the choice in words
     search: Optional[SearchSummary] = None
+    # Perplexity of every (weight format, KV format) that ran, on the built-in held-out text through the
+    # engine (toolkit/tune/quality.py): speed is never bought silently with quality.
+    quality: list[dict] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
 
     def trial(self, trial_id: str) -> Trial | None:

@@ -1,11 +1,13 @@
 """The configurations a tune may try: axes from the profile, pruned by the planner before anything runs.
 
-Axes (EngineConfig fields): max_batch_size, cache_max_entry_count, max_prefill_token_num,
-enable_prefix_caching, and the weight format. A value is pruned, with its reason kept for the
-report, when the planner shows it cannot work on the target card: weights that do not fit, a cache
-that cannot hold one session, a batch the cache could never hold at once (more than twice the
-sequences of this workload that fit: the scheduler would only preempt). Weight formats the engine
-cannot run yet (int8, AWQ: the quantization issue) are listed as "not available yet".
+Axes (EngineConfig fields): model_format (the weights: as stored, int8, AWQ), quant_policy (KV cache:
+16-bit or int8), max_batch_size, cache_max_entry_count, max_prefill_token_num, enable_prefix_caching;
+on a GPU the formats come first, since they decide what the other axes can hold. A value is pruned,
+with its reason kept for the report, when the planner shows it cannot work on the target card:
+weights that do not fit, a cache that cannot hold one session, a batch the cache could never hold at
+once (more than twice the sequences of this workload that fit: the scheduler would only preempt). A
+16-bit checkpoint offers int8 (quantized at load); AWQ needs an AWQ checkpoint (`opsctl quantize
+awq`), or a preset: model, whose random weights are rounded to AWQ's layout at load.
 """
 from __future__ import annotations
 
@@ -20,8 +22,10 @@ from toolkit.profiles import HardwareProfile
 
 from .schema import Prediction, Pruned, TuneWorkload
 
-AXES = ("max_batch_size", "cache_max_entry_count", "max_prefill_token_num", "enable_prefix_caching")
-GPU_VALUES = {"max_batch_size": [32, 64, 128, 256], "cache_max_entry_count": [0.7, 0.8, 0.9, 0.95],
+AXES = ("model_format", "quant_policy", "max_batch_size", "cache_max_entry_count", "max_prefill_token_num",
+        "enable_prefix_caching")
+GPU_VALUES = {"model_format": [None, "int8", "awq"], "quant_policy": [0, 8],
+              "max_batch_size": [32, 64, 128, 256], "cache_max_entry_count": [0.7, 0.8, 0.9, 0.95],
               "max_prefill_token_num": [2048, 4096, 8192, 16384], "enable_prefix_caching": [False, True]}
 # The CPU profile: two cores and a 135M model, loads of 1-8 streams; the values that change something
 # there (a batch cap below the load; a prefill budget that splits four 64-token prompts over steps),
@@ -29,8 +33,6 @@ GPU_VALUES = {"max_batch_size": [32, 64, 128, 256], "cache_max_entry_count": [0.
 CPU_VALUES = {"max_batch_size": [2, 4], "cache_max_entry_count": [0.8], "max_prefill_token_num": [128],
               "enable_prefix_caching": [False]}
 FORMATS_AVAILABLE = ("bf16", "fp16", "float32")
-FORMATS_LATER = {"int8": "8-bit weights are not available yet (the quantization issue)",
-                 "awq": "4-bit AWQ is not available yet (the quantization issue)"}
 
 
 @dataclass
@@ -58,13 +60,19 @@ def parse_axis(text: str) -> tuple[str, list]:
     out = []
     for v in values.split(","):
         v = v.strip()
-        if name == "enable_prefix_caching":
+        if name == "model_format":
+            if v.lower() not in ("hf", "none", "int8", "awq"):
+                raise ValueError(f"--axis {text!r}: {v!r} is not hf, int8 or awq")
+            out.append(None if v.lower() in ("hf", "none") else v.lower())
+        elif name == "enable_prefix_caching":
             if v.lower() not in ("true", "false", "on", "off", "1", "0"):
                 raise ValueError(f"--axis {text!r}: {v!r} is not on/off")
             out.append(v.lower() in ("true", "on", "1"))
         else:
             try:
                 out.append(float(v) if name == "cache_max_entry_count" else int(v))
+                if name == "quant_policy" and out[-1] not in (0, 8):
+                    raise ValueError(f"--axis {text!r}: quant_policy is 0 or 8")
             except ValueError:
                 raise ValueError(f"--axis {text!r}: {v!r} is not a number") from None
     return name, out
@@ -72,13 +80,14 @@ def parse_axis(text: str) -> tuple[str, list]:
 
 def build_space(hf_config, profile: HardwareProfile, workload: TuneWorkload, *, cpu: bool, weight_format: str,
                 session_len: int, block_size: int = 64, overrides: dict[str, list] | None = None,
-                usable_gib: float | None = None) -> Space:
+                usable_gib: float | None = None, model_kind: str = "hf") -> Space:
     """The axes for this model on this card, pruned; `overrides` replace an axis's values as given
-    (unpruned: a user who asks for a value gets it tried, and a failure recorded)."""
+    (unpruned: a user who asks for a value gets it tried, and a failure recorded). `model_kind`: hf
+    (a 16-bit checkpoint), awq (an AWQ checkpoint) or preset (random weights)."""
     axes = {name: list(values) for name, values in (CPU_VALUES if cpu else GPU_VALUES).items()}
     pruned: list[Pruned] = []
-    for fmt, reason in FORMATS_LATER.items():
-        pruned.append(Pruned(engine={}, weight_format=fmt, reason=reason))
+    if "model_format" in axes:
+        _prune_formats(axes, pruned, model_kind)
     space = Space(weight_format, axes, pruned)
     if not cpu and hf_config is not None:
         shape = ModelShape.from_config(hf_config)
@@ -111,6 +120,19 @@ def build_space(hf_config, profile: HardwareProfile, workload: TuneWorkload, *, 
     for name, values in (overrides or {}).items():
         axes[name] = values
     return space
+
+
+def _prune_formats(axes: dict, pruned: list[Pruned], model_kind: str) -> None:
+    """The weight formats this checkpoint can load in (engine/models/weight_format.py's rules)."""
+    if model_kind == "awq":  # loads as AWQ, and only as AWQ
+        axes["model_format"] = [None]
+        pruned.append(Pruned(engine={"model_format": "int8"}, weight_format="awq",
+                             reason="an AWQ checkpoint loads as AWQ only (int8 needs the 16-bit weights)"))
+    elif model_kind != "preset" and "awq" in axes["model_format"]:
+        axes["model_format"].remove("awq")
+        pruned.append(Pruned(engine={"model_format": "awq"}, weight_format="awq",
+                             reason="a 16-bit checkpoint: make an AWQ one with `opsctl quantize awq MODEL` and "
+                                    "tune that to include 4-bit weights"))
 
 
 def predict(hf_config, profile: HardwareProfile, *, weight_format: str, batch: int, workload: TuneWorkload,

@@ -1,0 +1,50 @@
+"""LayerOptions: how every layer of one model runs, decided once before the model is built.
+
+The model runner picks the kernel path (Triton kernels on CUDA or the torch reference, batch-invariant
+or not), the weight format of the linear layers and the KV-cache format, and the model passes this
+one object down to the layers it constructs (vLLM passes its quant_config the same way). Nothing
+changes a layer's path after the model exists, so a quantized layer, a tensor-parallel layer or a
+new kernel is one more case here and in the layer, not a flag set from outside.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WEIGHT_FORMATS = ("hf", "int8", "awq")
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """use_kernels: the Triton kernels (CUDA) instead of the torch reference path.
+    batch_invariant: EngineConfig.deterministic: every linear layer through the fixed-tile GEMM and
+        every attention through the one-pass kernel.
+    weight_format: the linear layers' weights: hf (16/32-bit as loaded), int8 (per-channel 8-bit,
+        quantized at load), awq (4-bit groups from an AWQ checkpoint, AutoAWQ's GEMM layout).
+    group_size: the AWQ checkpoint's group size.
+    device_type: where the weights live ("cpu" packs them for oneDNN after loading).
+    kv_quant: EngineConfig.quant_policy (0: KV cache in the model dtype, 8: int8).
+    """
+
+    use_kernels: bool = False
+    batch_invariant: bool = False
+    weight_format: str = "hf"
+    group_size: int = 128
+    device_type: str = "cpu"
+    kv_quant: int = 0
+
+    def __post_init__(self):
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise ValueError(f"weight format {self.weight_format!r}: must be one of {', '.join(WEIGHT_FORMATS)}")
+
+    def linear_method(self):
+        """The LinearMethod of this model's quantizable linear layers (engine/layers/linear_method.py)."""
+        from .linear_method import AWQMethod, Int8Method, UnquantizedMethod
+
+        if self.weight_format == "int8":
+            return Int8Method(self)
+        if self.weight_format == "awq":
+            return AWQMethod(self)
+        return UnquantizedMethod(self)
+
+
+PLAIN = LayerOptions()  # the torch reference path with 16/32-bit weights: what tests build by default

@@ -1,0 +1,228 @@
+"""W4A16 (AWQ layout) and W8A16 linear kernels against their torch references (engine/kernels/quant_gemm.py):
+both paths (M = 1 GEMV, M <= 16 one-tile split-K, M > 16 tiled GEMM), split-K on and off, odd N and K,
+group sizes 32/64/128, bias, fp16/bf16/fp32; the AWQ nibble order; the int8 quantizer; bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.kernels.quant_gemm import (TileConfig, w4a16_decode_config, w4a16_linear,
+                                       w4a16_linear_ref, w4a16_prefill_config, w8a16_decode_config, w8a16_linear,
+                                       w8a16_linear_ref, w8a16_prefill_config)
+from engine.quant.int4_pack import AWQ_ORDER, pack_awq, pack_columns, quantize_groups
+from engine.quant.int8 import quantize_per_channel as int8_quantize_per_channel
+
+
+def _assert_matches(y: torch.Tensor, ref32: torch.Tensor, dtype: torch.dtype) -> None:
+    """y (dtype) against the fp32 reference: the dequantized weight and the output are each rounded to
+    dtype once (the interpreter truncates: up to one ulp each), so allow 2 eps of the output's scale;
+    fp32 differs only in summation order."""
+    assert y.dtype == dtype and y.shape == ref32.shape
+    tol = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
+    scale = ref32.abs().max().item()
+    torch.testing.assert_close(y.float(), ref32, rtol=tol, atol=tol * scale)
+
+
+def _w4_case(m, n, k, g, dtype, bias, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=gen) / k ** 0.5
+    qweight, qzeros, scales = (t.to(device) for t in pack_awq(w, g))
+    x = torch.randn(m, k, generator=gen).to(dtype).to(device)
+    b = torch.randn(n, generator=gen).to(dtype).to(device) if bias else None
+    return x, qweight, qzeros, scales, b
+
+
+# (M, N, K, G, dtype, bias): every M path, N = 8 * odd, K = G * odd, each dtype and group size
+W4_CASES = [(1, 24, 96, 32, torch.bfloat16, True), (1, 72, 384, 128, torch.float16, False),
+            (1, 40, 192, 64, torch.float32, True),
+            (3, 24, 192, 64, torch.float16, True), (3, 72, 96, 32, torch.bfloat16, False),
+            (17, 72, 384, 128, torch.bfloat16, True), (17, 24, 96, 32, torch.float32, False),
+            (40, 24, 192, 64, torch.bfloat16, False), (40, 72, 384, 128, torch.float16, True)]
+
+
+@pytest.mark.parametrize("m,n,k,g,dtype,bias", W4_CASES)
+def test_w4a16_matches_reference(m, n, k, g, dtype, bias, device):
+    x, qweight, qzeros, scales, b = _w4_case(m, n, k, g, dtype, bias, device, seed=m + n + k)
+    y = w4a16_linear(x, qweight, qzeros, scales, g, b)
+    ref32 = w4a16_linear_ref(x.float(), qweight, qzeros, scales, g, b.float() if bias else None)
+    _assert_matches(y, ref32, dtype)
+    assert w4a16_linear_ref(x, qweight, qzeros, scales, g, b).dtype == dtype
+
+
+@pytest.mark.parametrize("m,block_m", [(1, 1), (3, 16), (40, 32)])
+@pytest.mark.parametrize("split_k", [1, 2, 5])
+def test_w4a16_split_k_and_tiles(m, block_m, split_k, device):
+    # explicit tiles: no split, an even split and one with uneven K runs (5 splits of 6 tiles), and an N
+    # tile narrower than N so several column programs share the work
+    x, qweight, qzeros, scales, b = _w4_case(m, 40, 192, 32, torch.bfloat16, True, device, seed=split_k)
+    cfg = TileConfig(block_m, 16, 32, split_k, 4, 2)
+    ref32 = w4a16_linear_ref(x.float(), qweight, qzeros, scales, 32, b.float())
+    _assert_matches(w4a16_linear(x, qweight, qzeros, scales, 32, b, config=cfg), ref32, torch.bfloat16)
+
+
+def _pack_plain(codes_kn: torch.Tensor) -> torch.Tensor:
+    """The wrong layout: nibble i holds column 8c + i (no AWQ interleave)."""
+    r, n = codes_kn.shape
+    c = codes_kn.to(torch.int64).reshape(r, n // 8, 8)
+    packed = sum((c[..., i] & 0xF) << (4 * i) for i in range(8))
+    return torch.where(packed >= 2 ** 31, packed - 2 ** 32, packed).to(torch.int32)
+
+
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_w4a16_reads_awq_nibble_order(m, device):
+    assert AWQ_ORDER != tuple(range(8))
+    n, k, g = 24, 64, 32
+    gen = torch.Generator().manual_seed(7)
+    # every column its own spread (so its own scale): codes and zeros moved to the wrong column of a
+    # word meet another column's scale, which cannot go unnoticed
+    w = torch.randn(n, k, generator=gen) * (0.1 + 0.3 * torch.arange(n, dtype=torch.float32))[:, None]
+    codes, zeros, scales = quantize_groups(w, g)  # [N, K], [N, K/G], [N, K/G]
+    s16 = scales.to(torch.float16)
+    w_deq = (codes - zeros.repeat_interleave(g, 1)) * s16.float().repeat_interleave(g, 1)
+    x = torch.randn(m, k, generator=gen)
+    truth = (x @ w_deq.t()).to(device)
+    s = s16.t().contiguous().to(device)
+    awq = [pack_columns(t.t().contiguous()).to(device) for t in (codes, zeros)]
+    plain = [_pack_plain(t.t().contiguous()).to(device) for t in (codes, zeros)]
+    y_awq = w4a16_linear(x.to(device), awq[0], awq[1], s, g)
+    y_plain = w4a16_linear(x.to(device), plain[0], plain[1], s, g)
+    _assert_matches(y_awq, truth, torch.float32)
+    assert (y_plain - truth).abs().max() > 0.1 * truth.abs().max()
+
+
+# (M, N, K, dtype, bias, scales in fp32?)
+W8_CASES = [(1, 24, 100, torch.bfloat16, True, True), (1, 72, 1100, torch.float16, False, False),
+            (1, 40, 96, torch.float32, True, True),
+            (3, 72, 130, torch.bfloat16, False, True), (3, 24, 64, torch.float16, True, False),
+            (17, 24, 200, torch.bfloat16, True, False), (17, 72, 96, torch.float32, False, True),
+            (40, 72, 72, torch.float16, False, True), (40, 24, 300, torch.bfloat16, True, True)]
+
+
+@pytest.mark.parametrize("m,n,k,dtype,bias,fp32_scales", W8_CASES)
+def test_w8a16_matches_reference(m, n, k, dtype, bias, fp32_scales, device):
+    gen = torch.Generator().manual_seed(m * n + k)
+    qweight, scales = int8_quantize_per_channel(torch.randn(n, k, generator=gen) / k ** 0.5)
+    scales = scales if fp32_scales else scales.to(dtype)
+    qweight, scales = qweight.to(device), scales.to(device)
+    x = torch.randn(m, k, generator=gen).to(dtype).to(device)
+    b = torch.randn(n, generator=gen).to(dtype).to(device) if bias else None
+    ref32 = w8a16_linear_ref(x.float(), qweight, scales, b.float() if bias else None)
+    _assert_matches(w8a16_linear(x, qweight, scales, b), ref32, dtype)
+    if m > 1:  # the tensor-core kernel without split-K and with an uneven one
+        for split in (1, 3):
+            cfg = TileConfig(16 if m <= 16 else 32, 16, 32, split, 4, 2)
+            _assert_matches(w8a16_linear(x, qweight, scales, b, config=cfg), ref32, dtype)
+
+
+def test_w8a16_extreme_codes(device):
+    # -127, 127 and 0 survive the int8 -> float conversion exactly, in both kernels
+    q = torch.tensor([[-127, 127, 0, 1, -1, 5, -5, 100]] * 8, dtype=torch.int8).t().contiguous().to(device)
+    s = torch.ones(8, device=device)
+    for m in (1, 20):
+        x = torch.eye(8, device=device)[:1].expand(m, 8).contiguous()
+        torch.testing.assert_close(w8a16_linear(x, q, s), w8a16_linear_ref(x, q, s), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_quantizer_error_within_half_a_step(dtype):
+    gen = torch.Generator().manual_seed(3)
+    w = (torch.randn(33, 257, generator=gen) * torch.logspace(-3, 1, 33)[:, None]).to(dtype)
+    w[5] = 0.0
+    q, s = int8_quantize_per_channel(w)
+    assert q.dtype == torch.int8 and q.shape == w.shape and s.dtype == torch.float32 and s.shape == (33,)
+    assert q.abs().max() <= 127 and q.abs().amax(dim=1)[torch.arange(33) != 5].min() == 127
+    err = (w.float() - q.float() * s[:, None]).abs().amax(dim=1)
+    # exact ties (w / s = -63.5) sit at s / 2; q * s itself rounds in fp32, hence the last term
+    assert (err <= s / 2 + 1e-6 * w.float().abs().amax(dim=1)).all()
+    assert (q[5] == 0).all() and s[5] == 1.0
+
+
+def test_empty_and_k0(device):
+    x = torch.zeros(0, 64, device=device)
+    qweight, qzeros, scales = (t.to(device) for t in pack_awq(torch.randn(16, 64), 32))
+    assert w4a16_linear(x, qweight, qzeros, scales, 32).shape == (0, 16)
+    b = torch.randn(5, device=device)
+    y = w8a16_linear(torch.zeros(3, 0, device=device), torch.zeros(5, 0, dtype=torch.int8, device=device),
+                     torch.ones(5, device=device), b)
+    torch.testing.assert_close(y, b.expand(3, 5))
+
+
+def test_bad_inputs_raise(device):
+    x = torch.randn(2, 64, device=device)
+    qw, qz, s = (t.to(device) for t in pack_awq(torch.randn(16, 64), 32))
+    bad_w4 = [((x[None], qw, qz, s, 32), "x must be"), ((x.to(torch.int32), qw, qz, s, 32), "x must be one of"),
+              ((x.t().contiguous().t(), qw, qz, s, 32), "contiguous"),
+              ((x[:, :32], qw, qz, s, 32), "K=32"), ((x, qw.to(torch.int64), qz, s, 32), "qweight"),
+              ((x, qw, qz, s[:, :8].contiguous(), 32), "multiple of 8"), ((x, qw, qz, s, 24), "group size"),
+              ((x, qw, qz, s, 48), "group size"), ((x, qw, qz, s, 16), "expected qzeros"),
+              ((x, qw, qz[:1], s, 32), "expected qzeros")]
+    for args, match in bad_w4:
+        with pytest.raises(ValueError, match=match):
+            w4a16_linear(*args)
+    with pytest.raises(ValueError, match="bias"):
+        w4a16_linear(x, qw, qz, s, 32, torch.randn(15, device=device))
+    with pytest.raises(ValueError, match="config"):
+        w4a16_linear(x, qw, qz, s, 32, config=TileConfig(1, 16, 32, 1, 4, 2))  # GEMV tiles for 2 rows
+    with pytest.raises(ValueError, match="config"):
+        w4a16_linear(x, qw, qz, s, 32, config=TileConfig(16, 16, 64, 1, 4, 2))  # K tile straddles groups
+    q8, s8 = int8_quantize_per_channel(torch.randn(16, 64))
+    q8, s8 = q8.to(device), s8.to(device)
+    for args, match in [((x, q8.to(torch.int32), s8), "int8"), ((x, q8, s8[:8]), "scales"),
+                        ((x, q8, s8.to(torch.float16)), "scales"), ((x[:, :10], q8, s8), "K=10")]:
+        with pytest.raises(ValueError, match=match):
+            w8a16_linear(*args)
+    with pytest.raises(ValueError, match="float"):
+        int8_quantize_per_channel(q8)
+
+
+QWEN = [("qkv", 4608, 3584, True), ("o", 3584, 3584, False), ("gate_up", 37888, 3584, False),
+        ("down", 3584, 18944, False)]
+
+
+def test_configs_at_qwen_shapes():
+    for _, n, k, _ in QWEN:
+        for m in (1, 2, 16, 17, 64, 256, 4096):
+            for g in (32, 64, 128):
+                cfg = (w4a16_decode_config if m <= 16 else w4a16_prefill_config)(m, n, k, g, 132)
+                assert g % cfg.block_k == 0 and cfg.block_n % 16 == 0 and (cfg.block_m == 1) == (m == 1)
+                assert 1 <= cfg.split_k <= k // cfg.block_k
+            cfg8 = (w8a16_decode_config if m <= 16 else w8a16_prefill_config)(m, n, k, 132)
+            assert (cfg8.block_m == 1) == (m == 1) and cfg8.split_k >= 1
+    # batch-1 qkv has 18 column programs at 256 columns: K is split to reach ~2 per SM
+    cfg = w4a16_decode_config(1, 4608, 3584, 128, 132)
+    assert cfg.block_n == 256 and 18 * cfg.split_k >= 264
+    assert w4a16_prefill_config(4096, 37888, 3584, 128, 132).split_k == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_qwen_shapes(dtype):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for _, n, k, has_bias in QWEN:
+        w = torch.randn(n, k, device="cuda", generator=gen) / k ** 0.5
+        qweight, qzeros, scales = pack_awq(w, 128)
+        q8, s8 = int8_quantize_per_channel(w)
+        del w
+        b = torch.randn(n, device="cuda", generator=gen).to(dtype) if has_bias else None
+        for m in (1, 5, 16, 64, 256):
+            x = torch.randn(m, k, device="cuda", generator=gen).to(dtype)
+            bf = b.float() if has_bias else None
+            _assert_matches(w4a16_linear(x, qweight, qzeros, scales, 128, b),
+                            w4a16_linear_ref(x.float(), qweight, qzeros, scales, 128, bf), dtype)
+            _assert_matches(w8a16_linear(x, q8, s8, b), w8a16_linear_ref(x.float(), q8, s8, bf), dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_decode_is_graph_capturable():
+    n, k = 4608, 3584
+    qweight, qzeros, scales = pack_awq(torch.randn(n, k, device="cuda") / k ** 0.5, 128)
+    q8, s8 = int8_quantize_per_channel(torch.randn(n, k, device="cuda"))
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    expected = (w4a16_linear(x, qweight, qzeros, scales, 128), w8a16_linear(x, q8, s8))  # compiles outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = (w4a16_linear(x, qweight, qzeros, scales, 128), w8a16_linear(x, q8, s8))
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(outs, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
