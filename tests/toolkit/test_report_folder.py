@@ -26,7 +26,10 @@ PLOTLY_BANNER = re.compile(r"\* plotly\.js v\d")  # the first line of the bundle
 
 
 def _example_files() -> list[Path]:
-    return sorted(p for p in EXAMPLES.rglob("*") if p.is_file())
+    """Committed results; a tune's folder (tune.json and its files) is the tuner's report's to read
+    (tests/toolkit/test_tune_report.py), not `opsctl report`'s."""
+    tunes = {t.parent for t in EXAMPLES.rglob("tune.json")}
+    return sorted(p for p in EXAMPLES.rglob("*") if p.is_file() and not tunes & set(p.parents))
 
 
 def _visible(page: str) -> str:

@@ -311,3 +311,21 @@ def test_a_format_whose_perplexity_failed_says_why(tmp_path):
                                    "perplexity": None, "error": "timed out after 420 s"}])
     _, page = _render(tmp_path, result)
     assert "not measured" in _section(page, "quality") and "timed out after 420 s" in _section(page, "quality")
+
+
+# ---------------------------------------------------------------- committed GPU tunes
+
+COMMITTED_TUNES = sorted((Path(__file__).resolve().parents[2] / "reports" / "examples").glob("tune-*/tune.json"))
+
+
+@pytest.mark.parametrize("path", COMMITTED_TUNES, ids=lambda p: p.parent.name)
+def test_committed_tunes_render_their_choice_and_reasons(path, tmp_path):
+    result = TuneResult.read(path)
+    chosen = result.trial(result.chosen)
+    assert chosen is not None and chosen.best is not None
+    _, page = _render(tmp_path, result)
+    text = _visible(page)
+    assert f"{chosen.best.output_tok_s:,.1f}" in text and result.why.split(",")[0] in text
+    for name in ("launch.sh", "deploy.yaml", "trials.csv"):  # committed beside it
+        assert (path.parent / name).is_file(), name
+    assert len(result.trials) >= 3 and all(t.status == "ok" or t.reason for t in result.trials)

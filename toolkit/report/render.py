@@ -77,6 +77,8 @@ def _folder_results(folder: Path, seen: set[Path] | None = None) -> tuple[list[P
         if path.is_dir():
             if (path / RESULT_FILE).is_file():
                 found.append(path / RESULT_FILE)
+            elif (path / "tune.json").is_file():  # an opsctl tune folder: its own report.html shows it
+                skipped.append(f"{path}: a tune (opsctl tune writes its report.html there), left out")
             else:
                 more, notes = _folder_results(path, seen)
                 found.extend(more)
