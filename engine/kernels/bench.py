@@ -30,32 +30,10 @@ def _bench(make, bytes_per_call: float, calls: int = 200) -> float:
     The closures run round-robin inside one CUDA graph; enough copies are made that their inputs
     total >= 256 MB (5x the H100's L2), so every call starts cold.
     """
+    from .timing import graph_time_ms
+
     copies = max(2, min(64, int(-(-256e6 // max(bytes_per_call, 1)))))
-    fns = [make(i) for i in range(copies)]
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # compile and warm up outside the capture
-        for fn in fns:
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    reps = max(1, calls // copies)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            for fn in fns:
-                fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(7):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / (reps * copies))
-    del graph, fns
-    return sorted(times)[len(times) // 2]
+    return graph_time_ms([make(i) for i in range(copies)], calls)
 
 
 def _paged_cache(seq_lens: list[int], block_size: int, seed: int = 0):

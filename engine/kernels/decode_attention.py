@@ -59,16 +59,21 @@ def _dot(a, b, UPCAST: tl.constexpr, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _scale_and_min(rows, ok, MASKED: tl.constexpr):
+    """The (scale, min) pair of each quantized row at `rows` (fp32 pairs, kernels/kv_write.py's format)."""
+    if MASKED:
+        scale, low = tl.load(rows, mask=ok, other=0.0), tl.load(rows + 1, mask=ok, other=0.0)
+    else:
+        scale, low = tl.load(rows), tl.load(rows + 1)
+    return scale, low
+
+
+@triton.jit
 def _quant_scores(q, q_sum, k_rows, ks_rows, key_ok, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                   KV_BITS: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
     """q [M, D] . K^T for the quantized key rows at k_rows (codes) and ks_rows ((scale, min)): [M, BLOCK_N]."""
     codes = load_kv_codes(k_rows, key_ok, BLOCK_N, HEAD_DIM, KV_BITS, MASKED)
-    if MASKED:
-        k_scale = tl.load(ks_rows, mask=key_ok, other=0.0)
-        k_min = tl.load(ks_rows + 1, mask=key_ok, other=0.0)
-    else:
-        k_scale = tl.load(ks_rows)
-        k_min = tl.load(ks_rows + 1)
+    k_scale, k_min = _scale_and_min(ks_rows, key_ok, MASKED)
     # Codes 0..255 are exact in bf16/fp16. The interpreter cannot cast ints to bf16 (triton 3.9): fp32 there.
     if UPCAST:
         qk = _dot(q, tl.trans(codes.to(tl.float32)), UPCAST, IEEE)
@@ -87,12 +92,7 @@ def _quant_pv(p, v_rows, vs_rows, key_ok, DTYPE: tl.constexpr, BLOCK_N: tl.const
     slower in prefill (a 1024-token prompt 98.7 us against 76.8), so the plain form stays.
     """
     codes = load_kv_codes(v_rows, key_ok, BLOCK_N, HEAD_DIM, KV_BITS, MASKED)
-    if MASKED:
-        v_scale = tl.load(vs_rows, mask=key_ok, other=0.0)
-        v_min = tl.load(vs_rows + 1, mask=key_ok, other=0.0)
-    else:
-        v_scale = tl.load(vs_rows)
-        v_min = tl.load(vs_rows + 1)
+    v_scale, v_min = _scale_and_min(vs_rows, key_ok, MASKED)
     v = (codes.to(tl.float32) * v_scale[:, None] + v_min[:, None]).to(DTYPE)
     return _dot(p.to(DTYPE), v, UPCAST, IEEE)
 

@@ -35,30 +35,9 @@ ROUND_BYTES = 256e6  # weight bytes per graph round: several times the L2, so ea
 
 def _graph_time_us(fns, calls: int = 60) -> float:
     """Median microseconds per call of the closures, run round-robin inside one CUDA graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # compile and warm up outside the capture
-        for fn in fns:
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    rounds = max(1, calls // len(fns))
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(rounds):
-            for fn in fns:
-                fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / (rounds * len(fns)))
-    del graph
-    return sorted(times)[len(times) // 2]
+    from .timing import graph_time_ms
+
+    return graph_time_ms(fns, calls, replays=5) * 1e3
 
 
 def _copy_gb_s() -> float:

@@ -42,6 +42,8 @@ import triton.language as tl
 
 from engine.quant.int4_pack import dequantize_awq
 
+from .matmul import _dot  # acc + a @ b in fp32, with the interpreter's bf16 workaround
+
 DECODE_MAX_M = 16  # rows up to which the decode configs (GEMV / one 16-row tile + split-K) apply
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -57,17 +59,6 @@ class TileConfig(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------------- kernels
-
-@triton.jit
-def _dot(a, b, acc, UPCAST: tl.constexpr, IEEE: tl.constexpr):
-    """acc + a @ b in fp32. UPCAST: Triton's CPU interpreter multiplies bf16 operands as raw bits
-    (triton 3.9), so interpreted runs compute in fp32; IEEE keeps fp32 inputs out of tf32."""
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    elif IEEE:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc)
 
 
 @triton.jit
