@@ -130,6 +130,10 @@ def collect(paths: Iterable[str | Path], profiles: dict[str, HardwareProfile]) -
 
 
 def _read_result(file: Path, data: dict, profiles, runs: Runs) -> None:
+    if str(data.get("git_commit") or "").endswith("+wip"):
+        # measured on an uncommitted tree: no commit reproduces it, so it calibrates nothing
+        runs.skipped["runs of an uncommitted tree (git_commit ...+wip)"] += 1
+        return
     device = data["device"]
     profile = _profile(device.get("name"), profiles)
     if profile is None:
@@ -146,6 +150,11 @@ def _read_result(file: Path, data: dict, profiles, runs: Runs) -> None:
             continue
         if not _sizeable(run.get("model")):
             runs.skipped["engine runs of a model that cannot be sized (not preset:NAME or a local directory)"] += 1
+            continue
+        config = run.get("config") or {}
+        if config.get("model_format") in ("int8", "awq") or config.get("quant_policy"):
+            # the planner's efficiencies are those of 16-bit weights and KV; quantized kernels differ
+            runs.skipped["engine runs with quantized weights or KV cache"] += 1
             continue
         workload, summary = run.get("workload") or {}, run.get("summary") or {}
         extra = summary.get("extra") or {}

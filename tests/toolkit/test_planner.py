@@ -75,9 +75,9 @@ def test_quantized_weights_by_hand():
     linear_params = 28 * sum(i * o for i, o in linears)
     assert linear_params == 6_525_288_448
     sixteen_bit = 2 * (7_615_616_512 - linear_params)  # embedding, lm_head, biases, norms stay 16-bit
-    int8 = linear_params + 28 * sum(2 * o for _, o in linears)  # 1 byte + fp16 scale per output channel
+    int8 = linear_params + 28 * sum(4 * o for _, o in linears)  # 1 byte + fp32 scale per output channel (engine/quant/int8.py)
     awq = linear_params // 2 + 28 * sum(math.ceil(i / 128) * o * 5 // 2 for i, o in linears)  # fp16 scale + 4-bit zero
-    assert by_quant["int8"].weights.total == int8 + sixteen_bit == 8_708_725_760
+    assert by_quant["int8"].weights.total == int8 + sixteen_bit == 8_711_506_944
     assert by_quant["awq"].weights.total == awq + sixteen_bit == 5_570_747_392
     assert by_quant["fp16"].weights.total == by_quant["bf16"].weights.total
 
