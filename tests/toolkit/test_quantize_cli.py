@@ -12,12 +12,26 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from toolkit.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--calib-dataset", "random", "--calib-samples", "2", "--calib-seqlen", "32", "--w-group-size", "16"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread(request):
+    """Tiny models on one thread: a second thread only waits on the other's tiny ops, and when the
+    machine's two cores are busy (other tests, other processes) it makes them 10x slower."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -119,3 +133,13 @@ def test_errors_are_one_line_in_a_real_process(tmp_path):
                           env={**os.environ, "OPSCTL_CACHE_DIR": str(tmp_path / "cache")}, timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: model not found"), done.stderr
+
+
+@pytest.mark.slow
+def test_rtn_of_the_embedded_default_model(default_model_dir, tmp_path):
+    """~30 s: MODEL left out is SmolLM2-135M-Instruct; its hidden size 576 takes group size 64, said once."""
+    result = _invoke("rtn", "--work-dir", tmp_path / "rtn")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "group size 64" in result.stderr and "RTN 4-bit g64 model written" in result.stdout
+    config = json.loads((tmp_path / "rtn" / "config.json").read_text())
+    assert config["quantization_config"]["group_size"] == 64 and config["tie_word_embeddings"] is True
