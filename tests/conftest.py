@@ -49,3 +49,18 @@ def hf_smol(default_model_dir):
 
     model = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(default_model_dir)
+
+
+@pytest.fixture
+def one_torch_thread_unless_slow(request):
+    """Tiny models on one thread: a second thread only waits on the other's tiny ops, and when the
+    machine's two cores are busy (other tests, other processes) it makes them 10x slower."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,17 +21,8 @@ from engine.quant.checkpoint import (QuantizeError, dequantized_state_dict, read
 from engine.quant.int4_pack import dequantize_awq
 
 
-@pytest.fixture(autouse=True)
-def one_thread(request):
-    """Tiny models on one thread: a second thread only waits on the other's tiny ops, and when the
-    machine's two cores are busy (other tests, other processes) it makes them 10x slower."""
-    if request.node.get_closest_marker("slow"):
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models on one thread (tests/conftest.py says why); slow tests keep every thread.
+pytestmark = pytest.mark.usefixtures("one_torch_thread_unless_slow")
 
 
 def _outlier_linear(seed: int = 0, k: int = 256, n: int = 64, tokens: int = 512):

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from toolkit.cli import app
@@ -21,17 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 FAST = ["--calib-dataset", "random", "--calib-samples", "2", "--calib-seqlen", "32", "--w-group-size", "16"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread(request):
-    """Tiny models on one thread: a second thread only waits on the other's tiny ops, and when the
-    machine's two cores are busy (other tests, other processes) it makes them 10x slower."""
-    if request.node.get_closest_marker("slow"):
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models on one thread (tests/conftest.py says why); slow tests keep every thread.
+pytestmark = pytest.mark.usefixtures("one_torch_thread_unless_slow")
 
 
 @pytest.fixture
