@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .linear_method import linear  # noqa: F401 - the LM head's path, re-exported for its callers
 from .options import PLAIN, LayerOptions
 
 
