@@ -109,7 +109,8 @@ def prepare(model: str | None, work_dir, *, w_bits: int = 4, w_group_size: int |
     from ..models.source import read_config_json, resolve_model
 
     if w_bits != 4:
-        raise QuantizeError(f"--w-bits {w_bits}: only 4-bit weights are written (AutoAWQ's GEMM layout); use --w-bits 4")
+        raise QuantizeError(f"--w-bits {w_bits}: only 4-bit weights are written (AutoAWQ's GEMM layout); "
+                            f"use --w-bits 4")
     if w_group_size is not None and w_group_size <= 0:
         raise QuantizeError(f"--w-group-size {w_group_size}: give a positive group size such as 128")
     if options is not None:

@@ -181,7 +181,8 @@ def search_clip(weight: torch.Tensor, x: torch.Tensor, group_size: int, *, n_gri
         for i in range(int(max_shrink * n_grid)):
             limit = (org_max * (1 - i / n_grid))[..., None]
             clipped = torch.maximum(torch.minimum(w, limit), -limit)
-            delta = (fake_quantize(clipped.view(rows, k), group_size).view(rows, groups, group_size) - w).transpose(0, 1)
+            quantized = fake_quantize(clipped.view(rows, k), group_size).view(rows, groups, group_size)
+            delta = (quantized - w).transpose(0, 1)  # [g, rows, G]
             err = ((delta @ moment) * delta).sum(-1).t()  # [rows, g]
             better = err < best_err
             best_err[better] = err[better]
