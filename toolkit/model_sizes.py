@@ -12,7 +12,9 @@ toolkit.predictions (the calibrated speeds) size models with these. The formulas
   1 byte + one fp16 scale per output channel. awq (4-bit, AutoAWQ GEMM layout): linear weights
   0.5 byte + per group of 128 input channels an fp16 scale and a 4-bit zero per output channel.
   Embedding, lm_head, biases and norms stay 16-bit in both, as AutoAWQ and LMDeploy leave them.
-- KV bytes per token = 2 (K and V) x layers x kv_heads x head_dim x 2 (16-bit cache).
+- KV bytes per token = 2 (K and V) x layers x kv_heads x head_dim x 2 (16-bit cache); with an
+  int8 / int4 cache (quant_policy 8 / 4) head_dim x bits / 8 bytes of codes plus the engine's
+  (scale, min) pair in fp32 per token, head and K/V (engine/runner/model_runner.py allocates both).
 - Free memory = usable card memory x 2^30 - weights - a runtime reserve. Usable memory is what
   torch reports, where a committed run recorded it (the profile's calibration.usable_memory_gib:
   139.8 GiB on an H200 against 141 on its datasheet), else the datasheet memory_gib. The reserve
@@ -200,9 +202,17 @@ def weight_bytes(shape: ModelShape, quant: str) -> WeightBytes:
                        sixteen_bit=sixteen_bit)
 
 
-def kv_bytes_per_token(shape: ModelShape, dtype_bytes: int = KV_DTYPE_BYTES) -> int:
-    """K and V of one token across all layers: 2 x layers x kv_heads x head_dim x dtype bytes."""
-    return 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * dtype_bytes
+KV_SCALE_BYTES = 8  # a quantized cache's (scale, min) in fp32 per token, head and K/V
+
+
+def kv_bytes_per_token(shape: ModelShape, quant_policy: int = 0) -> int:
+    """K and V of one token across all layers: 2 x layers x kv_heads x (bytes per head), a head being
+    head_dim 16-bit values, or with quant_policy 8 / 4 head_dim codes of that many bits + its scales."""
+    if quant_policy not in (0, 4, 8):
+        raise PlanError(f"quant_policy {quant_policy}: the KV cache is 16-bit (0), int8 (8) or int4 (4)")
+    per_head = (shape.head_dim * KV_DTYPE_BYTES if not quant_policy
+                else shape.head_dim * quant_policy // 8 + KV_SCALE_BYTES)
+    return 2 * shape.num_layers * shape.num_kv_heads * per_head
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,7 @@ class Plan:
     no_recommendation: str  # why there is none ("" when there is one)
     flag_rules: dict[str, str]
     notes: list[str]
+    quant_policy: int = 0  # the KV cache of every row: 16-bit (0), int8 (8) or int4 (4)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,8 +154,10 @@ def make_plan(config: Any, profile: HardwareProfile, *, quants: Iterable[str] = 
               session_len: int = 4096, cache_ratios: Iterable[float] = (0.5, 0.8, 0.9),
               batch_sizes: Iterable[int] = (1, 8, 32, 128, 256), prompt_lens: Iterable[int] | None = None,
               context_len: int | None = None, reserve_gib: float = DEFAULT_RESERVE_GIB,
-              block_size: int = 64, model_name: str = "", efficiency: Efficiency | None = None) -> Plan:
-    """Plan `config` on `profile` for each weight format in `quants` (see the module docstring).
+              block_size: int = 64, model_name: str = "", efficiency: Efficiency | None = None,
+              quant_policy: int = 0) -> Plan:
+    """Plan `config` on `profile` for each weight format in `quants` (see the module docstring), the
+    KV cache 16-bit or, with quant_policy 8 / 4, int8 / int4 codes and their scales.
 
     context_len (decode) defaults to session_len // 2; prompt_lens (prefill) to 512, 2048 and
     session_len, those not longer than session_len. efficiency defaults to the profile's
@@ -181,9 +184,10 @@ def make_plan(config: Any, profile: HardwareProfile, *, quants: Iterable[str] = 
         notes.append(f"the checkpoint is already quantized ({shape.quantization}); rows are computed from its shapes")
     plans = [_quant_plan(shape, params, profile, q, session_len=session_len, ratios=ratios, batches=batches,
                          prompts=prompts, context=context, reserve=reserve, block_size=block_size,
-                         bandwidth=bandwidth, tflops=tflops, efficiency=eff) for q in quants]
+                         bandwidth=bandwidth, tflops=tflops, efficiency=eff, quant_policy=quant_policy)
+             for q in quants]
     recommendation, why_none = recommend(plans, profile, session_len=session_len, context_len=context,
-                                         block_size=block_size)
+                                         block_size=block_size, quant_policy=quant_policy)
     return Plan(model=model_name, profile=profile.name, profile_display_name=profile.display_name,
                 memory_bytes=profile.usable_memory_bytes, memory_source=memory_source,
                 datasheet_memory_bytes=profile.memory_bytes, reserve_bytes=reserve, bandwidth_gbs=bandwidth,
@@ -191,15 +195,16 @@ def make_plan(config: Any, profile: HardwareProfile, *, quants: Iterable[str] = 
                 efficiency=eff, session_len=session_len, context_len=context, block_size=block_size,
                 batch_sizes=batches, prompt_lens=prompts, shape=shape, params=params, quants=plans,
                 recommendation=recommendation, no_recommendation=why_none, flag_rules=dict(FLAG_RULES),
-                notes=notes)
+                notes=notes, quant_policy=quant_policy)
 
 
 def decode_estimate(shape: ModelShape, params: ParamCounts, weights: WeightBytes, *, batch_size: int,
                     context_len: int, bandwidth_gbs: float, tflops: float, free_bytes: int,
-                    block_size: int = 64) -> DecodeEstimate:
+                    block_size: int = 64, quant_policy: int = 0) -> DecodeEstimate:
     """Roofline decode step of `batch_size` sequences at `context_len` tokens of context each."""
-    kv = kv_bytes_per_token(shape)
-    nbytes, flops = decode_work(shape, params, weights, batch_size=batch_size, context_len=context_len)
+    kv = kv_bytes_per_token(shape, quant_policy)
+    nbytes, flops = decode_work(shape, params, weights, batch_size=batch_size, context_len=context_len,
+                                quant_policy=quant_policy)
     memory_s, compute_s = nbytes / (bandwidth_gbs * 1e9), flops / (tflops * 1e12)
     step = max(memory_s, compute_s)
     batch_kv = batch_size * math.ceil(context_len / block_size) * block_size * kv
@@ -219,7 +224,7 @@ def prefill_estimate(shape: ModelShape, params: ParamCounts, weights: WeightByte
 
 
 def recommend(plans: list[QuantPlan], profile: HardwareProfile, *, session_len: int, context_len: int,
-              block_size: int) -> tuple[Recommendation | None, str]:
+              block_size: int, quant_policy: int = 0) -> tuple[Recommendation | None, str]:
     """(the plan's recommendation, "") or (None, why there is none): see the module docstring."""
     candidates = []
     for q in plans:
@@ -243,6 +248,8 @@ def recommend(plans: list[QuantPlan], profile: HardwareProfile, *, session_len: 
     *_, q, kv, roof, pred = max(candidates, key=lambda c: c[:3])
     engine = {"max_batch_size": pred.batch_size, "cache_max_entry_count": kv.cache_ratio, "session_len": session_len,
               "dtype": ENGINE_DTYPES[q.quant], "cache_block_seq_len": block_size}
+    if quant_policy:
+        engine["quant_policy"] = quant_policy
     why = (f"the highest predicted decode speed of the rows planned whose batch KV fits its cache ratio: "
            f"{pred.tokens_per_s:,.0f} tok/s at batch {pred.batch_size}, context {context_len:,} "
            f"(roofline {roof.tokens_per_s:,.0f}); the cache holds {kv.sequences_in_blocks} sessions of "
@@ -253,9 +260,9 @@ def recommend(plans: list[QuantPlan], profile: HardwareProfile, *, session_len: 
 
 
 def _quant_plan(shape, params, profile, quant, *, session_len, ratios, batches, prompts, context, reserve,
-                block_size, bandwidth, tflops, efficiency) -> QuantPlan:
+                block_size, bandwidth, tflops, efficiency, quant_policy=0) -> QuantPlan:
     weights = weight_bytes(shape, quant)
-    kv = kv_bytes_per_token(shape)
+    kv = kv_bytes_per_token(shape, quant_policy)
     memory = profile.usable_memory_bytes
     free = memory - weights.total - reserve
     fits = free > 0
@@ -263,10 +270,11 @@ def _quant_plan(shape, params, profile, quant, *, session_len, ratios, batches, 
     speed = dict(bandwidth_gbs=bandwidth, tflops=tflops)
     # A format that does not fit runs at no speed: its rows stay empty rather than show a roofline.
     decode = [decode_estimate(shape, params, weights, batch_size=b, context_len=context, free_bytes=free,
-                              block_size=block_size, **speed) for b in batches] if fits else []
+                              block_size=block_size, quant_policy=quant_policy, **speed) for b in batches] if fits else []
     prefill = [prefill_estimate(shape, params, weights, prompt_len=p, **speed) for p in prompts] if fits else []
     predicted_decode = [predict_decode(shape, params, weights, batch_size=b, context_len=context,
-                                       efficiency=efficiency, **speed) for b in batches] if fits else []
+                                       efficiency=efficiency, quant_policy=quant_policy, **speed)
+                        for b in batches] if fits else []
     predicted_prefill = [predict_prefill(shape, params, weights, prompt_len=p, efficiency=efficiency, **speed)
                          for p in prompts] if fits else []
     flags, notes = [], []

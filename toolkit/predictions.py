@@ -72,9 +72,10 @@ class ThroughputPrediction:
 
 
 def decode_work(shape: ModelShape, params: ParamCounts, weights: WeightBytes, *, batch_size: int,
-                context_len: float) -> tuple[float, float]:
-    """(bytes, FLOPs) of one decode step of `batch_size` sequences at `context_len` tokens each."""
-    nbytes = weights.decode + batch_size * context_len * kv_bytes_per_token(shape)
+                context_len: float, quant_policy: int = 0) -> tuple[float, float]:
+    """(bytes, FLOPs) of one decode step of `batch_size` sequences at `context_len` tokens each, the
+    KV cache 16-bit or (quant_policy 8 / 4) int8 / int4 with its scales."""
+    nbytes = weights.decode + batch_size * context_len * kv_bytes_per_token(shape, quant_policy)
     attention = 4 * shape.num_layers * shape.num_heads * shape.head_dim * context_len
     return nbytes, batch_size * (2 * params.multiplying + attention)
 
@@ -85,10 +86,12 @@ def prefill_flops(shape: ModelShape, params: ParamCounts, prompt_len: float) -> 
 
 
 def predict_decode(shape: ModelShape, params: ParamCounts, weights: WeightBytes, *, batch_size: int,
-                   context_len: float, bandwidth_gbs: float, tflops: float, efficiency: Efficiency) -> DecodePrediction:
+                   context_len: float, bandwidth_gbs: float, tflops: float, efficiency: Efficiency,
+                   quant_policy: int = 0) -> DecodePrediction:
     """Decode tok/s the engine is predicted to reach: the memory part of the step at
     bandwidth x decode_bandwidth, the compute part at tensor FLOP/s x gemm, the longer one wins."""
-    nbytes, flops = decode_work(shape, params, weights, batch_size=batch_size, context_len=context_len)
+    nbytes, flops = decode_work(shape, params, weights, batch_size=batch_size, context_len=context_len,
+                                quant_policy=quant_policy)
     memory_s = nbytes / (bandwidth_gbs * 1e9 * efficiency.decode_bandwidth)
     compute_s = flops / (tflops * 1e12 * efficiency.gemm)
     step = max(memory_s, compute_s)
@@ -114,7 +117,7 @@ def predict_prefill(shape: ModelShape, params: ParamCounts, weights: WeightBytes
 
 def predict_throughput(shape: ModelShape, params: ParamCounts, weights: WeightBytes, *, batch_size: int,
                        prompt_len: int, output_len: int, bandwidth_gbs: float, tflops: float, efficiency: Efficiency,
-                       kv_tokens: int | None = None, block_size: int = 64) -> ThroughputPrediction:
+                       kv_tokens: int | None = None, block_size: int = 64, quant_policy: int = 0) -> ThroughputPrediction:
     """Output tok/s of `batch_size` streams of `prompt_len` + `output_len` tokens in a closed loop:
     B x O / (B x prefill + O x decode step at batch B, context P + O/2). The prefills run at the
     gemm efficiency (they share steps with decode, unlike an idle engine's TTFT). With `kv_tokens`
@@ -134,7 +137,7 @@ def predict_throughput(shape: ModelShape, params: ParamCounts, weights: WeightBy
                                     output_len=output_len, output_tokens_per_s=0.0, roofline_output_tokens_per_s=0.0,
                                     prefill_ms_per_request=0.0, decode_step_ms=0.0, bound="memory", notes=notes)
     context = prompt_len + output_len / 2
-    nbytes, flops = decode_work(shape, params, weights, batch_size=batch, context_len=context)
+    nbytes, flops = decode_work(shape, params, weights, batch_size=batch, context_len=context, quant_policy=quant_policy)
     prompt_flops = prefill_flops(shape, params, prompt_len)
 
     def rate(eff: Efficiency) -> tuple[float, float, float, str]:
@@ -169,24 +172,26 @@ class ServingPrediction:
 
 def predict_serving(config: Any, profile: HardwareProfile, *, quant: str, batch_size: int, prompt_len: int,
                     output_len: int, cache_ratio: float = FLAG_CACHE_RATIO, reserve_gib: float = DEFAULT_RESERVE_GIB,
-                    block_size: int = 64, efficiency: Efficiency | None = None) -> ServingPrediction:
+                    block_size: int = 64, efficiency: Efficiency | None = None,
+                    quant_policy: int = 0) -> ServingPrediction:
     """Batch-1 decode and closed-loop throughput of `config` on `profile` in weight format `quant`,
-    with the KV cache at `cache_ratio` of the usable memory left after weights and reserve. A
-    format that does not fit gets no speeds."""
+    with the KV cache (16-bit, or int8/int4 by quant_policy) at `cache_ratio` of the usable memory
+    left after weights and reserve. A format that does not fit gets no speeds."""
     shape = ModelShape.from_config(config)
     params, weights = count_params(shape), weight_bytes(shape, quant)
     eff = efficiency if efficiency is not None else profile_efficiency(profile)
     free = profile.usable_memory_bytes - weights.total - int(reserve_gib * 2**30)
-    kv = kv_fit(free, kv_bytes_per_token(shape), cache_ratio, max(prompt_len + output_len, 1), block_size)
+    kv = kv_fit(free, kv_bytes_per_token(shape, quant_policy), cache_ratio, max(prompt_len + output_len, 1),
+                block_size)
     if free <= 0:
         return ServingPrediction(quant=quant, fits=False, weights_bytes=weights.total, free_bytes=free, kv_tokens=0,
                                  decode_b1=None, throughput=None, efficiency=eff)
     bandwidth, tflops = profile.bandwidth()[0], profile.tensor_tflops()[0]
     one = predict_decode(shape, params, weights, batch_size=1, context_len=prompt_len + output_len / 2,
-                         bandwidth_gbs=bandwidth, tflops=tflops, efficiency=eff)
+                         bandwidth_gbs=bandwidth, tflops=tflops, efficiency=eff, quant_policy=quant_policy)
     many = predict_throughput(shape, params, weights, batch_size=batch_size, prompt_len=prompt_len,
                               output_len=output_len, bandwidth_gbs=bandwidth, tflops=tflops, efficiency=eff,
-                              kv_tokens=kv.tokens, block_size=block_size)
+                              kv_tokens=kv.tokens, block_size=block_size, quant_policy=quant_policy)
     return ServingPrediction(quant=quant, fits=True, weights_bytes=weights.total, free_bytes=free, kv_tokens=kv.tokens,
                              decode_b1=one, throughput=many, efficiency=eff)
 

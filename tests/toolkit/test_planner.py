@@ -165,6 +165,51 @@ def test_plan_cli_table_from_config_json_only(tmp_path):
     assert "117,063 (28)" in result.output and "little KV" in result.output and "251,835" in result.output
 
 
+def test_quantized_kv_cache_by_hand():
+    """An int8 / int4 cache row (token, KV head) is head_dim codes of 8 / 4 bits plus the engine's fp32
+    (scale, min): 128 + 8 and 64 + 8 bytes against 256 in 16 bits, for each of K and V in 28 layers x 4 heads."""
+    per_token = {0: 2 * 28 * 4 * 128 * 2, 8: 2 * 28 * 4 * (128 + 8), 4: 2 * 28 * 4 * (64 + 8)}
+    assert per_token == {0: 57_344, 8: 30_464, 4: 16_128}
+    free = 24 * GIB - 15_231_233_024 - 2 * GIB  # bf16 weights and the reserve, as in the plan by hand above
+    for policy, kv in per_token.items():
+        plan = _qwen_plan(quant_policy=policy)
+        bf16 = plan.quants[0]
+        assert bf16.kv_bytes_per_token == kv and plan.quant_policy == policy
+        assert next(k for k in bf16.kv if k.cache_ratio == 0.8).tokens == int(0.8 * free) // kv
+        # the decode estimate reads each token's cache at its real size: the step's bytes grow by B x C x kv
+        b8, b1 = (next(d for d in bf16.decode if d.batch_size == b) for b in (8, 1))
+        assert b8.bytes_per_step - b1.bytes_per_step == pytest.approx(7 * plan.context_len * kv)
+    assert _qwen_plan(quant_policy=8).recommendation.engine["quant_policy"] == 8
+    with pytest.raises(PlanError, match="quant_policy 3"):
+        _qwen_plan(quant_policy=3)
+
+
+def test_planner_kv_bytes_equal_the_engines_blocks(default_model_dir):
+    """What the planner counts per token is what the engine allocates per block, in every cache format."""
+    from engine.config import EngineConfig
+    from engine.engine import LLMEngine
+    from transformers import AutoConfig
+
+    shape = planner.ModelShape.from_config(AutoConfig.from_pretrained(default_model_dir))
+    for policy in (0, 8, 4):
+        config = EngineConfig(device="cpu", dtype="bfloat16", cpu_memory_gb=0.05, cache_max_entry_count=0.5,
+                              cache_block_seq_len=16, session_len=256, quant_policy=policy)
+        runner = LLMEngine(default_model_dir, config).runner
+        assert runner.block_bytes == 16 * planner.kv_bytes_per_token(shape, policy), policy
+
+
+def test_plan_cli_quant_policy(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(QWEN25_7B))
+    result = CliRunner().invoke(app, ["plan", str(tmp_path), "--gpu", "rtx4090", "--quant", "bf16",
+                                      "--quant-policy", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["quants"][0]["kv_bytes_per_token"] == 30_464 and "--quant-policy 8" in " ".join(
+        data["recommendation"]["serve"])
+    bad = CliRunner().invoke(app, ["plan", str(tmp_path), "--gpu", "rtx4090", "--quant-policy", "3"])
+    assert bad.exit_code == 2 and "quant_policy 3" in bad.output
+
+
 def test_plan_cli_unknown_profile_is_one_line():
     result = CliRunner().invoke(app, ["plan", "preset:qwen2.5-7b", "--gpu", "nope"])
     assert result.exit_code == 2

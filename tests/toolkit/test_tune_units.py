@@ -122,9 +122,15 @@ def test_planner_prunes_what_cannot_fit_on_a_24_gib_card():
     # a 16-bit checkpoint offers int8 and 16-bit weights; AWQ is pruned with the command that makes one
     assert space.axes["model_format"] == [None, "int8"] and space.axes["quant_policy"] == [0, 8]
     assert any("opsctl quantize awq" in p.reason for p in space.pruned)
-    # 15.2 GB of weights leave ~6.8 GB: ~117k KV tokens at 0.95, ~35 sequences of 3,328 tokens
-    assert space.axes["max_batch_size"] == [32, 64] and 256 in on_h200.axes["max_batch_size"]
-    assert any("batch 256 would only preempt" in p.reason for p in space.pruned)
+    # Pruned is only what fits in no format offered: int8 weights (8.7 GB) and the int8 KV cache (30,464
+    # bytes a token against 57,344) leave ~14.9 GB, ~465k tokens at 0.95: ~139 sequences of 3,328 tokens,
+    # so every batch stays (16-bit weights and KV alone would hold ~35 and prune 128 and 256).
+    assert space.axes["max_batch_size"] == [32, 64, 128, 256] and 256 in on_h200.axes["max_batch_size"]
+    long_work = TuneWorkload(name="long", input_len=12000, output_len=256)  # ~37 sequences even at int8
+    long = build_space(preset_config("qwen2.5-7b"), get_profile("rtx4090"), long_work, cpu=False,
+                       weight_format="bf16", session_len=32768)
+    assert long.axes["max_batch_size"] == [32, 64]
+    assert any("batch 256 would only preempt" in p.reason for p in long.pruned)
 
 
 class _Runner:

@@ -48,6 +48,8 @@ def plan(
     reserve_gib: Annotated[float, typer.Option(
         "--reserve-gib", help="Memory kept for the runtime (CUDA context, workspaces, activations), GiB.")] = DEFAULT_RESERVE_GIB,
     cache_block_seq_len: BlockSeqLen = eo.default("cache_block_seq_len"),
+    quant_policy: Annotated[int, typer.Option(
+        "--quant-policy", help="KV cache: 0 16-bit, 8 int8, 4 int4 (codes + fp32 scale and min per token and head).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """Estimate weight memory, KV-cache capacity and roofline speed of MODEL on a GPU (no GPU needed)."""
@@ -61,7 +63,7 @@ def plan(
                            batch_sizes=_list(batch_sizes, int, "--batch-sizes"),
                            prompt_lens=_list(prompt_lens, int, "--prompt-lens") if prompt_lens else None,
                            context_len=context_len, reserve_gib=reserve_gib, block_size=cache_block_seq_len,
-                           model_name=name)
+                           model_name=name, quant_policy=quant_policy)
     except (ProfileError, PlanError, EngineError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(2) from None
@@ -133,7 +135,8 @@ def print_plan(result: Plan, console: Console, serve: list[str] | None = None) -
     console.print(f"{p.total / 1e9:.2f} B parameters: embedding {p.embedding / 1e6:.0f} M, lm_head "
                   + ("tied" if p.lm_head_tied else f"{p.lm_head / 1e6:.0f} M") +
                   f", {p.num_layers} layers x {p.per_layer / 1e6:.1f} M; KV cache "
-                  f"{result.quants[0].kv_bytes_per_token:,} bytes/token; reserve {result.reserve_bytes / GIB:.1f} GiB; "
+                  f"{result.quants[0].kv_bytes_per_token:,} bytes/token "
+                  f"({ {0: '16-bit', 8: 'int8 + scales', 4: 'int4 + scales'}[result.quant_policy]}); reserve {result.reserve_bytes / GIB:.1f} GiB; "
                   f"session {result.session_len:,} tokens")
     for note in result.notes:
         console.print(f"note: {note}")

@@ -161,10 +161,12 @@ def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
             batch = min(done.best.concurrency, config.max_batch_size or done.best.concurrency)
             fmt = config.model_format or weight_format  # the planner's calibration covers 16-bit formats
             done.predicted = predict(hf_config, measuring, weight_format=fmt, batch=batch,
-                                     workload=result.workload, cache_ratio=config.cache_max_entry_count)
+                                     workload=result.workload, cache_ratio=config.cache_max_entry_count,
+                                     quant_policy=config.quant_policy)
             if where.emulate_gib:
                 target = predict(hf_config, options.profile, weight_format=fmt, batch=batch,
-                                 workload=result.workload, cache_ratio=config.cache_max_entry_count)
+                                 workload=result.workload, cache_ratio=config.cache_max_entry_count,
+                                 quant_policy=config.quant_policy)
                 done.predicted.target_output_tok_s = target.output_tok_s
             console.print(f"  best: {done.best.concurrency} streams, {done.best.output_tok_s:,.1f} tok/s within the "
                           f"SLO ({done.stop_reason}; set-up {done.setup_s:.1f} s)")

@@ -93,9 +93,12 @@ def build_space(hf_config, profile: HardwareProfile, workload: TuneWorkload, *, 
         shape = ModelShape.from_config(hf_config)
         # an emulated card's cap, else what the card shows to torch (the profile's measured figure)
         memory = usable_gib * 2**30 if usable_gib else profile.usable_memory_bytes
-        weights = weight_bytes(shape, "fp16" if weight_format == "fp16" else "bf16").total
+        # Pruned only what cannot fit in any format the axes offer: the smallest weights and KV tried.
+        formats = [f or weight_format for f in axes.get("model_format", [None])]
+        weights = min(weight_bytes(shape, "fp16" if f == "fp16" else "bf16" if f not in ("int8", "awq") else f).total
+                      for f in formats)
         free = memory - weights - DEFAULT_RESERVE_GIB * 2**30
-        kv_token = kv_bytes_per_token(shape)
+        kv_token = min(kv_bytes_per_token(shape, policy or 0) for policy in axes.get("quant_policy", [0]))
         tokens_per_seq = workload.input_len + workload.output_len
         for ratio in list(axes["cache_max_entry_count"]):
             fit = kv_fit(int(free), kv_token, ratio, session_len, block_size)
@@ -136,7 +139,7 @@ def _prune_formats(axes: dict, pruned: list[Pruned], model_kind: str) -> None:
 
 
 def predict(hf_config, profile: HardwareProfile, *, weight_format: str, batch: int, workload: TuneWorkload,
-            cache_ratio: float) -> Prediction:
+            cache_ratio: float, quant_policy: int = 0) -> Prediction:
     """The calibrated planner's figures for this configuration at `batch` streams (toolkit/predictions.py
     predict_serving: roofline x measured efficiencies of the card), to set beside the measured ones."""
     if hf_config is None:
@@ -145,7 +148,7 @@ def predict(hf_config, profile: HardwareProfile, *, weight_format: str, batch: i
         return Prediction(notes=[f"the planner models GPUs in 16-bit formats; no prediction for {weight_format}"])
     p = predict_serving(hf_config, profile, quant=weight_format, batch_size=max(batch, 1),
                         prompt_len=workload.input_len, output_len=workload.output_len,
-                        cache_ratio=cache_ratio if cache_ratio <= 1 else FLAG_CACHE_RATIO)
+                        cache_ratio=cache_ratio if cache_ratio <= 1 else FLAG_CACHE_RATIO, quant_policy=quant_policy)
     notes = [f"{figure}: {origin}" for figure, origin in p.efficiency.origins.items()]
     return Prediction(decode_tok_s_b1=p.decode_b1.tokens_per_s if p.decode_b1 else None,
                       output_tok_s=p.throughput.output_tokens_per_s if p.throughput else None,
