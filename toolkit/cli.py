@@ -14,9 +14,11 @@ from .commands import chat as chat_cmd
 from .commands import eval as eval_cmd
 from .commands import gate as gate_cmd
 from .commands import check_env as check_env_cmd
+from .commands import deploy as deploy_cmd
 from .commands import models as models_cmd
 from .commands import plan as plan_cmd
 from .commands import profiles as profiles_cmd
+from .commands import proxy as proxy_cmd
 from .commands import quantize as quantize_cmd
 from .commands import report as report_cmd
 from .commands import serve as serve_cmd
@@ -33,11 +35,13 @@ app.add_typer(models_cmd.app, name="models")
 app.command("chat")(chat_cmd.chat)
 app.add_typer(bench_cmd.app, name="bench")
 app.command("serve")(serve_cmd.serve)
+app.command("proxy")(proxy_cmd.proxy)
 app.add_typer(profiles_cmd.app, name="profiles")
 app.command("plan")(plan_cmd.plan)
 app.command("check-env")(check_env_cmd.check_env)
 app.command("report")(report_cmd.report)
 app.command("tune")(tune_cmd.tune)
+app.command("deploy")(deploy_cmd.deploy)
 app.command("gate")(gate_cmd.gate)
 app.add_typer(quantize_cmd.app, name="quantize")
 app.add_typer(eval_cmd.app, name="eval")

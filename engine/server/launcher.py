@@ -105,11 +105,13 @@ def run_server(model: str | None, config, *, host: str = "127.0.0.1", port: int 
                model_name: str | None = None, api_keys=None, max_concurrent_requests: int | None = None,
                log_level: str = "info", shutdown_timeout: float = 30.0, allowed_hosts=(),
                header_timeout: float = DEFAULT_HEADER_TIMEOUT_S, body_timeout: float | None = None,
-               max_connections: int | None = None, enable_admin: bool = False, say=print) -> int:
+               max_connections: int | None = None, enable_admin: bool = False, announce=None, say=print) -> int:
     """Serve until SIGTERM/SIGINT (returns 0) or the engine's death (returns 1).
 
     `enable_admin` serves the /admin routes (app.py, admin.py: settings, runtime reconfigure).
-    Start-up failures raise StartupError.
+    `announce(port, served_model_name)`, when given, returns an async context manager entered once the
+    server listens and left as soon as it starts stopping (`opsctl serve --proxy-url`: register with a
+    proxy, deregister before draining). Start-up failures raise StartupError.
     """
     from .app import DEFAULT_BODY_TIMEOUT_S, build_app
 
@@ -150,7 +152,8 @@ def run_server(model: str | None, config, *, host: str = "127.0.0.1", port: int 
                                    log_config=None, http=guarded_protocol(header_timeout=header_timeout,
                                                                           max_connections=max_connections))
         server = _Server(uv_config)
-        died = run_event_loop(_serve(server, app, aengine, sock, shutdown_timeout))
+        hook = (lambda: announce(port, served)) if announce is not None else None
+        died = run_event_loop(_serve(server, app, aengine, sock, shutdown_timeout, hook))
     finally:
         sock.close()
     if died is not None:
@@ -187,11 +190,12 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _serve(server, app, aengine, sock: socket.socket, shutdown_timeout: float) -> str | None:
+async def _serve(server, app, aengine, sock: socket.socket, shutdown_timeout: float, announce=None) -> str | None:
     """Run uvicorn until a signal or the engine's death; returns the death's reason, else None."""
     loop = asyncio.get_running_loop()
     draining: list[asyncio.Task] = []
     died: list[str] = []
+    stopping = asyncio.Event()
 
     def on_engine_death(reason: str) -> None:
         # In-flight requests already have their engine_dead error: uvicorn closes the listener and
@@ -199,6 +203,7 @@ async def _serve(server, app, aengine, sock: socket.socket, shutdown_timeout: fl
         died.append(reason)
         app.state.shutting_down = True
         server.should_exit = True
+        stopping.set()
 
     def from_reader_thread(reason: str) -> None:
         with contextlib.suppress(RuntimeError):  # the loop already closed: the server is stopping anyway
@@ -215,6 +220,7 @@ async def _serve(server, app, aengine, sock: socket.socket, shutdown_timeout: fl
                     signal.Signals(sig).name, shutdown_timeout)
         app.state.shutting_down = True
         server.should_exit = True
+        stopping.set()
         # The engine, not uvicorn, ends what is still running after the grace period: its streams get
         # an error event and [DONE] (non-streaming requests a 503), so every response ends cleanly.
         draining.append(loop.create_task(aengine.shutdown(timeout=shutdown_timeout)))
@@ -222,12 +228,30 @@ async def _serve(server, app, aengine, sock: socket.socket, shutdown_timeout: fl
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread / Windows
             loop.add_signal_handler(sig, on_signal, sig)
+    announcing = loop.create_task(_announced(server, announce, stopping)) if announce else None
     try:
         await server.serve(sockets=[sock])
     finally:
         app.state.shutting_down = True
+        stopping.set()
+        if announcing is not None:
+            with contextlib.suppress(Exception):
+                await announcing
         for task in draining:
             with contextlib.suppress(Exception):
                 await task
         await aengine.shutdown(timeout=1.0)
     return died[0] if died else None
+
+
+async def _announced(server, announce, stopping: asyncio.Event) -> None:
+    """Hold `announce()` from the moment uvicorn listens until the server starts stopping."""
+    while not server.started:
+        if stopping.is_set():
+            return
+        await asyncio.sleep(0.05)
+    try:
+        async with announce():
+            await stopping.wait()
+    except Exception as e:  # noqa: BLE001 - announcing is a courtesy: it never takes the server down
+        log.warning("announcing the server failed: %s: %s", type(e).__name__, e)

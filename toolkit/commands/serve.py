@@ -2,6 +2,7 @@
 
     opsctl serve                                  # the embedded model on http://127.0.0.1:23333/v1
     OPSCTL_API_KEY=sk-1 opsctl serve /models/Qwen2.5-7B-Instruct --server-name 0.0.0.0
+    OPSCTL_PROXY_TOKEN=... opsctl serve --model-name smol --proxy-url http://127.0.0.1:8000   # behind `opsctl proxy`
 
 Start-up failures (port in use, model missing, too large for the device, cache too small for one
 session) are one line on stderr and exit code 2; the engine process dying later ends the server with
@@ -60,6 +61,17 @@ def serve(
         "--enable-admin", help="Serve GET /admin/config and POST /admin/reconfigure (new batch size, cache size, "
                                "prefill budget, block length or prefix caching without reloading the weights, "
                                "e.g. between a tuner's trials), behind the API key when one is set.")] = False,
+    proxy_url: Annotated[Optional[str], typer.Option(
+        "--proxy-url", help="Register with the `opsctl proxy` at this URL once serving (again every 15 s) and "
+                            "deregister on shutdown; the proxy's token comes from $OPSCTL_PROXY_TOKEN or "
+                            "--proxy-token-file.")] = None,
+    proxy_token_file: Annotated[Optional[str], typer.Option(
+        "--proxy-token-file", help="File holding the proxy's registration token (instead of $OPSCTL_PROXY_TOKEN).")
+    ] = None,
+    advertise_url: Annotated[Optional[str], typer.Option(
+        "--advertise-url", help="The URL the proxy reaches this server at (default http://SERVER_NAME:PORT, "
+                                "0.0.0.0 replaced by this host's name; in Kubernetes http://$(POD_IP):PORT).")
+    ] = None,
     backend: Annotated[Optional[str], typer.Option(
         "--backend", help="Accepted for lmdeploy command lines (turbomind|pytorch); opsctl has one engine.")] = None,
     engine_config=None,
@@ -76,17 +88,35 @@ def serve(
             keys = gather_api_keys(api_keys, api_key_file)
         except APIKeySourceError as e:
             raise StartupError(str(e)) from None
+        announce = _proxy_hook(proxy_url, proxy_token_file, server_name, advertise_url) if proxy_url else None
         code = run_server(model, engine_config, host=server_name, port=server_port, model_name=model_name,
                           api_keys=keys, max_concurrent_requests=max_concurrent_requests,
                           log_level=log_level.lower(), shutdown_timeout=shutdown_timeout,
                           allowed_hosts=_split(allowed_hosts), header_timeout=header_timeout,
-                          body_timeout=body_timeout, max_connections=max_connections, enable_admin=enable_admin)
+                          body_timeout=body_timeout, max_connections=max_connections, enable_admin=enable_admin,
+                          announce=announce)
     except EngineError as e:
         if os.environ.get("OPSCTL_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
+
+
+def _proxy_hook(proxy_url: str, token_file: str | None, server_name: str, advertise_url: str | None):
+    """The launcher's announce hook for --proxy-url; StartupError (before the model loads) when it cannot work."""
+    from engine.server.launcher import StartupError
+    from toolkit.proxy.registration import proxy_registration
+    from toolkit.proxy.settings import TOKEN_ENV, ProxyConfigError, read_secret
+
+    try:
+        token = read_secret(TOKEN_ENV, token_file, "--proxy-token-file")
+        if not token:
+            raise ProxyConfigError(f"--proxy-url needs the proxy's registration token: set ${TOKEN_ENV} or "
+                                   "--proxy-token-file FILE")
+        return proxy_registration(proxy_url, token, server_name, advertise_url)
+    except ValueError as e:  # ProxyConfigError, or a URL that is not http(s)://host:port
+        raise StartupError(str(e)) from None
 
 
 def _split(values: list[str] | None) -> tuple[str, ...]:

@@ -4,7 +4,8 @@
   the server's own flags), so what was measured is what gets launched.
 - `lmdeploy_command` / `vllm_command` (equivalents.py) translate the same config flag by flag.
 - `kubernetes_manifests` renders a Deployment + Service running `serve_command` (yaml.safe_dump_all
-  of plain dicts), `write_launch_files` writes launch.sh and deploy.yaml into a tune's folder.
+  of plain dicts: `serve_manifests`, `workload_manifests`, which `opsctl deploy` builds on too),
+  `write_launch_files` writes launch.sh and deploy.yaml into a tune's folder.
 
 Memory is GiB (2^30 bytes) throughout, as in the hardware profiles.
 """
@@ -75,18 +76,28 @@ def kubernetes_manifests(name: str, model: str, config: EngineConfig, *, image: 
     `api-key` becomes $OPSCTL_API_KEY (the server then wants it; /health stays open to the probes).
     header: comment lines put before the YAML.
     """
+    docs = serve_manifests(name, model, config, image=image, port=port, gpus=gpus, memory_gib=memory_gib, cpus=cpus,
+                           api_key_secret=api_key_secret, startup_timeout_s=startup_timeout_s)
+    return comment_lines(header) + dump_manifests(docs)
+
+
+def dump_manifests(docs: Sequence[dict]) -> str:
+    """Plain YAML documents, keys in the order written."""
+    return yaml.safe_dump_all(list(docs), sort_keys=False, default_flow_style=False)
+
+
+def serve_manifests(name: str, model: str | None, config: EngineConfig, *, image: str = "opsctl:latest",
+                    port: int = DEFAULT_PORT, gpus: int = 1, memory_gib: float | None = None,
+                    cpus: float | None = None, api_key_secret: str | None = None,
+                    startup_timeout_s: int = DEFAULT_STARTUP_TIMEOUT_S, extra: Sequence[str] = (),
+                    managed_by: str = "opsctl-tune", replicas: int = 1) -> list[dict]:
+    """kubernetes_manifests' Deployment and Service as dicts (`opsctl deploy` adds to them); `extra`
+    is added to the `opsctl serve` arguments."""
     if gpus < 0:
         raise ValueError(f"gpus must be >= 0 (got {gpus})")
     if gpus and config.tp > gpus:
         raise ValueError(f"tp={config.tp} needs {config.tp} GPUs; the pod asks for {gpus}")
-    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
-        raise ValueError(f"{name!r} is not a valid Kubernetes name (lower-case letters, digits and '-'; "
-                         f"k8s_name() makes one)")
-    argv = serve_command(model, pod_config(config), host=DEFAULT_HOST, port=port)
-
-    # fresh dicts at each use: a shared one is dumped as a YAML anchor and alias (&id001 / *id001)
-    def labels():
-        return {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "opsctl-tune"}
+    argv = serve_command(model, pod_config(config), host=DEFAULT_HOST, port=port, extra=extra)
 
     def http_get():
         return {"path": HEALTH_PATH, "port": "http"}
@@ -120,21 +131,32 @@ def kubernetes_manifests(name: str, model: str, config: EngineConfig, *, image: 
                              "valueFrom": {"secretKeyRef": {"name": api_key_secret, "key": "api-key"}}}]
     if resources:
         container["resources"] = resources
+    # on SIGTERM the server lets requests finish for --shutdown-timeout; SIGKILL only after
+    return workload_manifests(name, container, port=port, managed_by=managed_by, replicas=replicas,
+                              termination_grace_s=math.ceil(_shutdown_timeout_s()) + 15)
+
+
+def workload_manifests(name: str, container: dict, *, port: int, managed_by: str,
+                       termination_grace_s: int | None = None, replicas: int = 1) -> list[dict]:
+    """A Deployment running `container` (its port named "http") and a Service in front of it."""
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
+        raise ValueError(f"{name!r} is not a valid Kubernetes name (lower-case letters, digits and '-'; "
+                         f"k8s_name() makes one)")
+
+    # fresh dicts at each use: a shared one is dumped as a YAML anchor and alias (&id001 / *id001)
+    def labels():
+        return {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": managed_by}
+    pod_spec: dict[str, Any] = {"containers": [container]}
+    if termination_grace_s is not None:
+        pod_spec = {"terminationGracePeriodSeconds": termination_grace_s, **pod_spec}
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": name, "labels": labels()},
         "spec": {
-            "replicas": 1,
+            "replicas": replicas,
             "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
-            "template": {
-                "metadata": {"labels": labels()},
-                "spec": {
-                    # on SIGTERM the server lets requests finish for --shutdown-timeout; SIGKILL only after
-                    "terminationGracePeriodSeconds": math.ceil(_shutdown_timeout_s()) + 15,
-                    "containers": [container],
-                },
-            },
+            "template": {"metadata": {"labels": labels()}, "spec": pod_spec},
         },
     }
     service = {
@@ -146,12 +168,11 @@ def kubernetes_manifests(name: str, model: str, config: EngineConfig, *, image: 
             "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
-    body = yaml.safe_dump_all([deployment, service], sort_keys=False, default_flow_style=False)
-    return _comment(header) + body
+    return [deployment, service]
 
 
 # -- files --------------------------------------------------------------------------------------
-def _comment(text: str, width: int = 100, *, wrap: bool = True) -> str:
+def comment_lines(text: str, width: int = 100, *, wrap: bool = True) -> str:
     """Text as `# ` lines; long lines wrapped between words (never inside a flag) unless wrap=False."""
     out = []
     for line in text.splitlines():
@@ -174,11 +195,11 @@ def _tuned_for(model: str, config: EngineConfig, profile_name: str, weights_gib,
 
 def _equivalent(title: str, argv: list[str], notes: Iterable[str]) -> str:
     # the command on one line, so that it can be copied and run as it is
-    return (_comment(title) + _comment("  " + shell_line(argv), wrap=False)
-            + _comment("\n".join(f"  - {note}" for note in notes)))
+    return (comment_lines(title) + comment_lines("  " + shell_line(argv), wrap=False)
+            + comment_lines("\n".join(f"  - {note}" for note in notes)))
 
 
-def _cpu_memory_request(config: EngineConfig, weights_gib: float | None, gpus: int) -> float | None:
+def cpu_memory_request(config: EngineConfig, weights_gib: float | None, gpus: int) -> float | None:
     """On a CPU pod the weights and the KV cache (cpu_memory_gb x ratio) live in host memory: request
     both. GPU pods hold them on the card; a block count or unknown weights give no figure."""
     if gpus or weights_gib is None or config.cache_is_block_count:
@@ -203,7 +224,7 @@ def write_launch_files(out_dir: str | Path, model: str, config: EngineConfig, *,
                                                      port=port)
     vllm_argv, vllm_notes = vllm_command(model, config, weights_gib=weights_gib, memory_gib=memory_gib, port=port)
 
-    script = "#!/usr/bin/env bash\n" + _comment("\n".join([
+    script = "#!/usr/bin/env bash\n" + comment_lines("\n".join([
         "Written by `opsctl tune`: serves the model with the configuration the tune chose.",
         *about,
         "Arguments given to this script are added to `opsctl serve` (a repeated flag takes the last value),",
@@ -224,6 +245,6 @@ def write_launch_files(out_dir: str | Path, model: str, config: EngineConfig, *,
         f"The model path must exist inside the container ({model}): bake it into the image or mount it.",
     ])
     deploy.write_text(kubernetes_manifests(name or k8s_name(model or "opsctl-default-model"), model, config, image=image, port=port,
-                                           gpus=gpus, memory_gib=_cpu_memory_request(config, weights_gib, gpus),
+                                           gpus=gpus, memory_gib=cpu_memory_request(config, weights_gib, gpus),
                                            header=header), encoding="utf-8")
     return {"launch.sh": launch, "deploy.yaml": deploy}
