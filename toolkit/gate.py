@@ -15,6 +15,7 @@ Rendering the verdicts is toolkit.gate_report's job.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import statistics
@@ -188,13 +189,24 @@ def load_result(path: str | Path, role: str = "result") -> BenchResult:
 
 
 def device_class(result: BenchResult) -> str:
-    """What absolute figures are comparable across: "cpu", or the GPU's name (and count), slugged."""
+    """What absolute figures are comparable across: the GPU's name (and count), or for a CPU its model
+    and core count ("cpu-amd-epyc-2c"; plain "cpu" for results that did not record the model), slugged."""
     dev = result.device
     if dev.get("kind") != "cuda":
-        return "cpu"
-    slug = re.sub(r"[^a-z0-9]+", "-", str(dev.get("name", "gpu")).lower()).strip("-")
+        if not dev.get("cpu_model") or not dev.get("cpu_count"):
+            return "cpu"
+        return f"cpu-{_slug(dev['cpu_model'])}-{int(dev['cpu_count'])}c"
     count = int(dev.get("count") or 1)
-    return slug if count == 1 else f"{slug}-x{count}"
+    return _slug(dev.get("name", "gpu")) if count == 1 else f"{_slug(dev.get('name', 'gpu'))}-x{count}"
+
+
+def _slug(text) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")
+
+
+def class_matches(pattern: str, device: str) -> bool:
+    """A gate's device_class against a result's: exact, or a shell pattern ("cpu*", "nvidia-h200*")."""
+    return fnmatch.fnmatchcase(device, pattern)
 
 
 def find_run(result: BenchResult, name: str, source: str) -> Run:
@@ -256,16 +268,22 @@ def judge(spec: GateSpec, current: dict[str, BenchResult], baseline: BenchResult
     here = next(iter(classes.values()))
     verdicts = [_judge_one(g, current, baseline, baseline_name, here) for g in spec.gates]
     if all(v.passed is None for v in verdicts):
-        raise GateInputError(f"no gate applies to results from device class {here!r}")
+        raise GateInputError(f"no gate applies to results from device class {here!r} with this baseline")
     return verdicts
 
 
 def _judge_one(gate: Gate, current: dict[str, BenchResult], baseline: BenchResult | None,
                baseline_name: str, here: str) -> Verdict:
     verdict = Verdict(gate)
-    if gate.kind == "absolute" and gate.device_class and gate.device_class != here:
-        verdict.note = f"for {gate.device_class} only; results are from {here}"
-        return verdict  # skipped: the gates file keeps each device class's absolute gates side by side
+    if gate.kind == "absolute" and gate.device_class:
+        if not class_matches(gate.device_class, here):
+            verdict.note = f"for {gate.device_class} only; results are from {here}"
+            return verdict  # skipped: the gates file keeps each device class's absolute gates side by side
+        if baseline is not None and device_class(baseline) != here:
+            # Same kind of device, another machine: its absolute timings say nothing about this one's.
+            verdict.note = (f"the baseline is from {device_class(baseline)}, the results from {here}: "
+                            f"rerun the baseline on this machine class to judge it")
+            return verdict
     workloads = {_workload(gate, r, name) for name, r in current.items()}
     if len(workloads) > 1:
         raise GateInputError(f"gate {gate.name!r}: the result files measured different models or workloads")

@@ -121,6 +121,26 @@ def test_device_class():
     assert device_class(BenchResult(run_id="x", kind="offline", device={"kind": "cpu", "name": "x86_64"})) == "cpu"
     assert device_class(BenchResult(run_id="x", kind="offline", device=H100)) == "nvidia-h100-80gb-hbm3"
     assert device_class(BenchResult(run_id="x", kind="offline", device={**H100, "count": 8})).endswith("-x8")
+    epyc = {"kind": "cpu", "name": "x86_64", "cpu_model": "AMD EPYC 9R14 96-Core Processor", "cpu_count": 2}
+    assert device_class(BenchResult(run_id="x", kind="offline", device=epyc)) == "cpu-amd-epyc-9r14-96-core-processor-2c"
+
+
+def test_cpu_gate_with_a_baseline_of_another_cpu_is_skipped_not_judged(tmp_path):
+    """`device_class: cpu-*` gates judge a CPU machine only against a baseline of its own class: a CI
+    runner with another processor judges the ratio gates and says why the absolute ones were left out."""
+    spec = {"min_repeats": 1, "gates": [{**GATES["gates"][0], "device_class": "cpu-*"}, GATES["gates"][2]]}
+    epyc = {"kind": "cpu", "name": "x86_64", "cpu_model": "AMD EPYC", "cpu_count": 2}
+    xeon = {**epyc, "cpu_model": "Intel Xeon"}
+    base = _result(tmp_path, "base", 200.0, device=epyc)
+    slower_here = _result(tmp_path, "here", 100.0, device=epyc, peer_tok_s=50.0)
+    v = _judge(tmp_path, [slower_here], base, spec)
+    assert v["tok_s"].passed is False and v["vs_generate"].passed  # same class: judged, and 100 < 0.85 x 200
+    elsewhere = _result(tmp_path, "elsewhere", 100.0, device=xeon, peer_tok_s=50.0)
+    v = _judge(tmp_path, [elsewhere], base, spec)
+    assert v["tok_s"].passed is None and "cpu-amd-epyc-2c" in v["tok_s"].note and "cpu-intel-xeon-2c" in v["tok_s"].note
+    assert v["vs_generate"].passed
+    on_gpu = _result(tmp_path, "gpu", 100.0, device=H100)
+    assert _judge(tmp_path, [on_gpu], _result(tmp_path, "gbase", 100.0, device=H100), spec)["tok_s"].passed is None
 
 
 def test_absolute_gate_against_baseline_of_other_device_class_is_an_error(tmp_path):
