@@ -1,19 +1,26 @@
 """GPU microbenchmark of the weight-only quantized linears: `python3 -m engine.kernels.quant_bench --out FILE.json`.
 
 For Qwen2.5-7B's four linear shapes (qkv 4608x3584 with bias, o 3584x3584, gate_up 37888x3584, down
-3584x18944) and M in {1, 16, 64, 256} it times w4a16_linear (AWQ layout, G=128), w8a16_linear and the
-peer, bf16 F.linear (cuBLAS), and reports microseconds per call, GB/s of weight bytes read (packed
-weight + scales + zeros: what each format must stream at least), the fraction of the measured copy
-bandwidth, TFLOP/s (2*M*N*K) and the speed-up over bf16.
+3584x18944) and M in {1, 16, 64, 256, 1024} it times the peer, bf16 F.linear (cuBLAS), and for
+w4a16_linear (AWQ layout, G=128) and w8a16_linear every path of quant_gemm: the default dispatch (row
+kernel "w4a16" / "w8a16") and each other path forced (kernel "w4a16[gemm]", ...; 'gemv' only at M = 1),
+so the run shows which path wins where and where quant_gemm's thresholds (W4_FUSED_MAX_M, ...) belong.
+Per row: microseconds per call, GB/s of weight bytes read (packed weight + scales + zeros: what each
+format must stream at least), the fraction of the measured copy bandwidth, TFLOP/s (2*M*N*K) and the
+speed-up over bf16, and a "best" table per (format, shape, M). `--sweep` adds rows for a few alternative
+tile configs of the fused paths (the defaults are reasoned, not measured); `--m` picks the rows of x.
 
 Timing, as bench.py does it: the calls are captured in one CUDA graph (decode runs graphs, and the
 launch gaps of eager calls would dominate 2-20 us kernels), cycling through enough copies of the
 weights (>= 256 MB per round, 5x the H200's 50 MB L2) that every call reads its weight from HBM;
 x stays the same (it is small and lives in L2 in a real model too). CUDA events around 5 replays,
-median per call. Split-K's partial buffers and reduce kernel are inside the graph, as in the engine.
-Each shape is checked against the torch reference once per format and path before it is timed.
-Kernels know tensors only: nothing here builds layers. Without a CUDA device it writes a note and
-exits 0. Finishes in about a minute (compiles included) on an H200; a deadline skips what is left.
+median per call. Split-K's partial buffers and reduce kernel, and the dense path's dequantization, are
+inside the graph, as in the engine. Each (format, path) is checked against the torch reference at
+M = 1, 16 and 64 before it is timed. Kernels know tensors only: nothing here builds layers. Without a
+CUDA device it writes a note and exits 0. A deadline (--deadline, default 120 s: ci/quant_gpu.sh gives
+the step 150) skips what is left; the JSON is rewritten as it goes, so a killed run keeps its rows.
+The full picture (every path, --sweep) takes several minutes, mostly compiling: run it by hand with
+--deadline 1200.
 """
 from __future__ import annotations
 
@@ -27,7 +34,8 @@ import torch
 
 SHAPES = [("qkv_proj", 4608, 3584, True), ("o_proj", 3584, 3584, False), ("gate_up_proj", 37888, 3584, False),
           ("down_proj", 3584, 18944, False)]
-MS = (1, 16, 64, 256)
+MS = (1, 16, 64, 256, 1024)
+CHECK_MS = (1, 16, 64)
 GROUP = 128
 DTYPE = torch.bfloat16
 ROUND_BYTES = 256e6  # weight bytes per graph round: several times the L2, so each call starts cold
@@ -68,44 +76,111 @@ def _nbytes(ws) -> int:
     return sum(t.numel() * t.element_size() for t in ws)
 
 
-def _call(kind: str, x, ws, bias):
+def _call(kind: str, x, ws, bias, path: str | None = None, config=None):
     import torch.nn.functional as F
 
     from .quant_gemm import w4a16_linear, w8a16_linear
 
     if kind == "w4a16":
-        return lambda: w4a16_linear(x, *ws, GROUP, bias)
+        return lambda: w4a16_linear(x, *ws, GROUP, bias, path=path, config=config)
     if kind == "w8a16":
-        return lambda: w8a16_linear(x, *ws, bias)
+        return lambda: w8a16_linear(x, *ws, bias, path=path, config=config)
     return lambda: F.linear(x, ws[0], bias)
 
 
-def _check(kind: str, x, ws, bias) -> float:
+def _check(kind: str, x, ws, bias, path: str | None, config=None) -> float:
     """Max |kernel - reference| over max |reference| (0 for the peer): a wrong result is not timed as fast."""
     from .quant_gemm import w4a16_linear_ref, w8a16_linear_ref
 
     if kind == "bf16":
         return 0.0
-    y = _call(kind, x, ws, bias)().float()
+    y = _call(kind, x, ws, bias, path, config)().float()
     ref = (w4a16_linear_ref(x.float(), *ws, GROUP, bias) if kind == "w4a16"
            else w8a16_linear_ref(x.float(), *ws, bias)).float()
     return ((y - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
 
 
-def _config(kind: str, m: int, n: int, k: int) -> str | None:
+def _paths(kind: str, m: int, k: int) -> list[tuple[str | None, str]]:
+    """(path argument, path that runs) for the default dispatch first, then every other path forced."""
     from . import quant_gemm as qg
 
+    if kind == "bf16":
+        return [(None, "cublas")]
+    default = qg.w4a16_path(m) if kind == "w4a16" else qg.w8a16_path(m, k)
+    others = [p for p in qg.PATHS if p != default and (p != "gemv" or m == 1)]
+    return [(None, default)] + [(p, p) for p in others]
+
+
+def _config(kind: str, path: str, m: int, n: int, k: int):
+    """The TileConfig the launcher picks for this path (None for the dense path and the peer)."""
+    from . import quant_gemm as qg
+
+    if kind == "bf16" or path == "dequant_cublas":
+        return None
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    rows = 1 if path == "gemv" else max(m, 2)
     if kind == "w4a16":
-        fn = qg.w4a16_decode_config if m <= qg.DECODE_MAX_M else qg.w4a16_prefill_config
-        return str(tuple(fn(m, n, k, GROUP, sms)))
-    if kind == "w8a16":
-        fn = qg.w8a16_decode_config if m <= qg.DECODE_MAX_M else qg.w8a16_prefill_config
-        return str(tuple(fn(m, n, k, sms)))
-    return None
+        fn = qg.w4a16_decode_config if rows <= qg.DECODE_MAX_M else qg.w4a16_prefill_config
+        return fn(rows, n, k, GROUP, sms)
+    fn = qg.w8a16_decode_config if rows <= qg.DECODE_MAX_M else qg.w8a16_prefill_config
+    return fn(rows, n, k, sms)
 
 
-def run(deadline_s: float = 100.0) -> dict:
+def _sweep_configs(kind: str, path: str, m: int, n: int, k: int) -> list:
+    """A few alternatives to the default tiles of a fused path (--sweep): other widths, depths, warps
+    and split-K, around what the roofline reasoning in quant_gemm's config docstrings chose."""
+    from .quant_gemm import TileConfig
+
+    base = _config(kind, path, m, n, k)
+    if base is None:
+        return []
+    alts = []
+    if path == "gemv" and kind == "w4a16":
+        for bn, bk, warps in ((512, 32, 4), (1024, 32, 4), (512, 16, 4), (1024, 16, 2), (512, 32, 2)):
+            for split in (max(1, base.split_k // 2), base.split_k, base.split_k * 2):
+                alts.append(TileConfig(1, bn, bk, split, warps, 1))
+    elif path == "gemv":
+        for bn, bk, warps in ((16, 1024, 4), (32, 1024, 4), (8, 1024, 4), (16, 512, 2), (32, 512, 4)):
+            for split in (1, base.split_k, base.split_k * 2):
+                alts.append(TileConfig(1, bn, bk, split, warps, 1))
+    else:
+        bk_cap = GROUP if kind == "w4a16" else 128
+        for bn in (64, 128, 256):
+            for bk in (64, bk_cap):
+                for split in (1, base.split_k, 2 * base.split_k):
+                    warps = 8 if base.block_m * bn >= 128 * 128 else 4
+                    alts.append(TileConfig(base.block_m, bn, bk, split, warps, 3))
+    return [c for c in dict.fromkeys(alts) if c != base]
+
+
+def _time_row(row: dict, kind: str, x, one, copies, bias, path, config, copy: float, rows: list) -> None:
+    try:
+        if row["m"] in CHECK_MS:
+            row["rel_err"] = _check(kind, x, one, bias, path, config)
+        us = _graph_time_us([_call(kind, x, ws, bias, path, config) for ws in copies])
+    except Exception as exc:  # noqa: BLE001 - a config the compiler refuses must not end the run
+        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        rows.append(row)
+        print(f"{row['shape']:<13} {row['kernel']:<22} M={row['m']:<5} FAILED {row['error']}", flush=True)
+        return
+    row.update(us=us, gb_s=row["weight_bytes"] / us / 1e3, tflop_s=2 * row["m"] * row["n"] * row["k"] / us / 1e6)
+    row["frac_copy"] = row["gb_s"] / copy
+    peer = next((r for r in rows if r["shape"] == row["shape"] and r["m"] == row["m"] and r["kernel"] == "bf16"
+                 and "us" in r), None)
+    if peer is not None and kind != "bf16":
+        row["speedup_vs_bf16"] = peer["us"] / us
+    rows.append(row)
+    print(f"{row['shape']:<13} {row['kernel']:<22} M={row['m']:<5} {us:9.1f} us {row['gb_s']:7.0f} GB/s "
+          f"({row['frac_copy']:4.0%} of copy) {row['tflop_s']:6.1f} TFLOP/s"
+          + (f"  {row['speedup_vs_bf16']:.2f}x bf16" if "speedup_vs_bf16" in row else "")
+          + (f"  err {row['rel_err']:.1e}" if "rel_err" in row else "")
+          + (f"  {row['config']}" if row.get("sweep") else ""), flush=True)
+
+
+def run(deadline_s: float = 120.0, sweep: bool = False, ms=MS, out: str | None = None) -> dict:
+    """Three passes, most informative first, so that a deadline (or ci/quant_gpu.sh's timeout: the JSON is
+    rewritten after every shape and format) still leaves a useful file: 1. bf16 and the default
+    dispatch on every shape and M; 2. every other path forced; 3. with sweep, alternative tiles."""
     import triton
 
     t_start = time.monotonic()
@@ -114,47 +189,65 @@ def run(deadline_s: float = 100.0) -> dict:
     print(f"{name}, torch {torch.__version__}, triton {triton.__version__}; copy {copy:.0f} GB/s (read + write)",
           flush=True)
     rows, notes = [], []
+    result = {"device": name, "torch": torch.__version__, "triton": triton.__version__, "git_commit": _git_commit(),
+              "copy_gb_s": copy, "dtype": str(DTYPE), "group_size": GROUP, "ms": list(ms), "sweep": sweep,
+              "timing": "CUDA graph of round-robin calls over weight copies (>= 256 MB a round: cold L2), "
+                        "CUDA events, median of 5 replays, per call", "rows": rows, "notes": notes}
     gen = torch.Generator(device="cuda").manual_seed(0)
-    for shape, n, k, has_bias in SHAPES:
-        bias = torch.randn(n, device="cuda", dtype=DTYPE, generator=gen) if has_bias else None
-        for kind in ("bf16", "w8a16", "w4a16"):
-            if time.monotonic() - t_start > deadline_s:
-                notes.append(f"deadline {deadline_s:.0f} s reached: skipped {shape} {kind} and after")
-                break
-            one = _weights(kind, n, k, gen)
-            nbytes = _nbytes(one)
-            copies = [one] + [_weights(kind, n, k, gen) for _ in range(max(1, min(63, int(ROUND_BYTES // nbytes))))]
-            for m in MS:
-                x = torch.randn(m, k, device="cuda", dtype=DTYPE, generator=gen)
-                row = {"shape": shape, "n": n, "k": k, "m": m, "kernel": kind, "weight_bytes": nbytes,
-                       "config": _config(kind, m, n, k)}
-                try:
-                    if m in (1, 16, 64):  # GEMV, one-tile decode GEMM, prefill GEMM
-                        row["rel_err"] = _check(kind, x, one, bias)
-                    us = _graph_time_us([_call(kind, x, ws, bias) for ws in copies])
-                except Exception as exc:  # noqa: BLE001 - a config the compiler refuses must not end the run
-                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-                    rows.append(row)
-                    print(f"{shape:<13} {kind:<6} M={m:<4} FAILED {row['error']}", flush=True)
-                    continue
-                row.update(us=us, gb_s=nbytes / us / 1e3, tflop_s=2 * m * n * k / us / 1e6)
-                row["frac_copy"] = row["gb_s"] / copy
-                peer = next((r for r in rows if r["shape"] == shape and r["m"] == m and r["kernel"] == "bf16"
-                             and "us" in r), None)
-                if peer is not None and kind != "bf16":
-                    row["speedup_vs_bf16"] = peer["us"] / us
-                rows.append(row)
-                print(f"{shape:<13} {kind:<6} M={m:<4} {us:8.1f} us {row['gb_s']:7.0f} GB/s "
-                      f"({row['frac_copy']:4.0%} of copy) {row['tflop_s']:6.1f} TFLOP/s"
-                      + (f"  {row['speedup_vs_bf16']:.2f}x bf16" if "speedup_vs_bf16" in row else "")
-                      + (f"  err {row['rel_err']:.1e}" if "rel_err" in row else ""), flush=True)
-            del copies, one
-            torch.cuda.empty_cache()
-    return {"device": name, "torch": torch.__version__, "triton": triton.__version__, "git_commit": _git_commit(),
-            "copy_gb_s": copy, "dtype": str(DTYPE), "group_size": GROUP,
-            "timing": "CUDA graph of round-robin calls over weight copies (>= 256 MB a round: cold L2), "
-                      "CUDA events, median of 5 replays, per call",
-            "elapsed_s": time.monotonic() - t_start, "rows": rows, "notes": notes}
+    passes = ["default", "forced"] + (["sweep"] if sweep else [])
+    for pass_ in passes:
+        for shape, n, k, has_bias in SHAPES:
+            bias = torch.randn(n, device="cuda", dtype=DTYPE, generator=gen) if has_bias else None
+            for kind in ("bf16", "w8a16", "w4a16") if pass_ == "default" else ("w8a16", "w4a16"):
+                if time.monotonic() - t_start > deadline_s:
+                    notes.append(f"deadline {deadline_s:.0f} s reached: skipped pass {pass_}, {shape} {kind} and after")
+                    break
+                one = _weights(kind, n, k, gen)
+                nbytes = _nbytes(one)
+                n_copies = max(1, min(63, int(ROUND_BYTES // nbytes)))
+                copies = [one] + [_weights(kind, n, k, gen) for _ in range(n_copies)]
+                for m in ms:
+                    x = torch.randn(m, k, device="cuda", dtype=DTYPE, generator=gen)
+                    paths = _paths(kind, m, k)
+                    for arg, path in paths[:1] if pass_ == "default" else paths[1:] if pass_ == "forced" else paths:
+                        base = {"shape": shape, "n": n, "k": k, "m": m, "path": path, "forced": arg is not None,
+                                "weight_bytes": nbytes}
+                        if pass_ != "sweep":
+                            cfg = _config(kind, path, m, n, k)
+                            _time_row({**base, "kernel": kind if arg is None else f"{kind}[{path}]",
+                                       "config": str(tuple(cfg)) if cfg else None}, kind, x, one, copies, bias, arg,
+                                      None, copy, rows)
+                            continue
+                        for alt in _sweep_configs(kind, path, m, n, k):
+                            if time.monotonic() - t_start > deadline_s:
+                                break
+                            _time_row({**base, "kernel": f"{kind}[{path}]", "forced": True, "sweep": True,
+                                       "config": str(tuple(alt))}, kind, x, one, copies, bias, path, alt, copy, rows)
+                del copies, one
+                torch.cuda.empty_cache()
+                result.update(elapsed_s=time.monotonic() - t_start, best=_best(rows))
+                _write(out, result)
+    result.update(elapsed_s=time.monotonic() - t_start, best=_best(rows))
+    return result
+
+
+def _write(path: str | None, result: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+def _best(rows: list[dict]) -> list[dict]:
+    """Per (format, shape, M): the fastest path and config measured, and its speed-up over bf16."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        if "us" not in r or r["kernel"] == "bf16":
+            continue
+        key = (r["kernel"].split("[")[0], r["shape"], r["m"])
+        if key not in best or r["us"] < best[key]["us"]:
+            best[key] = r
+    return [{"kind": k[0], "shape": k[1], "m": k[2], "path": r["path"], "config": r.get("config"), "us": r["us"],
+             "speedup_vs_bf16": r.get("speedup_vs_bf16")} for k, r in sorted(best.items())]
 
 
 def _git_commit() -> str | None:
@@ -168,17 +261,18 @@ def _git_commit() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m engine.kernels.quant_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", metavar="FILE.json", required=True, help="where to write the rows as JSON")
-    parser.add_argument("--deadline", type=float, default=100.0,
-                        help="seconds after which the remaining shapes are skipped")
+    parser.add_argument("--deadline", type=float, default=120.0,
+                        help="seconds after which what is left is skipped (ci/quant_gpu.sh allows 150 in all)")
+    parser.add_argument("--sweep", action="store_true", help="also time alternative tile configs of the fused paths")
+    parser.add_argument("--m", type=int, nargs="+", default=list(MS), help="rows of x to time (default: %(default)s)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("quant_bench: no CUDA device here; this benchmark runs on a GPU machine. Nothing measured.")
         result = {"device": None, "rows": [], "notes": ["no CUDA device: nothing measured"]}
     else:
         torch.manual_seed(0)
-        result = run(args.deadline)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+        result = run(args.deadline, args.sweep, tuple(args.m), args.out)
+    _write(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

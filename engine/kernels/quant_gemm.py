@@ -1,252 +1,62 @@
 """Weight-only quantized linear layers: W4A16 (AutoAWQ GEMM layout) and W8A16 (int8 per output channel).
 
-This file owns the kernels, their launchers (`w4a16_linear`, `w8a16_linear`), their torch references
-and the int8 quantizer the loader uses for bf16 checkpoints. The int4 format itself is defined once in
-engine/quant/int4_pack.py: qweight int32 [K, N/8] (nibble i of a word holds column 8c + AWQ_ORDER[i]),
-qzeros int32 [K/G, N/8] packed alike, scales [K/G, N], W[n, k] = (code - zero) * scale.
+This file owns the launchers (`w4a16_linear`, `w8a16_linear`): which path runs for which M, the tile
+configs, split-K, input checks, and the torch references; the kernels live in quant_kernels.py and
+the int4 bit tricks and the AWQ dequantize-to-dense kernel in int4_unpack.py. The int4 format itself
+is defined once in engine/quant/int4_pack.py: qweight int32 [K, N/8] (nibble i of a word holds column
+8c + AWQ_ORDER[i]), qzeros int32 [K/G, N/8] packed alike, scales [K/G, N], W[n, k] = (code - zero) * scale.
 
-Two paths per format, chosen by M (rows of x) in the launcher:
-- decode (M <= DECODE_MAX_M): the weight must stream at the HBM read limit, so the work per weight
-  byte is what matters. M == 1 runs a CUDA-core GEMV (no tensor cores, no layout change through shared memory);
-  2 <= M <= 16 runs the tensor-core GEMM with one 16-row tile, because M FMAs per weight on CUDA cores
-  would outrun the ALU budget (an H200 streams ~8e12 int4 weights/s, ~4 thread-instructions per
-  weight at 132 SMs x 128 lanes x 1.98 GHz). Columns alone give too few programs for 132 SMs on most
-  shapes (qkv at 256 columns a program: 18), so K is split too: each split writes fp32 partials and
-  a second tiny kernel sums them, adds the bias and casts (deterministic, no zeroing, no atomics).
-- prefill (M > 16): tiled GEMM; each K tile of the packed weight is dequantized in registers to
-  x.dtype and fed to tl.dot with an fp32 accumulator; split-K only when the tiles underfill the SMs.
+Three paths per format, picked from M (rows of x) unless a caller forces one with path=:
+- 'gemv' (M == 1): decode at batch 1 must stream the weight at the HBM limit, and what limits it is the
+  ALU work per weight, so this is a CUDA-core kernel built around a one-LOP3-per-weight unpack (see
+  quant_kernels.py / int4_unpack.py). Columns alone give too few programs for 132 SMs (qkv at 512
+  columns a program: 9), so K is split: each split writes fp32 partials, a second tiny kernel sums them
+  in a fixed order, adds the bias and casts.
+- 'gemm' (2 <= M <= W4_FUSED_MAX_M / W8_FUSED_MAX_M): tensor-core tiles with the weight dequantized in
+  registers: for int4 the operand is code - zero (exact in fp16/bf16) and the group scale multiplies the
+  fp32 product of each K tile; for int8 the codes, with the row scale after the sum. M <= DECODE_MAX_M
+  uses one 16-row tile and split-K to fill the SMs; larger M the prefill tiles.
+- 'dequant_cublas' (larger M): the product is compute-bound there, where cuBLAS beats a Triton kernel
+  that also dequantizes, so one Triton kernel writes the dense weight in x's dtype (a column chunk of at
+  most DENSE_CHUNK_BYTES at a time) and torch.mm / addmm multiplies it.
+The thresholds are first guesses from a roofline (int4 stops being memory-bound near M = 50 on an H200,
+bf16 near M = 200); engine/kernels/quant_bench.py times every path per shape to move them.
 
-Cheap dequantization (the decode path is ALU-bound otherwise):
-- int -> float via the exponent trick instead of I2F (a quarter-rate or slower conversion on sm_80 /
-  sm_90 per the CUDA guide's throughput table): OR-ing a code 0..255 into 0x4B000000 gives the float
-  2^23 + code exactly, so one LOP3 and one FADD replace the conversion (FasterTransformer/LMDeploy use
-  the fp16 version of this trick, 0x6400).
-- Every K tile lies inside one quantization group (BLOCK_K divides G), so a tile loads one scale and
-  zero row; the GEMV factors them out: sum_k x_k (q_kn - z_n) s_n = s_n (sum_k x_k q_kn - z_n sum_k x_k),
-  leaving shift, LOP3, FADD and one FMA per weight.
-- The packed word is unpacked as a [BLOCK_K, BLOCK_N/8, 8] tensor with per-lane shifts
-  4 * AWQ_REVERSE_ORDER (0, 16, 4, 20, 8, 24, 12, 28), so column 8c + j comes out in place: the row-major
-  reshape to [BLOCK_K, BLOCK_N] is then the natural column order, with no permutation.
-W8A16 needs no per-weight scale at all: the scale is per output column, applied to the fp32 sum.
-
-Everything is CUDA-graph safe: shapes and configs are host integers, no value is read on the host.
+Everything on the fused paths is CUDA-graph safe: shapes and configs are host integers, no value is read
+on the host. The dense path allocates its chunk buffer per call (fine inside a graph capture too).
 """
 from __future__ import annotations
 
 import functools
+import os
 from typing import NamedTuple
 
 import torch
 import triton
-import triton.language as tl
 
 from engine.quant.int4_pack import dequantize_awq
 
-from .matmul import _dot  # acc + a @ b in fp32, with the interpreter's bf16 workaround
+from . import quant_kernels as qk
+from .int4_unpack import awq_dequantize
 
-DECODE_MAX_M = 16  # rows up to which the decode configs (GEMV / one 16-row tile + split-K) apply
+DECODE_MAX_M = 16  # rows up to which the 'gemm' path uses one 16-row tile + split-K
+W4_FUSED_MAX_M = 256  # rows up to which w4a16_linear runs a fused kernel; above: dequant + cuBLAS
+W8_FUSED_MAX_M = 256  # the same for w8a16_linear
+DENSE_CHUNK_BYTES = 64 << 20  # the 'dequant_cublas' path's dense weight buffer, at most (column chunks)
+PATHS = ("gemv", "gemm", "dequant_cublas")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class TileConfig(NamedTuple):
-    """One launch's tiling. block_m == 1 selects the CUDA-core GEMV kernel (M must then be 1)."""
+    """One launch's tiling. block_m == 1 selects the CUDA-core GEMV kernel (M must then be 1); there,
+    block_k is the rows of one slab (one slab per warp and K step) for int4, the K elements of a step
+    for int8. block_m >= 16 selects the tensor-core kernel (any M)."""
     block_m: int
     block_n: int
     block_k: int
     split_k: int
     num_warps: int
     num_stages: int
-
-
-# ----------------------------------------------------------------------------------------- kernels
-
-
-@triton.jit
-def _awq_shifts():
-    """Bit offset of column offset j (0..7) inside a packed word: 4 * AWQ_REVERSE_ORDER[j]."""
-    j = tl.arange(0, 8)
-    return (j // 2) * 4 + (j % 2) * 16
-
-
-@triton.jit
-def _unpack_codes_f32(p, shifts):
-    """int32 [R, C] packed words -> float32 [R, C, 8] codes 0..15, column 8c + j at [.., c, j]."""
-    bits = ((p[:, :, None] >> shifts[None, None, :]) & 0xF) | 0x4B000000
-    return bits.to(tl.float32, bitcast=True) - 8388608.0
-
-
-@triton.jit
-def _int8_to_f32(w):
-    """int8 -> float32 without I2F: -128..127 + 128 lands in the mantissa of 2^23."""
-    return (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
-
-
-@triton.jit
-def _k_tile_range(num_k_tiles, tiles_per_split):
-    """This split's K tiles [t0, t1): axis 1 of the grid is the split."""
-    t0 = tl.program_id(1) * tiles_per_split
-    return t0, tl.minimum(t0 + tiles_per_split, num_k_tiles)
-
-
-@triton.jit
-def _w4a16_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, N, K, group_size, tiles_per_split,
-                       HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
-    # One row of x. Program (pid_n, pid_k) owns BLOCK_N output columns and a run of K tiles; each K-row
-    # of its packed tile is BLOCK_N / 2 contiguous bytes (128 at BLOCK_N = 256: whole cache lines).
-    BN8: tl.constexpr = BLOCK_N // 8
-    n8 = N // 8
-    cols8 = tl.program_id(0) * BN8 + tl.arange(0, BN8)
-    col8_mask = cols8 < n8
-    cols = cols8[:, None] * 8 + tl.arange(0, 8)[None, :]  # [BN8, 8] output columns
-    shifts = _awq_shifts()
-    ks = tl.arange(0, BLOCK_K)
-    acc = tl.zeros([BN8, 8], tl.float32)
-    t0, t1 = _k_tile_range(K // BLOCK_K, tiles_per_split)
-    for t in range(t0, t1):
-        k0 = t * BLOCK_K
-        g = k0 // group_size
-        x = tl.load(x_ptr + k0 + ks).to(tl.float32)
-        p = tl.load(qw_ptr + (k0 + ks).to(tl.int64)[:, None] * n8 + cols8[None, :], mask=col8_mask[None, :],
-                    other=0)
-        q = _unpack_codes_f32(p, shifts)  # [BLOCK_K, BN8, 8]
-        dot = tl.sum(q * x[:, None, None], axis=0)  # sum_k x_k q_kn: zero and scale factored out
-        zp = tl.load(qz_ptr + g * n8 + cols8, mask=col8_mask, other=0)
-        z = ((zp[:, None] >> shifts[None, :]) & 0xF).to(tl.float32)
-        s = tl.load(s_ptr + g * N + cols, mask=col8_mask[:, None], other=0.0).to(tl.float32)
-        acc += s * (dot - z * tl.sum(x, axis=0))
-    if PARTIAL:
-        tl.store(out_ptr + tl.program_id(1).to(tl.int64) * N + cols, acc, mask=col8_mask[:, None])
-    else:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + cols, mask=col8_mask[:, None], other=0.0).to(tl.float32)
-        tl.store(out_ptr + cols, acc.to(out_ptr.dtype.element_ty), mask=col8_mask[:, None])
-
-
-@triton.jit
-def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """(pid_m, pid_n) of program_id(0), GROUP_M row tiles at a time so a weight tile serves them from L2."""
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    in_group = GROUP_M * num_pid_n
-    first_m = (pid // in_group) * GROUP_M
-    size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
-    return first_m + (pid % in_group) % size_m, (pid % in_group) // size_m
-
-
-@triton.jit
-def _w4a16_gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, M, N, K, group_size, stride_xm,
-                       tiles_per_split, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                       UPCAST: tl.constexpr, IEEE: tl.constexpr):
-    BN8: tl.constexpr = BLOCK_N // 8
-    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    n8 = N // 8
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_mask = rows < M
-    cols8 = pid_n * BN8 + tl.arange(0, BN8)
-    col8_mask = cols8 < n8
-    shifts = _awq_shifts()
-    ks = tl.arange(0, BLOCK_K)
-    x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    t0, t1 = _k_tile_range(K // BLOCK_K, tiles_per_split)
-    for t in range(t0, t1):
-        k0 = t * BLOCK_K
-        g = k0 // group_size  # BLOCK_K divides the group size: one scale/zero row per tile
-        a = tl.load(x_rows + (k0 + ks)[None, :], mask=row_mask[:, None], other=0.0)
-        p = tl.load(qw_ptr + (k0 + ks).to(tl.int64)[:, None] * n8 + cols8[None, :], mask=col8_mask[None, :],
-                    other=0)
-        zp = tl.load(qz_ptr + g * n8 + cols8, mask=col8_mask, other=0)
-        z = ((zp[:, None] >> shifts[None, :]) & 0xF).to(tl.float32)
-        s = tl.load(s_ptr + g * N + cols8[:, None] * 8 + tl.arange(0, 8)[None, :], mask=col8_mask[:, None],
-                    other=0.0).to(tl.float32)
-        w = (_unpack_codes_f32(p, shifts) - z[None, :, :]) * s[None, :, :]  # exact (q - z), one rounding
-        w = tl.reshape(w, (BLOCK_K, BLOCK_N)).to(x_ptr.dtype.element_ty)
-        acc = _dot(a, w, acc, UPCAST, IEEE)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    _store_tile(acc, bias_ptr, out_ptr, rows, cols, M, N, HAS_BIAS, PARTIAL)
-
-
-@triton.jit
-def _store_tile(acc, bias_ptr, out_ptr, rows, cols, M, N, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr):
-    """Final tile (bias in fp32, one cast) into out [M, N], or raw fp32 partials into [split, M, N]."""
-    mask = (rows < M)[:, None] & (cols < N)[None, :]
-    offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
-    if PARTIAL:
-        tl.store(out_ptr + tl.program_id(1).to(tl.int64) * M * N + offs, acc, mask=mask)
-    else:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _w8a16_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, N, K, HAS_BIAS: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
-    # gemv.py's scheme on int8: BLOCK_N whole rows of W [N, K] (contiguous in K), an elementwise fp32
-    # [BLOCK_N, BLOCK_K] accumulator, one reduction at the end; rows are plentiful, so no split-K.
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
-    cols = tl.arange(0, BLOCK_K)
-    w_rows = w_ptr + rows.to(tl.int64)[:, None] * K
-    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    for k in range(0, K, BLOCK_K):
-        if EVEN_K:
-            x = tl.load(x_ptr + k + cols)
-            w = tl.load(w_rows + k + cols[None, :], mask=row_mask[:, None], other=0)
-        else:
-            k_mask = k + cols < K
-            x = tl.load(x_ptr + k + cols, mask=k_mask, other=0.0)
-            w = tl.load(w_rows + k + cols[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0)
-        acc += _int8_to_f32(w) * x.to(tl.float32)[None, :]
-    y = tl.sum(acc, 1) * tl.load(s_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=row_mask)
-
-
-@triton.jit
-def _w8a16_gemm_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, tiles_per_split,
-                       HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                       UPCAST: tl.constexpr, IEEE: tl.constexpr):
-    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < M
-    col_mask = cols < N
-    ks = tl.arange(0, BLOCK_K)
-    x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
-    w_cols = w_ptr + cols.to(tl.int64)[None, :] * K  # W^T tile addressing: each column is a run of K
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    t0, t1 = _k_tile_range(tl.cdiv(K, BLOCK_K), tiles_per_split)
-    for t in range(t0, t1):
-        k = t * BLOCK_K + ks
-        k_mask = k < K
-        a = tl.load(x_rows + k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        w = tl.load(w_cols + k[:, None], mask=k_mask[:, None] & col_mask[None, :], other=0)
-        # int8 codes are exact in fp16/bf16: the scale waits for the fp32 sum
-        acc = _dot(a, _int8_to_f32(w).to(x_ptr.dtype.element_ty), acc, UPCAST, IEEE)
-    acc *= tl.load(s_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-    _store_tile(acc, bias_ptr, out_ptr, rows, cols, M, N, HAS_BIAS, PARTIAL)
-
-
-@triton.jit
-def _splitk_reduce_kernel(part_ptr, bias_ptr, out_ptr, MN, N, num_splits, HAS_BIAS: tl.constexpr,
-                          BLOCK: tl.constexpr):
-    """out[M, N] = sum over splits of partials [S, M, N] (+ bias), one cast: the split-K epilogue."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < MN
-    acc = tl.zeros([BLOCK], tl.float32)
-    part = part_ptr + offs
-    for _ in range(num_splits):  # a fixed order: the sum does not depend on which split finished first
-        acc += tl.load(part, mask=mask, other=0.0)
-        part += MN
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------------------- configs
@@ -259,56 +69,71 @@ def _pow2_divisor(group_size: int, cap: int) -> int:
     return b
 
 
-def _split_k(tiles: int, k_tiles: int, num_sms: int, target_waves: float, cap: int) -> int:
-    """K splits so that tiles * splits reaches target_waves x SMs, at most cap and k_tiles."""
+def _split_k(tiles: int, k_steps: int, num_sms: int, target_waves: float, cap: int) -> int:
+    """K splits so that tiles * splits reaches target_waves x SMs, at most cap and k_steps."""
     want = -(-int(target_waves * num_sms) // max(tiles, 1))
-    return max(1, min(want, cap, k_tiles))
+    return max(1, min(want, cap, k_steps))
+
+
+def _gemv_block_n(n: int) -> int:
+    # 512 columns = 64 words a row: 2 words (8 bytes) per lane of a warp, and a multiple of every
+    # Qwen2.5 / Llama width (3584, 4608, 18944, 37888: no masked lanes); 1024 (16 bytes a lane, 10% fewer
+    # instructions per weight in the SASS) where it divides N.
+    if n % 1024 == 0:
+        return 1024
+    return 512 if n >= 512 else max(16, triton.next_power_of_2(n))
 
 
 def w4a16_decode_config(m: int, n: int, k: int, group_size: int, num_sms: int) -> TileConfig:
-    """Tiles for M <= 16 (NOT YET MEASURED: from public practice, to be swept on the H200).
+    """Tiles for M <= 16 (NOT YET MEASURED: reasoned from the SASS and the H200's numbers; to be swept).
 
-    M == 1: GEMV with 256 columns a program, so each K-row read is 128 contiguous bytes (a full line,
-    as gemv.py reads), 32-deep K tiles (a [32, 32, 8] fp32
-    unpack is 64 values per thread at 4 warps), 4 stages to keep ~16 KB of loads in flight per
-    program, and split-K up to ~2 programs per SM (Marlin/TurboMind also split K for skinny shapes).
-    2..16: one 16-row tensor-core tile (the smallest tl.dot accepts), 128 columns, K tiles of 64.
+    M == 1: the GEMV, 4 warps = 4 slabs of 32 rows (16 if the group size is 16), 512 or 1024 columns
+    (sm_90: 96 / 168 registers a thread, 3.2 / 2.9 instructions per weight), K split until ~3 programs
+    per SM or one 128-row step per program (qkv: 9 x 28 programs, each with its 32 KB step in flight at
+    once: the rows of a step are independent loads, so no software pipelining, num_stages 1).
+    2..16: one 16-row tensor-core tile, 128 columns, K tiles of up to 128 rows (fewer scale FMAs on the
+    fp32 product), split-K to ~2 programs per SM.
     """
     if m == 1:
-        block_n = min(256, max(16, triton.next_power_of_2(n)))
+        block_n = _gemv_block_n(n)
         block_k = _pow2_divisor(group_size, 32)
-        tiles = triton.cdiv(n, block_n)
-        return TileConfig(1, block_n, block_k, _split_k(tiles, k // block_k, num_sms, 2.0, 32), 4, 4)
+        steps = -(-k // (4 * block_k))
+        return TileConfig(1, block_n, block_k, _split_k(triton.cdiv(n, block_n), steps, num_sms, 3.0, steps), 4, 1)
     block_n = min(128, max(16, triton.next_power_of_2(n)))
-    block_k = _pow2_divisor(group_size, 64)
+    block_k = _pow2_divisor(group_size, 128)
     tiles = triton.cdiv(n, block_n)
-    return TileConfig(16, block_n, block_k, _split_k(tiles, k // block_k, num_sms, 2.0, 32), 4, 4)
+    return TileConfig(16, block_n, block_k, _split_k(tiles, k // block_k, num_sms, 2.0, 32), 4, 3)
 
 
 def w4a16_prefill_config(m: int, n: int, k: int, group_size: int, num_sms: int) -> TileConfig:
-    """Tiles for M > 16 (NOT YET MEASURED: Triton's matmul tutorial / vLLM awq_triton tile sizes).
+    """Tiles for 16 < M <= W4_FUSED_MAX_M (NOT YET MEASURED: Triton's matmul tutorial sizes).
 
-    64-128 x 128 output tiles with 64-deep K steps (at most the group size), 4 warps up to 64 rows and
-    8 beyond, 3 stages (x tile 16 KB + packed tile 4 KB per stage at 128 rows). Split-K (<= 4) only
-    when the tiles fill less than one wave of SMs, as at M = 64 with N = 3584 (28 tiles).
+    32-128 x 128 output tiles, 4 warps up to 64 rows and 8 beyond, 3 stages. K tiles of 128 rows (at
+    most the group size) up to 64 rows: the scale costs one FFMA per output element and K tile, which
+    at 64 rows and 64-deep tiles was as much as the dequantization itself (sm_90 SASS: 6.1 -> 4.5
+    instructions per weight); 64 beyond, where 8 warps share the tile. Split-K (<= 4) only when the
+    tiles fill less than one wave of SMs, as at M = 64 with N = 3584 (28 tiles).
     """
     block_m = 32 if m <= 32 else 64 if m <= 64 else 128
     block_n = min(128, max(16, triton.next_power_of_2(n)))
-    block_k = _pow2_divisor(group_size, 64)
+    block_k = _pow2_divisor(group_size, 128 if block_m <= 64 else 64)
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     split = _split_k(tiles, k // block_k, num_sms, 1.0, 4)
     return TileConfig(block_m, block_n, block_k, split, 4 if block_m <= 64 else 8, 3)
 
 
 def w8a16_decode_config(m: int, n: int, k: int, num_sms: int) -> TileConfig:
-    """Tiles for M <= 16 (NOT YET MEASURED: derived from gemv.py's H100 sweep, in bytes).
+    """Tiles for M <= 16 (NOT YET MEASURED).
 
-    M == 1: gemv.py's best bf16 tiles were 4 rows x 512 (1 KB a row); int8 reads the same 1 KB runs
-    with 1024-wide K tiles. Rows alone give N / 4 programs (>= 896 at Qwen2.5-7B), so no split-K.
-    2..16: one 16-row tensor-core tile, 64 columns of 128-byte K runs, split-K to ~2 programs per SM.
+    M == 1 (K a multiple of 4): the word GEMV, 16 rows x 1024 K a step (each thread: 8 rows x 4 words,
+    one 16-byte load a row), split-K to about 3 programs per SM (o_proj: 224 row tiles alone).
+    2..16 (and M == 1 with K not a multiple of 4): one 16-row tensor-core tile, 64 columns of 128-byte K
+    runs, split-K to ~2 programs per SM.
     """
-    if m == 1:
-        return TileConfig(1, 4, min(1024, max(16, triton.next_power_of_2(k))), 1, 4, 3)
+    if m == 1 and k % 4 == 0:
+        block_k = 1024
+        steps = triton.cdiv(k, block_k)
+        return TileConfig(1, 16, block_k, _split_k(triton.cdiv(n, 16), steps, num_sms, 3.0, steps), 4, 1)
     block_n = min(64, max(16, triton.next_power_of_2(n)))
     block_k = 128
     tiles = triton.cdiv(n, block_n)
@@ -316,13 +141,23 @@ def w8a16_decode_config(m: int, n: int, k: int, num_sms: int) -> TileConfig:
 
 
 def w8a16_prefill_config(m: int, n: int, k: int, num_sms: int) -> TileConfig:
-    """Tiles for M > 16 (NOT YET MEASURED: the bf16 tiles of matmul.py / Triton's tutorial; int8 B
-    halves the weight tile's shared memory). Split-K (<= 4) only below one wave of tiles."""
+    """Tiles for 16 < M <= W8_FUSED_MAX_M (NOT YET MEASURED: the bf16 tiles of matmul.py / Triton's
+    tutorial; int8 B halves the weight tile's shared memory). Split-K (<= 4) only below one wave."""
     block_m = 32 if m <= 32 else 64 if m <= 64 else 128
     block_n = min(128, max(16, triton.next_power_of_2(n)))
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     split = _split_k(tiles, triton.cdiv(k, 64), num_sms, 1.0, 4)
     return TileConfig(block_m, block_n, 64, split, 4 if block_m <= 64 else 8, 3)
+
+
+def w4a16_path(m: int) -> str:
+    """The path w4a16_linear takes for M rows by default."""
+    return "gemv" if m == 1 else "gemm" if m <= W4_FUSED_MAX_M else "dequant_cublas"
+
+
+def w8a16_path(m: int, k: int) -> str:
+    """The path w8a16_linear takes for M rows by default (the GEMV reads K in 4-byte words)."""
+    return "gemv" if m == 1 and k % 4 == 0 else "gemm" if m <= W8_FUSED_MAX_M else "dequant_cublas"
 
 
 @functools.lru_cache(maxsize=None)
@@ -339,21 +174,22 @@ def _num_sms(device: torch.device) -> int:
 
 # ----------------------------------------------------------------------------------------- launchers
 
-def _splits(k_tiles: int, split_k: int) -> tuple[int, int]:
-    """(splits, K tiles per split) with no empty split."""
-    per = -(-k_tiles // max(1, min(split_k, k_tiles)))
-    return -(-k_tiles // per), per
+def _splits(k_steps: int, split_k: int) -> tuple[int, int]:
+    """(splits, K steps per split) with no empty split."""
+    per = -(-k_steps // max(1, min(split_k, k_steps)))
+    return -(-k_steps // per), per
 
 
-def _launch(kernel, weights: tuple, dims: tuple, x, bias, out, cfg: TileConfig, k_tiles: int) -> torch.Tensor:
+def _launch(kernel, weights: tuple, dims: tuple, x, bias, out, cfg: TileConfig, k_steps: int,
+            **constexprs) -> torch.Tensor:
     """Launch a GEMV (block_m == 1) or GEMM kernel as kernel(x, *weights, bias, dst, *dims, [stride_xm],
-    tiles_per_split); with split-K, dst is fp32 partials [S, M, N] and the reduce kernel finishes out."""
+    steps_per_split); with split-K, dst is fp32 partials [S, M, N] and the reduce kernel finishes out."""
     m, n = out.shape
-    splits, per = _splits(k_tiles, cfg.split_k)
+    splits, per = _splits(k_steps, cfg.split_k)
     dst = out if splits == 1 else torch.empty(splits, m, n, dtype=torch.float32, device=x.device)
     b = bias if bias is not None else out  # never read without HAS_BIAS
     common = dict(HAS_BIAS=bias is not None, PARTIAL=splits > 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages, **constexprs)
     if cfg.block_m == 1:
         kernel[(triton.cdiv(n, cfg.block_n), splits)](x, *weights, b, dst, *dims, per, **common)
     else:
@@ -363,57 +199,124 @@ def _launch(kernel, weights: tuple, dims: tuple, x, bias, out, cfg: TileConfig, 
                      **common)
     if splits > 1:
         block = 1024
-        _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](dst, b, out, m * n, n, splits,
-                                                            HAS_BIAS=bias is not None, BLOCK=block)
+        qk._splitk_reduce_kernel[(triton.cdiv(m * n, block),)](dst, b, out, m * n, n, splits,
+                                                               HAS_BIAS=bias is not None, BLOCK=block)
+    return out
+
+
+def _inline_asm(x: torch.Tensor) -> bool:
+    """Inline PTX (int4_unpack's packed subtract) only where it can run: CUDA, not Triton's interpreter,
+    and for bf16 sm_90 or newer (sub.bf16x2 is an sm_90 instruction; sub.f16x2 runs everywhere)."""
+    if x.device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    return x.dtype == torch.float16 or (x.dtype == torch.bfloat16 and _capability(x.device) >= (9, 0))
+
+
+@functools.lru_cache(maxsize=None)
+def _capability_of(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    return _capability_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _pick(path: str | None, default: str, config: TileConfig | None, m: int, name: str) -> str:
+    """The path to run: an explicit one, the config's kernel, or the default for M; checks they agree."""
+    if path is None:
+        path = default if config is None else "gemv" if config.block_m == 1 else "gemm"
+    if path not in PATHS:
+        raise ValueError(f"{name}: path must be one of {PATHS}, got {path!r}")
+    if config is not None and (path == "dequant_cublas" or (config.block_m == 1) != (path == "gemv") or
+                               (path == "gemv" and m != 1)):
+        raise ValueError(f"{name}: config {config} does not fit the {path!r} path with M={m} (block_m == 1 "
+                         "selects the GEMV, M must then be 1; block_m >= 16 the tensor-core kernel)")
+    if path == "gemv" and m != 1:
+        raise ValueError(f"{name}: the 'gemv' path takes M == 1, got M={m}")
+    return path
+
+
+def _dense_product(x: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, k: int, write_chunk,
+                   k_major: bool) -> torch.Tensor:
+    """out = x @ W^T (+ bias) through cuBLAS, W dequantized DENSE_CHUNK_BYTES of columns at a time:
+    write_chunk(n0, nc, buf) fills buf with W^T[:, n0:n0+nc] ([K, nc], k_major) or W[n0:n0+nc] ([nc, K])."""
+    n = out.shape[1]
+    per = max(128, DENSE_CHUNK_BYTES // max(1, k * x.element_size()) // 128 * 128)
+    per = min(per, n)
+    buf = torch.empty(per * k, dtype=x.dtype, device=x.device)
+    for n0 in range(0, n, per):
+        nc = min(per, n - n0)
+        w = buf[:nc * k].view((k, nc) if k_major else (nc, k))
+        write_chunk(n0, nc, w)
+        rhs = w if k_major else w.t()
+        dst = out if nc == n else out[:, n0:n0 + nc]  # cuBLAS writes a column slice with ldc = N
+        if bias is None:
+            torch.mm(x, rhs, out=dst)
+        else:
+            torch.addmm(bias[n0:n0 + nc].to(x.dtype), x, rhs, out=dst)
     return out
 
 
 def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
-                 group_size: int, bias: torch.Tensor | None = None, *,
-                 config: TileConfig | None = None) -> torch.Tensor:
+                 group_size: int, bias: torch.Tensor | None = None, *, config: TileConfig | None = None,
+                 path: str | None = None) -> torch.Tensor:
     """x [M, K] @ dequant(W)^T (+ bias [N]) -> [M, N] in x.dtype, fp32 accumulation.
 
     qweight int32 [K, N/8], qzeros int32 [K/G, N/8] (AWQ order), scales fp16/bf16/fp32 [K/G, N]; x
     fp16/bf16/fp32, last dim contiguous; bias any float [N]. group_size G divides K and is a multiple
-    of 16. config: tiles for tests and benchmark sweeps (default: the decode / prefill config for M).
+    of 16. path: 'gemv' (M == 1), 'gemm' or 'dequant_cublas' (default: w4a16_path(M)); config: tiles for
+    the first two, for tests and benchmark sweeps (default: the decode / prefill config for M).
     """
     m, k, n = _check_w4(x, qweight, qzeros, scales, group_size, bias)
+    path = _pick(path, w4a16_path(m), config, m, "w4a16_linear")
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0 or n == 0 or k == 0:
         return _empty_product(out, bias)
+    if path == "dequant_cublas":
+        return _dense_product(x, bias, out, k, lambda n0, nc, buf: awq_dequantize(
+            qweight, qzeros, scales, group_size, x.dtype, n0, nc, out=buf), k_major=True)
     pick = w4a16_decode_config if m <= DECODE_MAX_M else w4a16_prefill_config
-    cfg = config or pick(m, n, k, group_size, _num_sms(x.device))
-    if group_size % cfg.block_k or (cfg.block_m == 1) != (m == 1):
-        raise ValueError(f"config {cfg} does not fit M={m}, group size {group_size} (block_k must divide it; "
-                         "block_m == 1 exactly when M == 1)")
-    gemv = cfg.block_m == 1
-    return _launch(_w4a16_gemv_kernel if gemv else _w4a16_gemm_kernel, (qweight, qzeros, scales),
-                   (n, k, group_size) if gemv else (m, n, k, group_size), x, bias, out, cfg, k // cfg.block_k)
+    cfg = config or pick(1 if path == "gemv" else max(m, 2), n, k, group_size, _num_sms(x.device))
+    if group_size % cfg.block_k:
+        raise ValueError(f"config {cfg} does not fit group size {group_size} (block_k must divide it)")
+    if path == "gemv":
+        steps = triton.cdiv(k, cfg.num_warps * cfg.block_k)
+        return _launch(qk._w4a16_gemv_kernel, (qweight, qzeros, scales), (n, k, group_size), x, bias, out, cfg,
+                       steps, SLABS=cfg.num_warps)
+    return _launch(qk._w4a16_gemm_kernel, (qweight, qzeros, scales), (m, n, k, group_size), x, bias, out, cfg,
+                   k // cfg.block_k, EMULATE_BF16=x.device.type != "cuda" and x.dtype == torch.bfloat16,
+                   ASM=_inline_asm(x))
 
 
 def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
-                 *, config: TileConfig | None = None) -> torch.Tensor:
+                 *, config: TileConfig | None = None, path: str | None = None) -> torch.Tensor:
     """x [M, K] @ (qweight * scales[:, None])^T (+ bias [N]) -> [M, N] in x.dtype, fp32 accumulation.
 
     qweight int8 [N, K] (symmetric, per output channel), scales fp32 or x.dtype [N]; x fp16/bf16/fp32,
-    last dim contiguous; bias any float [N]. config: tiles for tests and benchmark sweeps.
+    last dim contiguous; bias any float [N]. path: 'gemv' (M == 1, K a multiple of 4), 'gemm' or
+    'dequant_cublas' (default: w8a16_path(M, K)); config: tiles for tests and benchmark sweeps.
     """
     m, k, n = _check_w8(x, qweight, scales, bias)
+    path = _pick(path, w8a16_path(m, k), config, m, "w8a16_linear")
+    if path == "gemv" and k % 4:
+        raise ValueError(f"w8a16_linear: the 'gemv' path reads K in 4-byte words, K={k} is not a multiple of 4")
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0 or n == 0 or k == 0:
         return _empty_product(out, bias)
+    if path == "dequant_cublas":
+        def write_chunk(n0, nc, buf):
+            grid = (triton.cdiv(nc, 16), triton.cdiv(k, 256))
+            qk._w8_dequant_kernel[grid](qweight, scales, buf, k, n0, nc, BLOCK_N=16, BLOCK_K=256, num_warps=4)
+        return _dense_product(x, bias, out, k, write_chunk, k_major=False)
     pick = w8a16_decode_config if m <= DECODE_MAX_M else w8a16_prefill_config
-    cfg = config or pick(m, n, k, _num_sms(x.device))
-    if (cfg.block_m == 1) != (m == 1):
-        raise ValueError(f"config {cfg} does not fit M={m} (block_m == 1 exactly when M == 1)")
-    if cfg.block_m == 1:  # rows are plentiful at M = 1: no split-K, its own launch
-        _w8a16_gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
-            x, qweight, scales, bias if bias is not None else out, out, n, k, HAS_BIAS=bias is not None,
-            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0, num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages)
-        return out
-    return _launch(_w8a16_gemm_kernel, (qweight, scales), (m, n, k), x, bias, out, cfg,
-                   triton.cdiv(k, cfg.block_k))
+    cfg = config or pick(1 if path == "gemv" else max(m, 2), n, k, _num_sms(x.device))
+    if path == "gemv":
+        kw = k // 4
+        # the int32 view reads the same bytes (little-endian: byte b of a word is K element 4c + b)
+        return _launch(qk._w8a16_gemv_kernel, (qweight.view(torch.int32), scales), (n, k, kw), x, bias, out, cfg,
+                       triton.cdiv(kw, cfg.block_k // 4))
+    return _launch(qk._w8a16_gemm_kernel, (qweight, scales), (m, n, k), x, bias, out, cfg,
+                   triton.cdiv(k, cfg.block_k), EVEN_K=k % cfg.block_k == 0)
 
 
 def _empty_product(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

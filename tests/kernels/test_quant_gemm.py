@@ -1,14 +1,17 @@
 """W4A16 (AWQ layout) and W8A16 linear kernels against their torch references (engine/kernels/quant_gemm.py):
-both paths (M = 1 GEMV, M <= 16 one-tile split-K, M > 16 tiled GEMM), split-K on and off, odd N and K,
-group sizes 32/64/128, bias, fp16/bf16/fp32; the AWQ nibble order; the int8 quantizer; bad input."""
+every path ('gemv' M = 1, 'gemm' with the one-tile split-K and the prefill tiles, 'dequant_cublas') by
+default dispatch and forced, split-K on and off, odd N and K, group sizes 32/64/128, bias, fp16/bf16/fp32;
+the dispatch thresholds; the AWQ nibble order on every path; the int8 quantizer; bad input. The GPU
+tests (H100/H200) also cover the inline-PTX subtract that the interpreter cannot run."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from engine.kernels.quant_gemm import (TileConfig, w4a16_decode_config, w4a16_linear,
-                                       w4a16_linear_ref, w4a16_prefill_config, w8a16_decode_config, w8a16_linear,
-                                       w8a16_linear_ref, w8a16_prefill_config)
+from engine.kernels import quant_gemm
+from engine.kernels.quant_gemm import (TileConfig, w4a16_decode_config, w4a16_linear, w4a16_linear_ref, w4a16_path,
+                                       w4a16_prefill_config, w8a16_decode_config, w8a16_linear, w8a16_linear_ref,
+                                       w8a16_path, w8a16_prefill_config)
 from engine.quant.int4_pack import AWQ_ORDER, pack_awq, pack_columns, quantize_groups
 from engine.quant.int8 import quantize_per_channel as int8_quantize_per_channel
 
@@ -49,6 +52,50 @@ def test_w4a16_matches_reference(m, n, k, g, dtype, bias, device):
     assert w4a16_linear_ref(x, qweight, qzeros, scales, g, b).dtype == dtype
 
 
+# (path, M, N, K, G, dtype, bias): each path forced, off its default M range too (the benchmark times them
+# side by side), on N = 8 * odd and K = G * odd
+W4_PATH_CASES = [("gemv", 1, 40, 96, 32, torch.bfloat16, True), ("gemv", 1, 24, 320, 64, torch.float16, False),
+                 ("gemm", 1, 72, 384, 128, torch.bfloat16, True), ("gemm", 5, 40, 192, 64, torch.float16, False),
+                 ("gemm", 33, 24, 96, 32, torch.bfloat16, False),
+                 ("dequant_cublas", 1, 24, 96, 32, torch.float32, True),
+                 ("dequant_cublas", 7, 72, 384, 128, torch.bfloat16, True),
+                 ("dequant_cublas", 20, 40, 192, 64, torch.float16, False)]
+
+
+@pytest.mark.parametrize("path,m,n,k,g,dtype,bias", W4_PATH_CASES)
+def test_w4a16_paths_match_reference(path, m, n, k, g, dtype, bias, device):
+    x, qweight, qzeros, scales, b = _w4_case(m, n, k, g, dtype, bias, device, seed=n + k)
+    y = w4a16_linear(x, qweight, qzeros, scales, g, b, path=path)
+    _assert_matches(y, w4a16_linear_ref(x.float(), qweight, qzeros, scales, g, b.float() if bias else None), dtype)
+
+
+def test_dispatch_thresholds(device, monkeypatch):
+    assert w4a16_path(1) == "gemv" and w4a16_path(2) == "gemm"
+    assert w4a16_path(quant_gemm.W4_FUSED_MAX_M) == "gemm"
+    assert w4a16_path(quant_gemm.W4_FUSED_MAX_M + 1) == "dequant_cublas"
+    assert w8a16_path(1, 64) == "gemv" and w8a16_path(1, 66) == "gemm" and w8a16_path(2, 64) == "gemm"
+    assert w8a16_path(quant_gemm.W8_FUSED_MAX_M, 64) == "gemm"
+    assert w8a16_path(quant_gemm.W8_FUSED_MAX_M + 1, 64) == "dequant_cublas"
+    # the launchers follow the module constants: lower them so that small M reaches the dense path, and
+    # the chunk size so that the dense weight comes in three column chunks
+    monkeypatch.setattr(quant_gemm, "W4_FUSED_MAX_M", 2)
+    monkeypatch.setattr(quant_gemm, "W8_FUSED_MAX_M", 2)
+    monkeypatch.setattr(quant_gemm, "DENSE_CHUNK_BYTES", 128 * 64 * 2)
+    calls = []
+    real = quant_gemm._dense_product
+    monkeypatch.setattr(quant_gemm, "_dense_product", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    x, qweight, qzeros, scales, b = _w4_case(3, 264, 64, 32, torch.bfloat16, True, device, seed=5)
+    _assert_matches(w4a16_linear(x, qweight, qzeros, scales, 32, b),
+                    w4a16_linear_ref(x.float(), qweight, qzeros, scales, 32, b.float()), torch.bfloat16)
+    _assert_matches(w4a16_linear(x[:2], qweight, qzeros, scales, 32, b),
+                    w4a16_linear_ref(x[:2].float(), qweight, qzeros, scales, 32, b.float()), torch.bfloat16)
+    assert len(calls) == 1  # M = 3 went dense, M = 2 did not
+    q8, s8 = int8_quantize_per_channel(torch.randn(264, 64, generator=torch.Generator().manual_seed(1)))
+    q8, s8 = q8.to(device), s8.to(device)
+    _assert_matches(w8a16_linear(x, q8, s8, b), w8a16_linear_ref(x.float(), q8, s8, b.float()), torch.bfloat16)
+    assert len(calls) == 2
+
+
 @pytest.mark.parametrize("m,block_m", [(1, 1), (3, 16), (40, 32)])
 @pytest.mark.parametrize("split_k", [1, 2, 5])
 def test_w4a16_split_k_and_tiles(m, block_m, split_k, device):
@@ -68,8 +115,8 @@ def _pack_plain(codes_kn: torch.Tensor) -> torch.Tensor:
     return torch.where(packed >= 2 ** 31, packed - 2 ** 32, packed).to(torch.int32)
 
 
-@pytest.mark.parametrize("m", [1, 3, 17])
-def test_w4a16_reads_awq_nibble_order(m, device):
+@pytest.mark.parametrize("m,path", [(1, "gemv"), (3, "gemm"), (17, "gemm"), (2, "dequant_cublas")])
+def test_w4a16_reads_awq_nibble_order(m, path, device):
     assert AWQ_ORDER != tuple(range(8))
     n, k, g = 24, 64, 32
     gen = torch.Generator().manual_seed(7)
@@ -84,8 +131,8 @@ def test_w4a16_reads_awq_nibble_order(m, device):
     s = s16.t().contiguous().to(device)
     awq = [pack_columns(t.t().contiguous()).to(device) for t in (codes, zeros)]
     plain = [_pack_plain(t.t().contiguous()).to(device) for t in (codes, zeros)]
-    y_awq = w4a16_linear(x.to(device), awq[0], awq[1], s, g)
-    y_plain = w4a16_linear(x.to(device), plain[0], plain[1], s, g)
+    y_awq = w4a16_linear(x.to(device), awq[0], awq[1], s, g, path=path)
+    y_plain = w4a16_linear(x.to(device), plain[0], plain[1], s, g, path=path)
     _assert_matches(y_awq, truth, torch.float32)
     assert (y_plain - truth).abs().max() > 0.1 * truth.abs().max()
 
@@ -114,13 +161,28 @@ def test_w8a16_matches_reference(m, n, k, dtype, bias, fp32_scales, device):
             _assert_matches(w8a16_linear(x, qweight, scales, b, config=cfg), ref32, dtype)
 
 
+@pytest.mark.parametrize("path,m,n,k,dtype", [("gemv", 1, 40, 100, torch.bfloat16),
+                                               ("gemv", 1, 24, 2052, torch.float16),
+                                               ("gemm", 1, 24, 130, torch.bfloat16),
+                                               ("dequant_cublas", 1, 40, 100, torch.float32),
+                                               ("dequant_cublas", 9, 72, 130, torch.bfloat16)])
+def test_w8a16_paths_match_reference(path, m, n, k, dtype, device):
+    # K = 2052: the GEMV's split-K over 1024-wide steps with a partial last step; K = 130: no 4-byte words
+    gen = torch.Generator().manual_seed(n + k)
+    qweight, scales = (t.to(device) for t in int8_quantize_per_channel(torch.randn(n, k, generator=gen) / k ** 0.5))
+    x = torch.randn(m, k, generator=gen).to(dtype).to(device)
+    b = torch.randn(n, generator=gen).to(dtype).to(device)
+    _assert_matches(w8a16_linear(x, qweight, scales, b, path=path),
+                    w8a16_linear_ref(x.float(), qweight, scales, b.float()), dtype)
+
+
 def test_w8a16_extreme_codes(device):
     # -127, 127 and 0 survive the int8 -> float conversion exactly, in both kernels
     q = torch.tensor([[-127, 127, 0, 1, -1, 5, -5, 100]] * 8, dtype=torch.int8).t().contiguous().to(device)
     s = torch.ones(8, device=device)
-    for m in (1, 20):
+    for m, path in ((1, "gemv"), (1, "gemm"), (20, "gemm"), (3, "dequant_cublas")):
         x = torch.eye(8, device=device)[:1].expand(m, 8).contiguous()
-        torch.testing.assert_close(w8a16_linear(x, q, s), w8a16_linear_ref(x, q, s), rtol=0, atol=0)
+        torch.testing.assert_close(w8a16_linear(x, q, s, path=path), w8a16_linear_ref(x, q, s), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -165,8 +227,16 @@ def test_bad_inputs_raise(device):
         w4a16_linear(x, qw, qz, s, 32, config=TileConfig(1, 16, 32, 1, 4, 2))  # GEMV tiles for 2 rows
     with pytest.raises(ValueError, match="config"):
         w4a16_linear(x, qw, qz, s, 32, config=TileConfig(16, 16, 64, 1, 4, 2))  # K tile straddles groups
+    with pytest.raises(ValueError, match="path must be one of"):
+        w4a16_linear(x, qw, qz, s, 32, path="cublas")
+    with pytest.raises(ValueError, match="'gemv' path takes M == 1"):
+        w4a16_linear(x, qw, qz, s, 32, path="gemv")
+    with pytest.raises(ValueError, match="config"):
+        w4a16_linear(x, qw, qz, s, 32, config=TileConfig(16, 16, 32, 1, 4, 2), path="dequant_cublas")
     q8, s8 = int8_quantize_per_channel(torch.randn(16, 64))
     q8, s8 = q8.to(device), s8.to(device)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        w8a16_linear(x[:1, :62].contiguous(), q8[:, :62].contiguous(), s8, path="gemv")
     for args, match in [((x, q8.to(torch.int32), s8), "int8"), ((x, q8, s8[:8]), "scales"),
                         ((x, q8, s8.to(torch.float16)), "scales"), ((x[:, :10], q8, s8), "K=10")]:
         with pytest.raises(ValueError, match=match):
@@ -181,17 +251,25 @@ QWEN = [("qkv", 4608, 3584, True), ("o", 3584, 3584, False), ("gate_up", 37888, 
 
 def test_configs_at_qwen_shapes():
     for _, n, k, _ in QWEN:
-        for m in (1, 2, 16, 17, 64, 256, 4096):
+        for m in (1, 2, 16, 17, 64, 256):
             for g in (32, 64, 128):
                 cfg = (w4a16_decode_config if m <= 16 else w4a16_prefill_config)(m, n, k, g, 132)
                 assert g % cfg.block_k == 0 and cfg.block_n % 16 == 0 and (cfg.block_m == 1) == (m == 1)
-                assert 1 <= cfg.split_k <= k // cfg.block_k
+                steps = -(-k // (cfg.num_warps * cfg.block_k)) if m == 1 else k // cfg.block_k
+                assert 1 <= cfg.split_k <= steps
             cfg8 = (w8a16_decode_config if m <= 16 else w8a16_prefill_config)(m, n, k, 132)
             assert (cfg8.block_m == 1) == (m == 1) and cfg8.split_k >= 1
-    # batch-1 qkv has 18 column programs at 256 columns: K is split to reach ~2 per SM
+    # batch 1: 512 columns a program on the widths that 1024 does not divide (no masked lanes), 1024 on
+    # gate_up; K split until ~3 programs per SM or one 128-row step per split
     cfg = w4a16_decode_config(1, 4608, 3584, 128, 132)
-    assert cfg.block_n == 256 and 18 * cfg.split_k >= 264
-    assert w4a16_prefill_config(4096, 37888, 3584, 128, 132).split_k == 1
+    assert (cfg.block_n, cfg.block_k, cfg.num_warps) == (512, 32, 4) and cfg.split_k == 3584 // 128
+    assert w4a16_decode_config(1, 37888, 3584, 128, 132).block_n == 1024
+    assert 9 * cfg.split_k >= 132  # the qkv GEMV fills the SMs
+    assert w4a16_decode_config(1, 3584, 18944, 128, 132).split_k * 7 >= 3 * 132
+    assert w4a16_prefill_config(256, 37888, 3584, 128, 132).split_k == 1
+    # a K tile never straddles a group, in the tensor-core kernel too
+    assert w4a16_decode_config(8, 4608, 3584, 32, 132).block_k == 32
+    assert w8a16_decode_config(1, 4608, 3583, 132).block_m == 16  # no 4-byte words: the tensor-core tile
 
 
 @pytest.mark.gpu
@@ -204,12 +282,37 @@ def test_gpu_qwen_shapes(dtype):
         q8, s8 = int8_quantize_per_channel(w)
         del w
         b = torch.randn(n, device="cuda", generator=gen).to(dtype) if has_bias else None
-        for m in (1, 5, 16, 64, 256):
+        for m in (1, 5, 16, 64, 256, 1024):
             x = torch.randn(m, k, device="cuda", generator=gen).to(dtype)
             bf = b.float() if has_bias else None
             _assert_matches(w4a16_linear(x, qweight, qzeros, scales, 128, b),
                             w4a16_linear_ref(x.float(), qweight, qzeros, scales, 128, bf), dtype)
             _assert_matches(w8a16_linear(x, q8, s8, b), w8a16_linear_ref(x.float(), q8, s8, bf), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,g,n,k", [(torch.bfloat16, 32, 1032, 32 * 37), (torch.bfloat16, 64, 296, 64 * 11),
+                                         (torch.bfloat16, 128, 4616, 128 * 7), (torch.float16, 64, 1032, 64 * 23)])
+def test_gpu_every_path_matches_reference(dtype, g, n, k):
+    # The native kernels, inline-PTX subtract included (the interpreter runs without it), on odd N = 8 *
+    # odd and K = G * odd, every M class: the GEMV (1), the one-tile split-K GEMM (3, 16), the prefill
+    # tiles (64, 300 forced) and the dense path (300 by default, 3 and 64 forced)
+    gen = torch.Generator(device="cuda").manual_seed(g + n)
+    w = torch.randn(n, k, device="cuda", generator=gen) / k ** 0.5
+    qweight, qzeros, scales = pack_awq(w, g)
+    q8, s8 = int8_quantize_per_channel(w)
+    b = torch.randn(n, device="cuda", generator=gen).to(dtype)
+    for m in (1, 3, 16, 64, 300):
+        x = torch.randn(m, k, device="cuda", generator=gen).to(dtype)
+        ref4 = w4a16_linear_ref(x.float(), qweight, qzeros, scales, g, b.float())
+        ref8 = w8a16_linear_ref(x.float(), q8, s8, b.float())
+        paths = [None, "gemm", "dequant_cublas"] + (["gemv"] if m == 1 else [])
+        for path in paths:
+            _assert_matches(w4a16_linear(x, qweight, qzeros, scales, g, b, path=path), ref4, dtype)
+            _assert_matches(w8a16_linear(x, q8, s8, b, path=path), ref8, dtype)
+        # split-K forced on the tensor-core kernel (the defaults split only below one wave of tiles)
+        cfg = TileConfig(16 if m <= 16 else 64, 64, g if g < 128 else 64, 3, 4, 3)
+        _assert_matches(w4a16_linear(x, qweight, qzeros, scales, g, b, config=cfg), ref4, dtype)
 
 
 @pytest.mark.gpu
