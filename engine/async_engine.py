@@ -20,19 +20,11 @@ import threading
 from collections.abc import AsyncIterator
 
 from .engine import EngineBusyError, EngineStats, LLMEngine, RequestOutput
-from .errors import EngineError, InvalidRequestError
+from .errors import EngineDeadError, EngineError, InvalidRequestError
 from .generation import GenerationConfig
 from .request_factory import RequestFactory, RequestSpec
 
 log = logging.getLogger(__name__)
-
-
-class EngineDeadError(EngineError):
-    """The engine stopped: `code` is "shutting_down" (the server is stopping) or "engine_dead" (it died)."""
-
-    def __init__(self, message: str, code: str = "engine_dead"):
-        super().__init__(message)
-        self.code = code
 
 
 class AsyncEngine:
@@ -236,6 +228,8 @@ class ThreadedEngine(AsyncEngine):
         self._wakeup.set()
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
         self._fail_unapplied()
+        if not self._thread.is_alive():
+            self.engine.shutdown()  # its tensor-parallel workers, if any
 
     def _fail_unapplied(self) -> None:
         """Reconfigures still queued when the loop stopped are never applied: their callers must not wait forever."""
@@ -283,14 +277,27 @@ class ThreadedEngine(AsyncEngine):
             future.set_result((self.engine.config, stats))
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except EngineDeadError as e:  # a tensor-parallel worker died: nothing more can run
+            log.error("%s: stopping the engine", e)
+            self._stopping = True
+            self.engine.abort_all()
+            self._fail_all(str(e))
+        self._fail_unapplied()
+
+    def _loop(self) -> None:
         while not self._stopping:
             self._wakeup.clear()
             self._drain_inbox()
             if not self.engine.has_unfinished():
                 self._wakeup.wait(timeout=1.0)
+                self.engine.check_health()  # an idle engine still notices a dead tensor-parallel worker
                 continue
             try:
                 outputs = self.engine.step()
+            except EngineDeadError:
+                raise
             except Exception as e:  # a bug outside the forward: fail everyone rather than hang them
                 log.exception("engine step failed")
                 for rid in list(self._streams):
@@ -298,4 +305,3 @@ class ThreadedEngine(AsyncEngine):
                     self._deliver(rid, EngineError(f"engine step failed: {e}"))
                 continue
             self._deliver_step(outputs)
-        self._fail_unapplied()

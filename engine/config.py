@@ -46,7 +46,11 @@ class EngineConfig:
         OPSCTL_OVERLAP and OPSCTL_ENGINE_PROCESS; as fields they are recorded with every result.
     """
 
-    tp: int = _setting(1, "Tensor-parallel GPUs.")
+    tp: int = _setting(1, "Tensor-parallel GPUs (ranks): the model's heads, MLP and vocabulary split across them.")
+    nnodes: int = _setting(1, "Machines the tensor-parallel ranks span, tp/nnodes on each; $MASTER_ADDR and "
+                              "$MASTER_PORT name node 0 (README: Tensor parallelism).")
+    node_rank: int = _setting(0, "This machine's index among --nnodes: node 0 serves, the others run only their "
+                                 "ranks.")
     max_batch_size: int | None = _setting(
         None, "Most requests running at once (default: 256 on >=64 GiB GPUs, 128 on others, 32 on CPU).")
     cache_max_entry_count: float = _setting(
@@ -100,6 +104,10 @@ class EngineConfig:
             bad("max_prefill_token_num", "must be >= 1")
         if self.tp < 1:
             bad("tp", "must be >= 1")
+        if self.nnodes < 1:
+            bad("nnodes", "must be >= 1")
+        if self.node_rank < 0:
+            bad("node_rank", "must be >= 0")
         if self.model_format not in _MODEL_FORMATS:
             bad("model_format", f"must be one of {_MODEL_FORMATS[1:]}")
         if self.quant_policy not in (0, 4, 8):

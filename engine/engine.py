@@ -1,8 +1,12 @@
 """LLMEngine: requests in, token and text deltas out; one `step()` = schedule -> run -> update.
 
-The engine owns the tokenizer, the model runner, the KV-cache manager and the scheduler. Bad input is
-refused in `make_request` with one clear InvalidRequestError and changes nothing else; a failure in a
-forward finishes that step's requests with reason "error" and the engine goes on serving.
+The engine owns the tokenizer, the executor (engine/executor/: the model runner on one rank, or on
+tensor-parallel ranks), the KV-cache manager and the scheduler. Each step the scheduler's decision
+becomes a StepPlan of plain data (engine/step_plan.py) for the executor, whose sampled ids the
+scheduler writes back onto the requests. Bad input is refused in `make_request` with one clear
+InvalidRequestError and changes nothing else; a failure in a forward finishes that step's requests with
+reason "error" and the engine goes on serving. EngineDeadError (a tensor-parallel rank died, or a step
+failed on several ranks, which leaves them out of step) is not such a failure: it ends the engine.
 
 `reconfigure(changes)` applies new runtime settings (RUNTIME_FIELDS) to an idle engine: the KV cache,
 block pool, scheduler and CUDA graphs are rebuilt, the weights, tokenizer and compiled kernels kept, so
@@ -18,14 +22,15 @@ from dataclasses import dataclass
 import torch
 
 from .config import EngineConfig
-from .errors import EngineError, InvalidRequestError, ModelLoadError, OutOfMemoryError, first_line
+from .errors import EngineDeadError, EngineError, InvalidRequestError, ModelLoadError, OutOfMemoryError, first_line
+from .executor import check_parallel_config, make_executor
 from .generation import GenerationConfig
 from .kv_cache import KVCacheManager
 from .models.source import ModelSource, resolve_model
 from .request import FinishReason, Request, TokenLogprob
 from .request_factory import RequestFactory, session_len_for
-from .runner.model_runner import ModelRunner
 from .scheduler import Scheduler, SchedulerOutput
+from .step_plan import build_step_plan
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +137,17 @@ class LLMEngine:
         self._init_source(model)
         self._init_tokenizer()
         self._init_runner()
-        self._init_runtime(self.config)
+        try:
+            self._init_runtime(self.config)
+        except BaseException:
+            self.executor.shutdown()  # tensor-parallel workers must not outlive an engine that never started
+            raise
         self._init_state()
 
     # -- initialisation --------------------------------------------------------------------------
     def _init_source(self, model) -> None:
-        if self.config.tp != 1:
-            raise InvalidRequestError("tensor parallelism (tp > 1) is not available yet; use tp=1", "tp")
         self.source = model if isinstance(model, ModelSource) else resolve_model(model)
+        check_parallel_config(self.source, self.config)  # a tp the model cannot take: refused before loading
         self.session_len = session_len_for(self.source, self.config.session_len)
 
     def _init_state(self) -> None:
@@ -160,8 +168,9 @@ class LLMEngine:
             raise ModelLoadError(f"cannot load the tokenizer of {self.source.name}: {e}") from None
 
     def _init_runner(self) -> None:
-        """The weights: loaded once per engine (the runtime part is _init_runtime's)."""
-        self.runner = ModelRunner(self.config, self.source, self.session_len)
+        """The weights: loaded once per engine, on every rank (the runtime part is _init_runtime's)."""
+        self.executor = make_executor(self.config, self.source, self.session_len)
+        self.runner = self.executor.runner  # rank 0's: device, dtype, weights and cache facts
         self.vocab_size = self.runner.vocab_size
         self.requests = RequestFactory.for_model(self.source, self.tokenizer, self.session_len)
         self.eos_token_ids = self.requests.eos_token_ids
@@ -173,7 +182,7 @@ class LLMEngine:
         Prometheus counters never go down while its process lives.
         """
         max_batch = config.max_batch_size or _default_batch_size(self.runner.device, config.gpu_memory_gb)
-        self.runner.allocate(config, max_batch)
+        self.executor.allocate(config, max_batch)
         old_kv, old_scheduler = getattr(self, "kv", None), getattr(self, "scheduler", None)
         self.kv = KVCacheManager(self.runner.num_blocks, config.cache_block_seq_len, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, max_batch, config.max_prefill_token_num)
@@ -200,12 +209,14 @@ class LLMEngine:
                 f"cannot reconfigure while {len(self.scheduler.running)} request(s) run and "
                 f"{len(self.scheduler.waiting)} wait: reconfigure an idle engine")
         if self._in_flight is not None:  # the last step's requests all finished: wait for it, drop its tokens
-            step, self._in_flight = self._in_flight, None
-            self._update(step)
+            launched, self._in_flight = self._in_flight, None
+            self._update(*launched)
         old = self.config
         started = time.perf_counter()
         try:
             self._init_runtime(new)  # the runner frees the old cache and graphs before allocating new ones
+        except EngineDeadError:
+            raise  # a tensor-parallel rank died: nothing to restore
         except Exception as e:
             log.warning("reconfigure to %s failed (%s); restoring the previous settings", new.to_flags(), e)
             try:
@@ -278,19 +289,21 @@ class LLMEngine:
         outputs: list[RequestOutput] = []
         previous, self._in_flight = self._in_flight, None
         if previous is not None and not self._can_overlap():
-            outputs += self._update(previous)
+            outputs += self._update(*previous)
             previous = None
         plan = self.scheduler.schedule()
         if not plan.is_empty:
             try:
-                self._in_flight = self.runner.launch(plan)
+                self._in_flight = (plan, self.executor.launch(build_step_plan(plan)))
+            except EngineDeadError:
+                raise  # not this step's failure: the engine is over
             except Exception as e:  # a failed forward must not take the engine down
                 outputs += self._fail(plan, e)
         if previous is not None:
-            outputs += self._update(previous)
+            outputs += self._update(*previous)
         if self._in_flight is not None and not self._overlap:
             current, self._in_flight = self._in_flight, None
-            outputs += self._update(current)
+            outputs += self._update(*current)
         if self.config.debug_invariants:  # after every update: finished requests have freed their blocks
             self.scheduler.check_invariants()
         if self.config.debug_step_delay_ms:  # a known slowdown, for testing performance gates
@@ -301,14 +314,17 @@ class LLMEngine:
     def _can_overlap(self) -> bool:
         return self._overlap and not any(r.gen.uses_penalties for r in self.scheduler.running)
 
-    def _update(self, step) -> list[RequestOutput]:
+    def _update(self, plan: SchedulerOutput, step) -> list[RequestOutput]:
+        """Collect a launched step (the executor's InFlightStep for `plan`) and write its tokens back."""
         try:
-            result = self.runner.collect(step)
+            result = self.executor.collect(step)
+        except EngineDeadError:
+            raise
         except Exception as e:
-            return self._fail(step.plan, e)
-        touched = self.scheduler.update(step.plan, result.tokens, self._check_stop)
-        self._attach_logprobs(step.plan, result.tokens, result.logprobs)
-        for item, scores in zip(step.plan.scheduled, result.prompt_logprobs or ()):
+            return self._fail(plan, e)
+        touched = self.scheduler.update(plan, result.tokens, self._check_stop)
+        self._attach_logprobs(plan, result.tokens, result.logprobs)
+        for item, scores in zip(plan.scheduled, result.prompt_logprobs or ()):
             if scores is not None:
                 first, values = scores
                 item.request.prompt_logprobs[first:first + len(values)] = values
@@ -367,6 +383,16 @@ class LLMEngine:
                                          request.num_prompt_tokens, request.num_output_tokens, error=request.error))
             self._requests.pop(request.request_id, None)
         return outputs
+
+    # -- lifetime ----------------------------------------------------------------------------------
+    def check_health(self) -> None:
+        """Raise EngineDeadError when a tensor-parallel worker has died (an idle engine's loop asks)."""
+        self.executor.check_health()
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers and leave their process group (nothing at tp 1); idempotent.
+        The engine cannot step afterwards."""
+        self.executor.shutdown()
 
     # -- introspection ---------------------------------------------------------------------------
     def stats(self) -> EngineStats:

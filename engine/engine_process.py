@@ -13,7 +13,7 @@ Protocol, over two one-way pipes (multiprocessing connections, pickled tuples):
                     | ("reject", request_id, error class name, message, param)
                     | ("reconfigured", token, EngineConfig, EngineStats)
                     | ("not_reconfigured", token, error class name, message, param)
-                    | ("fail_all", message) | ("stopped",)
+                    | ("fail_all", message) | ("dead", reason) | ("stopped",)
 A reconfigure runs between steps, after every command sent before it; its token pairs the answer with
 the caller waiting for it. An engine that cannot even restore its previous settings exits (the
 server then exits 1, and a supervisor restarts it).
@@ -21,7 +21,9 @@ The server keeps its own copy of each Request (built from the same RequestSpec) 
 streamed token ids to it, so the text of requests without stop words is detokenized in the server's
 process, when a stream reads it; requests with stop words are detokenized by the engine, which
 needs the text to stop. The engine process ignores SIGINT (the server shuts it down in order) and
-exits when its command pipe closes, so it never outlives the server.
+exits when its command pipe closes, so it never outlives the server. With --tp N it is tensor-parallel
+rank 0 and the parent of the other ranks' workers (engine/executor/), which die with it; a worker's
+death ends the engine process with ("dead", reason), so the server fails what is in flight and exits.
 """
 from __future__ import annotations
 
@@ -32,14 +34,15 @@ import itertools
 import logging
 import multiprocessing as mp
 import signal
+import sys
 import threading
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 
 from . import errors
-from .async_engine import AsyncEngine, EngineDeadError, running_future
+from .async_engine import AsyncEngine, running_future
 from .config import EngineConfig
 from .engine import EngineBusyError, EngineStats, RequestOutput
-from .errors import EngineError, InvalidRequestError
+from .errors import EngineDeadError, EngineError, InvalidRequestError
 from .kv_cache import KVCacheInvariantError
 from .models.source import ModelSource
 from .request_factory import RequestFactory, RequestSpec, session_len_for
@@ -67,6 +70,9 @@ class ProcessEngine(AsyncEngine):
     @classmethod
     def start(cls, source: ModelSource, config: EngineConfig, log_level: str = "warning") -> ProcessEngine:
         """Spawn the engine process and wait until its model is loaded (or it says why not)."""
+        from .executor import check_parallel_config
+
+        check_parallel_config(source, config)  # a tp the model cannot take: refused before anything loads
         requests = RequestFactory.for_model(source, source.load_tokenizer(),
                                             session_len_for(source, config.session_len))
         ctx = mp.get_context("spawn")  # never fork a process that may hold CUDA or threads
@@ -158,6 +164,9 @@ class ProcessEngine(AsyncEngine):
                               else error_cls(text))
             elif kind in ("reconfigured", "not_reconfigured"):
                 self._on_reconfigured(message)
+            elif kind == "dead":  # a tensor-parallel worker died: the engine process exits after this
+                self._on_death(message[1])
+                return
             elif kind == "fail_all":  # a step failed; the engine aborted everything and goes on
                 self._mirrors.clear()
                 for rid in list(self._streams):
@@ -179,8 +188,9 @@ class ProcessEngine(AsyncEngine):
         if future is not None:
             future.set_exception(_engine_error(error_kind, text, param))
 
-    def _on_death(self) -> None:
-        """The engine process went away unasked: reap it (no zombie), fail every stream, tell on_dead."""
+    def _on_death(self, reason: str | None = None) -> None:
+        """The engine process went away unasked (or said why it must: `reason`): reap it (no zombie), fail
+        every stream, tell on_dead."""
         self._process.join(5.0)
         code = self._process.exitcode
         if code is None:
@@ -192,7 +202,7 @@ class ProcessEngine(AsyncEngine):
                 how = f"was killed by signal {-code}"
         else:
             how = f"exited with code {code}"
-        reason = f"the engine process {how}"
+        reason = reason or f"the engine process {how}"
         log.error("%s; failing %d request(s) in flight", reason, len(self._streams))
         # What the engine last reported is no longer true: nothing runs or waits in a dead engine.
         self._stats = dataclasses.replace(self._stats, num_running=0, num_waiting=0,
@@ -212,12 +222,9 @@ class ProcessEngine(AsyncEngine):
 
 def _engine_error(kind: str, text: str, param: str | None) -> EngineError:
     """An error the engine process raised, rebuilt from its class name (EngineError for any other)."""
-    if kind == "InvalidRequestError":
-        return InvalidRequestError(text, param)
     if kind == "EngineBusyError":
         return EngineBusyError(text)
-    error_cls = getattr(errors, kind, EngineError)
-    return error_cls(text) if isinstance(error_cls, type) and issubclass(error_cls, EngineError) else EngineError(text)
+    return errors.error_from_name(kind, text, param)
 
 
 def _wait_ready(process, events: Connection):
@@ -247,6 +254,11 @@ def engine_main(source: ModelSource, config: EngineConfig, commands: Connection,
     configure_logging(log_level)
     from .engine import LLMEngine
 
+    if config.tp > 1:
+        # The tensor-parallel workers are this process's children, and multiprocessing refuses children to
+        # a daemonic process. It is daemonic only so that the server's exit terminates it; its workers die
+        # with it whatever ends it (PR_SET_PDEATHSIG, engine/executor/worker.py).
+        mp.current_process().daemon = False
     try:
         engine = LLMEngine(source, config)
     except Exception as e:  # noqa: BLE001 - every failure becomes one line for the server to print
@@ -254,7 +266,11 @@ def engine_main(source: ModelSource, config: EngineConfig, commands: Connection,
         events.send(("failed", kind, errors.describe_load_failure(source.name, e)))
         return
     events.send(("ready", engine.stats()))
-    _EngineLoop(engine, commands, events).run()
+    try:
+        code = _EngineLoop(engine, commands, events).run()
+    finally:
+        engine.shutdown()
+    sys.exit(code)
 
 
 class _EngineLoop:
@@ -264,12 +280,19 @@ class _EngineLoop:
         self.events = events
         self.changed = False  # a command changed the stats since they were last sent
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """Serve commands until shutdown (0) or the engine's death (1: a tensor-parallel worker died)."""
+        # Idle, the loop also wakes when a tensor-parallel worker ends, to report it rather than wait for
+        # the next request to find out.
+        workers = self.engine.executor.sentinels
         try:
             while True:
                 busy = self.engine.has_unfinished()
                 # Idle: block until a command comes (a closed pipe counts as one: recv raises EOFError).
-                if (self.commands.poll(0) if busy else self.commands.poll(None)) and not self._drain():
+                if not busy:
+                    wait([self.commands, *workers])
+                    self.engine.check_health()
+                if self.commands.poll(0) and not self._drain():
                     break
                 if self.engine.has_unfinished():
                     self._step()
@@ -277,8 +300,16 @@ class _EngineLoop:
                     self.events.send(("stats", self.engine.stats()))
                     self.changed = False
         except (EOFError, BrokenPipeError):
-            return  # the server went away
+            return 0  # the server went away
+        except EngineDeadError as e:  # the executor logged why; the server logs it again as it exits
+            self.engine.abort_all()
+            try:
+                self.events.send(("dead", str(e)))
+            except OSError:  # the server is gone too
+                pass
+            return 1
         self.events.send(("stopped",))
+        return 0
 
     def _drain(self) -> bool:
         """Apply every queued command; False on shutdown."""
@@ -316,6 +347,8 @@ class _EngineLoop:
     def _step(self) -> None:
         try:
             outputs = self.engine.step()
+        except EngineDeadError:
+            raise  # the engine is over: run() reports it
         except KVCacheInvariantError:
             # --debug-invariants found the block pool corrupt: serving on would hand one request's KV
             # to another. Die with the first violation in the log; the server then fails what is in

@@ -25,6 +25,23 @@ class OutOfMemoryError(EngineError):
     """The model or the KV cache does not fit the device; the message says what would."""
 
 
+class EngineDeadError(EngineError):
+    """The engine stopped: `code` is "shutting_down" (the server is stopping) or "engine_dead" (it died:
+    its process, or a tensor-parallel worker, is gone). Not a per-request failure: nothing more runs."""
+
+    def __init__(self, message: str, code: str = "engine_dead"):
+        super().__init__(message)
+        self.code = code
+
+
+def error_from_name(kind: str, text: str, param: str | None = None) -> EngineError:
+    """An error another process raised, rebuilt from its class name (EngineError for a name not here)."""
+    if kind == "InvalidRequestError":
+        return InvalidRequestError(text, param)
+    cls = globals().get(kind)
+    return cls(text) if isinstance(cls, type) and issubclass(cls, EngineError) else EngineError(text)
+
+
 def first_line(error: BaseException) -> str:
     """An exception's message as one line: its first line, joined with the second when the first only
     announces it ("Validation error for field 'x':"), or its type name when it has no message. No final

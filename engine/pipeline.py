@@ -7,6 +7,12 @@
 
 A string prompt is wrapped as a user message and goes through the chat template (do_preprocess=True,
 as in LMDeploy); pass do_preprocess=False to send it as raw text.
+
+    with pipeline(model, tp=2) as pipe: ...             # tensor parallelism: worker processes, stopped on exit
+
+With tp > 1 the other ranks run in spawned worker processes: a script must build the pipeline under
+`if __name__ == "__main__":` (spawned processes import the main module), and `close()` (or the with
+block) stops them; they also stop when the script exits.
 """
 from __future__ import annotations
 
@@ -42,6 +48,16 @@ class Pipeline:
     def __init__(self, model: str | None = None, backend_config: EngineConfig | None = None):
         self.engine = LLMEngine(model, backend_config or EngineConfig())
         self.tokenizer = self.engine.tokenizer
+
+    def close(self) -> None:
+        """Stop the tensor-parallel workers (nothing at tp 1); the pipeline cannot generate afterwards."""
+        self.engine.shutdown()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- inputs ----------------------------------------------------------------------------------
     def _batch(self, prompts) -> tuple[list, bool]:

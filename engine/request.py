@@ -1,4 +1,4 @@
-"""Request: one generation's token state as the scheduler and runner see it.
+"""Request: one generation's token state as the scheduler sees it (the runner sees a StepPlan, step_plan.py).
 
 Every request has `num_computed_tokens` catching up to `num_tokens` (prompt + output): a prompt
 being prefilled in chunks, a prefix-cache hit and a decode step are all the same rule.
@@ -64,6 +64,7 @@ class Request:
         self.num_computed_tokens = 0  # advanced when a step is scheduled (optimistically)
         self.num_placeholders = 0  # trailing PLACEHOLDER entries of token_ids, oldest resolved first
         self.sample_row = -1  # row of this request in the sampled ids of the step that made the last placeholder
+        self.sampling_spec = None  # step_plan.SamplingSpec, made when the request first samples
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at admission
         self.block_ids: list[int] = []
         self.num_hashed_blocks = 0  # full blocks registered in the prefix cache

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..kernels import reference
 from .options import PLAIN, LayerOptions
-from ..runner.forward_context import get_forward_context
+from ..forward_context import get_forward_context
 
 
 class PagedAttention(nn.Module):

@@ -1,35 +1,71 @@
-"""Token embedding and the LM head (tied to the embedding when the model says so)."""
+"""Token embedding and the LM head (tied to the embedding when the model says so), vocab-parallel.
+
+With tensor parallelism each rank holds ceil(V/tp) vocab rows (engine/layers/partition.py): the
+embedding looks up the ids in its rows, zeroes the others and one all-reduce completes every row;
+the LM head computes its rows' logits and rank 0 gathers them (it alone samples), cutting the padding.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import narrow_checked
 from .linear_method import linear
 from .options import PLAIN, LayerOptions
+from .partition import vocab_part
 
 
-class VocabEmbedding(nn.Module):
-    def __init__(self, vocab_size: int, hidden_size: int):
+class _VocabRows:
+    """This rank's rows of a [vocab, hidden] weight, and their loader."""
+
+    def _init_rows(self, vocab_size: int, hidden_size: int, options: LayerOptions) -> nn.Parameter:
+        self.vocab_size, self.tp = vocab_size, options.tp_size
+        self.row_start, rows, self.real_rows = vocab_part(vocab_size, options.tp_size, options.tp_rank)
+        weight = nn.Parameter(torch.empty(rows, hidden_size), requires_grad=False)
+        if self.tp > 1:
+            weight.weight_loader = self._load_rows
+        return weight
+
+    def _load_rows(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        if loaded.dim() != 2 or loaded.shape[1] != param.shape[1] or loaded.shape[0] != self.vocab_size:
+            raise ValueError(f"shape {tuple(loaded.shape)} does not match the model's "
+                             f"{(self.vocab_size, param.shape[1])}")
+        param.data[:self.real_rows].copy_(narrow_checked(loaded, 0, self.row_start, self.real_rows))
+        param.data[self.real_rows:].zero_()  # padding rows: never looked up, their logits cut off
+
+
+class VocabEmbedding(nn.Module, _VocabRows):
+    def __init__(self, vocab_size: int, hidden_size: int, options: LayerOptions = PLAIN):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size), requires_grad=False)
+        self.weight = self._init_rows(vocab_size, hidden_size, options)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(input_ids, self.weight)
+        if self.tp == 1:
+            return F.embedding(input_ids, self.weight)
+        from ..distributed import all_reduce
+
+        local = input_ids - self.row_start
+        outside = (local < 0) | (local >= self.real_rows)
+        out = F.embedding(local.masked_fill(outside, 0), self.weight)
+        return all_reduce(out.masked_fill_(outside[:, None], 0.0))
 
 
-class LMHead(nn.Module):
+class LMHead(nn.Module, _VocabRows):
     """Logits in fp32 for the rows given (only the last token of each sampling request); one row goes
-    through the Triton GEMV when kernels are on (9% faster than cuBLAS for Qwen2.5-7B's 152k x 3584)."""
+    through the Triton GEMV when kernels are on (9% faster than cuBLAS for Qwen2.5-7B's 152k x 3584).
+    Under tensor parallelism only rank 0 gets the logits (the other ranks get None)."""
 
     def __init__(self, vocab_size: int, hidden_size: int, tied_to: VocabEmbedding | None = None,
                  options: LayerOptions = PLAIN):
         super().__init__()
         self.options = options  # the head stays 16/32-bit in every weight format (AutoAWQ keeps it too)
         if tied_to is not None:
+            self.vocab_size, self.tp = vocab_size, options.tp_size
+            self.row_start, self.real_rows = tied_to.row_start, tied_to.real_rows
             self.weight = tied_to.weight
         else:
-            self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size), requires_grad=False)
+            self.weight = self._init_rows(vocab_size, hidden_size, options)
 
         self.cpu_weight = None
 
@@ -41,8 +77,15 @@ class LMHead(nn.Module):
 
             self.cpu_weight = CpuWeight(self.weight.data)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
         if self.cpu_weight is not None:
-            return self.cpu_weight.apply(hidden).float()
-        return linear(hidden, self.weight, None, use_kernels=self.options.use_kernels,
-                      batch_invariant=self.options.batch_invariant).float()
+            logits = self.cpu_weight.apply(hidden).float()
+        else:
+            logits = linear(hidden, self.weight, None, use_kernels=self.options.use_kernels,
+                            batch_invariant=self.options.batch_invariant).float()
+        if self.tp == 1:
+            return logits
+        from ..distributed import gather_last_dim
+
+        full = gather_last_dim(logits)
+        return None if full is None else full[:, :self.vocab_size]

@@ -38,13 +38,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, 
     return F.linear(x, weight, bias)
 
 
-def _param(*shape, dtype=None, output_dim: int = 0, pack: int = 1, device=None, derived: bool = False) -> nn.Parameter:
-    """A parameter with the loader's layout facts: which dim is the output one, and how many output
-    columns one stored element holds (8 for packed int4), so shards of fused layers land right.
+def _param(*shape, dtype=None, output_dim: int = 0, pack: int = 1, input_dim: int | None = None,
+           input_pack: int = 1, device=None, derived: bool = False) -> nn.Parameter:
+    """A parameter with the loader's layout facts: which dims are the output and input ones, and how many
+    output columns (8 for packed int4) or input rows (a quantization group) one stored element holds, so
+    shards of fused layers and tensor-parallel parts land right (Linear.rank_part).
     derived: filled by another parameter's loader (int8 codes from the checkpoint's weight), so the
     loader does not expect it in the checkpoint."""
     p = nn.Parameter(torch.empty(*shape, dtype=dtype, device=device), requires_grad=False)
-    p.output_dim, p.pack, p.derived = output_dim, pack, derived
+    p.output_dim, p.pack, p.input_dim, p.input_pack, p.derived = output_dim, pack, input_dim, input_pack, derived
     return p
 
 
@@ -77,7 +79,7 @@ class LinearMethod:
 
 class UnquantizedMethod(LinearMethod):
     def create_weights(self, layer, in_features, out_features, bias):
-        layer.weight = _param(out_features, in_features)
+        layer.weight = _param(out_features, in_features, input_dim=1)
         self._add_bias(layer, out_features, bias)
 
     def after_loading(self, layer):
@@ -96,7 +98,9 @@ class UnquantizedMethod(LinearMethod):
 
 class Int8Method(LinearMethod):
     """`weight` is a placeholder on the meta device: its loader quantizes each incoming tensor (whole or
-    one shard's rows) into `qweight` / `weight_scale`, and it is dropped after loading."""
+    one shard's rows) into `qweight` / `weight_scale`, and it is dropped after loading. A tensor-parallel
+    rank quantizes the whole checkpoint tensor and keeps its part of the codes: a row-parallel rank's
+    columns then share the scale of their whole row, so every tp gives the same quantized weight."""
 
     def create_weights(self, layer, in_features, out_features, bias):
         layer.qweight = _param(out_features, in_features, dtype=torch.int8, derived=True)
@@ -111,9 +115,13 @@ class Int8Method(LinearMethod):
             from ..quant.int8 import quantize_per_channel
 
             offset, size = layer.shard_range(shard_id, layer.out_features)
-            if tuple(loaded.shape) != (size, layer.in_features):
-                raise ValueError(f"shape {tuple(loaded.shape)} does not match {(size, layer.in_features)}")
+            if loaded.dim() != 2:
+                raise ValueError(f"shape {tuple(loaded.shape)} is not a matrix")
             q, scales = quantize_per_channel(loaded.to(layer.qweight.device))
+            q = layer.rank_part(q, shard_id, output_dim=0, input_dim=1)
+            scales = layer.rank_part(scales, shard_id, output_dim=0)
+            if tuple(q.shape) != (size, layer.in_features):
+                raise ValueError(f"shape {tuple(q.shape)} does not match {(size, layer.in_features)}")
             layer.qweight.data[offset:offset + size].copy_(q)
             layer.weight_scale.data[offset:offset + size].copy_(scales)
         return load
@@ -148,9 +156,12 @@ class AWQMethod(LinearMethod):
         check_group_size(in_features, g)
         if out_features % PACK or any(size % PACK for _, size in layer.shards.values()):
             raise ValueError(f"AWQ: output sizes must be multiples of {PACK} (got {out_features})")
-        layer.qweight = _param(in_features, out_features // PACK, dtype=torch.int32, output_dim=1, pack=PACK)
-        layer.qzeros = _param(in_features // g, out_features // PACK, dtype=torch.int32, output_dim=1, pack=PACK)
-        layer.scales = _param(in_features // g, out_features, dtype=torch.float16, output_dim=1)
+        layer.qweight = _param(in_features, out_features // PACK, dtype=torch.int32, output_dim=1, pack=PACK,
+                               input_dim=0)
+        layer.qzeros = _param(in_features // g, out_features // PACK, dtype=torch.int32, output_dim=1, pack=PACK,
+                              input_dim=0, input_pack=g)
+        layer.scales = _param(in_features // g, out_features, dtype=torch.float16, output_dim=1, input_dim=0,
+                              input_pack=g)
         self._add_bias(layer, out_features, bias)
 
     def _dequantized(self, layer) -> torch.Tensor:

@@ -23,6 +23,8 @@ class LayerOptions:
     group_size: the AWQ checkpoint's group size.
     device_type: where the weights live ("cpu" packs them for oneDNN after loading).
     kv_quant: EngineConfig.quant_policy (0: KV cache in the model dtype, 8: int8).
+    tp_rank, tp_size: this process's tensor-parallel rank and their number (EngineConfig.tp): which part
+        of each split layer it holds (engine/layers/partition.py).
     """
 
     use_kernels: bool = False
@@ -31,10 +33,14 @@ class LayerOptions:
     group_size: int = 128
     device_type: str = "cpu"
     kv_quant: int = 0
+    tp_rank: int = 0
+    tp_size: int = 1
 
     def __post_init__(self):
         if self.weight_format not in WEIGHT_FORMATS:
             raise ValueError(f"weight format {self.weight_format!r}: must be one of {', '.join(WEIGHT_FORMATS)}")
+        if not 0 <= self.tp_rank < self.tp_size:
+            raise ValueError(f"tensor-parallel rank {self.tp_rank} outside 0..{self.tp_size - 1}")
 
     def linear_method(self):
         """The LinearMethod of this model's quantizable linear layers (engine/layers/linear_method.py)."""

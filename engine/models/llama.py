@@ -2,7 +2,9 @@
 
 Fused weights: one qkv GEMM and one gate/up GEMM per layer; the residual add is fused into RMSNorm.
 Model code sees (input_ids, positions) only; attention reads the forward context. Every layer is
-built with the model's LayerOptions (kernel path, weight format, KV format): nothing is set afterwards.
+built with the model's LayerOptions (kernel path, weight format, KV format, tensor-parallel rank):
+nothing is set afterwards. Under tensor parallelism a rank's attention holds its heads and its MLP its
+columns (engine/layers/partition.py); o_proj and down_proj end with the block's one all-reduce.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from ..layers.attention import PagedAttention
 from ..layers.embedding import LMHead, VocabEmbedding
 from ..layers.linear import Linear, MergedLinear, QKVLinear
 from ..layers.norm import RMSNorm
+from ..layers.linear import ROW
 from ..layers.options import PLAIN, LayerOptions
+from ..layers.partition import kv_heads_part
 from ..layers.rotary import RotaryEmbedding, rope_inv_freq
 
 
@@ -28,13 +32,17 @@ class LlamaAttention(nn.Module):
 
     def __init__(self, cfg, rotary: RotaryEmbedding, options: LayerOptions = PLAIN):
         super().__init__()
-        self.num_heads = cfg.num_attention_heads
-        self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
+        heads = cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
         self.head_dim = head_dim_of(cfg)
+        # this rank's heads (all of them at tp 1)
+        self.num_heads = heads // options.tp_size
+        self.num_kv_heads = kv_heads_part(kv_heads, options.tp_size, options.tp_rank)[1]
         bias = self.qkv_bias or bool(getattr(cfg, "attention_bias", False))
-        self.qkv_proj = QKVLinear(cfg.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, bias, options)
-        self.o_proj = Linear(self.num_heads * self.head_dim, cfg.hidden_size,
-                             bias=bool(getattr(cfg, "attention_bias", False)) and not self.qkv_bias, options=options)
+        self.qkv_proj = QKVLinear(cfg.hidden_size, self.head_dim, heads, kv_heads, bias, options)
+        self.o_proj = Linear(heads * self.head_dim, cfg.hidden_size,
+                             bias=bool(getattr(cfg, "attention_bias", False)) and not self.qkv_bias, options=options,
+                             parallel=ROW)
         if self.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, use_kernels=options.use_kernels)
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, use_kernels=options.use_kernels)
@@ -61,7 +69,7 @@ class LlamaMLP(nn.Module):
         super().__init__()
         bias = bool(getattr(cfg, "mlp_bias", False))
         self.gate_up_proj = MergedLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias, options)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias, options=options)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias, options=options, parallel=ROW)
         if getattr(cfg, "hidden_act", "silu") != "silu":
             raise ValueError(f"unsupported hidden_act {cfg.hidden_act!r}")
         self.act = SiluAndMul(use_kernels=options.use_kernels)
@@ -109,7 +117,7 @@ class LlamaForCausalLM(nn.Module):
         inv_freq, scaling = rope_inv_freq(cfg, head_dim)
         max_pos = getattr(cfg, "max_position_embeddings", 8192)
         self.rotary = RotaryEmbedding(head_dim, max_pos, inv_freq, scaling, use_kernels=options.use_kernels)
-        self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size, options)
         self.layers = nn.ModuleList(self.layer_cls(cfg, self.rotary, options) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, use_kernels=options.use_kernels)
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
@@ -124,7 +132,8 @@ class LlamaForCausalLM(nn.Module):
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """[rows, vocab] fp32 logits; under tensor parallelism on rank 0 only (other ranks: None)."""
         return self.lm_head(hidden)
 
     def attention_layers(self) -> list[PagedAttention]:

@@ -90,6 +90,19 @@ def _tiny_qwen2():
                        **_SPECIAL_IDS)
 
 
+def _tiny_qwen2_tp():
+    from transformers import Qwen2Config
+
+    # For tensor-parallel tests: 6 query heads split over tp 2 or 3, their one KV head replicated on every
+    # rank; a vocab that tp 2 does not divide (the last rank's rows are padded); qkv biases. Untied: a
+    # random tied head mostly repeats the last input token, which would hide broken attention.
+    return Qwen2Config(hidden_size=96, intermediate_size=192, num_hidden_layers=2,
+                       num_attention_heads=6, num_key_value_heads=1, vocab_size=_TINY_VOCAB + 3,
+                       rope_theta=1_000_000.0, max_position_embeddings=4096, rms_norm_eps=1e-6,
+                       tie_word_embeddings=False, use_sliding_window=False, dtype="float32",
+                       **_SPECIAL_IDS)
+
+
 def _tiny_qwen3():
     from transformers import Qwen3Config
 
@@ -108,6 +121,7 @@ _PRESETS: dict[str, Callable] = {
     "tiny-llama": _tiny_llama,
     "tiny-qwen2": _tiny_qwen2,
     "tiny-qwen3": _tiny_qwen3,
+    "tiny-qwen2-tp": _tiny_qwen2_tp,
 }
 
 

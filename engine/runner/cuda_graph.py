@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from .forward_context import ForwardContext, forward_context
+from ..forward_context import ForwardContext, forward_context
 from .input_batch import InputBuffers
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""One step's model inputs, flattened from the scheduler's plan into preallocated buffers.
+"""One step's model inputs, flattened from the step plan (engine/step_plan.py) into preallocated buffers.
 
 Two packed host buffers (int64: ids, positions, slots, ...; int32: query starts, lengths, block
 tables) are pinned on CUDA and copied to their device twins with one non-blocking copy each, so a
@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..request import PLACEHOLDER
-from ..scheduler import SchedulerOutput
-from .forward_context import ForwardContext
+from ..forward_context import ForwardContext
+from ..step_plan import StepPlan
 
 
 @dataclass
@@ -81,7 +80,7 @@ class InputBuffers:
         view = buf[lo:hi]
         return view.view(self.max_reqs, self.max_blocks_per_seq) if name == "block_tables" else view
 
-    def prepare(self, plan: SchedulerOutput, graph_batch: int | None = None) -> StepInputs:
+    def prepare(self, plan: StepPlan, graph_batch: int | None = None) -> StepInputs:
         """Fill the buffers for the plan; graph_batch pads a decode step to a captured batch size."""
         h = self._hosts[self._next]
         self._next = (self._next + 1) % len(self._hosts)
@@ -94,24 +93,25 @@ class InputBuffers:
         max_blocks = 1
         query_lens, seq_lens_host = [], []
         qsl[0] = 0
-        for i, item in enumerate(plan.scheduled):
-            r, n, start = item.request, item.num_new_tokens, item.start
+        for i, item in enumerate(plan.requests):
+            n, start = item.num_new_tokens, item.start
             end = start + n
-            blocks = r.block_ids
+            blocks = item.block_ids
             if n == 1:  # decode: scalar writes are several times cheaper than array ones
-                ids[num_tokens] = r.token_ids[start]
+                ids[num_tokens] = item.input_ids[0]
                 pos[num_tokens] = start
                 slots[num_tokens] = blocks[start // bs] * bs + start % bs
             else:
-                ids[num_tokens:num_tokens + n] = r.token_ids[start:end]
+                ids[num_tokens:num_tokens + n] = item.input_ids
                 p = np.arange(start, end)
                 pos[num_tokens:num_tokens + n] = p
                 slots[num_tokens:num_tokens + n] = np.asarray(blocks, dtype=np.int64)[p // bs] * bs + p % bs
-            if r.token_ids[end - 1] == PLACEHOLDER:  # only ever the last input: sampled by the step in flight
+            if item.patch_row >= 0:  # only ever the last input: sampled by the step in flight
                 dst[num_patches] = num_tokens + n - 1
-                src[num_patches] = r.sample_row
+                src[num_patches] = item.patch_row
                 num_patches += 1
             nb = len(blocks)
+            # A plan received from rank 0 holds new lists every step: their rows are rewritten in full.
             if h.row_owner[i] is not blocks or h.row_blocks[i] > nb:
                 tables[i, :nb] = blocks
                 h.row_owner[i] = blocks
@@ -125,10 +125,9 @@ class InputBuffers:
             query_lens.append(n)
             seq_lens_host.append(end)
             if item.sample:
-                r.sample_row = num_rows
                 rows[num_rows] = num_tokens - 1
                 num_rows += 1
-        num_reqs = len(plan.scheduled)
+        num_reqs = len(plan.requests)
         padded = num_reqs
         if graph_batch is not None:
             # Padding rows write nowhere (slot -1) and attend to nothing (seq_len 0).

@@ -1,9 +1,14 @@
 """The model runner: device and dtype, the model, the KV-cache tensors, and one forward per step.
 
-`run(plan)` flattens the scheduled requests into 1-D inputs (input_ids, positions, slot_mapping) plus
-per-request metadata (query_start_loc, seq_lens, block_tables) in preallocated buffers, runs the
-model under a forward context (decode steps replay a CUDA graph), computes logits only for the rows
-that sample, samples on the device, and returns the sampled ids: the one host sync of the step.
+`run(plan)` flattens a StepPlan (plain data, engine/step_plan.py) into 1-D inputs (input_ids,
+positions, slot_mapping) plus per-request metadata (query_start_loc, seq_lens, block_tables) in
+preallocated buffers, runs the model under a forward context (decode steps replay a CUDA graph),
+computes logits only for the rows that sample, samples on the device, and returns the sampled ids:
+the one host sync of the step. It writes nothing onto requests; the scheduler puts the ids in place.
+
+Under tensor parallelism every rank runs one ModelRunner over its shard of the model (`tp_rank`), on
+the same plan and in the same order of collectives: rank 0 gets the gathered logits, samples, and
+broadcasts the sampled ids, which every rank needs to feed the next step's placeholder inputs.
 
 Two lifetimes: the weights are loaded once, in the constructor; what the runtime settings shape (the
 KV-cache tensors, the input buffers, the decode CUDA graphs) is made by `allocate(config, max_batch)`
@@ -17,15 +22,15 @@ from dataclasses import dataclass
 import torch
 
 from ..config import EngineConfig
-from ..errors import InvalidRequestError, OutOfMemoryError
+from ..errors import EngineError, InvalidRequestError, OutOfMemoryError, error_from_name
+from ..forward_context import forward_context
 from ..kernels import kernel_head_dim_ok, kernels_wanted
 from ..layers.options import LayerOptions
 from ..models.llama import head_dim_of
 from ..models.loader import build_model
 from ..models.weight_format import resolve_weight_format
-from ..scheduler import SchedulerOutput
+from ..step_plan import StepPlan
 from .cuda_graph import DecodeGraphs
-from .forward_context import forward_context
 from .input_batch import InputBuffers
 from .sampler import Sampler
 from .sampling_inputs import build_sampling_metadata
@@ -35,15 +40,22 @@ log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device of a rank: the `local_rank`-th GPU from the one named (tensor-parallel ranks of one
+    machine take consecutive GPUs), or the CPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise OutOfMemoryError("device 'cuda' asked for but no CUDA GPU is available; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
+        first = torch.cuda.current_device() if device.index is None else device.index
+        index = first + local_rank
+        if index >= torch.cuda.device_count():
+            raise InvalidRequestError(f"tensor-parallel rank {local_rank} needs GPU {index} but "
+                                      f"{torch.cuda.device_count()} are visible: lower --tp or the --device index",
+                                      "tp")
+        device = torch.device("cuda", index)
     return device
 
 
@@ -69,12 +81,17 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, source, session_len: int):
-        """Load the weights; `allocate` then makes the KV cache, buffers and graphs for a configuration."""
+    def __init__(self, config: EngineConfig, source, session_len: int, tp_rank: int = 0, local_rank: int = 0):
+        """Load the weights (this rank's shard); `allocate` then makes the KV cache, buffers and graphs.
+
+        tp_rank: this runner's tensor-parallel rank of config.tp (the process group is joined already);
+        local_rank: its index among the ranks of this machine, which picks its GPU.
+        """
         self.config = config
         self.hf_config = source.hf_config
         self.session_len = session_len
-        self.device = pick_device(config.device)
+        self.tp_rank, self.tp_size = tp_rank, config.tp
+        self.device = pick_device(config.device, local_rank)
         self.dtype = pick_dtype(config.dtype, self.device, self.hf_config)
         if config.deterministic and not kernels_wanted(self.device.type, config.kernels):
             raise InvalidRequestError(
@@ -170,7 +187,7 @@ class ModelRunner:
                 f"deterministic mode runs 16-bit weights only (this model loads as {fmt.name})", "deterministic")
         return LayerOptions(use_kernels=self.use_kernels, batch_invariant=self.config.deterministic,
                             weight_format=fmt.name, group_size=fmt.group_size, device_type=self.device.type,
-                            kv_quant=self.config.quant_policy)
+                            kv_quant=self.config.quant_policy, tp_rank=self.tp_rank, tp_size=self.tp_size)
 
     @property
     def block_bytes(self) -> int:
@@ -184,24 +201,52 @@ class ModelRunner:
             return rows * (self.head_dim * self.config.quant_policy // 8 + 2 * 4)
         return rows * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
 
-    def _init_kv_cache(self) -> None:
+    def _planned_blocks(self) -> int:
+        """How many KV blocks this rank's memory takes (its heads only: a block costs 1/tp per rank; on CPU
+        each rank has its own --cpu-memory-gb)."""
         cfg = self.config
         if cfg.cache_is_block_count:
-            num_blocks = int(cfg.cache_max_entry_count)
+            return int(cfg.cache_max_entry_count)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if cfg.gpu_memory_gb is not None:  # an emulated smaller card: what the weights left of it
+                left = int(cfg.gpu_memory_gb * 2**30) - torch.cuda.memory_reserved(self.device)
+                if left <= 0:
+                    raise OutOfMemoryError(
+                        f"the weights ({torch.cuda.memory_reserved(self.device) / 2**30:.1f} GiB) fill the "
+                        f"{cfg.gpu_memory_gb:g} GiB allowed by --gpu-memory-gb")
+                free = min(free, left)
         else:
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-                free, _ = torch.cuda.mem_get_info(self.device)
-                if cfg.gpu_memory_gb is not None:  # an emulated smaller card: what the weights left of it
-                    left = int(cfg.gpu_memory_gb * 2**30) - torch.cuda.memory_reserved(self.device)
-                    if left <= 0:
-                        raise OutOfMemoryError(
-                            f"the weights ({torch.cuda.memory_reserved(self.device) / 2**30:.1f} GiB) fill the "
-                            f"{cfg.gpu_memory_gb:g} GiB allowed by --gpu-memory-gb")
-                    free = min(free, left)
-            else:
-                free = cfg.cpu_memory_gb * 2**30
-            num_blocks = int(free * cfg.cache_max_entry_count) // self.block_bytes
+            free = cfg.cpu_memory_gb * 2**30
+        return int(free * cfg.cache_max_entry_count) // self.block_bytes
+
+    def _agreed(self, compute) -> int:
+        """compute() on this rank; under tensor parallelism the smallest result of all ranks, or on every
+        rank the error of the first rank that failed, so the ranks never part ways (an error raised on
+        one rank alone would leave the others waiting in the next collective)."""
+        try:
+            value, error = compute(), None
+        except EngineError as e:
+            value, error = 0, e
+        if self.tp_size == 1:
+            if error is not None:
+                raise error
+            return value
+        from .. import distributed
+
+        told = None if error is None else (type(error).__name__, str(error), getattr(error, "param", None))
+        results = distributed.gather_objects((value, told))
+        if error is not None:
+            raise error
+        for _, other in results:
+            if other is not None:
+                raise error_from_name(*other)
+        return min(v for v, _ in results)
+
+    def _init_kv_cache(self) -> None:
+        cfg = self.config
+        num_blocks = self._agreed(self._planned_blocks)  # every rank's cache has the same blocks
         if num_blocks < 1:
             raise OutOfMemoryError(
                 "no memory is left for the KV cache after the weights: raise --cache-max-entry-count, "
@@ -217,15 +262,24 @@ class ModelRunner:
                                       f"(this model's is {self.head_dim}); use quant_policy 8", "quant_policy")
         width = self.head_dim * bits // 8 if bits else self.head_dim
         shape = (2, self.num_layers, num_blocks, cfg.cache_block_seq_len, self.num_kv_heads, width)
+
+        def allocate() -> int:
+            try:
+                # zeros, not empty: unused slots are masked out, but 0 * NaN garbage would still be NaN.
+                self.kv_cache = torch.zeros(shape, dtype=torch.uint8 if bits else self.dtype, device=self.device)
+                if bits:  # indexed by the same slots as the codes: a block's scales move with the block
+                    self.kv_scales = torch.zeros(shape[:-1] + (2,), dtype=torch.float32, device=self.device)
+            except torch.OutOfMemoryError:
+                self.kv_cache = self.kv_scales = None
+                raise OutOfMemoryError(
+                    f"the KV cache of {num_blocks} blocks does not fit: lower --cache-max-entry-count") from None
+            return 1
+
         try:
-            # zeros, not empty: unused slots are masked out, but 0 * NaN garbage would still be NaN.
-            self.kv_cache = torch.zeros(shape, dtype=torch.uint8 if bits else self.dtype, device=self.device)
-            if bits:  # indexed by the same slots as the codes: a block's scales move with the block
-                self.kv_scales = torch.zeros(shape[:-1] + (2,), dtype=torch.float32, device=self.device)
-        except torch.OutOfMemoryError:
-            self.kv_cache = self.kv_scales = None
-            raise OutOfMemoryError(
-                f"the KV cache of {num_blocks} blocks does not fit: lower --cache-max-entry-count") from None
+            self._agreed(allocate)
+        except EngineError:
+            self.kv_cache = self.kv_scales = None  # another rank's failed: none keeps a cache
+            raise
         for i, attn in enumerate(self.model.attention_layers()):
             attn.k_cache, attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
             if bits:
@@ -236,11 +290,15 @@ class ModelRunner:
 
     # -- one step --------------------------------------------------------------------------------
     @torch.inference_mode()
-    def launch(self, plan: SchedulerOutput) -> "InFlightStep":
-        """Queue the step's forward and sampling on the device; nothing here waits for the GPU."""
+    def launch(self, plan: StepPlan) -> "InFlightStep | None":
+        """Queue the step's forward and sampling on the device; nothing here waits for the GPU.
+
+        Under tensor parallelism every rank calls it with the same plan; ranks other than 0 get None
+        (they sample nothing: their part ends with receiving the sampled ids).
+        """
         graph_batch = None
-        if self.graphs is not None and plan.num_tokens == len(plan.scheduled):
-            graph_batch = self.graphs.bucket(len(plan.scheduled))
+        if self.graphs is not None and plan.num_tokens == len(plan.requests):
+            graph_batch = self.graphs.bucket(len(plan.requests))
         inputs = self.buffers.prepare(plan, graph_batch)
         if inputs.num_patches:
             inputs.input_ids.index_copy_(0, inputs.patch_dst, self._last_sampled.index_select(0, inputs.patch_src))
@@ -250,48 +308,57 @@ class ModelRunner:
             with forward_context(inputs.context):
                 hidden = self.model(inputs.input_ids, inputs.positions)
         prompt_scores = self._score_prompts(plan, hidden)
-        sampling = [item.request for item in plan.scheduled if item.sample]
-        if not sampling:
-            return InFlightStep(plan, None, None, None, prompt_scores)
+        n = plan.num_sampling
+        if not n:
+            return InFlightStep(plan, None, None, None, prompt_scores) if self.tp_rank == 0 else None
         # When every token samples (a pure decode step), the rows are simply the first ones.
-        rows = hidden[:len(sampling)] if len(sampling) == inputs.num_tokens else hidden[inputs.logits_rows]
-        logits = self.model.compute_logits(rows)
-        out = self.sampler(logits, build_sampling_metadata(sampling, self.vocab_size, self.device))
-        self._last_sampled = out.token_ids
-        host = self._sampled_host[self._flip][:len(sampling)]
+        rows = hidden[:n] if n == inputs.num_tokens else hidden[inputs.logits_rows]
+        logits = self.model.compute_logits(rows)  # under tensor parallelism: gathered on rank 0
+        out = None
+        if self.tp_rank == 0:
+            out = self.sampler(logits, build_sampling_metadata(plan.sampling, self.vocab_size, self.device))
+            sampled = out.token_ids
+        else:
+            sampled = torch.empty(n, dtype=torch.int64, device=self.device)
+        if self.tp_size > 1:  # every rank patches the next step's placeholder inputs from these
+            from ..distributed import broadcast_from_first
+
+            broadcast_from_first(sampled)
+        self._last_sampled = sampled
+        if out is None:
+            return None
+        host = self._sampled_host[self._flip][:n]
         self._flip ^= 1
-        host.copy_(out.token_ids, non_blocking=True)
+        host.copy_(sampled, non_blocking=True)
         event = None
         if self.device.type == "cuda":
             event = torch.cuda.Event()
             event.record()
         return InFlightStep(plan, out, host, event, prompt_scores)
 
-    def _score_prompts(self, plan: SchedulerOutput, hidden: torch.Tensor) -> list | None:
+    def _score_prompts(self, plan: StepPlan, hidden: torch.Tensor) -> list | None:
         """Log-probabilities of the next prompt token at every prompt row of requests that ask for them
         (gen.prompt_logprobs): all of a chunk's rows go through the LM head, not only the sampled one."""
-        if not any(item.request.gen.prompt_logprobs for item in plan.scheduled):
+        if not any(item.prompt_targets for item in plan.requests):
             return None
-        scores: list = [None] * len(plan.scheduled)
+        scores: list = [None] * len(plan.requests)
         row = 0
-        for i, item in enumerate(plan.scheduled):
-            request, n = item.request, item.num_new_tokens
-            # rows start .. start + n - 1 predict tokens start + 1 .. start + n; only prompt ones are scored
-            last = min(item.start + n, request.num_prompt_tokens - 1)
-            if request.gen.prompt_logprobs and last > item.start:
-                count = last - item.start
-                logits = self.model.compute_logits(hidden[row:row + count])
-                targets = torch.tensor(request.token_ids[item.start + 1:last + 1], device=logits.device)
-                chosen = torch.log_softmax(logits, dim=-1).gather(1, targets.view(-1, 1)).view(-1)
-                scores[i] = (item.start, chosen)
-            row += n
+        for i, item in enumerate(plan.requests):
+            targets = item.prompt_targets
+            if targets:  # rows start .. start + len - 1 predict the prompt tokens start + 1 ..
+                logits = self.model.compute_logits(hidden[row:row + len(targets)])
+                if logits is not None:  # None: a tensor-parallel rank other than 0
+                    wanted = torch.tensor(targets, device=logits.device)
+                    chosen = torch.log_softmax(logits, dim=-1).gather(1, wanted.view(-1, 1)).view(-1)
+                    scores[i] = (item.start, chosen)
+            row += item.num_new_tokens
         return scores
 
     def collect(self, step: "InFlightStep") -> StepResult:
         """Wait for a launched step and hand back its tokens: the one host sync of the step."""
         plan = step.plan
-        tokens: list[int | None] = [None] * len(plan.scheduled)
-        logprobs: list = [None] * len(plan.scheduled)
+        tokens: list[int | None] = [None] * len(plan.requests)
+        logprobs: list = [None] * len(plan.requests)
         prompt = None
         if step.prompt_scores is not None:  # a prefill step: the sync costs nothing extra here
             prompt = [None if s is None else (s[0], s[1].tolist()) for s in step.prompt_scores]
@@ -303,12 +370,13 @@ class ModelRunner:
         out = step.out
         chosen = out.logprobs.tolist() if out.logprobs is not None else None
         top = (out.top_ids.tolist(), out.top_logprobs.tolist()) if out.top_ids is not None else None
+        specs = plan.sampling.specs
         j = 0
-        for i, item in enumerate(plan.scheduled):
+        for i, item in enumerate(plan.requests):
             if not item.sample:
                 continue
             tokens[i] = sampled[j]
-            k = item.request.gen.logprobs
+            k = specs[j].gen.logprobs
             if k is not None and chosen is not None:
                 alternatives = list(zip(top[0][j][:k], top[1][j][:k])) if top and k else []
                 logprobs[i] = (chosen[j], alternatives)
@@ -316,15 +384,15 @@ class ModelRunner:
         return StepResult(tokens, logprobs, prompt)
 
     @torch.inference_mode()
-    def run(self, plan: SchedulerOutput) -> StepResult:
-        """launch + collect: one step, synchronously."""
+    def run(self, plan: StepPlan) -> StepResult:
+        """launch + collect: one step, synchronously (rank 0)."""
         return self.collect(self.launch(plan))
 
 
 @dataclass
 class InFlightStep:
-    plan: SchedulerOutput
+    plan: StepPlan
     out: object  # SamplerOutput on the device, None when nothing samples
     host: torch.Tensor | None  # pinned copy of the sampled ids, valid once `event` has passed
     event: object
-    prompt_scores: list | None = None  # per scheduled request: (first index, log-probabilities on the device)
+    prompt_scores: list | None = None  # per planned request: (first index, log-probabilities on the device)

@@ -1,4 +1,4 @@
-"""Per-step sampling tensors for the requests that sample a token this step.
+"""Per-step sampling tensors for the rows that sample a token this step (a plan's SamplingBatch).
 
 Penalty and ban masks are built only when some row needs them, so a greedy batch costs one small
 host-to-device copy.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..request import Request
+from ..step_plan import SamplingBatch
 from .sampler import SamplingMetadata
 
 
@@ -34,25 +34,19 @@ def _row_index_mask(rows: list[list[int]], vocab_size: int, device, counts: bool
     return out
 
 
-def _output_index(r: Request) -> int:
-    """Index in the output of the token being sampled: its placeholder is the request's last token."""
-    return r.num_tokens - 1 - r.num_prompt_tokens
-
-
-def _greedy_only(requests: list[Request]) -> bool:
+def _greedy_only(batch: SamplingBatch) -> bool:
     """True when argmax of the raw logits is the whole job: no sampling, penalties, bans or logprobs."""
-    for r in requests:
-        g = r.gen
-        if (not g.greedy or g.uses_penalties or g.logprobs is not None or r.bad_token_ids
-                or _output_index(r) < g.min_new_tokens):
+    for spec, index in zip(batch.specs, batch.output_indices):
+        if not spec.plain_greedy or index < spec.gen.min_new_tokens:
             return False
     return True
 
 
-def build_sampling_metadata(requests: list[Request], vocab_size: int, device: torch.device) -> SamplingMetadata:
-    if _greedy_only(requests):  # the common benchmark case: no per-row tensors at all
+def build_sampling_metadata(batch: SamplingBatch, vocab_size: int, device: torch.device) -> SamplingMetadata:
+    if _greedy_only(batch):  # the common benchmark case: no per-row tensors at all
         return SamplingMetadata(all_greedy=True)
-    gens = [r.gen for r in requests]
+    specs, steps = batch.specs, batch.output_indices
+    gens = [s.gen for s in specs]
     all_greedy = all(g.greedy for g in gens)
     temperature = [0.0 if g.greedy else float(g.temperature) for g in gens]
     use_top_k = not all_greedy and any(0 < g.top_k < vocab_size for g in gens if not g.greedy)
@@ -65,19 +59,19 @@ def build_sampling_metadata(requests: list[Request], vocab_size: int, device: to
                              torch.int64, device) if use_top_k else None,
         top_p=_device_tensor([float(g.top_p) for g in gens], torch.float32, device) if use_top_p else None,
         min_p=_device_tensor([float(g.min_p) for g in gens], torch.float32, device) if use_min_p else None,
-        seeds=_device_tensor([r.seed for r in requests], torch.int64, device),
-        steps=_device_tensor([_output_index(r) for r in requests], torch.int64, device),
+        seeds=_device_tensor([s.seed for s in specs], torch.int64, device),
+        steps=_device_tensor(steps, torch.int64, device),
     )
     if any(g.repetition_penalty != 1.0 for g in gens):
         meta.repetition_penalty = _device_tensor([float(g.repetition_penalty) for g in gens], torch.float32, device)
         # Penalties need the real history: the engine never overlaps steps while a request uses them.
-        meta.seen_mask = _row_index_mask([r.token_ids[:r.num_known_tokens] for r in requests], vocab_size, device)
+        meta.seen_mask = _row_index_mask(batch.seen, vocab_size, device)
     if any(g.presence_penalty or g.frequency_penalty for g in gens):
         meta.presence_penalty = _device_tensor([float(g.presence_penalty) for g in gens], torch.float32, device)
         meta.frequency_penalty = _device_tensor([float(g.frequency_penalty) for g in gens], torch.float32, device)
-        meta.output_counts = _row_index_mask([r.output_token_ids for r in requests], vocab_size, device, counts=True)
-    banned = [list(r.bad_token_ids) + (sorted(r.stop_token_ids) if _output_index(r) < r.gen.min_new_tokens else [])
-              for r in requests]
+        meta.output_counts = _row_index_mask(batch.outputs, vocab_size, device, counts=True)
+    banned = [list(s.bad_token_ids) + (list(s.stop_token_ids) if step < s.gen.min_new_tokens else [])
+              for s, step in zip(specs, steps)]
     if any(banned):
         banned = [[t for t in ids if t < vocab_size] for ids in banned]
         meta.banned = _row_index_mask(banned, vocab_size, device)

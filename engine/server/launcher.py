@@ -129,6 +129,12 @@ def run_server(model: str | None, config, *, host: str = "127.0.0.1", port: int 
         raise StartupError(f"--max-connections must be between 1 and the descriptor limit {fd_limit}, "
                            f"got {max_connections}")
     configure_logging(log_level)
+    from ..distributed import holds_rank_zero
+
+    if not holds_rank_zero(config):  # --node-rank > 0 (or a launcher's rank > 0): this machine only runs ranks
+        from ..executor.worker import run_worker_node
+
+        return run_worker_node(model, config, log_level)
     sock = bind_socket(host, port)
     port = sock.getsockname()[1]  # the port bound, when 0 asked for any free one
     try:

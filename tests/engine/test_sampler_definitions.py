@@ -28,6 +28,7 @@ from engine import GenerationConfig
 from engine.request import Request
 from engine.runner.sampler import Sampler, SamplingMetadata, _top_k_top_p_min_p, apply_penalties, seeded_uniform
 from engine.runner.sampling_inputs import build_sampling_metadata
+from engine.step_plan import sampling_batch
 
 from .helpers import greedy, run_alone
 
@@ -264,7 +265,7 @@ def test_build_sampling_metadata_follows_generation_config():
             GenerationConfig(do_sample=True, temperature=0.0, top_k=80)]  # greedy: temperature 0; top_k > vocab
     histories = [([1, 2, 3], [4, 4]), ([10, 11], [12, 10, 12, 12]), ([5], []), ([6, 6], [7]), ([8], [9, 9, 9])]
     reqs = [_request(i, p, o, g, seed=100 + i) for i, ((p, o), g) in enumerate(zip(histories, gens))]
-    meta = build_sampling_metadata(reqs, vocab, torch.device("cpu"))
+    meta = build_sampling_metadata(sampling_batch(reqs), vocab, torch.device("cpu"))
     assert not meta.all_greedy
     assert meta.temperature.tolist() == pytest.approx([0.7, 1.2, 0.9, 0.0, 0.0])
     assert meta.top_k.tolist() == [vocab, vocab, 7, 7, vocab]
@@ -311,7 +312,7 @@ def test_sampler_draws_from_the_hf_processed_distribution():
             reqs.append(_request(i, prompt, output, GenerationConfig(**cfg), seed=1000 + 17 * i))
             histories.append((prompt, output))
     logits = random_logits(len(reqs), vocab, seed=8, scale=2.5)
-    meta = build_sampling_metadata(reqs, vocab, torch.device("cpu"))
+    meta = build_sampling_metadata(sampling_batch(reqs), vocab, torch.device("cpu"))
     tokens = Sampler()(logits.clone(), meta).token_ids
 
     expected = []

@@ -36,6 +36,8 @@ def parse_serve(argv: list[str]):
 # new EngineConfig field without a value here fails test_samples_cover_every_field.
 SAMPLES = {
     "tp": 2,
+    "nnodes": 2,
+    "node_rank": 1,
     "max_batch_size": 48,
     "cache_max_entry_count": 0.55,
     "cache_block_seq_len": 32,

@@ -15,10 +15,12 @@ from collections import defaultdict
 
 def _timed_step(engine, phases: dict) -> None:
     """engine.step() with each phase timed (same calls as LLMEngine.step)."""
+    from engine.step_plan import build_step_plan
+
     t0 = time.perf_counter()
     plan = engine.scheduler.schedule()
     t1 = time.perf_counter()
-    result = engine.runner.run(plan)  # includes the sampled-id host sync
+    result = engine.executor.run(build_step_plan(plan))  # includes the sampled-id host sync
     t2 = time.perf_counter()
     touched = engine.scheduler.update(plan, result.tokens, engine._check_stop)
     [engine._output(r, i) for r, i in touched]

@@ -249,6 +249,7 @@ def offline(
     result.runs.extend(bench_engine(engine, name, work, dev.get("name", ""), repeats=repeats))
     if peer:
         source, torch_device, torch_dtype = engine.source, str(engine.runner.device), engine.runner.dtype
+        engine.shutdown()  # --tp: its worker processes and their GPUs
         del engine  # free the engine's memory (weights, KV pool) for the peer
         _free_device_memory()
         hf = load_hf_model(source, torch_device, torch_dtype)

@@ -34,7 +34,10 @@ def chat(
                            max_new_tokens=max_new_tokens)
     pipe = Pipeline(model, engine_config)
     print(f"opsctl chat with {pipe.engine.source.name}. {HELP}", flush=True)
-    run_chat(pipe, gen, system)
+    try:
+        run_chat(pipe, gen, system)
+    finally:
+        pipe.close()  # --tp: the worker processes stop with the chat
 
 
 def run_chat(pipe, gen, system: str | None, read=input, write=sys.stdout.write) -> None:

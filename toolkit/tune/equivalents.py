@@ -320,6 +320,8 @@ _DEBUG_STEP_DELAY = "the per-step delay is opsctl's own (a slowed engine for tes
 # One entry per EngineConfig field, in its order.
 LMDEPLOY_MAP: dict[str, Translate] = {
     "tp": _flag("--tp"),
+    "nnodes": _flag("--nnodes"),
+    "node_rank": _flag("--node-rank"),
     "max_batch_size": _lmdeploy_batch,
     "cache_max_entry_count": _lmdeploy_cache,
     "cache_block_seq_len": _flag("--cache-block-seq-len"),
@@ -344,6 +346,8 @@ LMDEPLOY_MAP: dict[str, Translate] = {
 
 VLLM_MAP: dict[str, Translate] = {
     "tp": _flag("--tensor-parallel-size"),
+    "nnodes": _flag("--nnodes"),
+    "node_rank": _flag("--node-rank"),
     "max_batch_size": _vllm_batch,
     "cache_max_entry_count": _vllm_cache,
     "cache_block_seq_len": _vllm_block,
