@@ -312,12 +312,19 @@ def _main(args) -> int:
         except (ServeError, BenchError) as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             return 1
-        # The plain engine is the offline reference now: both names carry the one ratio.
-        http["ratio_http_over_plain"] = http["ratio_http_over_offline"] = round(
-            http["output_tok_s"] / plain["output_tok_s"], 4)
+        # The plain engine is the offline reference now: both names carry the one ratio. Its figure spans
+        # its whole run (all requests added at once, to the last token), so the HTTP figure set against it
+        # does too (first send to last token, ramp and drain included); the bench's steady window (every
+        # user busy) measures a closed loop whose arrivals interleave prefill with decode, a different
+        # load from the plain engine's waves: its ratio is kept beside, not as the answer.
+        whole = http.get("whole_run_output_tok_s") or http["output_tok_s"]
+        http["ratio_http_over_plain"] = http["ratio_http_over_offline"] = round(whole / plain["output_tok_s"], 4)
+        http["ratio_steady_window_over_plain"] = round(http["output_tok_s"] / plain["output_tok_s"], 4)
         print(f"http ({backend}): {http['output_tok_s']} output tok/s, {http['num_errors']} errors, "
               f"{http['sse_events']} SSE events, client saturated: {http['client_saturated']}; "
-              f"{http['ratio_http_over_plain']:.1%} of the plain engine; bench folder {http['bench_dir']}", flush=True)
+              f"{http['ratio_http_over_plain']:.1%} of the plain engine over the whole run "
+              f"({http['ratio_steady_window_over_plain']:.1%} in the steady window); bench folder {http['bench_dir']}",
+              flush=True)
 
     http = runs.get("process") or runs["thread"]
     result = {

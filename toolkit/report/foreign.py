@@ -11,7 +11,10 @@ under reports/examples/ beside them:
   ms, gb_s | tflop_s, peer, peer_ms}]}; a BenchResult of kind "kernel_bench" without runs, plus a table;
 - `python -m toolkit.bench.profile_step --json F.json`: a list of {model, batch, context,
   wall_ms_per_step, tokens_per_s, gpu_kernel_ms_per_step, host_phases_ms, top_kernels_ms_per_step};
-  kind "profile_step", a table per profiled batch.
+  kind "profile_step", a table per profiled batch;
+- `python -m toolkit.bench.formats --out DIR`: DIR/summary.json {"device", "model", "figures":
+  {workload: {format: {output_tok_s, ratio_to_bf16, ...}}}}; kind "formats", one table of every
+  format against the 16-bit engine measured in the same run.
 
 The fake server's stats, the GuideLLM comparison and the goodput-search comparison are read by
 client_checks.py.
@@ -53,6 +56,8 @@ def convert(data, name: str) -> Converted | None:
     if (isinstance(data, list) and data and all(isinstance(x, dict) for x in data)
             and all("wall_ms_per_step" in x for x in data)):
         return _profile_step(data, name)
+    if _is_formats_summary(data):
+        return _formats_summary(data, name)
     from . import client_checks  # the load generator's own checks (imports Table and Converted from here)
 
     if client_checks.is_fake_server_stats(data):
@@ -85,6 +90,7 @@ def _http_vs_offline(data: dict, name: str) -> Converted:
                ("http_thread", "HTTP, engine in a thread", "http"))
     runs, notes = [], []
     offline_tok_s = _num((data.get("offline") or {}).get("output_tok_s"))
+    plain = data.get("plain_engine") if isinstance(data.get("plain_engine"), dict) else {}
     for key, label, target in systems:
         part = data.get(key)
         if not isinstance(part, dict):
@@ -104,10 +110,17 @@ def _http_vs_offline(data: dict, name: str) -> Converted:
             ratio = _num(part.get("ratio_http_over_offline"))
             if ratio is None and offline_tok_s and _num(part.get("output_tok_s")):
                 ratio = part["output_tok_s"] / offline_tok_s
+            plain_ratio = _num(part.get("ratio_http_over_plain"))
+            whole, plain_tok_s = _num(part.get("whole_run_output_tok_s")), _num(plain.get("output_tok_s"))
+            if part.get("throughput_window") == "steady" and whole and plain_tok_s:
+                # The plain engine's figure spans its whole run; so must the one set against it (files
+                # written before the tool did this carry the steady window's ratio: kept beside it).
+                extra["ratio_steady_window_over_plain"] = part["output_tok_s"] / plain_tok_s
+                ratio = plain_ratio = whole / plain_tok_s
             if ratio is not None:
                 extra["ratio_http_over_offline"] = ratio
-            if _num(part.get("ratio_http_over_plain")) is not None:
-                extra["ratio_http_over_plain"] = part["ratio_http_over_plain"]
+            if plain_ratio is not None:
+                extra["ratio_http_over_plain"] = plain_ratio
             if goal is not None:
                 extra["goal"] = goal
         if part.get("errors"):
@@ -245,3 +258,36 @@ def _short(kernel: str, limit: int = 90) -> str:
     """A C++ template kernel name cut to something a table can hold."""
     return kernel if len(kernel) <= limit else kernel[:limit - 1] + "…"
 
+
+# ---------------------------------------------------------------- toolkit.bench.formats
+
+def _is_formats_summary(data) -> bool:
+    figures = data.get("figures") if isinstance(data, dict) else None
+    return (isinstance(figures, dict) and bool(figures) and "model" in data
+            and all(isinstance(f, dict) and all(isinstance(r, dict) and "ratio_to_bf16" in r for r in f.values())
+                    for f in figures.values()))
+
+
+def _formats_summary(data: dict, name: str) -> Converted:
+    rows, heads = [], []
+    for workload, formats in data["figures"].items():
+        ratios = []
+        for fmt, r in formats.items():
+            tok_s, ratio = _num(r.get("output_tok_s")), _num(r.get("ratio_to_bf16"))
+            share = _num(r.get("fraction_of_bandwidth"))
+            rows.append([workload, fmt, f"{tok_s:,.1f}" if tok_s is not None else "–",
+                         f"{ratio:.2f}x" if ratio is not None else "–",
+                         f"{r['weight_gib']:.2f}" if _num(r.get("weight_gib")) is not None else "–",
+                         f"{share:.0%}" if share is not None else "–"])
+            if fmt != "bf16" and ratio is not None:
+                ratios.append(f"{fmt} {ratio:.2f}x")
+        if ratios:
+            heads.append(f"{workload}: " + ", ".join(ratios))
+    device = data.get("device") if isinstance(data.get("device"), dict) else {}
+    result = BenchResult(run_id=name, kind="formats", created_at="not recorded",
+                         command=f"python -m toolkit.bench.formats {shlex.quote(str(data['model']))} --out DIR",
+                         device=device, notes=["one engine load per format; the 16-bit engine is the peer"])
+    table = Table("Weight and KV formats against the 16-bit engine", ["workload", "format", "output tok/s",
+                  "of bf16", "weights GiB", "of bandwidth (decode)"], rows,
+                  "Output tok/s of each format's engine in the same run; ratios to the bf16 engine's.")
+    return Converted(result, [table], "; ".join(heads) + " the bf16 engine's output tok/s")
