@@ -342,9 +342,13 @@ def calibrate(spec: GateSpec, results: dict[str, BenchResult]) -> list[Proposal]
     if len(results) < 3:
         raise GateInputError(f"--calibrate needs at least 3 result files of one configuration (got {len(results)})")
     proposals = []
+    classes = {device_class(r) for r in results.values()}
     for gate in spec.gates:
         if gate.tolerance is None:
             continue  # a fixed limit is a decision, not a measurement
+        if gate.kind == "absolute" and gate.device_class and not any(class_matches(gate.device_class, c)
+                                                                      for c in classes):
+            continue  # another device class's gate: these results say nothing about its spread
         samples = [measure(gate, r, name) for name, r in results.items()]
         median = statistics.median(samples)
         mad = 1.4826 * statistics.median(abs(s - median) for s in samples)

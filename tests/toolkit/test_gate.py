@@ -283,6 +283,10 @@ def test_calibrate_proposes_from_the_spread(tmp_path):
     assert proposals["ttft_p99"].tolerance == 1.05  # no spread at all: the 5 % floor
     code, out, err = _gate("--calibrate", *cur, "--gates", _gates(tmp_path))
     assert code == 0 and "tok_s: tolerance: 0.911" in out
+    # a GPU's absolute gate proposes nothing from CPU results
+    gpu_only = {"gates": [{**GATES["gates"][0], "name": "gpu_tok_s", "device_class": "nvidia-*"}, GATES["gates"][2]]}
+    names = [p.gate.name for p in calibrate(load_gates(_gates(tmp_path, gpu_only)), loaded)]
+    assert names == ["vs_generate"]
 
 
 # ---- acceptance: the real engine, normal and slowed ----------------------------------------------

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The CPU performance gate (issue 14), run by .ci/run after the tests and by the workflow's CPU job:
+# REPEATS runs of `opsctl bench offline --workload mixed --peer generate` on the embedded default
+# (SmolLM2-135M: the engine and transformers `generate` on the same 16 requests, minutes apart on
+# the same machine), then `opsctl gate` on their medians against ci/baselines/cpu-smollm2.json:
+#   - engine / transformers output tok/s in the same run (ratio_to_peer): holds on any machine;
+#   - the engine's own tok/s, p99 TTFT and p50 TPOT (absolute): judged only when this machine's
+#     device class is the baseline's (gates.yaml's device_class), skipped on other CPUs.
+# Writes $GATE_DIR (default reports/ci-gate): the bench runs, gate.md (a PR comment), gate.html and
+# bench-json/ (github-action-benchmark's input). Exit code: opsctl gate's (0 hold, 1 fail, 2 bad input).
+#   usage: bash ci/cpu_gate.sh            (knobs: REPEATS=3 GATE_DIR=... OPSCTL=.venv/bin/opsctl)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OPSCTL=${OPSCTL:-.venv/bin/opsctl}
+GATE_DIR=${GATE_DIR:-reports/ci-gate}
+REPEATS=${REPEATS:-3}
+rm -rf "$GATE_DIR"
+mkdir -p "$GATE_DIR"
+started=$SECONDS
+runs=()
+for i in $(seq 1 "$REPEATS"); do
+    "$OPSCTL" bench offline --workload mixed --peer generate --device cpu --no-report \
+        -o "$GATE_DIR" --run-id "gate-$i" > "$GATE_DIR/gate-$i.log" 2>&1 \
+        || { echo "bench repeat $i failed:"; tail -20 "$GATE_DIR/gate-$i.log"; exit 2; }
+    runs+=("$GATE_DIR/gate-$i")
+done
+echo "$REPEATS bench repeats in $((SECONDS - started)) s"
+"$OPSCTL" gate "${runs[@]}" --baseline ci/baselines/cpu-smollm2.json --gates ci/gates.yaml \
+    --markdown "$GATE_DIR/gate.md" --html "$GATE_DIR/gate.html" --benchmark-json "$GATE_DIR/bench-json"
