@@ -72,15 +72,7 @@ class ProxyProcess:
         r = httpx.get(self.url + "/nodes/status", headers={"authorization": f"Bearer {TOKEN}"}, timeout=10)
         return r.json()["servers"]
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+    stop = ServeProcess.stop  # SIGTERM, 30 s, then SIGKILL; the log closed
 
 
 def server_counter(url: str, prefix: str) -> float:
