@@ -302,13 +302,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        if exc.status_code == 404:
-            message = f"no route {request.method} {request.url.path}: see /docs for the API"
-        elif exc.status_code == 405:
-            message = f"method {request.method} is not allowed on {request.url.path}"
-        else:
-            message = str(exc.detail)
-        err = APIError(exc.status_code, message)
+        err = APIError.for_route(request.method, request.url.path, exc.status_code, exc.detail,
+                                 ": see /docs for the API")
         return JSONResponse(err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)

@@ -54,6 +54,15 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    @classmethod
+    def for_route(cls, method: str, path: str, status: int, detail, not_found_hint: str) -> "APIError":
+        """Starlette's routing errors (404 no route, 405 wrong method, ...) in OpenAI's shape, in words."""
+        if status == 404:
+            return cls(status, f"no route {method} {path}{not_found_hint}")
+        if status == 405:
+            return cls(status, f"method {method} is not allowed on {path}")
+        return cls(status, str(detail))
+
 
 # -- requests --------------------------------------------------------------------------------------
 class StreamOptions(_Request):

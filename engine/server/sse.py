@@ -19,9 +19,11 @@ class SSEResponse(StreamingResponse):
     to the garbage collector; we do not rely on that.
     """
 
-    def __init__(self, body: AsyncIterator[bytes], on_close=None):
-        super().__init__(body, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    def __init__(self, body: AsyncIterator[bytes], on_close=None, *, status_code: int = 200,
+                 headers: dict | None = None):
+        # `headers` (e.g. a proxied server's) go over the defaults; status_code: a proxied server's status.
+        super().__init__(body, status_code=status_code, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
         self.on_close = on_close
 
     async def __call__(self, scope, receive, send) -> None:

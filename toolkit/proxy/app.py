@@ -333,10 +333,5 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        if exc.status_code == 404:
-            message = f"no route {request.method} {request.url.path} on this proxy"
-        elif exc.status_code == 405:
-            message = f"method {request.method} is not allowed on {request.url.path}"
-        else:
-            message = str(exc.detail)
-        return JSONResponse(APIError(exc.status_code, message).body(), status_code=exc.status_code)
+        err = APIError.for_route(request.method, request.url.path, exc.status_code, exc.detail, " on this proxy")
+        return JSONResponse(err.body(), status_code=exc.status_code)

@@ -24,9 +24,10 @@ from collections.abc import AsyncIterator
 from typing import Callable
 
 import httpx
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from engine.server.protocol import APIError
+from engine.server.sse import SSEResponse
 
 from .metrics import ProxyMetrics
 from .registry import Server, ServerRegistry
@@ -50,16 +51,17 @@ def _event_end(buffer: bytearray) -> int:
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
 
 
-class PassThroughStream(StreamingResponse):
+class PassThroughStream(SSEResponse):
     """The server's SSE stream, event by event; whatever ends it, the upstream response is closed once
-    and `on_close(outcome)` called once (the outstanding count and the metrics)."""
+    and `on_close(outcome)` called once (the outstanding count and the metrics). SSEResponse closes the
+    body generator and calls back whatever ends the stream; the upstream is closed here after that."""
 
     def __init__(self, upstream: httpx.Response, headers: dict, on_close: Callable[[str], None]):
         self.upstream = upstream
         self.outcome = str(upstream.status_code)
-        self._on_close = on_close
         self._ended = False  # the whole stream (or its error ending) went out; else the client left
-        super().__init__(self._events(), status_code=upstream.status_code, headers=headers)
+        super().__init__(self._events(), lambda: on_close(self.outcome if self._ended else "client_gone"),
+                         status_code=upstream.status_code, headers=headers)
 
     async def _events(self) -> AsyncIterator[bytes]:
         pending = bytearray()
@@ -85,11 +87,7 @@ class PassThroughStream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            try:
-                await self.body_iterator.aclose()
-                await self.upstream.aclose()
-            finally:
-                self._on_close(self.outcome if self._ended else "client_gone")
+            await self.upstream.aclose()
 
 
 class Forwarder:
