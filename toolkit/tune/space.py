@@ -95,8 +95,7 @@ def build_space(hf_config, profile: HardwareProfile, workload: TuneWorkload, *, 
         memory = usable_gib * 2**30 if usable_gib else profile.usable_memory_bytes
         # Pruned only what cannot fit in any format the axes offer: the smallest weights and KV tried.
         formats = [f or weight_format for f in axes.get("model_format", [None])]
-        weights = min(weight_bytes(shape, "fp16" if f == "fp16" else "bf16" if f not in ("int8", "awq") else f).total
-                      for f in formats)
+        weights = min(weight_bytes(shape, f if f in ("fp16", "int8", "awq") else "bf16").total for f in formats)
         free = memory - weights - DEFAULT_RESERVE_GIB * 2**30
         kv_token = min(kv_bytes_per_token(shape, policy or 0) for policy in axes.get("quant_policy", [0]))
         tokens_per_seq = workload.input_len + workload.output_len
