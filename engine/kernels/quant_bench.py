@@ -126,30 +126,48 @@ def _config(kind: str, path: str, m: int, n: int, k: int):
     return fn(rows, n, k, sms)
 
 
+def _waves_splits(tiles: int, k_steps: int, sms: int, waves=(1, 2, 3, 4, 6)) -> list[int]:
+    """Split-K counts that bring tiles * splits to about each number of waves over the SMs."""
+    return sorted({max(1, min(k_steps, -(-w * sms // max(tiles, 1)))) for w in waves})
+
+
 def _sweep_configs(kind: str, path: str, m: int, n: int, k: int) -> list:
-    """A few alternatives to the default tiles of a fused path (--sweep): other widths, depths, warps
-    and split-K, around what the roofline reasoning in quant_gemm's config docstrings chose."""
+    """A grid of alternatives to the default tiles of a fused path (--sweep): widths, depths, warps, stages
+    and split-K from one to six waves over the SMs, each with the split-K sum fused into the kernel
+    (TileConfig.fused_reduce) and, at the default width, also as a second kernel."""
+    import triton
+
     from .quant_gemm import TileConfig
 
     base = _config(kind, path, m, n, k)
     if base is None:
         return []
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
     alts = []
     if path == "gemv" and kind == "w4a16":
-        for bn, bk, warps in ((512, 32, 4), (1024, 32, 4), (512, 16, 4), (1024, 16, 2), (512, 32, 2)):
-            for split in (max(1, base.split_k // 2), base.split_k, base.split_k * 2):
-                alts.append(TileConfig(1, bn, bk, split, warps, 1))
+        for bn in (256, 512, 1024):
+            for bk in (16, 32):
+                for warps in (2, 4, 8):
+                    steps = -(-k // (warps * bk))
+                    for split in _waves_splits(triton.cdiv(n, bn), steps, sms):
+                        alts.append(TileConfig(1, bn, bk, split, warps, 1, True))
+                        if (bn, bk, warps) == base[1:3] + (base.num_warps,):
+                            alts.append(TileConfig(1, bn, bk, split, warps, 1, False))
     elif path == "gemv":
-        for bn, bk, warps in ((16, 1024, 4), (32, 1024, 4), (8, 1024, 4), (16, 512, 2), (32, 512, 4)):
-            for split in (1, base.split_k, base.split_k * 2):
-                alts.append(TileConfig(1, bn, bk, split, warps, 1))
+        for bn in (16, 32):
+            for bk in (512, 1024, 2048):
+                for warps in (4, 8):
+                    steps = triton.cdiv(k, bk)
+                    for split in _waves_splits(triton.cdiv(n, bn), steps, sms):
+                        alts.append(TileConfig(1, bn, bk, split, warps, 1, True))
     else:
         bk_cap = GROUP if kind == "w4a16" else 128
-        for bn in (64, 128, 256):
-            for bk in (64, bk_cap):
-                for split in (1, base.split_k, 2 * base.split_k):
-                    warps = 8 if base.block_m * bn >= 128 * 128 else 4
-                    alts.append(TileConfig(base.block_m, bn, bk, split, warps, 3))
+        for bn in (64, 128):
+            for bk in sorted({64, bk_cap}):
+                for warps, stages in ((4, 3), (8, 3)):
+                    tiles = triton.cdiv(m, base.block_m) * triton.cdiv(n, bn)
+                    for split in _waves_splits(tiles, k // bk, sms, (1, 2, 4)):
+                        alts.append(TileConfig(base.block_m, bn, bk, split, warps, stages, True))
     return [c for c in dict.fromkeys(alts) if c != base]
 
 

@@ -10,8 +10,9 @@ Three paths per format, picked from M (rows of x) unless a caller forces one wit
 - 'gemv' (M == 1): decode at batch 1 must stream the weight at the HBM limit, and what limits it is the
   ALU work per weight, so this is a CUDA-core kernel built around a one-LOP3-per-weight unpack (see
   quant_kernels.py / int4_unpack.py). Columns alone give too few programs for 132 SMs (qkv at 512
-  columns a program: 9), so K is split: each split writes fp32 partials, a second tiny kernel sums them
-  in a fixed order, adds the bias and casts.
+  columns a program: 9), so K is split: each split writes fp32 partials, and the last split of each
+  column tile to finish sums them in a fixed order, adds the bias and casts (TileConfig.fused_reduce;
+  a second tiny kernel did this before, and costs a launch on a 2-20 us call).
 - 'gemm' (2 <= M <= W4_FUSED_MAX_M / W8_FUSED_MAX_M): tensor-core tiles with the weight dequantized in
   registers: for int4 the operand is code - zero (exact in fp16/bf16) and the group scale multiplies the
   fp32 product of each K tile; for int8 the codes, with the row scale after the sum. M <= DECODE_MAX_M
@@ -23,7 +24,8 @@ The thresholds are first guesses from a roofline (int4 stops being memory-bound 
 bf16 near M = 200); engine/kernels/quant_bench.py times every path per shape to move them.
 
 Everything on the fused paths is CUDA-graph safe: shapes and configs are host integers, no value is read
-on the host. The dense path allocates its chunk buffer per call (fine inside a graph capture too).
+on the host, and the split-K arrival counters (one int32 per output tile, per device) are made on the
+first call and left at 0 by every call. The dense path allocates its chunk buffer per call (fine inside a graph capture too).
 """
 from __future__ import annotations
 
@@ -50,13 +52,16 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 class TileConfig(NamedTuple):
     """One launch's tiling. block_m == 1 selects the CUDA-core GEMV kernel (M must then be 1); there,
     block_k is the rows of one slab (one slab per warp and K step) for int4, the K elements of a step
-    for int8. block_m >= 16 selects the tensor-core kernel (any M)."""
+    for int8. block_m >= 16 selects the tensor-core kernel (any M). fused_reduce: with split-K, the
+    last split of each tile sums the partials (quant_kernels._reduce_if_last) instead of a second
+    kernel launch; same sums in the same order either way."""
     block_m: int
     block_n: int
     block_k: int
     split_k: int
     num_warps: int
     num_stages: int
+    fused_reduce: bool = False
 
 
 # ----------------------------------------------------------------------------------------- configs
@@ -98,11 +103,12 @@ def w4a16_decode_config(m: int, n: int, k: int, group_size: int, num_sms: int) -
         block_n = _gemv_block_n(n)
         block_k = _pow2_divisor(group_size, 32)
         steps = -(-k // (4 * block_k))
-        return TileConfig(1, block_n, block_k, _split_k(triton.cdiv(n, block_n), steps, num_sms, 3.0, steps), 4, 1)
+        return TileConfig(1, block_n, block_k, _split_k(triton.cdiv(n, block_n), steps, num_sms, 3.0, steps), 4, 1,
+                          True)
     block_n = min(128, max(16, triton.next_power_of_2(n)))
     block_k = _pow2_divisor(group_size, 128)
     tiles = triton.cdiv(n, block_n)
-    return TileConfig(16, block_n, block_k, _split_k(tiles, k // block_k, num_sms, 2.0, 32), 4, 3)
+    return TileConfig(16, block_n, block_k, _split_k(tiles, k // block_k, num_sms, 2.0, 32), 4, 3, True)
 
 
 def w4a16_prefill_config(m: int, n: int, k: int, group_size: int, num_sms: int) -> TileConfig:
@@ -119,7 +125,7 @@ def w4a16_prefill_config(m: int, n: int, k: int, group_size: int, num_sms: int) 
     block_k = _pow2_divisor(group_size, 128 if block_m <= 64 else 64)
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     split = _split_k(tiles, k // block_k, num_sms, 1.0, 4)
-    return TileConfig(block_m, block_n, block_k, split, 4 if block_m <= 64 else 8, 3)
+    return TileConfig(block_m, block_n, block_k, split, 4 if block_m <= 64 else 8, 3, True)
 
 
 def w8a16_decode_config(m: int, n: int, k: int, num_sms: int) -> TileConfig:
@@ -133,11 +139,11 @@ def w8a16_decode_config(m: int, n: int, k: int, num_sms: int) -> TileConfig:
     if m == 1 and k % 4 == 0:
         block_k = 1024
         steps = triton.cdiv(k, block_k)
-        return TileConfig(1, 16, block_k, _split_k(triton.cdiv(n, 16), steps, num_sms, 3.0, steps), 4, 1)
+        return TileConfig(1, 16, block_k, _split_k(triton.cdiv(n, 16), steps, num_sms, 3.0, steps), 4, 1, True)
     block_n = min(64, max(16, triton.next_power_of_2(n)))
     block_k = 128
     tiles = triton.cdiv(n, block_n)
-    return TileConfig(16, block_n, block_k, _split_k(tiles, triton.cdiv(k, block_k), num_sms, 2.0, 32), 4, 4)
+    return TileConfig(16, block_n, block_k, _split_k(tiles, triton.cdiv(k, block_k), num_sms, 2.0, 32), 4, 4, True)
 
 
 def w8a16_prefill_config(m: int, n: int, k: int, num_sms: int) -> TileConfig:
@@ -147,7 +153,7 @@ def w8a16_prefill_config(m: int, n: int, k: int, num_sms: int) -> TileConfig:
     block_n = min(128, max(16, triton.next_power_of_2(n)))
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     split = _split_k(tiles, triton.cdiv(k, 64), num_sms, 1.0, 4)
-    return TileConfig(block_m, block_n, 64, split, 4 if block_m <= 64 else 8, 3)
+    return TileConfig(block_m, block_n, 64, split, 4 if block_m <= 64 else 8, 3, True)
 
 
 def w4a16_path(m: int) -> str:
@@ -180,24 +186,46 @@ def _splits(k_steps: int, split_k: int) -> tuple[int, int]:
     return -(-k_steps // per), per
 
 
+_LOCKS = 1 << 16  # arrival counters per device for the fused split-K reduction: one per output tile
+
+
+@functools.lru_cache(maxsize=None)
+def _locks_of(device_type: str, index: int) -> torch.Tensor:
+    return torch.zeros(_LOCKS, dtype=torch.int32, device=torch.device(device_type, index))
+
+
+def _locks(device: torch.device) -> torch.Tensor:
+    """The device's tile counters, all 0 between calls (the last split of a tile resets its own). Made on
+    the first call, which the engine makes eagerly (warm-up) before it captures CUDA graphs; one stream
+    per device runs these kernels at a time, so one set of counters serves every layer."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return _locks_of(device.type, device.index or 0)
+
+
 def _launch(kernel, weights: tuple, dims: tuple, x, bias, out, cfg: TileConfig, k_steps: int,
             **constexprs) -> torch.Tensor:
-    """Launch a GEMV (block_m == 1) or GEMM kernel as kernel(x, *weights, bias, dst, *dims, [stride_xm],
-    steps_per_split); with split-K, dst is fp32 partials [S, M, N] and the reduce kernel finishes out."""
+    """Launch a GEMV (block_m == 1) or GEMM kernel as kernel(x, *weights, bias, dst, final, locks, *dims,
+    [stride_xm], steps_per_split); with split-K, dst is fp32 partials [S, M, N] that either the kernel's
+    last split per tile (cfg.fused_reduce) or the reduce kernel sums into out."""
     m, n = out.shape
     splits, per = _splits(k_steps, cfg.split_k)
     dst = out if splits == 1 else torch.empty(splits, m, n, dtype=torch.float32, device=x.device)
+    gemv = cfg.block_m == 1
+    grid = ((triton.cdiv(n, cfg.block_n) if gemv else triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)),
+            splits)
+    fused = cfg.fused_reduce and splits > 1 and grid[0] <= _LOCKS
+    locks = _locks(x.device) if fused else out  # never touched unless FUSED_REDUCE
     b = bias if bias is not None else out  # never read without HAS_BIAS
-    common = dict(HAS_BIAS=bias is not None, PARTIAL=splits > 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages, **constexprs)
-    if cfg.block_m == 1:
-        kernel[(triton.cdiv(n, cfg.block_n), splits)](x, *weights, b, dst, *dims, per, **common)
+    common = dict(HAS_BIAS=bias is not None, PARTIAL=splits > 1, FUSED_REDUCE=fused, BLOCK_N=cfg.block_n,
+                  BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **constexprs)
+    if gemv:
+        kernel[grid](x, *weights, b, dst, out, locks, *dims, per, **common)
     else:
-        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), splits)
-        kernel[grid](x, *weights, b, dst, *dims, x.stride(0), per, BLOCK_M=cfg.block_m, GROUP_M=8,
+        kernel[grid](x, *weights, b, dst, out, locks, *dims, x.stride(0), per, BLOCK_M=cfg.block_m, GROUP_M=8,
                      UPCAST=x.device.type != "cuda" and x.dtype != torch.float32, IEEE=x.dtype == torch.float32,
                      **common)
-    if splits > 1:
+    if splits > 1 and not fused:
         block = 1024
         qk._splitk_reduce_kernel[(triton.cdiv(m * n, block),)](dst, b, out, m * n, n, splits,
                                                                HAS_BIAS=bias is not None, BLOCK=block)

@@ -3,8 +3,11 @@
 This file owns the kernel bodies only; engine/kernels/quant_gemm.py owns their launchers, tile configs,
 the path dispatch and the torch references, and engine/kernels/int4_unpack.py the int4 bit tricks and
 the AWQ dequantize-to-dense kernel. Every kernel writes either the final [M, N] output (bias added in
-fp32, one cast) or, with split-K, raw fp32 partials [S, M, N] that `_splitk_reduce_kernel` sums in a
-fixed order (deterministic; no atomics, no zeroing). All accumulation is fp32.
+fp32, one cast) or, with split-K, raw fp32 partials [S, M, N] that are summed in a fixed order by split
+index (deterministic: no floating-point atomics, no zeroing). Who sums them is the launcher's choice:
+`_splitk_reduce_kernel`, a second launch, or, with FUSED_REDUCE, the last split of each output tile
+itself (`_reduce_if_last`: an arrival counter per tile, as CUTLASS's serial split-K does), which saves
+the second kernel's launch and ramp, ~2 us on 2-20 us decode GEMVs. All accumulation is fp32.
 
 Why the shapes of work are what they are (H200: 132 SMs, ~4.8 TB/s, 64 INT32 and 128 FP32 lanes per SM
 per clock): streaming int4 at the HBM limit is ~37 weights per SM per clock, so the batch-1 GEMV can
@@ -26,6 +29,28 @@ def _k_range(num_steps, steps_per_split):
     """This split's K steps [t0, t1): axis 1 of the grid is the split."""
     t0 = tl.program_id(1) * steps_per_split
     return t0, tl.minimum(t0 + steps_per_split, num_steps)
+
+
+@triton.jit
+def _reduce_if_last(part_ptr, lock_ptr, bias_ptr, final_ptr, offs, mask, MN, N, HAS_BIAS: tl.constexpr):
+    """Called by every split after it stored its partials at part_ptr + split * MN + offs: the split that
+    arrives last at this tile's counter (lock_ptr[program_id(0)]) sums all of them in split order, adds
+    the bias, writes final_ptr + offs and puts the counter back to 0 for the next call (a CUDA graph
+    replays the kernel with the same counters). The barrier orders every thread's partial stores before
+    the counter moves (the release is cumulative); the last split's acquire orders its loads after all
+    of them, and the loads go to L2 (.cg): another SM's partials are never in this SM's L1."""
+    tl.debug_barrier()
+    arrived = tl.atomic_add(lock_ptr + tl.program_id(0), 1, sem="acq_rel")
+    if arrived == tl.num_programs(1) - 1:
+        part = part_ptr + offs
+        acc = tl.load(part, mask=mask, other=0.0, cache_modifier=".cg")
+        for _ in range(1, tl.num_programs(1)):
+            part += MN  # 64-bit pointer arithmetic: S * M * N may pass 2^31
+            acc += tl.load(part, mask=mask, other=0.0, cache_modifier=".cg")
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
+        tl.store(final_ptr + offs, acc.to(final_ptr.dtype.element_ty), mask=mask)
+        tl.atomic_xchg(lock_ptr + tl.program_id(0), 0, sem="relaxed")
 
 
 # ----------------------------------------------------------------------------------------- W4A16
@@ -60,9 +85,9 @@ def _gemv_nibble_store(acc, bias_ptr, out_ptr, cols8, col8_mask, HAS_BIAS: tl.co
 
 
 @triton.jit
-def _w4a16_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, N, K, group_size, steps_per_split,
-                       HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr, SLABS: tl.constexpr):
+def _w4a16_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, final_ptr, lock_ptr, N, K, group_size,
+                       steps_per_split, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, FUSED_REDUCE: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SLABS: tl.constexpr):
     # x [1, K] @ W^T on CUDA cores. Program (pid_n, pid_k) owns BLOCK_N columns; a K step is SLABS slabs
     # of BLOCK_K rows, one slab per warp (a [SLABS, BLOCK_N / 8] tile puts the words of a row on the
     # lanes, 8-16 contiguous bytes each, and the slabs on the warps), so every row is summed inside its
@@ -123,6 +148,9 @@ def _w4a16_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, N, K, gr
     _gemv_nibble_store(a5, bias_ptr, out, cols8, col8_mask, HAS_BIAS, PARTIAL, 5)
     _gemv_nibble_store(a6, bias_ptr, out, cols8, col8_mask, HAS_BIAS, PARTIAL, 6)
     _gemv_nibble_store(a7, bias_ptr, out, cols8, col8_mask, HAS_BIAS, PARTIAL, 7)
+    if FUSED_REDUCE:
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        _reduce_if_last(out_ptr, lock_ptr, bias_ptr, final_ptr, cols, cols < N, N, N, HAS_BIAS)
 
 
 @triton.jit
@@ -138,12 +166,16 @@ def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.co
 
 
 @triton.jit
-def _store_tile(acc, bias_ptr, out_ptr, rows, cols, M, N, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr):
-    """Final tile (bias in fp32, one cast) into out [M, N], or raw fp32 partials into [split, M, N]."""
+def _store_tile(acc, bias_ptr, out_ptr, final_ptr, lock_ptr, rows, cols, M, N, HAS_BIAS: tl.constexpr,
+                PARTIAL: tl.constexpr, FUSED_REDUCE: tl.constexpr):
+    """Final tile (bias in fp32, one cast) into out [M, N], or raw fp32 partials into [split, M, N] (and,
+    with FUSED_REDUCE, the last split of the tile sums them into final [M, N])."""
     mask = (rows < M)[:, None] & (cols < N)[None, :]
     offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
     if PARTIAL:
         tl.store(out_ptr + tl.program_id(1).to(tl.int64) * M * N + offs, acc, mask=mask)
+        if FUSED_REDUCE:
+            _reduce_if_last(out_ptr, lock_ptr, bias_ptr, final_ptr, offs, mask, M * N, N, HAS_BIAS)
     else:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
@@ -151,8 +183,9 @@ def _store_tile(acc, bias_ptr, out_ptr, rows, cols, M, N, HAS_BIAS: tl.constexpr
 
 
 @triton.jit
-def _w4a16_gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, M, N, K, group_size, stride_xm,
-                       tiles_per_split, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_M: tl.constexpr,
+def _w4a16_gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, final_ptr, lock_ptr, M, N, K, group_size,
+                       stride_xm, tiles_per_split, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
+                       FUSED_REDUCE: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                        UPCAST: tl.constexpr, IEEE: tl.constexpr, EMULATE_BF16: tl.constexpr,
                        ASM: tl.constexpr):
@@ -183,15 +216,15 @@ def _w4a16_gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, M, N, K,
         s = tl.load(s_ptr + g * N + cols, mask=col_mask, other=0.0).to(tl.float32)
         w = awq_codes_minus_zeros(p, zw, x_ptr.dtype.element_ty, EMULATE_BF16, ASM)
         acc += _dot(a, w, tl.zeros([BLOCK_M, BLOCK_N], tl.float32), UPCAST, IEEE) * s[None, :]
-    _store_tile(acc, bias_ptr, out_ptr, rows, cols, M, N, HAS_BIAS, PARTIAL)
+    _store_tile(acc, bias_ptr, out_ptr, final_ptr, lock_ptr, rows, cols, M, N, HAS_BIAS, PARTIAL, FUSED_REDUCE)
 
 
 # ----------------------------------------------------------------------------------------- W8A16
 
 @triton.jit
-def _w8a16_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, N, K, KW, steps_per_split,
-                       HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
+def _w8a16_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, final_ptr, lock_ptr, N, K, KW, steps_per_split,
+                       HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, FUSED_REDUCE: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # x [1, K] @ (q * s)^T on CUDA cores, W read as int32 words of four codes (w_ptr: [N, KW = K / 4]).
     # XOR 0x80 per byte makes each code u = q + 128 (unsigned), and a byte masked in place is an fp32
     # subnormal u * 2^(8b - 149): one LOP3 per weight, one shift per two, one XOR per four, then the
@@ -229,6 +262,8 @@ def _w8a16_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, N, K, KW, steps_p
     y *= tl.load(s_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
     if PARTIAL:
         tl.store(out_ptr + tl.program_id(1).to(tl.int64) * N + rows, y, mask=row_mask)
+        if FUSED_REDUCE:
+            _reduce_if_last(out_ptr, lock_ptr, bias_ptr, final_ptr, rows, row_mask, N, N, HAS_BIAS)
     else:
         if HAS_BIAS:
             y += tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
@@ -242,8 +277,9 @@ def _int8_to_f32(w):
 
 
 @triton.jit
-def _w8a16_gemm_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, tiles_per_split,
-                       HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_M: tl.constexpr,
+def _w8a16_gemm_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, final_ptr, lock_ptr, M, N, K, stride_xm,
+                       tiles_per_split, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, FUSED_REDUCE: tl.constexpr,
+                       BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                        UPCAST: tl.constexpr, IEEE: tl.constexpr, EVEN_K: tl.constexpr):
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -268,7 +304,7 @@ def _w8a16_gemm_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, M, N, K, stride_x
         # int8 codes are exact in fp16/bf16: the scale waits for the fp32 sum
         acc = _dot(a, _int8_to_f32(w).to(x_ptr.dtype.element_ty), acc, UPCAST, IEEE)
     acc *= tl.load(s_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-    _store_tile(acc, bias_ptr, out_ptr, rows, cols, M, N, HAS_BIAS, PARTIAL)
+    _store_tile(acc, bias_ptr, out_ptr, final_ptr, lock_ptr, rows, cols, M, N, HAS_BIAS, PARTIAL, FUSED_REDUCE)
 
 
 @triton.jit

@@ -107,6 +107,29 @@ def test_w4a16_split_k_and_tiles(m, block_m, split_k, device):
     _assert_matches(w4a16_linear(x, qweight, qzeros, scales, 32, b, config=cfg), ref32, torch.bfloat16)
 
 
+@pytest.mark.parametrize("kind,m,block_m", [("w4", 1, 1), ("w4", 3, 16), ("w4", 40, 32), ("w8", 1, 1),
+                                             ("w8", 3, 16), ("w8", 40, 32)])
+def test_fused_split_k_reduction_equals_the_reduce_kernel(kind, m, block_m, device):
+    # The last split of each tile sums the partials (TileConfig.fused_reduce) in the same order as the
+    # second kernel would: bit-identical outputs, on every call (each tile's arrival counter is back at 0
+    # afterwards, or the next call would never find its last split and leave the output unwritten).
+    from engine.kernels.quant_gemm import _locks
+
+    x, qweight, qzeros, scales, b = _w4_case(m, 40, 192, 32, torch.bfloat16, True, device, seed=m)
+    q8, s8 = int8_quantize_per_channel(torch.randn(40, 192, generator=torch.Generator().manual_seed(m)))
+    q8, s8 = q8.to(device), s8.to(device)
+    block_k = 32 if kind == "w4" or block_m > 1 else 64
+    def run(fused: bool) -> torch.Tensor:
+        cfg = TileConfig(block_m, 16, block_k, 3, 2 if kind == "w4" and block_m == 1 else 4, 2, fused)
+        if kind == "w4":
+            return w4a16_linear(x, qweight, qzeros, scales, 32, b, config=cfg)
+        return w8a16_linear(x, q8, s8, b, config=cfg)
+    want = run(False)
+    for _ in range(3):
+        torch.testing.assert_close(run(True), want, rtol=0, atol=0)
+        assert int(_locks(x.device).abs().sum()) == 0
+
+
 def _pack_plain(codes_kn: torch.Tensor) -> torch.Tensor:
     """The wrong layout: nibble i holds column 8c + i (no AWQ interleave)."""
     r, n = codes_kn.shape
@@ -329,3 +352,36 @@ def test_gpu_decode_is_graph_capturable():
     torch.cuda.synchronize()
     for got, want in zip(outs, expected):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_gpu_fused_split_k_under_graph_replays():
+    # Many splits racing for each tile's counter, replayed in one CUDA graph 200 times with inputs that
+    # change between replays: every replay must equal the two-kernel sum exactly (a missing barrier or
+    # a stale L1 line would show up as a wrong or unwritten tile now and then, not every time).
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    n, k = 3584, 18944
+    qweight, qzeros, scales = pack_awq(torch.randn(n, k, device="cuda", generator=gen) / k ** 0.5, 128)
+    q8, s8 = int8_quantize_per_channel(torch.randn(n, k, device="cuda", generator=gen))
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+    cfgs = {"w4": (TileConfig(1, 512, 32, 37, 4, 1, True), TileConfig(1, 512, 32, 37, 4, 1, False)),
+            "w8": (TileConfig(1, 16, 1024, 19, 4, 1, True), TileConfig(1, 16, 1024, 19, 4, 1, False)),
+            "w4 M=16": (TileConfig(16, 128, 128, 16, 4, 3, True), TileConfig(16, 128, 128, 16, 4, 3, False))}
+    xs = {"w4": x, "w8": x, "w4 M=16": torch.randn(16, k, device="cuda", dtype=torch.bfloat16, generator=gen)}
+
+    def call(name, fused):
+        cfg = cfgs[name][0 if fused else 1]
+        if name.startswith("w4"):
+            return w4a16_linear(xs[name], qweight, qzeros, scales, 128, config=cfg)
+        return w8a16_linear(xs[name], q8, s8, config=cfg)
+    for name in cfgs:
+        call(name, True)  # compiles and makes the counters outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = {name: call(name, True) for name in cfgs}
+    for _ in range(200):
+        for name in cfgs:
+            xs[name].normal_(generator=gen)
+        graph.replay()
+        for name in cfgs:
+            torch.testing.assert_close(outs[name], call(name, False), rtol=0, atol=0)
