@@ -7,8 +7,10 @@ kernel "w4a16" / "w8a16") and each other path forced (kernel "w4a16[gemm]", ...;
 so the run shows which path wins where and where quant_gemm's thresholds (W4_FUSED_MAX_M, ...) belong.
 Per row: microseconds per call, GB/s of weight bytes read (packed weight + scales + zeros: what each
 format must stream at least), the fraction of the measured copy bandwidth, TFLOP/s (2*M*N*K) and the
-speed-up over bf16, and a "best" table per (format, shape, M). `--sweep` adds rows for a few alternative
-tile configs of the fused paths (the defaults are reasoned, not measured); `--m` picks the rows of x.
+speed-up over bf16, and a "best" table per (format, shape, M). `--sweep` adds rows for a grid of alternative
+tile configs of the fused paths; `--write-tiles` merges the fastest checked (path, config) per shape and M
+into the device's tiles file (engine/kernels/quant_tiles.py), which the launchers then run by default (the
+"default" rows show what they run); `--m` picks the rows of x.
 
 Timing, as bench.py does it: the calls are captured in one CUDA graph (decode runs graphs, and the
 launch gaps of eager calls would dominate 2-20 us kernels), cycling through enough copies of the
@@ -29,6 +31,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -100,23 +103,39 @@ def _check(kind: str, x, ws, bias, path: str | None, config=None) -> float:
     return ((y - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
 
 
-def _paths(kind: str, m: int, k: int) -> list[tuple[str | None, str]]:
+def _tiled(kind: str, m: int, n: int, k: int):
+    """(path, TileConfig or None) from the device's tiles file (quant_tiles), or None: what the launcher
+    runs when called with neither."""
+    from . import quant_tiles
+
+    if kind == "bf16":
+        return None
+    return quant_tiles.lookup(kind, torch.device("cuda", torch.cuda.current_device()), m, n, k,
+                              GROUP if kind == "w4a16" else 0)
+
+
+def _paths(kind: str, m: int, n: int, k: int) -> list[tuple[str | None, str]]:
     """(path argument, path that runs) for the default dispatch first, then every other path forced."""
     from . import quant_gemm as qg
 
     if kind == "bf16":
         return [(None, "cublas")]
-    default = qg.w4a16_path(m) if kind == "w4a16" else qg.w8a16_path(m, k)
+    tiled = _tiled(kind, m, n, k)
+    default = tiled[0] if tiled else qg.w4a16_path(m) if kind == "w4a16" else qg.w8a16_path(m, k)
     others = [p for p in qg.PATHS if p != default and (p != "gemv" or m == 1)]
     return [(None, default)] + [(p, p) for p in others]
 
 
-def _config(kind: str, path: str, m: int, n: int, k: int):
-    """The TileConfig the launcher picks for this path (None for the dense path and the peer)."""
+def _config(kind: str, path: str, m: int, n: int, k: int, default: bool = False):
+    """The TileConfig the launcher picks for this path (None for the dense path and the peer); with
+    default, the one it runs when called with neither path nor config (the tiles file's, if any)."""
     from . import quant_gemm as qg
 
     if kind == "bf16" or path == "dequant_cublas":
         return None
+    tiled = _tiled(kind, m, n, k) if default else None
+    if tiled is not None:
+        return tiled[1]
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
     rows = 1 if path == "gemv" else max(m, 2)
     if kind == "w4a16":
@@ -216,7 +235,7 @@ def run(deadline_s: float = 120.0, sweep: bool = False, ms=MS, out: str | None =
     for pass_ in passes:
         for shape, n, k, has_bias in SHAPES:
             bias = torch.randn(n, device="cuda", dtype=DTYPE, generator=gen) if has_bias else None
-            for kind in ("bf16", "w8a16", "w4a16") if pass_ == "default" else ("w8a16", "w4a16"):
+            for kind in ("bf16", "w8a16", "w4a16") if pass_ == "default" else ("w4a16", "w8a16"):
                 if time.monotonic() - t_start > deadline_s:
                     notes.append(f"deadline {deadline_s:.0f} s reached: skipped pass {pass_}, {shape} {kind} and after")
                     break
@@ -226,21 +245,22 @@ def run(deadline_s: float = 120.0, sweep: bool = False, ms=MS, out: str | None =
                 copies = [one] + [_weights(kind, n, k, gen) for _ in range(n_copies)]
                 for m in ms:
                     x = torch.randn(m, k, device="cuda", dtype=DTYPE, generator=gen)
-                    paths = _paths(kind, m, k)
+                    paths = _paths(kind, m, n, k)
                     for arg, path in paths[:1] if pass_ == "default" else paths[1:] if pass_ == "forced" else paths:
                         base = {"shape": shape, "n": n, "k": k, "m": m, "path": path, "forced": arg is not None,
                                 "weight_bytes": nbytes}
                         if pass_ != "sweep":
-                            cfg = _config(kind, path, m, n, k)
+                            cfg = _config(kind, path, m, n, k, default=arg is None)
                             _time_row({**base, "kernel": kind if arg is None else f"{kind}[{path}]",
-                                       "config": str(tuple(cfg)) if cfg else None}, kind, x, one, copies, bias, arg,
-                                      None, copy, rows)
+                                       "config": str(tuple(cfg)) if cfg else None, "tile": list(cfg) if cfg else None},
+                                      kind, x, one, copies, bias, arg, None, copy, rows)
                             continue
                         for alt in _sweep_configs(kind, path, m, n, k):
                             if time.monotonic() - t_start > deadline_s:
                                 break
                             _time_row({**base, "kernel": f"{kind}[{path}]", "forced": True, "sweep": True,
-                                       "config": str(tuple(alt))}, kind, x, one, copies, bias, path, alt, copy, rows)
+                                       "config": str(tuple(alt)), "tile": list(alt)}, kind, x, one, copies, bias,
+                                      path, alt, copy, rows)
                 del copies, one
                 torch.cuda.empty_cache()
                 result.update(elapsed_s=time.monotonic() - t_start, best=_best(rows))
@@ -268,6 +288,27 @@ def _best(rows: list[dict]) -> list[dict]:
              "speedup_vs_bf16": r.get("speedup_vs_bf16")} for k, r in sorted(best.items())]
 
 
+MAX_REL_ERR = 1e-2  # a row further than this from the torch reference never becomes a tile entry
+
+
+def tile_entries(rows: list[dict]) -> list[dict]:
+    """Per (format, shape, M): the fastest row whose result was checked against the reference, as a
+    quant_tiles entry (path and config as the launcher takes them)."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        if "us" not in r or r["kernel"] == "bf16" or r.get("rel_err", 1.0) > MAX_REL_ERR:
+            continue
+        if r["path"] != "dequant_cublas" and r.get("tile") is None:
+            continue
+        key = (r["kernel"].split("[")[0], r["n"], r["k"], r["m"])
+        if key not in best or r["us"] < best[key]["us"]:
+            best[key] = r
+    return [{"kind": kind, "n": n, "k": k, "group_size": GROUP if kind == "w4a16" else 0, "m": m,
+             "path": r["path"], "config": r.get("tile"), "us": round(r["us"], 2),
+             "speedup_vs_bf16": round(r["speedup_vs_bf16"], 3) if "speedup_vs_bf16" in r else None}
+            for (kind, n, k, m), r in sorted(best.items())]
+
+
 def _git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -283,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds after which what is left is skipped (ci/quant_gpu.sh allows 150 in all)")
     parser.add_argument("--sweep", action="store_true", help="also time alternative tile configs of the fused paths")
     parser.add_argument("--m", type=int, nargs="+", default=list(MS), help="rows of x to time (default: %(default)s)")
+    parser.add_argument("--write-tiles", nargs="?", const="device", metavar="FILE.json",
+                        help="merge the fastest checked (path, tiles) per shape and M into a tiles file that the "
+                             "launchers read (quant_tiles.py); without FILE, the device's file in engine/kernels/tiles")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("quant_bench: no CUDA device here; this benchmark runs on a GPU machine. Nothing measured.")
@@ -290,6 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         torch.manual_seed(0)
         result = run(args.deadline, args.sweep, tuple(args.m), args.out)
+        if args.write_tiles:
+            from . import quant_tiles
+
+            name = torch.cuda.get_device_name()
+            target = quant_tiles.device_file(name) if args.write_tiles == "device" else Path(args.write_tiles)
+            entries = [e for e in tile_entries(result["rows"]) if e["m"] <= max(hi for _, hi in quant_tiles.BUCKETS)]
+            quant_tiles.write(target, entries, name, f"quant_bench --sweep at {result.get('git_commit')}")
+            print(f"wrote {len(entries)} tile entries to {target}")
     _write(args.out, result)
     print(f"wrote {args.out}")
     return 0

@@ -20,8 +20,10 @@ Three paths per format, picked from M (rows of x) unless a caller forces one wit
 - 'dequant_cublas' (larger M): the product is compute-bound there, where cuBLAS beats a Triton kernel
   that also dequantizes, so one Triton kernel writes the dense weight in x's dtype (a column chunk of at
   most DENSE_CHUNK_BYTES at a time) and torch.mm / addmm multiplies it.
-The thresholds are first guesses from a roofline (int4 stops being memory-bound near M = 50 on an H200,
-bf16 near M = 200); engine/kernels/quant_bench.py times every path per shape to move them.
+The thresholds and configs are reasoned from a roofline (int4 stops being memory-bound near M = 50 on an
+H200, bf16 near M = 200); engine/kernels/quant_bench.py times every path per shape, and its --sweep
+writes the fastest per shape and M into the device's tiles file (engine/kernels/quant_tiles.py), which
+overrides them where it has an entry.
 
 Everything on the fused paths is CUDA-graph safe: shapes and configs are host integers, no value is read
 on the host, and the split-K arrival counters (one int32 per output tile, per device) are made on the
@@ -39,6 +41,7 @@ import triton
 from engine.quant.int4_pack import dequantize_awq
 
 from . import quant_kernels as qk
+from . import quant_tiles
 from .int4_unpack import awq_dequantize
 
 DECODE_MAX_M = 16  # rows up to which the 'gemm' path uses one 16-row tile + split-K
@@ -293,9 +296,12 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
     qweight int32 [K, N/8], qzeros int32 [K/G, N/8] (AWQ order), scales fp16/bf16/fp32 [K/G, N]; x
     fp16/bf16/fp32, last dim contiguous; bias any float [N]. group_size G divides K and is a multiple
     of 16. path: 'gemv' (M == 1), 'gemm' or 'dequant_cublas' (default: w4a16_path(M)); config: tiles for
-    the first two, for tests and benchmark sweeps (default: the decode / prefill config for M).
+    the first two, for tests and benchmark sweeps (default: the device's measured tiles for this shape
+    and M, quant_tiles.lookup, else the decode / prefill config for M).
     """
     m, k, n = _check_w4(x, qweight, qzeros, scales, group_size, bias)
+    if path is None and config is None:
+        path, config = quant_tiles.lookup("w4a16", x.device, m, n, k, group_size) or (None, None)
     path = _pick(path, w4a16_path(m), config, m, "w4a16_linear")
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0 or n == 0 or k == 0:
@@ -322,9 +328,12 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, b
 
     qweight int8 [N, K] (symmetric, per output channel), scales fp32 or x.dtype [N]; x fp16/bf16/fp32,
     last dim contiguous; bias any float [N]. path: 'gemv' (M == 1, K a multiple of 4), 'gemm' or
-    'dequant_cublas' (default: w8a16_path(M, K)); config: tiles for tests and benchmark sweeps.
+    'dequant_cublas' (default: the device's measured tiles, else w8a16_path(M, K) and the reasoned
+    config); config: tiles for tests and benchmark sweeps.
     """
     m, k, n = _check_w8(x, qweight, scales, bias)
+    if path is None and config is None:
+        path, config = quant_tiles.lookup("w8a16", x.device, m, n, k) or (None, None)
     path = _pick(path, w8a16_path(m, k), config, m, "w8a16_linear")
     if path == "gemv" and k % 4:
         raise ValueError(f"w8a16_linear: the 'gemv' path reads K in 4-byte words, K={k} is not a multiple of 4")
