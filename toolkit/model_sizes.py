@@ -15,6 +15,13 @@ toolkit.predictions (the calibrated speeds) size models with these. The formulas
 - KV bytes per token = 2 (K and V) x layers x kv_heads x head_dim x 2 (16-bit cache); with an
   int8 / int4 cache (quant_policy 8 / 4) head_dim x bits / 8 bytes of codes plus the engine's
   (scale, min) pair in fp32 per token, head and K/V (engine/runner/model_runner.py allocates both).
+- Tensor parallelism (tp = t ranks, one a GPU) splits as the engine does (engine/layers/partition.py):
+  q heads, MLP columns and vocab rows (ceil(V / t) a rank, padded) by t; KV heads by t, or one a rank
+  replicated when t exceeds them; o_proj/down_proj split their inputs and keep whole biases; norms are
+  replicated. weight_bytes(..., tp) and kv_bytes_per_token(..., tp) are then one GPU's, and every memory
+  figure below is per GPU. A tp the engine refuses for a model (engine check_tensor_parallel: it must
+  divide the attention heads and the MLP, divide the KV heads or be a multiple of them, and fit AWQ's
+  packing) is refused here with the engine's own words (tp_refusal).
 - Free memory = usable card memory x 2^30 - weights - a runtime reserve. Usable memory is what
   torch reports, where a committed run recorded it (the profile's calibration.usable_memory_gib:
   139.8 GiB on an H200 against 141 on its datasheet), else the datasheet memory_gib. The reserve
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Mapping
 
 QUANTS = ("bf16", "fp16", "int8", "awq")
@@ -114,10 +122,47 @@ class Linear:
     bias: bool
 
 
-def layer_linears(shape: ModelShape) -> list[Linear]:
-    """The linear layers of one decoder layer (attention q/k/v/o, MLP gate/up/down)."""
-    h, q_out, kv_out = shape.hidden_size, shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
-    i = shape.intermediate_size
+def kv_heads_per_rank(shape: ModelShape, tp: int = 1) -> int:
+    """KV heads one rank holds: its share, or the one head its query heads read when tp > KV heads."""
+    return shape.num_kv_heads // tp if tp <= shape.num_kv_heads else 1
+
+
+def vocab_rows_per_rank(shape: ModelShape, tp: int = 1) -> int:
+    """Embedding / LM head rows one rank holds: ceil(V / tp), the last rank's past V zero padding."""
+    return -(-shape.vocab_size // tp)
+
+
+def tp_refusal(shape: ModelShape, tp: int, quant: str = "bf16") -> str:
+    """Why the engine refuses to split `shape` over `tp` ranks in weight format `quant`, or "".
+
+    The engine's own rule and words (engine.layers.partition.check_tensor_parallel), asked with the
+    config fields it reads; AWQ adds its packing and group checks at AUTOAWQ's group size.
+    """
+    if tp < 1:
+        return f"--tp {tp}: must be >= 1"
+    if tp == 1:
+        return ""
+    from engine.errors import InvalidRequestError
+    from engine.layers.partition import check_tensor_parallel
+
+    config = SimpleNamespace(num_attention_heads=shape.num_heads, num_key_value_heads=shape.num_kv_heads,
+                             intermediate_size=shape.intermediate_size, hidden_size=shape.hidden_size,
+                             head_dim=shape.head_dim)
+    try:
+        check_tensor_parallel(config, tp, "awq" if quant == "awq" else "hf", AWQ_GROUP_SIZE)
+    except InvalidRequestError as e:
+        return str(e)
+    return ""
+
+
+def layer_linears(shape: ModelShape, tp: int = 1) -> list[Linear]:
+    """The linear layers of one decoder layer (attention q/k/v/o, MLP gate/up/down), as one of `tp`
+    ranks holds them: column-parallel outputs (q/k/v, gate/up) and row-parallel inputs (o, down) split."""
+    reason = tp_refusal(shape, tp)
+    if reason:
+        raise PlanError(reason)
+    h, d, i = shape.hidden_size, shape.head_dim, shape.intermediate_size // tp
+    q_out, kv_out = shape.num_heads // tp * d, kv_heads_per_rank(shape, tp) * d
     return [Linear("q_proj", h, q_out, shape.qkv_bias), Linear("k_proj", h, kv_out, shape.qkv_bias),
             Linear("v_proj", h, kv_out, shape.qkv_bias), Linear("o_proj", q_out, h, shape.o_bias),
             Linear("gate_proj", h, i, shape.mlp_bias), Linear("up_proj", h, i, shape.mlp_bias),
@@ -140,18 +185,20 @@ class ParamCounts:
     linear_weights: int  # all layers' linear weight matrices (what int8/AWQ quantize)
     total: int
     multiplying: int
+    tp: int = 1  # > 1: the counts of one rank (one GPU) of a tensor-parallel engine
 
 
-def count_params(shape: ModelShape) -> ParamCounts:
-    """Parameter counts of `shape` (see the module docstring for the per-part formulas)."""
-    linears = layer_linears(shape)
+def count_params(shape: ModelShape, tp: int = 1) -> ParamCounts:
+    """Parameter counts of `shape` (see the module docstring for the per-part formulas); with tp > 1,
+    those one rank holds (a row-parallel bias whole on every rank, as the engine allocates it)."""
+    linears = layer_linears(shape, tp)
     attention = sum(_linear_params(l) for l in linears if l.name in ("q_proj", "k_proj", "v_proj", "o_proj"))
     if shape.qk_norm:
         attention += 2 * shape.head_dim
     mlp = sum(_linear_params(l) for l in linears if l.name in ("gate_proj", "up_proj", "down_proj"))
     norms = 2 * shape.hidden_size
     per_layer = attention + mlp + norms
-    embedding = shape.vocab_size * shape.hidden_size
+    embedding = vocab_rows_per_rank(shape, tp) * shape.hidden_size
     lm_head = 0 if shape.tie_word_embeddings else embedding
     total = embedding + lm_head + shape.num_layers * per_layer + shape.hidden_size
     linear_weights = shape.num_layers * sum(l.in_features * l.out_features for l in linears)
@@ -160,7 +207,7 @@ def count_params(shape: ModelShape) -> ParamCounts:
     return ParamCounts(embedding=embedding, lm_head=lm_head, lm_head_tied=shape.tie_word_embeddings,
                        attention_per_layer=attention, mlp_per_layer=mlp, norms_per_layer=norms,
                        per_layer=per_layer, num_layers=shape.num_layers, final_norm=shape.hidden_size,
-                       linear_weights=linear_weights, total=total, multiplying=multiplying)
+                       linear_weights=linear_weights, total=total, multiplying=multiplying, tp=tp)
 
 
 def _linear_params(linear: Linear) -> int:
@@ -177,14 +224,18 @@ class WeightBytes:
     linear: int  # the layers' linear weights in this format
     scales: int  # int8 / AWQ scales and zeros
     sixteen_bit: int  # embedding, lm_head, biases, norms (and the linears for bf16/fp16)
+    tp: int = 1  # > 1: the bytes on one GPU of a tensor-parallel engine
 
 
-def weight_bytes(shape: ModelShape, quant: str) -> WeightBytes:
-    """Weight bytes of `shape` stored as `quant` (bf16, fp16, int8 or awq)."""
+def weight_bytes(shape: ModelShape, quant: str, tp: int = 1) -> WeightBytes:
+    """Weight bytes of `shape` stored as `quant` (bf16, fp16, int8 or awq); with tp > 1, one GPU's."""
     if quant not in QUANTS:
         raise PlanError(f"unknown weight format {quant!r}: choose from {', '.join(QUANTS)}")
-    params = count_params(shape)
-    linears = layer_linears(shape)
+    reason = tp_refusal(shape, tp, quant)
+    if reason:
+        raise PlanError(reason)
+    params = count_params(shape, tp)
+    linears = layer_linears(shape, tp)
     if quant in ("bf16", "fp16"):
         linear, scales = 2 * params.linear_weights, 0
     elif quant == "int8":
@@ -199,20 +250,24 @@ def weight_bytes(shape: ModelShape, quant: str) -> WeightBytes:
     embedding_bytes = 2 * params.embedding
     decode = total - (0 if shape.tie_word_embeddings else embedding_bytes)
     return WeightBytes(quant=quant, total=total, decode=decode, linear=linear, scales=scales,
-                       sixteen_bit=sixteen_bit)
+                       sixteen_bit=sixteen_bit, tp=tp)
 
 
 KV_SCALE_BYTES = 8  # a quantized cache's (scale, min) in fp32 per token, head and K/V
 
 
-def kv_bytes_per_token(shape: ModelShape, quant_policy: int = 0) -> int:
+def kv_bytes_per_token(shape: ModelShape, quant_policy: int = 0, tp: int = 1) -> int:
     """K and V of one token across all layers: 2 x layers x kv_heads x (bytes per head), a head being
-    head_dim 16-bit values, or with quant_policy 8 / 4 head_dim codes of that many bits + its scales."""
+    head_dim 16-bit values, or with quant_policy 8 / 4 head_dim codes of that many bits + its scales.
+    With tp > 1, one GPU's: its KV heads only (kv_heads_per_rank: a share, or one replicated head)."""
     if quant_policy not in (0, 4, 8):
         raise PlanError(f"quant_policy {quant_policy}: the KV cache is 16-bit (0), int8 (8) or int4 (4)")
     per_head = (shape.head_dim * KV_DTYPE_BYTES if not quant_policy
                 else shape.head_dim * quant_policy // 8 + KV_SCALE_BYTES)
-    return 2 * shape.num_layers * shape.num_kv_heads * per_head
+    reason = tp_refusal(shape, tp)
+    if reason:
+        raise PlanError(reason)
+    return 2 * shape.num_layers * kv_heads_per_rank(shape, tp) * per_head
 
 
 @dataclass(frozen=True)

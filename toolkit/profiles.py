@@ -19,11 +19,17 @@ Where profiles are read from, first found wins: the `dir` argument, $OPSCTL_PROF
 profiles/ next to the toolkit package (the repository root, also for an editable install), then
 <prefix>/share/opsctl/profiles where a regular install puts them (pyproject data-files).
 
+A profile describes one card; `gpu_count` says how many such cards a machine has (default 1).
+`--gpu NAMExN` asks for N cards of a profile without a new YAML (`rtx4090x2`: two RTX 4090s);
+`tp_link()` gives the link tensor-parallel collectives cross between them (see TpLink).
+
 `--gpu auto` asks NVML (pynvml) for the local cards and matches their names against each
-profile's `pynvml_names`; with no NVIDIA GPU it falls back to the `cpu` profile, with a note.
+profile's `pynvml_names`, counting the cards of GPU 0's kind; with no NVIDIA GPU it falls back to
+the `cpu` profile, with a note.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -42,6 +48,23 @@ Positive = Annotated[float, Field(gt=0)]
 # that measured the bandwidth), above 1.5 means the roofline figure itself is wrong.
 Fraction = Annotated[float, Field(gt=0, le=1.5)]
 EFFICIENCY_FIGURES = ("decode_bandwidth_efficiency", "gemm_efficiency", "prefill_efficiency")
+
+# The links tensor parallelism crosses, per direction (what a ring all-reduce is bound by: each GPU
+# sends and receives at once; nccl-tests' "busbw" is this figure).
+# PCIe x16 by generation, GB/s per direction: 16 lanes x transfer rate x line-code efficiency / 8 (PCI-SIG
+# base specifications: gen1 2.5 GT/s and gen2 5 GT/s 8b/10b, gen3 8 GT/s, gen4 16 GT/s and gen5 32 GT/s
+# 128b/130b, gen6 64 GT/s FLIT 242/256). REFERENCE.md gives each card's generation ("PCIe 4").
+PCIE_X16_GBS = {1: 4.0, 2: 8.0, 3: 15.75, 4: 31.5, 5: 63.0, 6: 121.0}
+# The fraction of a link's figure collectives reach: ~25 of gen4's 31.5 GB/s, ~50 of gen5's 63 (the
+# issue's figures for PCIe). An estimate, not measured here; nccl-tests reports put NVLink nearby (an A100
+# pair over NV12, 300 GB/s a direction: all_reduce busbw 208, NVIDIA/nccl-tests#178).
+LINK_EFFICIENCY = 0.8
+# Fixed time of one small collective between two cards, microseconds, growing with log2(ranks) (a tree's
+# depth: NCCL picks tree/LL algorithms for small messages). Estimates from public nccl-tests runs, not
+# measured here: 2 H100s over NVLink ~6 us (NVIDIA/nccl#1259); 8 RTX 4090s over PCIe 42.6 us for 8 bytes
+# (NVIDIA/nccl#1530) = 3 x ~14, 8 RTX 3090s 54 us (NVIDIA/nccl#1439).
+PCIE_LATENCY_US = 15.0
+NVLINK_LATENCY_US = 5.0
 
 
 class ProfileError(ValueError):
@@ -116,8 +139,24 @@ class Efficiency:
         return all(o.startswith("roofline") for o in self.origins.values())
 
 
+@dataclass(frozen=True)
+class TpLink:
+    """The link tensor-parallel collectives of `tp` ranks cross, as the planner prices them.
+
+    gbs: achievable GB/s per direction (the link's figure x LINK_EFFICIENCY, or the profile's own
+    tp_link_gbs); latency_us: the fixed time of one collective at this tp; source: how, in words.
+    """
+
+    tp: int
+    kind: str  # "NVLink", "PCIe 4.0 x16"
+    gbs: float
+    latency_us: float
+    source: str
+
+
 class HardwareProfile(BaseModel):
-    """One accelerator (or the CPU host): memory, bandwidth, tensor throughput, power, links."""
+    """One accelerator (or the CPU host): memory, bandwidth, tensor throughput, power, links; and
+    how many such cards the machine has (`gpu_count`: memory and speeds stay per card)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -135,8 +174,11 @@ class HardwareProfile(BaseModel):
     bf16_supported: bool
     tdp_w: Positive
     interconnect: str
-    nvlink_gbs: Annotated[float, Field(ge=0)] = 0.0
+    nvlink_gbs: Annotated[float, Field(ge=0)] = 0.0  # NVIDIA's figure: both directions together, per card
+    nvlink_gpus: Optional[Annotated[int, Field(ge=2)]] = None  # cards one NVLink domain joins (a bridge: 2); None: all
     pcie_gen: Optional[Annotated[int, Field(ge=1)]] = None
+    gpu_count: Annotated[int, Field(ge=1)] = 1  # cards in the machine, each with the figures above
+    tp_link_gbs: Optional[Positive] = None  # measured GB/s per direction between the cards; wins over the derived one
     pynvml_names: list[str] = Field(default_factory=list)
     measured: Optional[MeasuredFigures] = None
     calibration: Optional[Calibration] = None
@@ -178,6 +220,41 @@ class HardwareProfile(BaseModel):
         if self.measured and self.measured.bf16_tflops:
             return self.measured.bf16_tflops, "measured"
         return self.datasheet_tensor_tflops, "datasheet"
+
+    @property
+    def spec(self) -> str:
+        """What `--gpu` takes for this machine: the name, with xN for N cards (rtx4090x2)."""
+        return self.name if self.gpu_count == 1 else f"{self.name}x{self.gpu_count}"
+
+    def tp_link(self, tp: int) -> TpLink | None:
+        """The link between `tp` of this machine's cards, or None where the profile names none (the CPU
+        host; a card with neither nvlink_gbs nor pcie_gen nor tp_link_gbs).
+
+        NVLink where the card has it and its domain spans `tp` cards (an RTX 3090's bridge joins two),
+        at half nvlink_gbs (NVIDIA quotes both directions: 900 GB/s on an H100 is 450 each way); else
+        PCIe x16 of the card's generation; either at LINK_EFFICIENCY of the figure. The fixed latency
+        of a collective grows with log2(tp), from PCIE_LATENCY_US / NVLINK_LATENCY_US at 2 cards.
+        """
+        depth = max(math.log2(tp), 1.0)
+        nvlink = self.nvlink_gbs > 0 and (self.nvlink_gpus is None or tp <= self.nvlink_gpus)
+        if nvlink:
+            kind, latency = "NVLink", NVLINK_LATENCY_US * depth
+            derived = self.nvlink_gbs / 2 * LINK_EFFICIENCY
+            how = f"{LINK_EFFICIENCY:g} x half the {self.nvlink_gbs:g} GB/s NVLink figure (both directions)"
+        elif self.pcie_gen in PCIE_X16_GBS:
+            kind, latency = f"PCIe {self.pcie_gen}.0 x16", PCIE_LATENCY_US * depth
+            derived = PCIE_X16_GBS[self.pcie_gen] * LINK_EFFICIENCY
+            how = f"{LINK_EFFICIENCY:g} x the {PCIE_X16_GBS[self.pcie_gen]:g} GB/s a direction of {kind}"
+            if self.nvlink_gbs > 0:
+                how += f" (NVLink joins {self.nvlink_gpus} cards, fewer than {tp})"
+        elif self.tp_link_gbs:
+            kind, latency, derived, how = "link", PCIE_LATENCY_US * depth, self.tp_link_gbs, ""
+        else:
+            return None
+        if self.tp_link_gbs:
+            return TpLink(tp, kind, self.tp_link_gbs, latency, f"{self.tp_link_gbs:g} GB/s a direction: the "
+                                                                f"profile's tp_link_gbs")
+        return TpLink(tp, kind, derived, latency, f"{derived:g} GB/s a direction = {how} (estimate)")
 
     def calibrated(self, figure: str) -> float | None:
         """One of EFFICIENCY_FIGURES from this profile's own calibration, or None."""
@@ -286,14 +363,36 @@ def load_profiles(dir: str | os.PathLike | None = None) -> dict[str, HardwarePro
     return {p.name: p for p in (load_profile_file(f) for f in files)}
 
 
+COUNT_SYNTAX = "NAMExN for N cards of a profile, e.g. rtx4090x2"
+
+
 def get_profile(name: str, dir: str | os.PathLike | None = None) -> HardwareProfile:  # noqa: A002
-    """The profile called `name` (case-insensitive); unknown names are a ProfileError listing the known ones."""
+    """The profile called `name` (case-insensitive), or NAMExN: N cards of profile NAME (its gpu_count
+    set to N). Unknown names and bad counts are a ProfileError in one line (the known names listed)."""
     profiles = load_profiles(dir)
     key = name.strip().lower()
-    if key in profiles:
+    if key in profiles:  # an exact name wins: a profile may itself end in x and digits
         return profiles[key]
-    raise ProfileError(f"unknown GPU profile {name!r}: known profiles are {', '.join(profiles)} "
-                       f"(or 'auto' to detect the local GPU)")
+    # The longest known name followed by "x": what is left must be the count.
+    base = max((n for n in profiles if key.startswith(n + "x")), key=len, default=None)
+    if base is None:
+        raise ProfileError(f"unknown GPU profile {name!r}: known profiles are {', '.join(profiles)} "
+                           f"(or 'auto' to detect the local GPUs; {COUNT_SYNTAX})")
+    count = key[len(base) + 1:]
+    if not count.isdigit() or int(count) < 1:
+        raise ProfileError(f"GPU profile {name!r}: the card count after '{base}x' must be a whole number >= 1 "
+                           f"({COUNT_SYNTAX})")
+    if base == CPU_PROFILE:
+        raise ProfileError(f"GPU profile {name!r}: the '{CPU_PROFILE}' profile is the host, not a card: it takes "
+                           f"no card count")
+    return with_gpu_count(profiles[base], int(count))
+
+
+def with_gpu_count(profile: HardwareProfile, count: int) -> HardwareProfile:
+    """`profile` for a machine of `count` such cards (figures per card unchanged)."""
+    if count < 1:
+        raise ProfileError(f"a machine has at least one card (got {count})")
+    return profile.model_copy(update={"gpu_count": count})
 
 
 def detect_local_gpus() -> tuple[list[tuple[int, str, float]], str]:
@@ -350,8 +449,13 @@ class ResolvedGpu:
 
 
 def resolve_gpu(spec: str, dir: str | os.PathLike | None = None) -> ResolvedGpu:  # noqa: A002
-    """`--gpu auto|NAME`: auto detects GPU 0 with NVML (the cpu profile when there is none)."""
-    if spec.strip().lower() != "auto":
+    """`--gpu auto|NAME|NAMExN`: auto detects the local GPUs with NVML (the cpu profile when there is
+    none) and counts those of GPU 0's kind, as far as $CUDA_VISIBLE_DEVICES lets the engine see them."""
+    key = spec.strip().lower()
+    if key.startswith("auto") and key != "auto":
+        raise ProfileError(f"--gpu {spec!r}: 'auto' counts the local GPUs itself and takes no count; for a "
+                           f"machine that is not this one, name its profile ({COUNT_SYNTAX})")
+    if key != "auto":
         return ResolvedGpu(get_profile(spec, dir))
     profiles = load_profiles(dir)
     gpus, reason = detect_local_gpus()
@@ -365,9 +469,25 @@ def resolve_gpu(spec: str, dir: str | os.PathLike | None = None) -> ResolvedGpu:
         raise ProfileError(f"no profile matches GPU {index} ({name}, {memory_gib:.1f} GiB): pass --gpu NAME, "
                            f"one of {', '.join(profiles)}, or add a YAML to {profiles_dir(dir)}")
     note = f"detected GPU {index}: {name} ({memory_gib:.1f} GiB) -> profile '{profile.name}'"
-    if len(gpus) > 1:
-        note += f"; {len(gpus)} GPUs present, planning for one"
-    return ResolvedGpu(profile, note=note, detected_name=name)
+    if len(gpus) == 1:
+        return ResolvedGpu(profile, note=note, detected_name=name)
+    # Tensor parallelism splits a model over cards of one kind: count GPU 0's kind only.
+    alike = [g for g in gpus if g[1] == name]
+    count, visible = len(alike), _cuda_visible_count()
+    note += f"; {len(gpus)} GPUs present, {count} of this kind"
+    if visible is not None and visible < count:
+        count = visible
+        note += f", {visible} visible through $CUDA_VISIBLE_DEVICES"
+    note += f": planning for {count} ({profile.name}x{count})" if count > 1 else ": planning for one"
+    return ResolvedGpu(with_gpu_count(profile, max(count, 1)), note=note, detected_name=name)
+
+
+def _cuda_visible_count() -> int | None:
+    """How many devices $CUDA_VISIBLE_DEVICES lets CUDA see (NVML ignores it), None when it is unset."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    return len([part for part in value.split(",") if part.strip() and part.strip() != "-1"])
 
 
 def _validation_summary(error: ValidationError) -> str:

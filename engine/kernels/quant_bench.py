@@ -164,9 +164,9 @@ def _sweep_configs(kind: str, path: str, m: int, n: int, k: int) -> list:
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
     alts = []
     if path == "gemv" and kind == "w4a16":
-        for bn in (256, 512, 1024):
+        for bn in (512, 1024):
             for bk in (16, 32):
-                for warps in (2, 4, 8):
+                for warps in (4, 8):
                     steps = -(-k // (warps * bk))
                     for split in _waves_splits(triton.cdiv(n, bn), steps, sms):
                         alts.append(TileConfig(1, bn, bk, split, warps, 1, True))
@@ -177,7 +177,7 @@ def _sweep_configs(kind: str, path: str, m: int, n: int, k: int) -> list:
             for bk in (512, 1024, 2048):
                 for warps in (4, 8):
                     steps = triton.cdiv(k, bk)
-                    for split in _waves_splits(triton.cdiv(n, bn), steps, sms):
+                    for split in _waves_splits(triton.cdiv(n, bn), steps, sms, (1, 2, 3, 4)):
                         alts.append(TileConfig(1, bn, bk, split, warps, 1, True))
     else:
         bk_cap = GROUP if kind == "w4a16" else 128

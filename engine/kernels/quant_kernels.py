@@ -32,6 +32,29 @@ def _k_range(num_steps, steps_per_split):
 
 
 @triton.jit
+def _sum_splits(part, MN, num_splits, mask):
+    """sum over s < num_splits of part[s * MN] (fp32), in one fixed order: eight splits' loads in flight at
+    a time and summed pairwise, then added to the running sum. A plain loop of dependent load-adds costs
+    an L2 round trip per split (~0.3 us: 17 us of down_proj's 57 splits at batch 1)."""
+    stride = tl.zeros([], tl.int64) + MN  # 64-bit: S * M * N may pass 2^31 (and MN == 1 arrives as a constexpr)
+    acc = tl.load(part, mask=mask, other=0.0, cache_modifier=".cg")
+    split = tl.zeros_like(mask.to(tl.int32))  # the split index as a tensor: masks must be tensors
+    for s0 in range(1, num_splits, 8):
+        p = part + s0 * stride
+        split = split * 0 + s0
+        v0 = tl.load(p, mask=mask, other=0.0, cache_modifier=".cg")
+        v1 = tl.load(p + stride, mask=mask & (split + 1 < num_splits), other=0.0, cache_modifier=".cg")
+        v2 = tl.load(p + 2 * stride, mask=mask & (split + 2 < num_splits), other=0.0, cache_modifier=".cg")
+        v3 = tl.load(p + 3 * stride, mask=mask & (split + 3 < num_splits), other=0.0, cache_modifier=".cg")
+        v4 = tl.load(p + 4 * stride, mask=mask & (split + 4 < num_splits), other=0.0, cache_modifier=".cg")
+        v5 = tl.load(p + 5 * stride, mask=mask & (split + 5 < num_splits), other=0.0, cache_modifier=".cg")
+        v6 = tl.load(p + 6 * stride, mask=mask & (split + 6 < num_splits), other=0.0, cache_modifier=".cg")
+        v7 = tl.load(p + 7 * stride, mask=mask & (split + 7 < num_splits), other=0.0, cache_modifier=".cg")
+        acc += ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7))
+    return acc
+
+
+@triton.jit
 def _reduce_if_last(part_ptr, lock_ptr, bias_ptr, final_ptr, offs, mask, MN, N, HAS_BIAS: tl.constexpr):
     """Called by every split after it stored its partials at part_ptr + split * MN + offs: the split that
     arrives last at this tile's counter (lock_ptr[program_id(0)]) sums all of them in split order, adds
@@ -42,11 +65,7 @@ def _reduce_if_last(part_ptr, lock_ptr, bias_ptr, final_ptr, offs, mask, MN, N, 
     tl.debug_barrier()
     arrived = tl.atomic_add(lock_ptr + tl.program_id(0), 1, sem="acq_rel")
     if arrived == tl.num_programs(1) - 1:
-        part = part_ptr + offs
-        acc = tl.load(part, mask=mask, other=0.0, cache_modifier=".cg")
-        for _ in range(1, tl.num_programs(1)):
-            part += MN  # 64-bit pointer arithmetic: S * M * N may pass 2^31
-            acc += tl.load(part, mask=mask, other=0.0, cache_modifier=".cg")
+        acc = _sum_splits(part_ptr + offs, MN, tl.num_programs(1), mask)
         if HAS_BIAS:
             acc += tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
         tl.store(final_ptr + offs, acc.to(final_ptr.dtype.element_ty), mask=mask)
@@ -325,11 +344,7 @@ def _splitk_reduce_kernel(part_ptr, bias_ptr, out_ptr, MN, N, num_splits, HAS_BI
     """out[M, N] = sum over splits of partials [S, M, N] (+ bias), one cast: the split-K epilogue."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
-    acc = tl.zeros([BLOCK], tl.float32)
-    part = part_ptr + offs
-    for _ in range(num_splits):  # a fixed order: the sum does not depend on which split finished first
-        acc += tl.load(part, mask=mask, other=0.0)
-        part += MN
+    acc = _sum_splits(part_ptr + offs, MN, num_splits, mask)  # the order _reduce_if_last sums in, too
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)

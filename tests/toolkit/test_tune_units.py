@@ -99,8 +99,9 @@ def test_axis_parsing():
     assert parse_axis("enable_prefix_caching=on,off") == ("enable_prefix_caching", [True, False])
     assert parse_axis("model_format=hf,int8,AWQ") == ("model_format", [None, "int8", "awq"])
     assert parse_axis("quant_policy=0,8") == ("quant_policy", [0, 8])
-    for bad in ("max_batch_size", "tp=2", "max_batch_size=x", "enable_prefix_caching=maybe", "model_format=gptq",
-                "quant_policy=4"):
+    assert parse_axis("tp=1,2") == ("tp", [1, 2])
+    for bad in ("max_batch_size", "tp=0", "tp=two", "max_batch_size=x", "enable_prefix_caching=maybe",
+                "model_format=gptq", "quant_policy=4", "pp=2"):
         with pytest.raises(ValueError):
             parse_axis(bad)
 

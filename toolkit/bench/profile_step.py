@@ -30,14 +30,16 @@ def _timed_step(engine, phases: dict) -> None:
     phases["update + outputs"].append(t3 - t2)
 
 
-def profile(model: str, batch: int, context: int, steps: int) -> dict:
+def profile(model: str, batch: int, context: int, steps: int, model_format: str | None = None) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     from engine import EngineConfig, GenerationConfig
     from engine.engine import LLMEngine
 
-    engine = LLMEngine(model, EngineConfig(max_batch_size=max(batch, 1), session_len=max(4096, context + 2 * steps + 64)))
+    fmt = {"model_format": model_format} if model_format else {}
+    engine = LLMEngine(model, EngineConfig(max_batch_size=max(batch, 1), session_len=max(4096, context + 2 * steps + 64),
+                                           **fmt))
     gen = GenerationConfig(max_new_tokens=steps * 3 + 16, ignore_eos=True)
     for i in range(batch):
         engine.add_request([100 + (i + j) % 1000 for j in range(context)], gen)
@@ -57,20 +59,23 @@ def profile(model: str, batch: int, context: int, steps: int) -> dict:
             engine.step()
         torch.cuda.synchronize()
     kernels: dict = defaultdict(float)
+    calls: dict = defaultdict(int)
     gpu_total = 0.0
     for evt in prof.key_averages():
         t = evt.device_time_total if hasattr(evt, "device_time_total") else evt.cuda_time_total
         if t > 0 and evt.device_type.name == "CUDA":
             kernels[evt.key] += t
+            calls[evt.key] += evt.count
             gpu_total += t
-    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:15]
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
     return {
-        "model": model, "batch": batch, "context": context, "steps": steps,
+        "model": model, "model_format": model_format or "hf", "batch": batch, "context": context, "steps": steps,
         "device": torch.cuda.get_device_name(0),
         "wall_ms_per_step": wall * 1000, "tokens_per_s": batch / wall,
         "gpu_kernel_ms_per_step": gpu_total / steps / 1000,
         "host_phases_ms": {k: sum(v) / len(v) * 1000 for k, v in phases.items()},
         "top_kernels_ms_per_step": {k: v / steps / 1000 for k, v in top},
+        "top_kernels_calls_per_step": {k: calls[k] / steps for k, _ in top},
     }
 
 
@@ -82,6 +87,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, nargs="+", default=[1])
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--model-format", help="weight format (EngineConfig.model_format: int8, awq, ...)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -89,7 +95,7 @@ def main(argv=None) -> int:
         return 0
     results = []
     for b in args.batch:
-        r = profile(args.model, b, args.context, args.steps)
+        r = profile(args.model, b, args.context, args.steps, args.model_format)
         results.append(r)
         print(json.dumps(r, indent=1))
         torch.cuda.empty_cache()

@@ -1,4 +1,5 @@
-"""`opsctl plan [MODEL] --gpu PROFILE|auto`: what fits on a card and how fast it can go, before any run.
+"""`opsctl plan [MODEL] --gpu PROFILE|PROFILExN|auto`: what fits on a card (or N cards) and how fast it
+can go, before any run.
 
 Reads the model's config only (never its weights: a directory holding just config.json will do,
 and a hub id needs only config.json in the Hugging Face cache) and prints, for each weight format,
@@ -6,6 +7,9 @@ the weight memory, KV bytes per token, KV tokens and sessions at each cache rati
 usable memory, decode tokens/s against batch size and prefill times, each predicted (the roofline
 scaled by the card's calibrated efficiencies) beside the roofline, flags for what will not fit (no
 speeds for it), and a closing recommendation with the `opsctl serve` line that runs it.
+On a machine of N cards (`--gpu rtx4090x2`) each format is planned at every tensor-parallel size
+the engine accepts up to N (or the one `--tp` asks for): memory per GPU, and a table of what the
+collectives between the cards cost each step.
 --json prints the plan itself (toolkit.planner.Plan) with the serve argv beside the recommendation.
 """
 from __future__ import annotations
@@ -33,7 +37,12 @@ GIB = 2**30
 def plan(
     model: eo.ModelArg = None,
     *,
-    gpu: Annotated[str, typer.Option("--gpu", help="Profile name (see `opsctl profiles list`) or auto: detect GPU 0.")] = "auto",
+    gpu: Annotated[str, typer.Option("--gpu", help=(
+        "Profile name (see `opsctl profiles list`); NAMExN for a machine of N such cards (rtx4090x2: two "
+        "RTX 4090s); or auto: detect the local GPUs (those of GPU 0's kind counted)."))] = "auto",
+    tp: Annotated[Optional[int], typer.Option("--tp", help=(
+        "Plan this tensor-parallel size only (default: every tp the engine accepts for the model, up to the "
+        "machine's cards)."))] = None,
     session_len: Annotated[int, typer.Option("--session-len", help="Tokens of one session (prompt + output).")] = 4096,
     batch_sizes: Annotated[str, typer.Option(
         "--batch-sizes", help="Decode batch sizes, comma-separated (256: the engine's default on >= 64 GiB cards).")
@@ -63,7 +72,7 @@ def plan(
                            batch_sizes=_list(batch_sizes, int, "--batch-sizes"),
                            prompt_lens=_list(prompt_lens, int, "--prompt-lens") if prompt_lens else None,
                            context_len=context_len, reserve_gib=reserve_gib, block_size=cache_block_seq_len,
-                           model_name=name, quant_policy=quant_policy)
+                           model_name=name, quant_policy=quant_policy, tps=[tp] if tp is not None else None)
     except (ProfileError, PlanError, EngineError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(2) from None
@@ -127,9 +136,12 @@ def print_plan(result: Plan, console: Console, serve: list[str] | None = None) -
                   f"the datasheet)")
     else:
         memory = f"{result.memory_bytes / GIB:.1f} GiB (datasheet: no committed run recorded what torch sees)"
-    console.print(f"[bold]{result.model}[/bold] on [bold]{result.profile_display_name}[/bold] ({result.profile}): "
-                  f"{memory}, {result.bandwidth_gbs:g} GB/s ({result.bandwidth_source}), "
-                  f"{result.tensor_tflops:g} 16-bit TFLOP/s ({result.tensor_tflops_source})")
+    cards = f"{result.gpu_count} x " if result.gpu_count > 1 else ""
+    per_card = " per card" if result.gpu_count > 1 else ""
+    console.print(f"[bold]{result.model}[/bold] on [bold]{cards}{result.profile_display_name}[/bold] "
+                  f"({result.profile_spec or result.profile}): {memory}, {result.bandwidth_gbs:g} GB/s "
+                  f"({result.bandwidth_source}), {result.tensor_tflops:g} 16-bit TFLOP/s ({result.tensor_tflops_source})"
+                  f"{per_card}")
     for line in _efficiency_lines(result):
         console.print(line)
     console.print(f"{p.total / 1e9:.2f} B parameters: embedding {p.embedding / 1e6:.0f} M, lm_head "
@@ -143,18 +155,24 @@ def print_plan(result: Plan, console: Console, serve: list[str] | None = None) -
     console.print(_memory_table(result))
     console.print(_decode_table(result))
     console.print(_prefill_table(result))
+    if any(q.tp > 1 and q.fits for q in result.quants):
+        console.print(_comm_table(result))
     for q in result.quants:
         for flag in q.flags:
-            console.print(f"[bold red]{q.quant}[/bold red]: {flag}")
+            console.print(f"[bold red]{_label(result, q)}[/bold red]: {flag}")
         for note in q.notes:
-            console.print(f"{q.quant}: {note}")
+            console.print(f"{_label(result, q)}: {note}")
+    for tp, reason in dict.fromkeys((p.tp, p.reason) for p in result.tp_pruned):
+        quants = [p.quant for p in result.tp_pruned if (p.tp, p.reason) == (tp, reason)]
+        console.print(f"tp {tp} ({', '.join(quants)}) not planned: {reason}")
     console.print("Rules: " + "; ".join(f"{k} = {v}" for k, v in result.flag_rules.items()) + ".")
     rec = result.recommendation
     if rec is None:
         console.print(f"[bold]Recommendation[/bold]: none: {result.no_recommendation}.")
         return
-    console.print(f"[bold]Recommendation[/bold]: {rec.quant}, cache ratio {rec.cache_ratio:g}, batch {rec.batch_size}: "
-                  f"{rec.why}.")
+    on_cards = f", tp {rec.tp}" if rec.tp > 1 else ""
+    console.print(f"[bold]Recommendation[/bold]: {rec.quant}{on_cards}, cache ratio {rec.cache_ratio:g}, batch "
+                  f"{rec.batch_size}: {rec.why}.")
     if serve:
         console.print("  " + shlex.join(serve), soft_wrap=True)
 
@@ -177,8 +195,14 @@ def _efficiency_lines(result: Plan) -> list[str]:
     return lines
 
 
+def _label(result: Plan, q) -> str:
+    """A row's name: the format, with its tp when the plan has more than one."""
+    return q.quant if result.tps == [1] else f"{q.quant} tp{q.tp}"
+
+
 def _memory_table(result: Plan) -> Table:
-    table = Table(title=f"Memory (KV tokens and sessions of {result.session_len:,} at each cache ratio)",
+    per_gpu = ", weights and free memory per GPU" if result.gpu_count > 1 else ""
+    table = Table(title=f"Memory (KV tokens and sessions of {result.session_len:,} at each cache ratio{per_gpu})",
                   title_justify="left")
     for column in ("format", "weights", "free after weights + reserve"):
         table.add_column(column, justify="right" if column != "format" else "left", no_wrap=True)
@@ -188,7 +212,7 @@ def _memory_table(result: Plan) -> Table:
     for q in result.quants:
         cells = [f"{kv.tokens:,} ({kv.sequences_in_blocks})" if q.fits else "-" for kv in q.kv]
         flags = ", ".join(f.split(":")[0] for f in q.flags) or "ok"
-        table.add_row(q.quant, f"{q.weights.total / GIB:.2f} GiB", f"{q.free_bytes / GIB:.2f} GiB", *cells,
+        table.add_row(_label(result, q), f"{q.weights.total / GIB:.2f} GiB", f"{q.free_bytes / GIB:.2f} GiB", *cells,
                       f"[red]{flags}[/red]" if q.flags else flags)
     return table
 
@@ -198,19 +222,19 @@ def _decode_table(result: Plan) -> Table:
     table = Table(title=f"Decode tokens/s, predicted (roofline), context {result.context_len:,} tokens per sequence "
                         f"(! = the batch's KV needs more than ratio {most:g}; c = compute-bound)", title_justify="left")
     table.add_column("format")
-    table.add_column("weights read/step", justify="right")
+    table.add_column("weights read/step" + (" per GPU" if result.gpu_count > 1 else ""), justify="right")
     for batch in result.batch_sizes:
         table.add_column(f"batch {batch}", justify="right", no_wrap=True)
     for q in result.quants:
         if not q.fits:  # no speed for what cannot run
-            table.add_row(q.quant, f"{q.weights.decode / 1e9:.2f} GB", *("-" for _ in result.batch_sizes))
+            table.add_row(_label(result, q), f"{q.weights.decode / 1e9:.2f} GB", *("-" for _ in result.batch_sizes))
             continue
         cells = []
         for d, pred in zip(q.decode, q.predicted_decode):
             over = d.cache_ratio_needed is None or d.cache_ratio_needed > most
             cells.append(f"{pred.tokens_per_s:,.0f} ({d.tokens_per_s:,.0f}){'!' if over else ''}"
                          + (" c" if pred.bound == "compute" else ""))
-        table.add_row(q.quant, f"{q.weights.decode / 1e9:.2f} GB", *cells)
+        table.add_row(_label(result, q), f"{q.weights.decode / 1e9:.2f} GB", *cells)
     return table
 
 
@@ -222,10 +246,34 @@ def _prefill_table(result: Plan) -> Table:
         table.add_column(f"{prompt:,} tokens", justify="right", no_wrap=True)
     for q in result.quants:
         if not q.fits:
-            table.add_row(q.quant, *("-" for _ in result.prompt_lens))
+            table.add_row(_label(result, q), *("-" for _ in result.prompt_lens))
             continue
-        table.add_row(q.quant, *(f"{_seconds(pred.seconds)} ({_seconds(e.seconds)})"
-                                 for e, pred in zip(q.prefill, q.predicted_prefill)))
+        table.add_row(_label(result, q), *(f"{_seconds(pred.seconds)} ({_seconds(e.seconds)})"
+                                           for e, pred in zip(q.prefill, q.predicted_prefill)))
+    return table
+
+
+def _comm_table(result: Plan) -> Table:
+    """What tensor parallelism's collectives cost: per row at tp > 1, their time in a decode step and a
+    prefill, and their share of the predicted time."""
+    layers = result.shape.num_layers
+    table = Table(title=(f"Tensor-parallel collectives per forward, ms (share of the predicted time): {2 * layers + 1} "
+                         f"all-reduces of tokens x {result.shape.hidden_size:,} x 2 bytes (2 per layer + the "
+                         f"embedding's), the logits gathered on rank 0, the sampled ids broadcast"),
+                  title_justify="left")
+    table.add_column("format")
+    table.add_column("link (per direction, latency)")
+    for batch in result.batch_sizes:
+        table.add_column(f"decode b{batch}", justify="right", no_wrap=True)
+    for prompt in result.prompt_lens:
+        table.add_column(f"prefill {prompt:,}", justify="right", no_wrap=True)
+    for q in result.quants:
+        if q.tp == 1 or not q.fits:
+            continue
+        link = f"{q.link.kind} {q.link.gbs:.3g} GB/s, {q.link.latency_us:g} us"
+        decode = [f"{p.comm_ms:.2f} ({p.comm_ms / p.step_ms:.0%})" for p in q.predicted_decode]
+        prefill = [f"{p.comm_ms:.2f} ({p.comm_ms / (p.seconds * 1e3):.0%})" for p in q.predicted_prefill]
+        table.add_row(_label(result, q), link, *decode, *prefill)
     return table
 
 

@@ -26,8 +26,10 @@ def _bad_input(message: str) -> typer.Exit:
 def tune(
     model: eo.ModelArg = None,
     *,
-    gpu: Annotated[str, typer.Option("--gpu", help="The card to tune for: a profile name (opsctl profiles list) or "
-                                                   "auto (GPU 0, the cpu profile without one).")] = "auto",
+    gpu: Annotated[str, typer.Option("--gpu", help="The card to tune for: a profile name (opsctl profiles list), "
+                                                   "NAMExN for N such cards (rtx4090x2: tp up to 2 is tried), or "
+                                                   "auto (the local GPUs of GPU 0's kind; the cpu profile without "
+                                                   "one).")] = "auto",
     workload: Annotated[str, typer.Option(help="chat, rag, code, batch or sharegpt:PATH (lengths and default SLO).")] = "chat",
     slo: Annotated[Optional[str], typer.Option(help="Override the workload's SLO: ttft_p99_ms=200,tpot_p99_ms=50 "
                                                     "(one percentile for both).")] = None,
@@ -35,8 +37,8 @@ def tune(
     max_trials: Annotated[Optional[int], typer.Option(help="Stop after this many trials (the default counts).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the tune reports/RUN-ID; finished trials are kept.")] = None,
     axis: Annotated[Optional[list[str]], typer.Option(
-        help="Replace an axis's values: NAME=V1,V2 (model_format: hf/int8/awq, quant_policy: 0/8, max_batch_size, "
-             "cache_max_entry_count, max_prefill_token_num, enable_prefix_caching); repeatable.")] = None,
+        help="Replace an axis's values: NAME=V1,V2 (tp, model_format: hf/int8/awq, quant_policy: 0/8, "
+             "max_batch_size, cache_max_entry_count, max_prefill_token_num, enable_prefix_caching); repeatable.")] = None,
     search: Annotated[str, typer.Option(help="coordinate (the tuner) or grid (every configuration, to check it).")] = "coordinate",
     max_streams: Annotated[Optional[int], typer.Option(help="Most concurrent streams a load search tries "
                                                            "(default 512 on a GPU, 16 on the CPU).")] = None,
@@ -66,6 +68,9 @@ def tune(
         profile = resolved.profile
         if resolved.note:
             console.print(resolved.note)
+        if engine_config.tp > profile.gpu_count and profile.name != "cpu":
+            raise ValueError(f"--tp {engine_config.tp} needs {engine_config.tp} cards and --gpu {profile.spec} has "
+                             f"{profile.gpu_count}: tune for {profile.name}x{engine_config.tp} (NAMExN: N cards)")
         cpu = profile.name == "cpu" or engine_config.device == "cpu" or not _has_gpu()
         work, goal = resolve_workload(workload, cpu=cpu)
         goal = apply_slo_override(goal, slo)
@@ -116,9 +121,10 @@ def _finish(result, out_dir: Path, base, profile, console: Console) -> None:
 
         chosen = result.trial(result.chosen)
         weights = chosen.predicted.weights_gib if chosen.predicted else None
+        # The pod asks for the cards the chosen tp splits the model over (memory_gib is one card's).
         write_launch_files(out_dir, result.model_spec, config,
-                           profile_name=profile.name, weights_gib=weights, memory_gib=profile.memory_gib,
-                           gpus=0 if profile.name == "cpu" else 1)
+                           profile_name=profile.spec, weights_gib=weights, memory_gib=profile.memory_gib,
+                           gpus=0 if profile.name == "cpu" else config.tp)
         console.print("launch: " + shell_line(serve_command(
             result.model_spec, config)))
     from toolkit.tune.report import render_tune_report

@@ -1,13 +1,18 @@
 """The configurations a tune may try: axes from the profile, pruned by the planner before anything runs.
 
-Axes (EngineConfig fields): model_format (the weights: as stored, int8, AWQ), quant_policy (KV cache:
-16-bit or int8), max_batch_size, cache_max_entry_count, max_prefill_token_num, enable_prefix_caching;
-on a GPU the formats come first, since they decide what the other axes can hold. A value is pruned,
-with its reason kept for the report, when the planner shows it cannot work on the target card:
-weights that do not fit, a cache that cannot hold one session, a batch the cache could never hold at
-once (more than twice the sequences of this workload that fit: the scheduler would only preempt). A
-16-bit checkpoint offers int8 (quantized at load); AWQ needs an AWQ checkpoint (`opsctl quantize
-awq`), or a preset: model, whose random weights are rounded to AWQ's layout at load.
+Axes (EngineConfig fields): tp (tensor-parallel cards), model_format (the weights: as stored, int8,
+AWQ), quant_policy (KV cache: 16-bit or int8), max_batch_size, cache_max_entry_count,
+max_prefill_token_num, enable_prefix_caching; on a GPU tp and the formats come first, since they
+decide what the other axes can hold (and change what a server must load: a restart, where the later
+axes reconfigure it in place). tp is offered from 1 to the profile's card count (`--gpu rtx4090x2`:
+1 and 2; one card: 1 only). A value is pruned, with its reason kept for the report, when the planner
+shows it cannot work on the target: a tp the engine refuses for the model (its own words), or more
+cards than the machine that measures has; weights that do not fit (per GPU), a cache that cannot
+hold one session, a batch the cache could never hold at once (more than twice the sequences of this
+workload that fit: the scheduler would only preempt). What is pruned for memory is only what fits at
+no tp and in no format offered. A 16-bit checkpoint offers int8 (quantized at load); AWQ needs an AWQ
+checkpoint (`opsctl quantize awq`), or a preset: model, whose random weights are rounded to AWQ's
+layout at load.
 """
 from __future__ import annotations
 
@@ -15,18 +20,20 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from toolkit.model_sizes import (DEFAULT_RESERVE_GIB, FLAG_CACHE_RATIO, ModelShape, kv_bytes_per_token, kv_fit,
-                                 weight_bytes)
+from toolkit.model_sizes import (DEFAULT_RESERVE_GIB, FLAG_CACHE_RATIO, ModelShape, PlanError, kv_bytes_per_token,
+                                 kv_fit, tp_refusal, weight_bytes)
 from toolkit.predictions import predict_serving
 from toolkit.profiles import HardwareProfile
 
 from .schema import Prediction, Pruned, TuneWorkload
 
-AXES = ("model_format", "quant_policy", "max_batch_size", "cache_max_entry_count", "max_prefill_token_num",
+AXES = ("tp", "model_format", "quant_policy", "max_batch_size", "cache_max_entry_count", "max_prefill_token_num",
         "enable_prefix_caching")
 GPU_VALUES = {"model_format": [None, "int8", "awq"], "quant_policy": [0, 8],
               "max_batch_size": [32, 64, 128, 256], "cache_max_entry_count": [0.7, 0.8, 0.9, 0.95],
               "max_prefill_token_num": [2048, 4096, 8192, 16384], "enable_prefix_caching": [False, True]}
+# tp is not in the tables: its values come from the profile's card count (_tp_values). The CPU space has
+# none: tp on two cores only splits them.
 # The CPU profile: two cores and a 135M model, loads of 1-8 streams; the values that change something
 # there (a batch cap below the load; a prefill budget that splits four 64-token prompts over steps),
 # few enough that `make demo` (4 trials) stays under 5 minutes.
@@ -60,7 +67,11 @@ def parse_axis(text: str) -> tuple[str, list]:
     out = []
     for v in values.split(","):
         v = v.strip()
-        if name == "model_format":
+        if name == "tp":
+            if not v.isdigit() or int(v) < 1:
+                raise ValueError(f"--axis {text!r}: tp {v!r} is not a card count >= 1")
+            out.append(int(v))
+        elif name == "model_format":
             if v.lower() not in ("hf", "none", "int8", "awq"):
                 raise ValueError(f"--axis {text!r}: {v!r} is not hf, int8 or awq")
             out.append(None if v.lower() in ("hf", "none") else v.lower())
@@ -80,24 +91,36 @@ def parse_axis(text: str) -> tuple[str, list]:
 
 def build_space(hf_config, profile: HardwareProfile, workload: TuneWorkload, *, cpu: bool, weight_format: str,
                 session_len: int, block_size: int = 64, overrides: dict[str, list] | None = None,
-                usable_gib: float | None = None, model_kind: str = "hf") -> Space:
-    """The axes for this model on this card, pruned; `overrides` replace an axis's values as given
-    (unpruned: a user who asks for a value gets it tried, and a failure recorded). `model_kind`: hf
-    (a 16-bit checkpoint), awq (an AWQ checkpoint) or preset (random weights)."""
+                usable_gib: float | None = None, model_kind: str = "hf", local_gpus: int | None = None) -> Space:
+    """The axes for this model on this card (or profile.gpu_count of them), pruned; `overrides` replace
+    an axis's values as given (unpruned: a user who asks for a value gets it tried, and a failure
+    recorded). `model_kind`: hf (a 16-bit checkpoint), awq (an AWQ checkpoint) or preset (random
+    weights). `local_gpus`: the GPUs of the machine that measures, where known (tps above it pruned)."""
     axes = {name: list(values) for name, values in (CPU_VALUES if cpu else GPU_VALUES).items()}
     pruned: list[Pruned] = []
     if "model_format" in axes:
         _prune_formats(axes, pruned, model_kind)
+    if not cpu:
+        axes = {"tp": list(range(1, profile.gpu_count + 1)), **axes}
     space = Space(weight_format, axes, pruned)
     if not cpu and hf_config is not None:
         shape = ModelShape.from_config(hf_config)
         # an emulated card's cap, else what the card shows to torch (the profile's measured figure)
         memory = usable_gib * 2**30 if usable_gib else profile.usable_memory_bytes
-        # Pruned only what cannot fit in any format the axes offer: the smallest weights and KV tried.
         formats = [f or weight_format for f in axes.get("model_format", [None])]
-        weights = min(weight_bytes(shape, f if f in ("fp16", "int8", "awq") else "bf16").total for f in formats)
-        free = memory - weights - DEFAULT_RESERVE_GIB * 2**30
-        kv_token = min(kv_bytes_per_token(shape, policy or 0) for policy in axes.get("quant_policy", [0]))
+        sized = [f if f in ("fp16", "int8", "awq") else "bf16" for f in formats]
+        _prune_tps(axes, pruned, shape, sized, weight_format, local_gpus)
+        # Pruned only what cannot fit at any tp and in any format the axes offer: per tp the smallest
+        # weights and KV per GPU tried, and of the tps the one that leaves the cache the most tokens.
+        policies = axes.get("quant_policy", [0])
+        per_tp = {}
+        for tp in axes["tp"]:
+            weights = min(weight_bytes(shape, f, tp).total for f in sized if not tp_refusal(shape, tp, f))
+            per_tp[tp] = (memory - weights - DEFAULT_RESERVE_GIB * 2**30, weights,
+                          min(kv_bytes_per_token(shape, policy or 0, tp) for policy in policies))
+        _prune_tps_for_memory(axes, pruned, per_tp, memory, session_len, block_size, weight_format)
+        free, weights, kv_token = max((per_tp[tp] for tp in axes["tp"]),
+                                      key=lambda f: int(max(f[0], 0)) // f[2])
         tokens_per_seq = workload.input_len + workload.output_len
         for ratio in list(axes["cache_max_entry_count"]):
             fit = kv_fit(int(free), kv_token, ratio, session_len, block_size)
@@ -118,10 +141,54 @@ def build_space(hf_config, profile: HardwareProfile, workload: TuneWorkload, *, 
                                                 f"{tokens_per_seq:,} tokens: batch {batch} would only preempt"))
         if free <= 0:
             pruned.append(Pruned(engine={}, weight_format=weight_format,
-                                 reason=f"weights {weights / 2**30:.1f} GiB + reserve do not fit in {memory / 2**30:.0f} GiB"))
+                                 reason=f"weights {weights / 2**30:.1f} GiB + reserve do not fit in {memory / 2**30:.0f} GiB"
+                                        + (" at any tp offered" if len(per_tp) > 1 else "")))
     for name, values in (overrides or {}).items():
         axes[name] = values
     return space
+
+
+def _prune_tps(axes: dict, pruned: list[Pruned], shape: ModelShape, formats: list[str], weight_format: str,
+               local_gpus: int | None) -> None:
+    """Drop the tps the engine refuses for the model (in every format offered), or that need more GPUs
+    than the measuring machine has; a tp refused only for some format (AWQ's packing) stays, noted."""
+    for tp in list(axes["tp"]):
+        reasons = {f: tp_refusal(shape, tp, f) for f in dict.fromkeys(formats)}
+        if local_gpus is not None and tp > max(local_gpus, 1):
+            reason = f"tp {tp} needs {tp} GPUs; the machine that measures has {local_gpus}"
+        elif all(reasons.values()):
+            reason = next(iter(reasons.values()))
+        else:
+            for f, why in reasons.items():
+                if why:
+                    pruned.append(Pruned(engine={"tp": tp, "model_format": f}, weight_format=f, reason=why))
+            continue
+        axes["tp"].remove(tp)
+        pruned.append(Pruned(engine={"tp": tp}, weight_format=weight_format, reason=reason))
+
+
+def _prune_tps_for_memory(axes: dict, pruned: list[Pruned], per_tp: dict, memory: float, session_len: int,
+                          block_size: int, weight_format: str) -> None:
+    """Drop the tps at which even the smallest weights leave no cache for one session at the largest
+    ratio offered, while another tp does; when none does, the tps stay (the trials show it)."""
+    ratio = max(axes["cache_max_entry_count"])
+
+    def holds_a_session(tp: int) -> bool:
+        free, _, kv_token = per_tp[tp]
+        return free > 0 and kv_fit(int(free), kv_token, ratio, session_len, block_size).tokens >= session_len
+
+    if not any(holds_a_session(tp) for tp in axes["tp"]):
+        return
+    for tp in list(axes["tp"]):
+        if holds_a_session(tp):
+            continue
+        free, weights, _ = per_tp[tp]
+        axes["tp"].remove(tp)
+        what = ("do not fit" if free <= 0 else f"leave a cache smaller than one session of {session_len:,} "
+                f"tokens at ratio {ratio:g}")
+        pruned.append(Pruned(engine={"tp": tp}, weight_format=weight_format,
+                             reason=f"at tp {tp} weights of {weights / 2**30:.1f} GiB per GPU + reserve {what} in "
+                                    f"{memory / 2**30:.0f} GiB"))
 
 
 def _prune_formats(axes: dict, pruned: list[Pruned], model_kind: str) -> None:
@@ -138,17 +205,27 @@ def _prune_formats(axes: dict, pruned: list[Pruned], model_kind: str) -> None:
 
 
 def predict(hf_config, profile: HardwareProfile, *, weight_format: str, batch: int, workload: TuneWorkload,
-            cache_ratio: float, quant_policy: int = 0) -> Prediction:
+            cache_ratio: float, quant_policy: int = 0, tp: int = 1) -> Prediction:
     """The calibrated planner's figures for this configuration at `batch` streams (toolkit/predictions.py
-    predict_serving: roofline x measured efficiencies of the card), to set beside the measured ones."""
+    predict_serving: roofline x measured efficiencies of the card; at tp > 1 one GPU's memory and work
+    plus the collectives between the cards), to set beside the measured ones."""
     if hf_config is None:
         return Prediction(notes=["no model config: no prediction"])
     if weight_format not in ("bf16", "fp16"):
         return Prediction(notes=[f"the planner models GPUs in 16-bit formats; no prediction for {weight_format}"])
-    p = predict_serving(hf_config, profile, quant=weight_format, batch_size=max(batch, 1),
-                        prompt_len=workload.input_len, output_len=workload.output_len,
-                        cache_ratio=cache_ratio if cache_ratio <= 1 else FLAG_CACHE_RATIO, quant_policy=quant_policy)
+    try:
+        p = predict_serving(hf_config, profile, quant=weight_format, batch_size=max(batch, 1),
+                            prompt_len=workload.input_len, output_len=workload.output_len,
+                            cache_ratio=cache_ratio if cache_ratio <= 1 else FLAG_CACHE_RATIO,
+                            quant_policy=quant_policy, tp=tp)
+    except PlanError as e:  # a tp the engine refuses (the trial says so too) or a profile without a link
+        return Prediction(notes=[f"no prediction: {e}"])
     notes = [f"{figure}: {origin}" for figure, origin in p.efficiency.origins.items()]
+    # The model's whole weights, as the launch files take them (they divide by tp themselves).
+    weights = p.weights_bytes if tp == 1 else weight_bytes(ModelShape.from_config(hf_config), weight_format).total
+    if tp > 1:
+        notes.append(f"tp {tp}: {p.weights_bytes / 2**30:.2f} GiB of weights per GPU; the cache holds {p.kv_tokens:,} "
+                     f"tokens, each split over the GPUs by KV head")
     return Prediction(decode_tok_s_b1=p.decode_b1.tokens_per_s if p.decode_b1 else None,
                       output_tok_s=p.throughput.output_tokens_per_s if p.throughput else None,
-                      kv_tokens=p.kv_tokens, weights_gib=p.weights_bytes / 2**30, fits=p.fits, notes=notes)
+                      kv_tokens=p.kv_tokens, weights_gib=weights / 2**30, fits=p.fits, notes=notes)
