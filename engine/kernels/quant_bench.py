@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -310,6 +311,8 @@ def tile_entries(rows: list[dict]) -> list[dict]:
 
 
 def _git_commit() -> str | None:
+    if os.environ.get("OPSCTL_GIT_COMMIT"):  # a copy of the tree without history (the GPU machine's)
+        return os.environ["OPSCTL_GIT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                               check=True).stdout.strip() or None

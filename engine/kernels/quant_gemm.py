@@ -92,71 +92,91 @@ def _gemv_block_n(n: int) -> int:
     return 512 if n >= 512 else max(16, triton.next_power_of_2(n))
 
 
-def w4a16_decode_config(m: int, n: int, k: int, group_size: int, num_sms: int) -> TileConfig:
-    """Tiles for M <= 16 (NOT YET MEASURED: reasoned from the SASS and the H200's numbers; to be swept).
+SMALL_WEIGHTS = 1 << 25  # N * K up to which a batch-1 GEMV is latency-bound (qkv, o of a 7B: 13-17 M)
 
-    M == 1: the GEMV, 4 warps = 4 slabs of 32 rows (16 if the group size is 16), 512 or 1024 columns
-    (sm_90: 96 / 168 registers a thread, 3.2 / 2.9 instructions per weight), K split until ~3 programs
-    per SM or one 128-row step per program (qkv: 9 x 28 programs, each with its 32 KB step in flight at
-    once: the rows of a step are independent loads, so no software pipelining, num_stages 1).
-    2..16: one 16-row tensor-core tile, 128 columns, K tiles of up to 128 rows (fewer scale FMAs on the
-    fp32 product), split-K to ~2 programs per SM.
+
+def w4a16_decode_config(m: int, n: int, k: int, group_size: int, num_sms: int) -> TileConfig:
+    """Tiles for M <= 16, where a device has no measured entry (quant_tiles). The pattern is the one the
+    H200 sweep chose (reports/examples/h200/quant-cd82086), reasoned into rules:
+
+    M == 1: the GEMV with 8 warps = 8 slabs (wider K steps: more loads in flight per program), 512 or
+    1024 columns (_gemv_block_n). Small weights (N * K <= SMALL_WEIGHTS): 32-row slabs and about one
+    wave of programs (qkv: 9 x 14), each doing one 256-row step: the call is bound by latency, and one
+    step per program is the shortest path. Large weights: 16-row slabs (16 in 128 registers: no
+    spills at 8 warps) and about two waves (down: 7 x 38, gate_up: 37 x 8).
+    2..16: one 16-row tensor-core tile of 64 columns, 128-row K tiles, 3 stages, split-K to ~4 waves
+    (qkv: 72 x 8; the fused split-K sum makes many splits cheap).
     """
     if m == 1:
         block_n = _gemv_block_n(n)
-        block_k = _pow2_divisor(group_size, 32)
-        steps = -(-k // (4 * block_k))
-        return TileConfig(1, block_n, block_k, _split_k(triton.cdiv(n, block_n), steps, num_sms, 3.0, steps), 4, 1,
+        small = n * k <= SMALL_WEIGHTS
+        block_k = _pow2_divisor(group_size, 32 if small else 16)
+        steps = -(-k // (8 * block_k))
+        waves = 1.0 if small else 2.0
+        return TileConfig(1, block_n, block_k, _split_k(triton.cdiv(n, block_n), steps, num_sms, waves, steps), 8, 1,
                           True)
-    block_n = min(128, max(16, triton.next_power_of_2(n)))
+    block_n = min(64, max(16, triton.next_power_of_2(n)))
     block_k = _pow2_divisor(group_size, 128)
     tiles = triton.cdiv(n, block_n)
-    return TileConfig(16, block_n, block_k, _split_k(tiles, k // block_k, num_sms, 2.0, 32), 4, 3, True)
+    return TileConfig(16, block_n, block_k, _split_k(tiles, k // block_k, num_sms, 4.0, 32), 4, 3, True)
 
 
 def w4a16_prefill_config(m: int, n: int, k: int, group_size: int, num_sms: int) -> TileConfig:
-    """Tiles for 16 < M <= W4_FUSED_MAX_M (NOT YET MEASURED: Triton's matmul tutorial sizes).
+    """Tiles for 16 < M <= W4_FUSED_MAX_M without a measured entry.
 
-    32-128 x 128 output tiles, 4 warps up to 64 rows and 8 beyond, 3 stages. K tiles of 128 rows (at
-    most the group size) up to 64 rows: the scale costs one FFMA per output element and K tile, which
-    at 64 rows and 64-deep tiles was as much as the dequantization itself (sm_90 SASS: 6.1 -> 4.5
-    instructions per weight); 64 beyond, where 8 warps share the tile. Split-K (<= 4) only when the
-    tiles fill less than one wave of SMs, as at M = 64 with N = 3584 (28 tiles).
+    Up to 64 rows (measured on the H200): 64 x 64 tiles of 128-row K, 4 warps, 3 stages, split-K to ~4
+    waves (a 7B's qkv has 72 such tiles). Beyond: Triton's matmul tutorial sizes, 128 x 128 tiles, 8
+    warps, 64-row K tiles (the scale costs one FFMA per output element and K tile, which at 64-deep
+    tiles and 64 rows was as much as the dequantization itself: sm_90 SASS, 6.1 -> 4.5 instructions per
+    weight, so deeper K tiles while the tile is small), split-K (<= 4) only below one wave.
     """
-    block_m = 32 if m <= 32 else 64 if m <= 64 else 128
+    if m <= 64:
+        block_n = min(64, max(16, triton.next_power_of_2(n)))
+        block_k = _pow2_divisor(group_size, 128)
+        tiles = triton.cdiv(m, 64) * triton.cdiv(n, block_n)
+        return TileConfig(64, block_n, block_k, _split_k(tiles, k // block_k, num_sms, 4.0, 16), 4, 3, True)
+    block_m = 128
     block_n = min(128, max(16, triton.next_power_of_2(n)))
-    block_k = _pow2_divisor(group_size, 128 if block_m <= 64 else 64)
+    block_k = _pow2_divisor(group_size, 64)
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     split = _split_k(tiles, k // block_k, num_sms, 1.0, 4)
-    return TileConfig(block_m, block_n, block_k, split, 4 if block_m <= 64 else 8, 3, True)
+    return TileConfig(block_m, block_n, block_k, split, 8, 3, True)
 
 
 def w8a16_decode_config(m: int, n: int, k: int, num_sms: int) -> TileConfig:
-    """Tiles for M <= 16 (NOT YET MEASURED).
+    """Tiles for M <= 16 without a measured entry (the H200 sweep's pattern).
 
-    M == 1 (K a multiple of 4): the word GEMV, 16 rows x 1024 K a step (each thread: 8 rows x 4 words,
-    one 16-byte load a row), split-K to about 3 programs per SM (o_proj: 224 row tiles alone).
+    M == 1 (K a multiple of 4): the word GEMV, 512 K (128 words) a step, 32 rows a program below 8192
+    rows and 16 above (gate_up has enough rows to fill the SMs without split-K), 4 warps, split-K to
+    about 3 waves (o: 112 x 4).
     2..16 (and M == 1 with K not a multiple of 4): one 16-row tensor-core tile, 64 columns of 128-byte K
-    runs, split-K to ~2 programs per SM.
+    runs, 3 stages, split-K to ~4 waves.
     """
     if m == 1 and k % 4 == 0:
-        block_k = 1024
+        block_k = 512
+        block_n = 32 if n < 8192 else 16
         steps = triton.cdiv(k, block_k)
-        return TileConfig(1, 16, block_k, _split_k(triton.cdiv(n, 16), steps, num_sms, 3.0, steps), 4, 1, True)
+        return TileConfig(1, block_n, block_k, _split_k(triton.cdiv(n, block_n), steps, num_sms, 3.0, steps), 4, 1,
+                          True)
     block_n = min(64, max(16, triton.next_power_of_2(n)))
     block_k = 128
     tiles = triton.cdiv(n, block_n)
-    return TileConfig(16, block_n, block_k, _split_k(tiles, triton.cdiv(k, block_k), num_sms, 2.0, 32), 4, 4, True)
+    return TileConfig(16, block_n, block_k, _split_k(tiles, triton.cdiv(k, block_k), num_sms, 4.0, 32), 4, 3, True)
 
 
 def w8a16_prefill_config(m: int, n: int, k: int, num_sms: int) -> TileConfig:
-    """Tiles for 16 < M <= W8_FUSED_MAX_M (NOT YET MEASURED: the bf16 tiles of matmul.py / Triton's
-    tutorial; int8 B halves the weight tile's shared memory). Split-K (<= 4) only below one wave."""
-    block_m = 32 if m <= 32 else 64 if m <= 64 else 128
+    """Tiles for 16 < M <= W8_FUSED_MAX_M without a measured entry: up to 64 rows, 64 x 64 tiles of
+    128-byte K runs and split-K to ~2 waves (the H200 sweep's pattern); beyond, the bf16 tiles of
+    matmul.py / Triton's tutorial (int8 B halves the weight tile's shared memory), split-K (<= 4) only
+    below one wave."""
+    if m <= 64:
+        block_n = min(64, max(16, triton.next_power_of_2(n)))
+        tiles = triton.cdiv(m, 64) * triton.cdiv(n, block_n)
+        return TileConfig(64, block_n, 128, _split_k(tiles, triton.cdiv(k, 128), num_sms, 2.0, 16), 4, 3, True)
     block_n = min(128, max(16, triton.next_power_of_2(n)))
-    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+    tiles = triton.cdiv(m, 128) * triton.cdiv(n, block_n)
     split = _split_k(tiles, triton.cdiv(k, 64), num_sms, 1.0, 4)
-    return TileConfig(block_m, block_n, 64, split, 4 if block_m <= 64 else 8, 3, True)
+    return TileConfig(128, block_n, 64, split, 8, 3, True)
 
 
 def w4a16_path(m: int) -> str:

@@ -282,13 +282,17 @@ def test_configs_at_qwen_shapes():
                 assert 1 <= cfg.split_k <= steps
             cfg8 = (w8a16_decode_config if m <= 16 else w8a16_prefill_config)(m, n, k, 132)
             assert (cfg8.block_m == 1) == (m == 1) and cfg8.split_k >= 1
-    # batch 1: 512 columns a program on the widths that 1024 does not divide (no masked lanes), 1024 on
-    # gate_up; K split until ~3 programs per SM or one 128-row step per split
+    # batch 1 (the H200 sweep's pattern): 512 columns a program on the widths that 1024 does not divide (no
+    # masked lanes), 1024 on gate_up; 8 warps; small weights one wave of one-step programs, large ones ~2 waves
     cfg = w4a16_decode_config(1, 4608, 3584, 128, 132)
-    assert (cfg.block_n, cfg.block_k, cfg.num_warps) == (512, 32, 4) and cfg.split_k == 3584 // 128
-    assert w4a16_decode_config(1, 37888, 3584, 128, 132).block_n == 1024
-    assert 9 * cfg.split_k >= 132  # the qkv GEMV fills the SMs
-    assert w4a16_decode_config(1, 3584, 18944, 128, 132).split_k * 7 >= 3 * 132
+    assert (cfg.block_n, cfg.block_k, cfg.num_warps, cfg.split_k) == (512, 32, 8, 14)  # 3584 / (8 * 32)
+    assert w4a16_decode_config(1, 37888, 3584, 128, 132)[1:5] == (1024, 16, 8, 8)  # 37 x 8 programs
+    assert w4a16_decode_config(1, 3584, 18944, 128, 132)[1:5] == (512, 16, 38, 8)  # 7 x 38 programs
+    assert all(c.fused_reduce for c in (cfg, w4a16_decode_config(16, 4608, 3584, 128, 132),
+                                        w8a16_decode_config(1, 4608, 3584, 132)))
+    assert w4a16_decode_config(16, 4608, 3584, 128, 132)[:4] == (16, 64, 128, 8)  # 72 tiles x 8: ~4 waves
+    assert w8a16_decode_config(1, 3584, 3584, 132)[1:4] == (32, 512, 4)
+    assert w4a16_prefill_config(64, 4608, 3584, 128, 132)[:3] == (64, 64, 128)
     assert w4a16_prefill_config(256, 37888, 3584, 128, 132).split_k == 1
     # a K tile never straddles a group, in the tensor-core kernel too
     assert w4a16_decode_config(8, 4608, 3584, 32, 132).block_k == 32

@@ -104,3 +104,22 @@ def test_tile_entries_take_the_fastest_checked_row():
 def test_device_file_names():
     assert quant_tiles.device_file("NVIDIA H200").name == "nvidia-h200.json"
     assert quant_tiles.device_file("NVIDIA GeForce RTX 4090").name == "nvidia-geforce-rtx-4090.json"
+
+
+def test_committed_tile_files_are_valid():
+    # every committed entry must be runnable as it stands: the launcher would raise on it at the first call
+    files = sorted(quant_tiles.TILES_DIR.glob("*.json"))
+    assert files, "the measured H200 tiles are committed"
+    for path in files:
+        entries = quant_tiles.read(path)
+        assert entries, path
+        for e in entries:
+            assert e["path"] in quant_gemm.PATHS and e["kind"] in ("w4a16", "w8a16"), e
+            if e["path"] == "dequant_cublas":
+                assert e["config"] is None, e
+                continue
+            cfg = TileConfig(*e["config"])
+            assert (cfg.block_m == 1) == (e["path"] == "gemv") and (e["path"] != "gemv" or e["m"] == 1), e
+            if e["kind"] == "w4a16":
+                assert e["group_size"] % cfg.block_k == 0 and e["k"] % e["group_size"] == 0, e
+            assert any(lo <= e["m"] <= hi for lo, hi in quant_tiles.BUCKETS), e
