@@ -136,7 +136,7 @@ def tp_refusal(shape: ModelShape, tp: int, quant: str = "bf16") -> str:
     """Why the engine refuses to split `shape` over `tp` ranks in weight format `quant`, or "".
 
     The engine's own rule and words (engine.layers.partition.check_tensor_parallel), asked with the
-    config fields it reads; AWQ adds its packing and group checks at AUTOAWQ's group size.
+    config fields it reads; AWQ adds its packing and group checks at AWQ_GROUP_SIZE (AutoAWQ's 128).
     """
     if tp < 1:
         return f"--tp {tp}: must be >= 1"

@@ -304,8 +304,8 @@ def recommend(plans: list[QuantPlan], profile: HardwareProfile, *, session_len: 
                 if roof.cache_ratio_needed is not None and roof.cache_ratio_needed <= kv.cache_ratio:
                     # On a tie the ratio nearest the engine's default wins (its flag can be left out), then
                     # the smaller, then the fewer cards.
-                    candidates.append((pred.tokens_per_s, -abs(kv.cache_ratio - FLAG_CACHE_RATIO), -kv.cache_ratio,
-                                       -q.tp, q, kv, roof, pred))
+                    rank = (pred.tokens_per_s, -abs(kv.cache_ratio - FLAG_CACHE_RATIO), -kv.cache_ratio, -q.tp)
+                    candidates.append((rank, q, kv, roof, pred))
     if not candidates:
         runnable = [q.quant for q in plans if q.quant in ENGINE_DTYPES]
         if not runnable:
@@ -313,8 +313,7 @@ def recommend(plans: list[QuantPlan], profile: HardwareProfile, *, session_len: 
                           f"int8 and AWQ weights are not available yet)")
         return None, (f"no {'/'.join(dict.fromkeys(runnable))} row fits: weights + reserve leave no cache for one "
                       f"session of {session_len:,} tokens and a batch at {context_len:,} tokens of context")
-    best = max(candidates, key=lambda c: c[:4])
-    *_, q, kv, roof, pred = best
+    _, q, kv, roof, pred = max(candidates, key=lambda c: c[0])
     engine = {"max_batch_size": pred.batch_size, "cache_max_entry_count": kv.cache_ratio, "session_len": session_len,
               "dtype": ENGINE_DTYPES[q.quant], "cache_block_seq_len": block_size}
     if quant_policy:
@@ -328,11 +327,11 @@ def recommend(plans: list[QuantPlan], profile: HardwareProfile, *, session_len: 
     if q.tp > 1:
         why += (f"; tensor parallel over {q.tp} cards, the collectives {pred.comm_ms / pred.step_ms:.0%} of the step "
                 f"over {q.link.kind}")
-        fewer = [c for c in candidates if -c[3] < q.tp]
+        fewer = [c for c in candidates if c[1].tp < q.tp]
         if fewer:
-            alt = max(fewer, key=lambda c: c[:4])
-            why += (f"; the best on fewer cards is {alt[0]:,.0f} tok/s (tp {alt[4].tp}, batch "
-                    f"{alt[7].batch_size})")
+            _, fewer_q, _, _, fewer_pred = max(fewer, key=lambda c: c[0])
+            why += (f"; the best on fewer cards is {fewer_pred.tokens_per_s:,.0f} tok/s (tp {fewer_q.tp}, batch "
+                    f"{fewer_pred.batch_size})")
         else:
             why += "; on fewer cards no row fits a session and a batch"
     return Recommendation(quant=q.quant, cache_ratio=kv.cache_ratio, batch_size=pred.batch_size,

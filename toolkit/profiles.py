@@ -178,7 +178,7 @@ class HardwareProfile(BaseModel):
     nvlink_gpus: Optional[Annotated[int, Field(ge=2)]] = None  # cards one NVLink domain joins (a bridge: 2); None: all
     pcie_gen: Optional[Annotated[int, Field(ge=1)]] = None
     gpu_count: Annotated[int, Field(ge=1)] = 1  # cards in the machine, each with the figures above
-    tp_link_gbs: Optional[Positive] = None  # measured GB/s per direction between the cards; wins over the derived one
+    tp_link_gbs: Optional[Positive] = None  # GB/s a direction between the cards, as measured; wins over tp_link()'s estimate
     pynvml_names: list[str] = Field(default_factory=list)
     measured: Optional[MeasuredFigures] = None
     calibration: Optional[Calibration] = None
@@ -247,8 +247,8 @@ class HardwareProfile(BaseModel):
             how = f"{LINK_EFFICIENCY:g} x the {PCIE_X16_GBS[self.pcie_gen]:g} GB/s a direction of {kind}"
             if self.nvlink_gbs > 0:
                 how += f" (NVLink joins {self.nvlink_gpus} cards, fewer than {tp})"
-        elif self.tp_link_gbs:
-            kind, latency, derived, how = "link", PCIE_LATENCY_US * depth, self.tp_link_gbs, ""
+        elif self.tp_link_gbs:  # a link the fields above do not describe, with its figure
+            kind, latency = "link", PCIE_LATENCY_US * depth
         else:
             return None
         if self.tp_link_gbs:

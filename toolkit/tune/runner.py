@@ -119,12 +119,13 @@ def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
         result = TuneResult(run_id=run_id, command=command_line(), git_commit=git_commit(),
                             model=options.model or "the embedded default model (SmolLM2-135M-Instruct)",
-                            model_spec=options.model, target_profile=options.profile.name,
+                            model_spec=options.model, target_profile=options.profile.spec,
                             measured_on=where.device, emulated=where.emulate_gib is not None, versions=versions(),
                             workload=options.workload, slo=options.slo, notes=list(where.notes))
     space = build_space(hf_config, options.profile, result.workload, cpu=where.cpu, weight_format=weight_format,
                         session_len=session_len, block_size=options.base.cache_block_seq_len,
-                        overrides=options.axes, usable_gib=where.emulate_gib, model_kind=model_kind)
+                        overrides=options.axes, usable_gib=where.emulate_gib, model_kind=model_kind,
+                        local_gpus=None if where.cpu else len(detect_local_gpus()[0]))
     result.space = {"weight_format": weight_format, **space.axes}
     result.pruned = space.pruned
     for note in where.notes:
@@ -162,11 +163,11 @@ def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
             fmt = config.model_format or weight_format  # the planner's calibration covers 16-bit formats
             done.predicted = predict(hf_config, measuring, weight_format=fmt, batch=batch,
                                      workload=result.workload, cache_ratio=config.cache_max_entry_count,
-                                     quant_policy=config.quant_policy)
+                                     quant_policy=config.quant_policy, tp=config.tp)
             if where.emulate_gib:
                 target = predict(hf_config, options.profile, weight_format=fmt, batch=batch,
                                  workload=result.workload, cache_ratio=config.cache_max_entry_count,
-                                 quant_policy=config.quant_policy)
+                                 quant_policy=config.quant_policy, tp=config.tp)
                 done.predicted.target_output_tok_s = target.output_tok_s
             console.print(f"  best: {done.best.concurrency} streams, {done.best.output_tok_s:,.1f} tok/s within the "
                           f"SLO ({done.stop_reason}; set-up {done.setup_s:.1f} s)")

@@ -32,7 +32,7 @@ AXES = ("tp", "model_format", "quant_policy", "max_batch_size", "cache_max_entry
 GPU_VALUES = {"model_format": [None, "int8", "awq"], "quant_policy": [0, 8],
               "max_batch_size": [32, 64, 128, 256], "cache_max_entry_count": [0.7, 0.8, 0.9, 0.95],
               "max_prefill_token_num": [2048, 4096, 8192, 16384], "enable_prefix_caching": [False, True]}
-# tp is not in the tables: its values come from the profile's card count (_tp_values). The CPU space has
+# tp is not in the tables: build_space offers 1 .. the profile's card count. The CPU space has
 # none: tp on two cores only splits them.
 # The CPU profile: two cores and a 135M model, loads of 1-8 streams; the values that change something
 # there (a batch cap below the load; a prefill budget that splits four 64-token prompts over steps),
