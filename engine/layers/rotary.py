@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..forward_context import get_forward_context
+
 
 def rope_inv_freq(hf_config, head_dim: int) -> tuple[torch.Tensor, float]:
     params = getattr(hf_config, "rope_parameters", None) or {}
@@ -39,15 +41,32 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", emb.sin() * scaling, persistent=False)
 
     @staticmethod
-    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    def _swap_halves(x: torch.Tensor) -> torch.Tensor:
         x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((-x2, x1), dim=-1)
+        return torch.cat((x2, x1), dim=-1)
 
-    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+        # transformers' x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1): negating x2 or the sin
+        # it meets is the same exact product, so the sign lives in signed_sin = (-sin1, sin2), made once
         if self.rotary_dim == self.head_dim:
-            return x * cos + self._rotate_half(x) * sin
+            return x * cos + self._swap_halves(x) * signed_sin
         rot, passthrough = x[..., :self.rotary_dim], x[..., self.rotary_dim:]
-        return torch.cat((rot * cos + self._rotate_half(rot) * sin, passthrough), dim=-1)
+        return torch.cat((rot * cos + self._swap_halves(rot) * signed_sin, passthrough), dim=-1)
+
+    def _cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, signed sin) [T, 1, rot] at positions: every layer of a step asks for the same ones, so
+        inside a forward they are gathered once and kept in the step's ForwardContext.cache."""
+        try:
+            cache = get_forward_context().cache
+        except RuntimeError:  # a layer run on its own, outside a step
+            cache = {}
+        key = ("rotary", id(self), dtype)
+        if key not in cache:
+            cos = self.cos[positions].to(dtype).unsqueeze(1)
+            sin = self.sin[positions].to(dtype).unsqueeze(1)
+            half = self.rotary_dim // 2
+            cache[key] = (cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1))
+        return cache[key]
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """q [T, H, D], k [T, Hkv, D], positions [T] -> rotated (q, k) in the input dtype."""
@@ -55,6 +74,5 @@ class RotaryEmbedding(nn.Module):
             from ..kernels.rotary import apply_rotary
 
             return apply_rotary(q, k, positions, self.cos, self.sin)  # in place
-        cos = self.cos[positions].to(q.dtype).unsqueeze(1)
-        sin = self.sin[positions].to(q.dtype).unsqueeze(1)
-        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        cos, signed_sin = self._cos_sin(positions, q.dtype)
+        return self._rotate(q, cos, signed_sin), self._rotate(k, cos, signed_sin)

@@ -61,10 +61,12 @@ class DecodeGraphs:
         b.device_view("query_start_loc").copy_(torch.arange(b.max_reqs + 1, dtype=torch.int32))
         for size in reversed(self.sizes):
             ids, pos = b.device_view("input_ids")[:size], b.device_view("positions")[:size]
-            ctx = self._context(size)
-            with forward_context(ctx):
+            with forward_context(self._context(size)):
                 self.model(ids, pos)  # warm-up: compiles the Triton kernels for this shape outside capture
-                torch.cuda.synchronize()
+            torch.cuda.synchronize()
+            # A fresh context for the capture: what layers keep in ctx.cache during the warm-up was computed
+            # outside the graph, and a replay must recompute it from the static buffers.
+            with forward_context(self._context(size)):
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=self.pool):
                     self.outputs[size] = self.model(ids, pos)

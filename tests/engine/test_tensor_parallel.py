@@ -171,8 +171,15 @@ def test_tp2_killed_worker_ends_the_engine_and_leaves_no_process(tiny_tp2):
     assert not any(_alive(pid) for pid in pids)
 
 
+@pytest.fixture
+def tiny_tp2_closed(tiny_tp2):
+    """One tensor-parallel engine per process: the tests below start their own, so the shared tp=2 engine
+    must be gone first, whether or not the killed-worker test ran (a -k selection may leave it out)."""
+    tiny_tp2.close()
+
+
 @pytest.mark.slow
-def test_tp2_int8_weights_equal_tp1(one_thread):
+def test_tp2_int8_weights_equal_tp1(one_thread, tiny_tp2_closed):
     """int8 quantizes each whole checkpoint tensor before a rank keeps its part: a row-parallel rank's
     columns keep their whole row's scale, so tp=2 holds the very same quantized weights as tp=1."""
     with pipeline(TINY, model_format="int8", **SMALL) as pipe:
@@ -185,7 +192,7 @@ def test_tp2_int8_weights_equal_tp1(one_thread):
 
 # -- tp=3: the embedded SmolLM2 ---------------------------------------------------------------------
 @pytest.mark.slow
-def test_tp3_smollm2_greedy_equals_tp1(smol_engine, default_model_dir, one_thread):
+def test_tp3_smollm2_greedy_equals_tp1(smol_engine, default_model_dir, one_thread, tiny_tp2_closed):
     ids = [chat_token_ids(smol_engine.tokenizer, [{"role": "user", "content": p}]) for p in CHAT_PROMPTS]
     expected = [run_alone(smol_engine, prompt, greedy(NEW_TOKENS)) for prompt in ids]
     with pipeline(default_model_dir, tp=3, **SMALL) as pipe:
