@@ -27,7 +27,8 @@ overrides them where it has an entry.
 
 Everything on the fused paths is CUDA-graph safe: shapes and configs are host integers, no value is read
 on the host, and the split-K arrival counters (one int32 per output tile, per device) are made on the
-first call and left at 0 by every call. The dense path allocates its chunk buffer per call (fine inside a graph capture too).
+first call and left at 0 by every call. The dense path allocates its chunk buffer per call (fine inside
+a graph capture too).
 """
 from __future__ import annotations
 

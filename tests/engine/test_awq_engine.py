@@ -61,3 +61,19 @@ def test_asking_for_int8_on_an_awq_checkpoint_is_one_line(awq_and_dequantized):
 
     with pytest.raises(InvalidRequestError, match="is an AWQ checkpoint"):
         LLMEngine(awq_and_dequantized[0], EngineConfig(device="cpu", model_format="int8"))
+
+
+@pytest.mark.slow
+def test_awq_checkpoint_split_over_three_ranks_decodes_like_one(awq_and_dequantized):
+    # Tensor parallel with packed weights (issue 15): each rank keeps whole int32 words of 8 columns and
+    # whole groups of 64 rows of its slice of qweight / qzeros / scales (SmolLM2: o_proj's 576 inputs are
+    # 192 = 3 groups a rank, gate/up's 1536 columns 512 a rank), and the ranks decode the same tokens.
+    awq, _ = awq_and_dequantized
+    expected, engine = _greedy(awq)
+    engine.shutdown()
+    got, engine = _greedy(awq, tp=3)
+    try:
+        assert engine.runner.options.weight_format == "awq"
+        assert got == expected
+    finally:
+        engine.shutdown()

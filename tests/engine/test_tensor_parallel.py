@@ -190,6 +190,21 @@ def test_tp2_int8_weights_equal_tp1(one_thread, tiny_tp2_closed):
     assert not any(_alive(pid) for pid in pids)  # close() stopped them
 
 
+@pytest.mark.slow
+def test_tp2_prefix_caching_reuses_blocks_and_keeps_tokens(one_thread, tiny_tp2_closed):
+    """Rank 0's prefix cache hands the ranks block tables that point at blocks an earlier request filled:
+    every rank must hold its heads' part of those blocks, so the tokens stay tp=1's."""
+    prompts = ["Once upon a time, in a land far away, there lived a " + p for p in RAW_PROMPTS]
+    with pipeline(TINY, **SMALL) as pipe:
+        expected = _greedy_ids(pipe, prompts, do_preprocess=False)
+    with pipeline(TINY, tp=2, enable_prefix_caching=True, **SMALL) as pipe:
+        first = _greedy_ids(pipe, prompts[:1], do_preprocess=False)
+        again = _greedy_ids(pipe, prompts, do_preprocess=False)
+        stats = pipe.engine.stats()
+    assert first == expected[:1] and again == expected
+    assert stats.prefix_cache_hits > 0 and stats.num_free_blocks == stats.num_blocks
+
+
 # -- tp=3: the embedded SmolLM2 ---------------------------------------------------------------------
 @pytest.mark.slow
 def test_tp3_smollm2_greedy_equals_tp1(smol_engine, default_model_dir, one_thread, tiny_tp2_closed):
