@@ -156,6 +156,11 @@ def _read_result(file: Path, data: dict, profiles, runs: Runs) -> None:
             # the planner's efficiencies are those of 16-bit weights and KV; quantized kernels differ
             runs.skipped["engine runs with quantized weights or KV cache"] += 1
             continue
+        if (config.get("tp") or 1) > 1:
+            # the efficiencies are one card's: a tp run's time also holds the collectives, which the
+            # planner adds from the link (predictions.tp_comm), so it would count them twice
+            runs.skipped["engine runs over several GPUs (tp > 1)"] += 1
+            continue
         workload, summary = run.get("workload") or {}, run.get("summary") or {}
         extra = summary.get("extra") or {}
         done, duration = summary.get("num_completed") or 0, summary.get("duration_s") or 0

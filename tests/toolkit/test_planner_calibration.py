@@ -236,3 +236,23 @@ def test_a_figure_needs_its_source():
         Calibration(gemm_efficiency=0.5)
     with pytest.raises(ValueError):
         Calibration(decode_bandwidth_efficiency=2.0, decode_source="x")  # above 1.5: a wrong roofline
+
+
+def test_runs_over_several_gpus_calibrate_nothing(profiles, tmp_path):
+    # One card's efficiencies: a tp=2 run's time holds the collectives too, which the planner adds from the
+    # link, so calibrating from it would count them twice. The same file at tp=1 does calibrate.
+    data = json.loads((EXAMPLES / "h200" / "formats-decode-b1" / "result.json").read_text())
+    data["git_commit"] = "6baed3ed38d699ddb9cd7b9c2277f949eee78126"  # as if committed: no "+wip" skip
+    engine_runs = [r for r in data["runs"] if r.get("target") == "engine" and not (r.get("config") or {}).get(
+        "model_format") and not (r.get("config") or {}).get("quant_policy")]
+    assert engine_runs
+    (tmp_path / "tp1").mkdir()
+    (tmp_path / "tp1" / "result.json").write_text(json.dumps(data))
+    for r in engine_runs:
+        r["config"]["tp"] = 2
+    (tmp_path / "tp2").mkdir()
+    (tmp_path / "tp2" / "result.json").write_text(json.dumps(data))
+    one = calibrate.collect([tmp_path / "tp1"], profiles)
+    two = calibrate.collect([tmp_path / "tp2"], profiles)
+    assert len(one.observations) >= len(engine_runs) and not two.observations
+    assert two.skipped["engine runs over several GPUs (tp > 1)"] == len(engine_runs)
