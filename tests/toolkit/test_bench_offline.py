@@ -39,6 +39,10 @@ def test_offline_result_file_on_tiny_preset(tmp_path):
     assert s.ttft.p50 <= s.e2e.p50 and s.tpot is not None
     assert engine.config["cache_block_seq_len"] == 16
     assert (tmp_path / "r1" / "report.html").stat().st_size > 10_000  # bench writes its report by default
+    for run in result.runs:  # how much CPU each side got (bench/cpu_time.py): tokens per CPU-second agree
+        extra = run.summary.extra
+        assert 0 < extra["cpu_s"] and 0 <= extra.get("steal_fraction", 0) <= 1
+        assert abs(extra["output_tokens_per_cpu_s"] * extra["cpu_s"] - expected_output) < 1e-6 * expected_output
 
 
 def test_engine_not_slower_than_transformers_on_cpu(tmp_path):

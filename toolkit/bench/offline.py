@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..report.schema import Run
 from . import roofline
+from .cpu_time import CpuAccount
 from .metrics import RequestRecord, summarize
 
 
@@ -153,8 +154,12 @@ def bench_engine(engine, model_name: str, workload: OfflineWorkload, device_name
     if workload.mode == "shared-prefix":
         return _bench_shared_prefix(engine, model_name, workload, costs, device_name)
     warm_up(engine, workload)
-    records, duration, _ = min((run_requests(engine, workload.prompts, workload.output_lens) for _ in range(repeats)),
-                               key=lambda run: run[1])
+
+    def measured():
+        account = CpuAccount.start()
+        records, duration, _ = run_requests(engine, workload.prompts, workload.output_lens)
+        return records, duration, account.figures(sum(r.output_tokens for r in records))
+    records, duration, cpu = min((measured() for _ in range(repeats)), key=lambda run: run[1])
     output_tokens = sum(r.output_tokens for r in records)
     extra = {}
     if len(workload.prompts) == 1:  # batch-1 decode: bandwidth-bound, show how close to the limit
@@ -167,6 +172,7 @@ def bench_engine(engine, model_name: str, workload: OfflineWorkload, device_name
         extra = {"gemm_tflops": costs.flops_per_token * (sum(r.prompt_tokens for r in records) + output_tokens)
                  / duration / 1e12}
     extra["num_preemptions"] = engine.stats().num_preemptions
+    extra.update(cpu)  # cpu_s, output_tokens_per_cpu_s, steal_fraction (bench/cpu_time.py)
     return [_engine_run("opsctl engine", engine, model_name, workload, records, duration, extra)]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from ..report.schema import Run
+from .cpu_time import CpuAccount
 from .metrics import RequestRecord, summarize
 from .offline import OfflineWorkload, sync_device
 
@@ -52,6 +53,7 @@ def run_generate(model, workload: OfflineWorkload, device: str, batch_size: int,
 
     def measure():
         sync_device(device)
+        account = CpuAccount.start()
         start = time.perf_counter()
         for b in range(0, len(order), batch_size):
             batch = order[b:b + batch_size]
@@ -60,14 +62,15 @@ def run_generate(model, workload: OfflineWorkload, device: str, batch_size: int,
             now = time.perf_counter() - start
             for i in batch:  # a padded batch returns all of its outputs at once
                 records[i] = RequestRecord(i, 0.0, len(workload.prompts[i]), workload.output_lens[i], e2e_s=now)
-        return time.perf_counter() - start, list(records)
+        duration = time.perf_counter() - start
+        return duration, list(records), account.figures(sum(workload.output_lens[i] for i in order))
 
     generate(order[:min(batch_size, 2)])  # warm-up (and compilation with a static cache)
-    duration, records = min((measure() for _ in range(repeats)), key=lambda run: run[0])
+    duration, records, cpu = min((measure() for _ in range(repeats)), key=lambda run: run[0])
     label = "transformers generate" + (" (static cache)" if static_cache else "")
     return Run(label=label, target="transformers-generate", model=model_name, workload=workload.describe(),
                load={"batch_size": batch_size}, config={"static_cache": static_cache, "dtype": str(model.dtype)},
-               summary=summarize(records, duration)).with_records(records)
+               summary=summarize(records, duration, extra=cpu)).with_records(records)
 
 
 def run_generate_batch(model, workload: OfflineWorkload, device: str, model_name: str) -> Run:
