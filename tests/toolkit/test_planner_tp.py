@@ -327,3 +327,10 @@ def test_tune_trials_and_launch_carry_tp(tmp_path):
     refused = predict(qwen, get_profile("rtx4090x8"), weight_format="bf16", batch=1, workload=WORK, cache_ratio=0.8,
                       tp=8)
     assert refused.decode_tok_s_b1 is None and "28 attention heads" in refused.notes[0]
+
+
+def test_tune_refuses_a_tp_beyond_the_cards_in_the_plans_words():
+    result = _invoke("tune", "--gpu", "rtx4090", "--tp", "2", "--device", "cpu")
+    assert result.exit_code == 2
+    assert "error: --tp 2 needs 2 cards and --gpu rtx4090 has one card: ask for the machine as rtx4090x2" in \
+        result.output

@@ -57,6 +57,7 @@ def tune(
 ) -> None:
     """Find the settings that serve the most traffic within the SLO on a card; report, launch.sh, deploy.yaml."""
     from toolkit.bench.metrics import LimitError
+    from toolkit.planner import plan_tps
     from toolkit.profiles import ProfileError, resolve_gpu
     from toolkit.tune.runner import TuneError, TuneOptions, run_tune
     from toolkit.tune.space import parse_axis
@@ -68,9 +69,8 @@ def tune(
         profile = resolved.profile
         if resolved.note:
             console.print(resolved.note)
-        if engine_config.tp > profile.gpu_count and profile.name != "cpu":
-            raise ValueError(f"--tp {engine_config.tp} needs {engine_config.tp} cards and --gpu {profile.spec} has "
-                             f"{profile.gpu_count}: tune for {profile.name}x{engine_config.tp} (NAMExN: N cards)")
+        if profile.name != "cpu":  # the plan's rule and words: a tp needs that many cards (NAMExN)
+            plan_tps(profile, [engine_config.tp])
         cpu = profile.name == "cpu" or engine_config.device == "cpu" or not _has_gpu()
         work, goal = resolve_workload(workload, cpu=cpu)
         goal = apply_slo_override(goal, slo)
