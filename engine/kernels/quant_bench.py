@@ -276,17 +276,22 @@ def _write(path: str | None, result: dict) -> None:
             json.dump(result, f, indent=1)
 
 
-def _best(rows: list[dict]) -> list[dict]:
-    """Per (format, shape, M): the fastest path and config measured, and its speed-up over bf16."""
+def _fastest(rows: list[dict], usable=lambda row: True) -> dict[tuple, dict]:
+    """Per (format, N, K, M): the fastest timed row of a quantized format that `usable` accepts."""
     best: dict[tuple, dict] = {}
     for r in rows:
-        if "us" not in r or r["kernel"] == "bf16":
+        if "us" not in r or r["kernel"] == "bf16" or not usable(r):
             continue
-        key = (r["kernel"].split("[")[0], r["shape"], r["m"])
+        key = (r["kernel"].split("[")[0], r["n"], r["k"], r["m"])
         if key not in best or r["us"] < best[key]["us"]:
             best[key] = r
-    return [{"kind": k[0], "shape": k[1], "m": k[2], "path": r["path"], "config": r.get("config"), "us": r["us"],
-             "speedup_vs_bf16": r.get("speedup_vs_bf16")} for k, r in sorted(best.items())]
+    return dict(sorted(best.items()))
+
+
+def _best(rows: list[dict]) -> list[dict]:
+    """Per (format, shape, M): the fastest path and config measured, and its speed-up over bf16."""
+    return [{"kind": kind, "shape": r["shape"], "m": m, "path": r["path"], "config": r.get("config"), "us": r["us"],
+             "speedup_vs_bf16": r.get("speedup_vs_bf16")} for (kind, _, _, m), r in _fastest(rows).items()]
 
 
 MAX_REL_ERR = 1e-2  # a row further than this from the torch reference never becomes a tile entry
@@ -295,19 +300,13 @@ MAX_REL_ERR = 1e-2  # a row further than this from the torch reference never bec
 def tile_entries(rows: list[dict]) -> list[dict]:
     """Per (format, shape, M): the fastest row whose result was checked against the reference, as a
     quant_tiles entry (path and config as the launcher takes them)."""
-    best: dict[tuple, dict] = {}
-    for r in rows:
-        if "us" not in r or r["kernel"] == "bf16" or r.get("rel_err", 1.0) > MAX_REL_ERR:
-            continue
-        if r["path"] != "dequant_cublas" and r.get("tile") is None:
-            continue
-        key = (r["kernel"].split("[")[0], r["n"], r["k"], r["m"])
-        if key not in best or r["us"] < best[key]["us"]:
-            best[key] = r
+    def runnable(r: dict) -> bool:
+        return r.get("rel_err", 1.0) <= MAX_REL_ERR and (r["path"] == "dequant_cublas" or r.get("tile") is not None)
+
     return [{"kind": kind, "n": n, "k": k, "group_size": GROUP if kind == "w4a16" else 0, "m": m,
              "path": r["path"], "config": r.get("tile"), "us": round(r["us"], 2),
              "speedup_vs_bf16": round(r["speedup_vs_bf16"], 3) if "speedup_vs_bf16" in r else None}
-            for (kind, n, k, m), r in sorted(best.items())]
+            for (kind, n, k, m), r in _fastest(rows, runnable).items()]
 
 
 def _git_commit() -> str | None:

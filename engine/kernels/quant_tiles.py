@@ -66,31 +66,31 @@ def _table(file: str) -> dict[Key, list[tuple[int, str, tuple | None]]]:
 
 
 @functools.lru_cache(maxsize=None)
-def _device_name(index: int) -> str:
+def _device_file_of(index: int) -> str:
     import torch
 
-    return torch.cuda.get_device_name(index)
+    return str(device_file(torch.cuda.get_device_name(index)))
 
 
 def _file_for(device) -> str | None:
+    """The tiles file for a device: $OPSCTL_QUANT_TILES, else the device's own (CUDA, natively only).
+    Called on every eager linear: the device's name and path are worked out once per device."""
     if os.environ.get(ENV):
         return os.environ[ENV]
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return None
     import torch
 
-    return str(device_file(_device_name(device.index if device.index is not None else torch.cuda.current_device())))
+    return _device_file_of(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def lookup(kind: str, device, m: int, n: int, k: int, group_size: int = 0):
     """(path, TileConfig or None) measured fastest for this call on this device, or None for the defaults."""
     from .quant_gemm import TileConfig
 
-    file = _file_for(device)
-    if file is None:
-        return None
     bucket = next(((lo, hi) for lo, hi in BUCKETS if lo <= m <= hi), None)
-    if bucket is None:
+    file = _file_for(device) if bucket is not None else None  # prefill sizes never ask for the file
+    if file is None:
         return None
     for m_measured, path, cfg in _table(file).get(Key(kind, n, k, group_size), []):
         if m <= m_measured <= bucket[1] and m_measured >= bucket[0]:
