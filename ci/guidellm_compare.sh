@@ -10,7 +10,7 @@
 #      (JITTER_STD), GuideLLM as by default; a fresh mock server per run, its
 #      Sanic access log kept as the server's side of each run; opsctl with its default warm-up
 #      (min(C, 4)), whose mean time its users' first sends are spread over;
-#   2. `opsctl serve` (the embedded SmolLM2-135M on CPU), SERVE_C streams, SERVE_N requests per tool,
+#   2. `opsctl serve` (SERVE_MODEL: the embedded SmolLM2-135M by default), SERVE_C streams, SERVE_N requests per tool,
 #      SERVE_REPS repetitions (order alternating, as above), opsctl --warmup SERVE_WARMUP: GuideLLM
 #      runs no warm-up and its streams start together, so with --warmup 0 opsctl's do too (no
 #      warm-up time to spread them over) and both tools load the batching server with the same
@@ -36,7 +36,13 @@
 #   SERVER_CPUS=0 CLIENT_CPUS=1 (taskset: the servers on some cores, the tools on others, so a
 #   client's own CPU use does not slow the server it measures; default: no pinning: GuideLLM's
 #   processes pinned to one of the 2 cores here starved, TTFT 220 ms against the mock's 110);
-#   FINDINGS_FILE=path; ANALYZE_ONLY=1 (no runs: rebuild the table and JSON from $RESULTS).
+#   FINDINGS_FILE=path; ANALYZE_ONLY=1 (no runs: rebuild the table and JSON from $RESULTS);
+#   SERVE_MODEL= (opsctl serve's model, e.g. preset:qwen2.5-7b; empty: the embedded default)
+#   SERVE_FLAGS="--max-batch-size 8" SERVE_IN_LEN= (prompt tokens, fixed; empty: 64-128 as against the
+#   mock) SERVE_OUT_LEN=64 SERVE_PREWARM=0 (requests sent before the first compared run, so first-request
+#   costs land on neither tool) MACHINE_NOTE=text (the JSON's machine note) OPSCTL_BIN=path
+#   PYTHON_BIN=path (default: the project's .venv; ci/guidellm_device.sh sets them on the GPU machine)
+#   OPSCTL_GIT_COMMIT=sha (recorded where the tree is not a git checkout).
 # Each tool run also records $RESULTS/<label>-<tool>-cpu.json: the tool's CPU seconds (every process
 # of it) over its wall time, and the server's CPU and run-queue wait meanwhile (/proc schedstat of its
 # threads): on a shared machine a client that keeps a core busy makes the server wait for a CPU.
@@ -45,14 +51,16 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 GVENV=${1:-${GUIDELLM_VENV:-/tmp/gllm}}
 GLLM="$GVENV/bin/guidellm"
-OPSCTL="$ROOT/.venv/bin/opsctl"
-PY="$ROOT/.venv/bin/python"
+OPSCTL=${OPSCTL_BIN:-$ROOT/.venv/bin/opsctl}
+PY=${PYTHON_BIN:-$ROOT/.venv/bin/python}
 RESULTS=${RESULTS:-/tmp/guidellm-compare}
 OUT_JSON=${OUT_JSON:-reports/examples/cpu/guidellm_compare.json}
 MOCK_C=${MOCK_C:-32}; MOCK_N=${MOCK_N:-960}; REPS=${REPS:-2}; TTFT_MS=${TTFT_MS:-100}; ITL_MS=${ITL_MS:-10}
 JITTER_REPS=${JITTER_REPS:-1}; JITTER_STD=${JITTER_STD:-10 2}; GLLM1_REPS=${GLLM1_REPS:-2}; GLLM_WORKERS=
 SERVE_C=${SERVE_C:-4}; SERVE_N=${SERVE_N:-12}; SERVE_REPS=${SERVE_REPS:-2}; SERVE_WARMUP=${SERVE_WARMUP:-0}
 SKIP_SERVE=${SKIP_SERVE:-0}; SERVER_CPUS=${SERVER_CPUS:-}; CLIENT_CPUS=${CLIENT_CPUS:-}
+SERVE_MODEL=${SERVE_MODEL:-}; SERVE_FLAGS=${SERVE_FLAGS:---max-batch-size 8}; SERVE_IN_LEN=${SERVE_IN_LEN:-}
+SERVE_OUT_LEN=${SERVE_OUT_LEN:-64}; SERVE_PREWARM=${SERVE_PREWARM:-0}; MACHINE_NOTE=${MACHINE_NOTE:-}
 OUT_LEN=64; IN_MIN=64; IN_MAX=128; IN_MEAN=96; IN_STD=16
 TOK=${TOKENIZER:-$HOME/.cache/opsctl/models/SmolLM2-135M-Instruct}
 MOCK_PORT=${MOCK_PORT:-18741}; SERVE_PORT=${SERVE_PORT:-18742}
@@ -62,6 +70,7 @@ MOCK_PORT=${MOCK_PORT:-18741}; SERVE_PORT=${SERVE_PORT:-18742}
 MOCK_STD=${MOCK_STD:-}; ANALYZE_ONLY=${ANALYZE_ONLY:-0}; FINDINGS_FILE=${FINDINGS_FILE:-}
 export MOCK_C MOCK_N REPS TTFT_MS ITL_MS JITTER_REPS JITTER_STD GLLM1_REPS SERVE_C SERVE_N SERVE_REPS SERVE_WARMUP MOCK_STD
 export FINDINGS_FILE OPSCTL_WARMUP=${OPSCTL_WARMUP:-} SERVER_CPUS CLIENT_CPUS
+export SERVE_MODEL SERVE_FLAGS SERVE_IN_LEN SERVE_OUT_LEN SERVE_PREWARM MACHINE_NOTE
 CMDS="$RESULTS/commands.tsv"
 if [ "$ANALYZE_ONLY" != 1 ]; then
 rm -rf "$RESULTS"; mkdir -p "$RESULTS" "$(dirname "$OUT_JSON")"
@@ -129,7 +138,9 @@ pin_args() { if [ -n "$1" ]; then echo "taskset -c $1"; fi; }  # taskset execs t
 run_guidellm() {  # LABEL URL MODEL C N
     local cmd="$GLLM run --backend kind=openai_http,target=$2,model=$3,request_format=/v1/completions,timeout=600"
     cmd+=" --profile kind=concurrent,streams=$4 --constraint kind=max_requests,count=$5"
-    cmd+=" --data kind=synthetic_text,prompt_tokens=$IN_MEAN,prompt_tokens_stdev=$IN_STD,prompt_tokens_min=$IN_MIN,prompt_tokens_max=$IN_MAX,output_tokens=$OUT_LEN"
+    local spread=",prompt_tokens_stdev=$IN_STD,prompt_tokens_min=$IN_MIN,prompt_tokens_max=$IN_MAX"
+    [ "$IN_STD" != 0 ] || spread=  # a fixed length: GuideLLM refuses a stdev of 0
+    cmd+=" --data kind=synthetic_text,prompt_tokens=$IN_MEAN$spread,output_tokens=$OUT_LEN"
     cmd+=" --tokenizer kind=huggingface_auto,model=$TOK --output kind=json,path=$RESULTS/$1-guidellm.json --disable-progress"
     record "$1-guidellm" "${GLLM_WORKERS:+GUIDELLM__MAX_WORKER_PROCESSES=$GLLM_WORKERS }$cmd"
     echo "== $1: guidellm${GLLM_WORKERS:+ ($GLLM_WORKERS worker process)}"
@@ -138,7 +149,8 @@ run_guidellm() {  # LABEL URL MODEL C N
 }
 run_opsctl() {  # LABEL URL MODEL C N [WARMUP]
     local warmup=${6:-$OPSCTL_WARMUP}
-    local cmd="$OPSCTL bench --url $2 --model $3 --endpoint completions --dataset random --input-len $IN_MIN:$IN_MAX"
+    local inlen=$IN_MIN; [ "$IN_MIN" = "$IN_MAX" ] || inlen=$IN_MIN:$IN_MAX
+    local cmd="$OPSCTL bench --url $2 --model $3 --endpoint completions --dataset random --input-len $inlen"
     cmd+=" --output-len $OUT_LEN --concurrency $4 --num-requests $5 --ignore-eos --tokenizer $TOK"
     cmd+=" --run-id $1-opsctl -o $RESULTS --no-report${warmup:+ --warmup $warmup}"
     record "$1-opsctl" "$cmd"
@@ -174,14 +186,23 @@ for r in $(seq 1 "$JITTER_REPS"); do
 done
 
 if [ "$SKIP_SERVE" != 1 ]; then
-    cmd="$OPSCTL serve --server-port $SERVE_PORT --max-batch-size 8 --log-level warning"
+    cmd="$OPSCTL serve ${SERVE_MODEL:+$SERVE_MODEL }--server-port $SERVE_PORT $SERVE_FLAGS --log-level warning"
     record "serve-server" "$cmd"
-    echo "== opsctl serve (CPU) on :$SERVE_PORT"
+    echo "== $cmd"
+    OUT_LEN=$SERVE_OUT_LEN
+    if [ -n "$SERVE_IN_LEN" ]; then IN_MIN=$SERVE_IN_LEN; IN_MAX=$SERVE_IN_LEN; IN_MEAN=$SERVE_IN_LEN; IN_STD=0; fi
     $(pin_args "$SERVER_CPUS") $cmd > "$RESULTS/serve.log" 2>&1 &
     SERVE=$!; PIDS+=("$SERVE"); SERVER_PID=$SERVE
     if wait_up "http://127.0.0.1:$SERVE_PORT" /health "$SERVE"; then
         MODEL=$(curl -s "http://127.0.0.1:$SERVE_PORT/v1/models" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
         echo "   model $MODEL"
+        if [ "$SERVE_PREWARM" -gt 0 ]; then  # first-request costs (allocations, lazy kernels) land on no tool
+            echo "== prewarm: $SERVE_PREWARM requests at $SERVE_C streams, not compared"
+            "$OPSCTL" bench --url "http://127.0.0.1:$SERVE_PORT" --model "$MODEL" --endpoint completions --dataset random \
+                --input-len "$IN_MIN" --output-len "$OUT_LEN" --concurrency "$SERVE_C" --num-requests "$SERVE_PREWARM" \
+                --ignore-eos --tokenizer "$TOK" --run-id prewarm -o "$RESULTS" --no-report > "$RESULTS/prewarm.log" 2>&1 \
+                || echo "   prewarm failed: see $RESULTS/prewarm.log"
+        fi
         for r in $(seq 1 "$SERVE_REPS"); do
             for tool in $(order_of "$r"); do
                 "run_$tool" "serve-r$r" "http://127.0.0.1:$SERVE_PORT" "$MODEL" "$SERVE_C" "$SERVE_N" "$SERVE_WARMUP"
@@ -195,7 +216,7 @@ fi
 fi  # ANALYZE_ONLY
 
 "$PY" - "$RESULTS" "$OUT_JSON" "$GVENV" <<'EOF'
-import json, os, platform, re, statistics, subprocess, sys, glob
+import json, os, platform, re, shutil, statistics, subprocess, sys, glob
 results, out_json, gvenv = sys.argv[1:4]
 env = dict(os.environ)
 
@@ -232,6 +253,8 @@ def opsctl(path):
         "tpot_ms_mean": 1e3 * s["tpot"]["mean"], "tpot_ms_p50": 1e3 * s["tpot"]["p50"],
         "e2e_ms_mean": 1e3 * s["e2e"]["mean"], "e2e_ms_p50": 1e3 * s["e2e"]["p50"],
         "window_s": s.get("extra", {}).get("throughput_window_s"),
+        # first measured send to last completion: GuideLLM's span for its output tok/s
+        "whole_run_tok_s": (s.get("extra", {}).get("whole_run") or {}).get("output_throughput"),
     }
 
 def mock_log(path):
@@ -276,6 +299,7 @@ def opsctl_in_flight(run_dir, window):
 # Like for like: output tok/s; TTFT; opsctl's TPOT against GuideLLM's ITL (same definition);
 # opsctl's pooled chunk-gap ITL mean against GuideLLM's ITL mean (equal when every chunk is one token).
 PAIRS = [("output tok/s", "output_tok_s", "output_tok_s"),
+         ("output tok/s, whole run", "whole_run_tok_s", "output_tok_s"),
          ("output tok/s, all C busy", "busy_tok_s", "busy_tok_s"),
          ("TTFT mean ms", "ttft_ms_mean", "ttft_ms_mean"), ("TTFT p50 ms", "ttft_ms_p50", "ttft_ms_p50"),
          ("ITL mean ms (opsctl TPOT)", "tpot_ms_mean", "itl_ms_mean"),
@@ -292,9 +316,11 @@ for label in labels:
         g["starts_within_5ms"] = herd(guidellm_starts(f"{results}/{label}-guidellm.json"))
         o["mean_in_flight"] = opsctl_in_flight(f"{results}/{label}-opsctl", o["window_s"])
         g["mean_in_flight"] = guidellm_in_flight(f"{results}/{label}-guidellm.json")
-        streams = int(env["SERVE_C"] if label.startswith("serve") else env["MOCK_C"])
+        serve = label.startswith("serve")
+        streams = int(env["SERVE_C"] if serve else env["MOCK_C"])
+        out_len = int(env["SERVE_OUT_LEN"]) if serve else 64
         for res in (o, g):  # the rate each tool's own latencies imply with every stream always busy
-            res["busy_tok_s"] = streams * 64 / (res["e2e_ms_mean"] / 1e3)
+            res["busy_tok_s"] = streams * out_len / (res["e2e_ms_mean"] / 1e3)
     except (OSError, KeyError, IndexError, ValueError) as e:
         print(f"{label}: missing result ({e})"); continue
     for tool, res in (("guidellm", g), ("opsctl", o)):
@@ -309,6 +335,8 @@ for label in labels:
                           "server_wait_ms_per_s": 1e3 * c["server_wait_s"] / c["wall_s"]}
     rows = []
     for name, ok, gk in PAIRS:
+        if o.get(ok) is None:
+            continue
         ratio = o[ok] / g[gk] if g.get(gk) else None
         rows.append({"metric": name, "opsctl": o[ok], "guidellm": g[gk], "ratio": ratio,
                      "within_5pct": ratio is not None and abs(ratio - 1) <= 0.05})
@@ -354,7 +382,12 @@ def runs_note(comps):
                      "opsctl against the mock: its default warm-up, min(C, 4) requests, whose mean time its users' "
                      "first sends are spread over; GuideLLM runs no warm-up; a fresh mock server per run")
     if any(l.startswith("serve-r") for l in labels):
-        parts.append(f"serve ({first('serve')}): opsctl serve (SmolLM2-135M, CPU, --max-batch-size 8), "
+        lengths = (f"{env['SERVE_IN_LEN']} prompt tokens" if env.get("SERVE_IN_LEN") else "64-128 prompt tokens") \
+            + f", {env['SERVE_OUT_LEN']} output tokens"
+        prewarm = (f", the server warmed by {env['SERVE_PREWARM']} requests first (not compared)"
+                   if int(env.get("SERVE_PREWARM") or 0) else "")
+        parts.append(f"serve ({first('serve')}): opsctl serve {env.get('SERVE_MODEL') or '(the embedded SmolLM2-135M)'} "
+                     f"{env['SERVE_FLAGS']}{prewarm}, {lengths}, "
                      f"{env['SERVE_C']} streams, {env['SERVE_N']} requests per tool, opsctl --warmup "
                      f"{env['SERVE_WARMUP']} (GuideLLM runs none; with none opsctl's users start together, as "
                      "GuideLLM's streams do)")
@@ -414,13 +447,17 @@ doc = {
     "what": "opsctl bench --url (Locust) vs GuideLLM, one after the other, same servers, same concurrency",
     "script": "bash ci/guidellm_compare.sh " + gvenv,
     "versions": {"guidellm": ver([f"{gvenv}/bin/guidellm", "--version"]),
-                 "opsctl_git_commit": ver(["git", "rev-parse", "HEAD"]), "python": platform.python_version()},
+                 "opsctl_git_commit": env.get("OPSCTL_GIT_COMMIT") or ver(["git", "rev-parse", "HEAD"]),
+                 "python": platform.python_version()},
     "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                 "cpu_model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), None),
-                "note": "2 CPU cores shared with other jobs; client and server on the same cores"},
+                "gpu": (ver(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]) if shutil.which("nvidia-smi")
+                        else None),
+                "note": env.get("MACHINE_NOTE") or "2 CPU cores shared with other jobs; client and server on the same cores"},
     "settings": {k: env.get(k) for k in ("MOCK_C", "MOCK_N", "REPS", "TTFT_MS", "ITL_MS", "GLLM1_REPS", "JITTER_REPS", "JITTER_STD",
                                          "MOCK_STD", "OPSCTL_WARMUP", "SERVE_C", "SERVE_N", "SERVE_REPS",
-                                         "SERVE_WARMUP", "SERVER_CPUS", "CLIENT_CPUS")},
+                                         "SERVE_WARMUP", "SERVER_CPUS", "CLIENT_CPUS", "SERVE_MODEL", "SERVE_FLAGS",
+                                         "SERVE_IN_LEN", "SERVE_OUT_LEN", "SERVE_PREWARM")},
     "commands": commands,
     "comparisons": comparisons,
     "runs_note": runs_note(comparisons),

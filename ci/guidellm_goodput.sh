@@ -17,8 +17,10 @@
 #     over a warm-up request's time and stay spread: the same concurrency, a different load.
 # REPS repetitions, the order of the tools alternating (odd: GuideLLM first, even: opsctl first), so
 # a drift of the shared machine is not blamed on one tool.
-# Every request: a synthetic prompt of 64 tokens (SmolLM2's tokenizer), 32 output tokens with
-# ignore_eos (the `chat` workload as opsctl tune scales it for the CPU), streamed /v1/completions.
+# Every request: a synthetic prompt of IN_LEN tokens (SmolLM2's tokenizer, which every preset uses),
+# OUT_LEN output tokens with ignore_eos (by default 64 and 32: the `chat` workload as opsctl tune
+# scales it for the CPU; opsctl tune is given them as --input-len/--output-len), streamed
+# /v1/completions.
 # Known differences the two tools keep (reported in the JSON's `differences`):
 #   - an unresolved opsctl probe (its Wilson interval straddles the target) is run again with twice
 #     the requests when twice could resolve it, and the second run decides; GuideLLM keeps the
@@ -31,14 +33,18 @@
 # Knobs (env): TTFT_MS=500 TPOT_MS=90 PERCENTILE=90 INITIAL=1 MAX_STREAMS=8 TOLERANCE=0.1
 #   REQUESTS=40 MAX_PROBES=10 RAMPUP_S=3 REPS=2 PORT=18751 ENGINE_FLAGS="--max-batch-size 8 --session-len 1024" RESULTS=/tmp/guidellm-goodput
 #   OUT_JSON=reports/examples/cpu/guidellm_goodput.json FINDINGS_FILE=path (JSON list of strings:
-#   what a person concluded from the runs) ANALYZE_ONLY=1 (no runs: rebuild the JSON from $RESULTS).
+#   what a person concluded from the runs) ANALYZE_ONLY=1 (no runs: rebuild the JSON from $RESULTS)
+#   IN_LEN=64 OUT_LEN=32 MODEL= (opsctl's model argument, e.g. preset:qwen2.5-7b; empty: the embedded
+#   default) TUNE_GPU=cpu (opsctl tune --gpu) TOKENIZER=dir MACHINE_NOTE=text (the JSON's machine note)
+#   OPSCTL_BIN=path PYTHON_BIN=path (default: the project's .venv; ci/guidellm_device.sh sets them on
+#   the GPU machine) OPSCTL_GIT_COMMIT=sha (recorded where the tree is not a git checkout).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 GVENV=${1:-${GUIDELLM_VENV:-/tmp/gllm}}
 GLLM="$GVENV/bin/guidellm"
-OPSCTL="$ROOT/.venv/bin/opsctl"
-PY="$ROOT/.venv/bin/python"
+OPSCTL=${OPSCTL_BIN:-$ROOT/.venv/bin/opsctl}
+PY=${PYTHON_BIN:-$ROOT/.venv/bin/python}
 RESULTS=${RESULTS:-/tmp/guidellm-goodput}
 OUT_JSON=${OUT_JSON:-reports/examples/cpu/guidellm_goodput.json}
 TTFT_MS=${TTFT_MS:-500}; TPOT_MS=${TPOT_MS:-90}; PERCENTILE=${PERCENTILE:-90}
@@ -46,12 +52,12 @@ INITIAL=${INITIAL:-1}; MAX_STREAMS=${MAX_STREAMS:-8}; TOLERANCE=${TOLERANCE:-0.1
 REQUESTS=${REQUESTS:-40}; MAX_PROBES=${MAX_PROBES:-10}; REPS=${REPS:-2}; PORT=${PORT:-18751}
 RAMPUP_S=${RAMPUP_S:-3}
 ENGINE_FLAGS=${ENGINE_FLAGS:-"--max-batch-size 8 --session-len 1024"}
-IN_LEN=64; OUT_LEN=32
+IN_LEN=${IN_LEN:-64}; OUT_LEN=${OUT_LEN:-32}; MODEL=${MODEL:-}; TUNE_GPU=${TUNE_GPU:-cpu}; MACHINE_NOTE=${MACHINE_NOTE:-}
 TOK=${TOKENIZER:-$HOME/.cache/opsctl/models/SmolLM2-135M-Instruct}
 ANALYZE_ONLY=${ANALYZE_ONLY:-0}; FINDINGS_FILE=${FINDINGS_FILE:-}
 TARGET=$("$PY" -c "print($PERCENTILE / 100)")
 export TTFT_MS TPOT_MS PERCENTILE TARGET INITIAL MAX_STREAMS TOLERANCE REQUESTS MAX_PROBES REPS ENGINE_FLAGS RAMPUP_S
-export IN_LEN OUT_LEN FINDINGS_FILE
+export IN_LEN OUT_LEN FINDINGS_FILE MODEL TUNE_GPU MACHINE_NOTE
 [ -x "$GLLM" ] || { echo "no guidellm at $GLLM (pass the GuideLLM virtualenv)"; exit 2; }
 [ -x "$OPSCTL" ] || { echo "no $OPSCTL"; exit 2; }
 [ -d "$TOK" ] || { echo "no tokenizer directory $TOK (set TOKENIZER)"; exit 2; }
@@ -76,7 +82,7 @@ timed() {  # LABEL CMD...: run CMD, its wall seconds and exit status to $RESULTS
 run_guidellm() {  # LABEL [RAMPUP_S]: the arm "guidellm", or "guidellm_rampup" with a ramp-up
     local label=$1 rampup=${2:-0} url="http://127.0.0.1:$PORT" model tool=guidellm
     [ "$rampup" = 0 ] || tool=guidellm_rampup
-    local serve="$OPSCTL serve --server-port $PORT $ENGINE_FLAGS --log-level warning"
+    local serve="$OPSCTL serve ${MODEL:+$MODEL }--server-port $PORT $ENGINE_FLAGS --log-level warning"
     record "$label-$tool-server" "$serve"
     echo "== $label: $tool goodput search (opsctl serve on :$PORT)"
     $serve > "$RESULTS/$label-$tool-serve.log" 2>&1 &
@@ -108,7 +114,8 @@ run_guidellm() {  # LABEL [RAMPUP_S]: the arm "guidellm", or "guidellm_rampup" w
 
 run_opsctl() {  # LABEL
     local label=$1
-    local cmd=("$OPSCTL" tune --gpu cpu --max-trials 1 $ENGINE_FLAGS
+    local cmd=($OPSCTL tune ${MODEL:+$MODEL} --gpu "$TUNE_GPU" --max-trials 1 --no-quality $ENGINE_FLAGS
+               --input-len "$IN_LEN" --output-len "$OUT_LEN"
                --slo "ttft_p${PERCENTILE}_ms=$TTFT_MS,tpot_p${PERCENTILE}_ms=$TPOT_MS"
                --initial-streams "$INITIAL" --max-streams "$MAX_STREAMS" --min-requests "$REQUESTS"
                --load-tolerance "$TOLERANCE" --run-id "$label-opsctl" -o "$RESULTS")
@@ -129,7 +136,7 @@ done
 fi  # ANALYZE_ONLY
 
 "$PY" - "$RESULTS" "$OUT_JSON" "$GVENV" <<'EOF'
-import bisect, csv, glob, json, math, os, platform, re, shlex, subprocess, sys
+import bisect, csv, glob, json, math, os, platform, re, shlex, shutil, subprocess, sys
 results, out_json, gvenv = sys.argv[1:4]
 env = dict(os.environ)
 TTFT, TPOT, TARGET = float(env["TTFT_MS"]), float(env["TPOT_MS"]), float(env["TARGET"])
@@ -301,10 +308,13 @@ doc = {
     "what": "opsctl tune's load search against GuideLLM's goodput search, on the same server (opsctl serve)",
     "script": "bash ci/guidellm_goodput.sh " + gvenv,
     "versions": {"guidellm": ver([f"{gvenv}/bin/guidellm", "--version"]),
-                 "opsctl_git_commit": ver(["git", "rev-parse", "HEAD"]), "python": platform.python_version()},
+                 "opsctl_git_commit": env.get("OPSCTL_GIT_COMMIT") or ver(["git", "rev-parse", "HEAD"]),
+                 "python": platform.python_version()},
     "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                 "cpu_model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), None),
-                "note": "2 CPU cores shared with other jobs; client and server on the same cores"},
+                "gpu": (ver(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]) if shutil.which("nvidia-smi")
+                        else None),
+                "note": env.get("MACHINE_NOTE") or "2 CPU cores shared with other jobs; client and server on the same cores"},
     "settings": {"ttft_ms": TTFT, "tpot_ms": TPOT, "percentile": int(env["PERCENTILE"]), "target_attainment": TARGET,
                  "initial_streams": INITIAL, "max_streams": MAX_STREAMS, "tolerance": TOL,
                  "requests_per_probe": int(env["REQUESTS"]), "max_probes": int(env["MAX_PROBES"]), "confidence": 0.95,

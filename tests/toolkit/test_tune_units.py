@@ -91,6 +91,13 @@ def test_workload_presets_and_slo_overrides():
     with pytest.raises(LimitError):
         resolve_workload("chatty", cpu=False)
     assert resolve_workload("sharegpt:/x.json", cpu=False)[0].dataset == "/x.json"
+    # --input-len / --output-len replace the lengths (each on its own), never the SLO
+    work, slo = resolve_workload("chat", cpu=False, output_len=64)
+    assert (work.input_len, work.output_len, slo.ttft_ms) == (512, 64, 200)
+    work, slo = resolve_workload("chat", cpu=True, input_len=100)
+    assert (work.input_len, work.output_len, slo.tpot_ms) == (100, 32, 100)
+    with pytest.raises(LimitError, match="--output-len 0"):
+        resolve_workload("chat", cpu=False, output_len=0)
 
 
 def test_axis_parsing():

@@ -31,6 +31,8 @@ def tune(
                                                    "auto (the local GPUs of GPU 0's kind; the cpu profile without "
                                                    "one).")] = "auto",
     workload: Annotated[str, typer.Option(help="chat, rag, code, batch or sharegpt:PATH (lengths and default SLO).")] = "chat",
+    input_len: Annotated[Optional[int], typer.Option(help="Prompt tokens per request instead of the workload's.")] = None,
+    output_len: Annotated[Optional[int], typer.Option(help="Output tokens per request instead of the workload's.")] = None,
     slo: Annotated[Optional[str], typer.Option(help="Override the workload's SLO: ttft_p99_ms=200,tpot_p99_ms=50 "
                                                     "(one percentile for both).")] = None,
     budget_minutes: Annotated[Optional[float], typer.Option(help="Stop starting trials after this many minutes.")] = None,
@@ -72,7 +74,7 @@ def tune(
         if profile.name != "cpu":  # the plan's rule and words: a tp needs that many cards (NAMExN)
             plan_tps(profile, [engine_config.tp])
         cpu = profile.name == "cpu" or engine_config.device == "cpu" or not _has_gpu()
-        work, goal = resolve_workload(workload, cpu=cpu)
+        work, goal = resolve_workload(workload, cpu=cpu, input_len=input_len, output_len=output_len)
         goal = apply_slo_override(goal, slo)
         axes = dict(parse_axis(a) for a in axis or [])
         if search not in ("coordinate", "grid"):

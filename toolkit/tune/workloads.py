@@ -47,8 +47,10 @@ def workload_names() -> list[str]:
     return [*PRESETS, f"{SHAREGPT}:PATH"]
 
 
-def resolve_workload(spec: str, *, cpu: bool) -> tuple[TuneWorkload, Slo]:
-    """The workload and its default SLO for `--workload SPEC` (chat | rag | code | batch | sharegpt:PATH)."""
+def resolve_workload(spec: str, *, cpu: bool, input_len: int | None = None,
+                     output_len: int | None = None) -> tuple[TuneWorkload, Slo]:
+    """The workload and its default SLO for `--workload SPEC` (chat | rag | code | batch | sharegpt:PATH);
+    `input_len` / `output_len` replace the preset's (or the CPU-scaled) lengths, the SLO stays the preset's."""
     name, _, path = spec.partition(":")
     if name == SHAREGPT:
         if not path:
@@ -58,11 +60,14 @@ def resolve_workload(spec: str, *, cpu: bool) -> tuple[TuneWorkload, Slo]:
         preset = PRESETS[name]
     else:
         raise LimitError(f"--workload {spec!r}: unknown; choose from {', '.join(workload_names())}")
-    input_len, output_len, ttft, tpot = preset.input_len, preset.output_len, preset.ttft_ms, preset.tpot_ms
+    for flag, value in (("--input-len", input_len), ("--output-len", output_len)):
+        if value is not None and value < 1:
+            raise LimitError(f"{flag} {value}: must be >= 1")
+    preset_in, preset_out, ttft, tpot = preset.input_len, preset.output_len, preset.ttft_ms, preset.tpot_ms
     if cpu:
-        input_len, output_len = CPU_SCALE["input_len"], CPU_SCALE["output_len"]
+        preset_in, preset_out = CPU_SCALE["input_len"], CPU_SCALE["output_len"]
         ttft, tpot = CPU_SCALE["ttft_ms"], CPU_SCALE["tpot_ms"]
-    workload = TuneWorkload(name=name, input_len=input_len, output_len=output_len,
+    workload = TuneWorkload(name=name, input_len=input_len or preset_in, output_len=output_len or preset_out,
                             dataset=path or None, scaled_for_cpu=cpu)
     return workload, Slo(ttft_ms=ttft, tpot_ms=tpot, percentile=DEFAULT_PERCENTILE,
                          attainment=DEFAULT_PERCENTILE / 100)
