@@ -205,7 +205,10 @@ if [ "$SKIP_SERVE" != 1 ]; then
         fi
         for r in $(seq 1 "$SERVE_REPS"); do
             for tool in $(order_of "$r"); do
+                # the server's own histograms around each run: its TTFT and E2E for that run's requests
+                curl -s "http://127.0.0.1:$SERVE_PORT/metrics" > "$RESULTS/serve-r$r-$tool-metrics-before.txt"
                 "run_$tool" "serve-r$r" "http://127.0.0.1:$SERVE_PORT" "$MODEL" "$SERVE_C" "$SERVE_N" "$SERVE_WARMUP"
+                curl -s "http://127.0.0.1:$SERVE_PORT/metrics" > "$RESULTS/serve-r$r-$tool-metrics-after.txt"
             done
         done
     else
@@ -263,6 +266,25 @@ def mock_log(path):
     ms = [float(x) for x in re.findall(r"POST \S+/v1/completions 200 chunked\s+([\d.]+)ms", open(path).read())]
     return {"server_log_requests": len(ms), "server_ttft_ms_mean": statistics.fmean(ms),
             "server_ttft_ms_p50": pct(ms, 0.5)} if ms else {}
+
+def server_metrics(before, after):
+    """opsctl serve's own view of one tool's run: the change of its Prometheus histograms (TTFT from a
+    request's arrival to its first token, E2E to its last) between a scrape before and one after."""
+    def read(path):
+        vals = {}
+        for line in open(path):
+            m = re.match(r"opsctl:(time_to_first_token_seconds|e2e_request_latency_seconds)_(sum|count)\{[^}]*\} (\S+)", line)
+            if m:
+                vals[m.group(1), m.group(2)] = float(m.group(3))
+        return vals
+    a, b = read(before), read(after)
+    out = {}
+    for name, key in (("time_to_first_token_seconds", "server_ttft_ms_mean"), ("e2e_request_latency_seconds", "server_e2e_ms_mean")):
+        n = b.get((name, "count"), 0) - a.get((name, "count"), 0)
+        if n > 0:
+            out[key] = 1e3 * (b[name, "sum"] - a.get((name, "sum"), 0)) / n
+            out["server_requests"] = int(n)
+    return out
 
 def herd(starts):
     """How synchronized the closed-loop users are: the mean number of other requests sent within
@@ -326,6 +348,9 @@ for label in labels:
     for tool, res in (("guidellm", g), ("opsctl", o)):
         p = f"{results}/{label}-{tool}-mock.log"
         if label.startswith("mock") and os.path.exists(p): res.update(mock_log(p))
+        p = f"{results}/{label}-{tool}-metrics-"
+        if os.path.exists(p + "before.txt") and os.path.exists(p + "after.txt"):
+            res.update(server_metrics(p + "before.txt", p + "after.txt"))
         p = f"{results}/{label}-{tool}-cpu.json"
         if os.path.exists(p):
             c = json.load(open(p))
@@ -346,8 +371,9 @@ for label in labels:
     for r in rows:
         print(f"  {r['metric']:28s} {r['opsctl']:10.2f} {r['guidellm']:10.2f} {r['ratio']:7.3f}  {'yes' if r['within_5pct'] else 'NO'}")
     if "server_ttft_ms_mean" in g and "server_ttft_ms_mean" in o:
-        print(f"  mock's own TTFT (access log) mean/p50 ms: during opsctl {o['server_ttft_ms_mean']:.1f}/{o['server_ttft_ms_p50']:.1f},"
-              f" during guidellm {g['server_ttft_ms_mean']:.1f}/{g['server_ttft_ms_p50']:.1f}")
+        print(f"  the server's own TTFT mean ms ({'access log' if label.startswith('mock') else '/metrics'}): during opsctl "
+              f"{o['server_ttft_ms_mean']:.1f}, during guidellm {g['server_ttft_ms_mean']:.1f}; client minus server: "
+              f"opsctl {o['ttft_ms_mean'] - o['server_ttft_ms_mean']:+.1f}, guidellm {g['ttft_ms_mean'] - g['server_ttft_ms_mean']:+.1f}")
     print(f"  other requests sent within +-5 ms of each (lockstep users): opsctl {o['starts_within_5ms']:.1f},"
           f" guidellm {g['starts_within_5ms']:.1f}")
     if o.get("mean_in_flight") and g.get("mean_in_flight"):
@@ -404,7 +430,8 @@ def measured_line(c):
             + f"; other requests sent within +-5 ms of each: opsctl {o['starts_within_5ms']:.1f}, "
             f"guidellm {g['starts_within_5ms']:.1f}")
     if "server_ttft_ms_mean" in o and "server_ttft_ms_mean" in g:
-        line += (f"; the mock's own TTFT mean (access log) {o['server_ttft_ms_mean']:.1f} ms under opsctl, "
+        line += (f"; the server's own TTFT mean ({'access log' if c['label'].startswith('mock') else '/metrics'}) "
+                 f"{o['server_ttft_ms_mean']:.1f} ms under opsctl, "
                  f"{g['server_ttft_ms_mean']:.1f} under guidellm; client minus server TTFT mean: opsctl "
                  f"{o['ttft_ms_mean'] - o['server_ttft_ms_mean']:+.1f} ms, guidellm "
                  f"{g['ttft_ms_mean'] - g['server_ttft_ms_mean']:+.1f}")
