@@ -42,7 +42,9 @@
 #   mock) SERVE_OUT_LEN=64 SERVE_PREWARM=0 (requests sent before the first compared run, so first-request
 #   costs land on neither tool) MACHINE_NOTE=text (the JSON's machine note) OPSCTL_BIN=path
 #   PYTHON_BIN=path (default: the project's .venv; ci/guidellm_device.sh sets them on the GPU machine)
-#   OPSCTL_GIT_COMMIT=sha (recorded where the tree is not a git checkout).
+#   OPSCTL_GIT_COMMIT=sha (recorded where the tree is not a git checkout); GUIDELLM_RAMPUP_S= (GuideLLM's
+#   streams' first requests spread over that many seconds, its rampup_duration, as opsctl's default
+#   warm-up spreads its users' over a request time; with SERVE_WARMUP= empty opsctl keeps that default).
 # Each tool run also records $RESULTS/<label>-<tool>-cpu.json: the tool's CPU seconds (every process
 # of it) over its wall time, and the server's CPU and run-queue wait meanwhile (/proc schedstat of its
 # threads): on a shared machine a client that keeps a core busy makes the server wait for a CPU.
@@ -57,10 +59,11 @@ RESULTS=${RESULTS:-/tmp/guidellm-compare}
 OUT_JSON=${OUT_JSON:-reports/examples/cpu/guidellm_compare.json}
 MOCK_C=${MOCK_C:-32}; MOCK_N=${MOCK_N:-960}; REPS=${REPS:-2}; TTFT_MS=${TTFT_MS:-100}; ITL_MS=${ITL_MS:-10}
 JITTER_REPS=${JITTER_REPS:-1}; JITTER_STD=${JITTER_STD:-10 2}; GLLM1_REPS=${GLLM1_REPS:-2}; GLLM_WORKERS=
-SERVE_C=${SERVE_C:-4}; SERVE_N=${SERVE_N:-12}; SERVE_REPS=${SERVE_REPS:-2}; SERVE_WARMUP=${SERVE_WARMUP:-0}
+SERVE_C=${SERVE_C:-4}; SERVE_N=${SERVE_N:-12}; SERVE_REPS=${SERVE_REPS:-2}; SERVE_WARMUP=${SERVE_WARMUP-0}
 SKIP_SERVE=${SKIP_SERVE:-0}; SERVER_CPUS=${SERVER_CPUS:-}; CLIENT_CPUS=${CLIENT_CPUS:-}
 SERVE_MODEL=${SERVE_MODEL:-}; SERVE_FLAGS=${SERVE_FLAGS:---max-batch-size 8}; SERVE_IN_LEN=${SERVE_IN_LEN:-}
 SERVE_OUT_LEN=${SERVE_OUT_LEN:-64}; SERVE_PREWARM=${SERVE_PREWARM:-0}; MACHINE_NOTE=${MACHINE_NOTE:-}
+GUIDELLM_RAMPUP_S=${GUIDELLM_RAMPUP_S:-}
 OUT_LEN=64; IN_MIN=64; IN_MAX=128; IN_MEAN=96; IN_STD=16
 TOK=${TOKENIZER:-$HOME/.cache/opsctl/models/SmolLM2-135M-Instruct}
 MOCK_PORT=${MOCK_PORT:-18741}; SERVE_PORT=${SERVE_PORT:-18742}
@@ -70,7 +73,7 @@ MOCK_PORT=${MOCK_PORT:-18741}; SERVE_PORT=${SERVE_PORT:-18742}
 MOCK_STD=${MOCK_STD:-}; ANALYZE_ONLY=${ANALYZE_ONLY:-0}; FINDINGS_FILE=${FINDINGS_FILE:-}
 export MOCK_C MOCK_N REPS TTFT_MS ITL_MS JITTER_REPS JITTER_STD GLLM1_REPS SERVE_C SERVE_N SERVE_REPS SERVE_WARMUP MOCK_STD
 export FINDINGS_FILE OPSCTL_WARMUP=${OPSCTL_WARMUP:-} SERVER_CPUS CLIENT_CPUS
-export SERVE_MODEL SERVE_FLAGS SERVE_IN_LEN SERVE_OUT_LEN SERVE_PREWARM MACHINE_NOTE
+export SERVE_MODEL SERVE_FLAGS SERVE_IN_LEN SERVE_OUT_LEN SERVE_PREWARM MACHINE_NOTE GUIDELLM_RAMPUP_S
 CMDS="$RESULTS/commands.tsv"
 if [ "$ANALYZE_ONLY" != 1 ]; then
 rm -rf "$RESULTS"; mkdir -p "$RESULTS" "$(dirname "$OUT_JSON")"
@@ -137,7 +140,8 @@ pin_args() { if [ -n "$1" ]; then echo "taskset -c $1"; fi; }  # taskset execs t
 
 run_guidellm() {  # LABEL URL MODEL C N
     local cmd="$GLLM run --backend kind=openai_http,target=$2,model=$3,request_format=/v1/completions,timeout=600"
-    cmd+=" --profile kind=concurrent,streams=$4 --constraint kind=max_requests,count=$5"
+    cmd+=" --profile kind=concurrent,streams=$4${GUIDELLM_RAMPUP_S:+,rampup_duration=$GUIDELLM_RAMPUP_S}"
+    cmd+=" --constraint kind=max_requests,count=$5"
     local spread=",prompt_tokens_stdev=$IN_STD,prompt_tokens_min=$IN_MIN,prompt_tokens_max=$IN_MAX"
     [ "$IN_STD" != 0 ] || spread=  # a fixed length: GuideLLM refuses a stdev of 0
     cmd+=" --data kind=synthetic_text,prompt_tokens=$IN_MEAN$spread,output_tokens=$OUT_LEN"
@@ -414,9 +418,13 @@ def runs_note(comps):
                    if int(env.get("SERVE_PREWARM") or 0) else "")
         parts.append(f"serve ({first('serve')}): opsctl serve {env.get('SERVE_MODEL') or '(the embedded SmolLM2-135M)'} "
                      f"{env['SERVE_FLAGS']}{prewarm}, {lengths}, "
-                     f"{env['SERVE_C']} streams, {env['SERVE_N']} requests per tool, opsctl --warmup "
-                     f"{env['SERVE_WARMUP']} (GuideLLM runs none; with none opsctl's users start together, as "
-                     "GuideLLM's streams do)")
+                     f"{env['SERVE_C']} streams, {env['SERVE_N']} requests per tool, "
+                     + (f"opsctl --warmup {env['SERVE_WARMUP']} (GuideLLM runs none; with none opsctl's users start "
+                        "together, as GuideLLM's streams do)" if env.get("SERVE_WARMUP") else
+                        "opsctl with its default warm-up, min(C, 4) requests, whose mean time its users' first sends "
+                        "are spread over"))
+    if env.get("GUIDELLM_RAMPUP_S"):
+        parts.append(f"GuideLLM's streams' first requests spread over {env['GUIDELLM_RAMPUP_S']} s (rampup_duration)")
     if env.get("SERVER_CPUS") or env.get("CLIENT_CPUS"):
         parts.append(f"servers pinned to CPU {env.get('SERVER_CPUS') or 'any'}, the tools to CPU "
                      f"{env.get('CLIENT_CPUS') or 'any'} (taskset)")
@@ -456,6 +464,9 @@ DEFINITIONS = {
            "opsctl TPOT; opsctl itl = every gap between content chunks, pooled (same mean when one token per "
            "chunk, as here; its p50 differs since it is a percentile of gaps, not of per-request means); GuideLLM "
            "TPOT = (last token - request start) / output tokens (includes TTFT), not compared",
+    "server_ttft_ms_mean": "the server's own mean TTFT over the run: the mock's access log, or opsctl serve's "
+                           "/metrics histogram (arrival in the handler to the first token) scraped before and after "
+                           "the run; the latter also counts opsctl's warm-up requests when it runs any",
     "busy_tok_s": "C x 64 output tokens / the tool's mean E2E: the rate its own latencies imply with every stream "
                   "always busy (no gaps between a stream's requests, no ramp, no drain), for comparing what the two "
                   "tools saw of the server apart from how each counts its span",
@@ -484,7 +495,7 @@ doc = {
     "settings": {k: env.get(k) for k in ("MOCK_C", "MOCK_N", "REPS", "TTFT_MS", "ITL_MS", "GLLM1_REPS", "JITTER_REPS", "JITTER_STD",
                                          "MOCK_STD", "OPSCTL_WARMUP", "SERVE_C", "SERVE_N", "SERVE_REPS",
                                          "SERVE_WARMUP", "SERVER_CPUS", "CLIENT_CPUS", "SERVE_MODEL", "SERVE_FLAGS",
-                                         "SERVE_IN_LEN", "SERVE_OUT_LEN", "SERVE_PREWARM")},
+                                         "SERVE_IN_LEN", "SERVE_OUT_LEN", "SERVE_PREWARM", "GUIDELLM_RAMPUP_S")},
     "commands": commands,
     "comparisons": comparisons,
     "runs_note": runs_note(comparisons),

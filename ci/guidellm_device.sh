@@ -63,23 +63,30 @@ compare|goodput)
     gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
     export MACHINE_NOTE="$(nproc) CPU cores, one $gpu; no other job on the machine"
     if [ "$1" = compare ]; then
-        # The mock at 64 streams, then opsctl serve at 64 streams; SERVE_256=1 adds 256 streams (no mock).
+        # The mock at 64 streams, then opsctl serve at 64 streams; SPREAD=1 adds the serve runs with both
+        # tools' streams starting spread over a request time, SERVE_256=1 256 streams (neither with the mock);
+        # SKIP_LOCKSTEP=1 leaves out the first (mock and lockstep serve).
         # OPSCTL_WARMUP=0: opsctl's users start together against the mock as GuideLLM's streams do
         # (the same load; with its default warm-up they start spread and the mock queues less).
         export SERVER_CPUS=${SERVER_CPUS:-0-7} CLIENT_CPUS=${CLIENT_CPUS:-8-15} SERVE_MODEL=$MODEL
         export SERVE_IN_LEN=${SERVE_IN_LEN:-512} SERVE_OUT_LEN=${SERVE_OUT_LEN:-256} SERVE_PREWARM=${SERVE_PREWARM:-64}
         export OPSCTL_WARMUP=${OPSCTL_WARMUP-0}
         MACHINE_NOTE+="; servers on cores $SERVER_CPUS, clients on $CLIENT_CPUS"
-        MOCK_C=64 MOCK_N=${MOCK_N:-1920} REPS=${REPS:-2} GLLM1_REPS=0 JITTER_REPS=0 \
+        [ "${SKIP_LOCKSTEP:-0}" = 1 ] || MOCK_C=64 MOCK_N=${MOCK_N:-1920} REPS=${REPS:-2} GLLM1_REPS=0 JITTER_REPS=0 \
             SERVE_C=64 SERVE_N=${SERVE_N_64:-512} SERVE_REPS=${SERVE_REPS:-2} SERVE_FLAGS="--max-batch-size 64" \
             RESULTS=/tmp/gc-64 OUT_JSON=$OUT/guidellm_compare-c64.json bash ci/guidellm_compare.sh "$GL_VENV"
+        if [ "${SPREAD:-0}" = 1 ]; then  # the same serve runs with both tools' streams starting spread
+            REPS=0 GLLM1_REPS=0 JITTER_REPS=0 OPSCTL_WARMUP= SERVE_WARMUP= GUIDELLM_RAMPUP_S=${GUIDELLM_RAMPUP_S:-2.4} \
+                SERVE_C=64 SERVE_N=${SERVE_N_64:-512} SERVE_REPS=${SERVE_REPS:-2} SERVE_FLAGS="--max-batch-size 64" \
+                RESULTS=/tmp/gc-64-spread OUT_JSON=$OUT/guidellm_compare-c64-spread.json bash ci/guidellm_compare.sh "$GL_VENV"
+        fi
         if [ "${SERVE_256:-0}" = 1 ]; then
             REPS=0 GLLM1_REPS=0 JITTER_REPS=0 \
                 SERVE_C=256 SERVE_N=${SERVE_N_256:-512} SERVE_REPS=${SERVE_REPS:-2} SERVE_FLAGS="--max-batch-size 256" \
                 SERVE_PREWARM=256 RESULTS=/tmp/gc-256 OUT_JSON=$OUT/guidellm_compare-c256.json \
                 bash ci/guidellm_compare.sh "$GL_VENV"
         fi
-        tar -C /tmp -czf "$OUT/guidellm_compare-runs.tgz" gc-64 $([ -d /tmp/gc-256 ] && echo gc-256)
+        tar -C /tmp -czf "$OUT/guidellm_compare-runs.tgz" $(cd /tmp && ls -d gc-64 gc-64-spread gc-256 2>/dev/null)
     else
         MODEL=$MODEL TUNE_GPU=${TUNE_GPU:-h200} IN_LEN=${IN_LEN:-512} OUT_LEN=${OUT_LEN:-64} \
             ENGINE_FLAGS=${ENGINE_FLAGS:-"--max-batch-size 16"} TTFT_MS=${TTFT_MS:-250} TPOT_MS=${TPOT_MS:-50} \
