@@ -154,7 +154,8 @@ def _waves_splits(tiles: int, k_steps: int, sms: int, waves=(1, 2, 3, 4, 6)) -> 
 def _sweep_configs(kind: str, path: str, m: int, n: int, k: int) -> list:
     """A grid of alternatives to the default tiles of a fused path (--sweep): widths, depths, warps, stages
     and split-K from one to six waves over the SMs, each with the split-K sum fused into the kernel
-    (TileConfig.fused_reduce) and, at the default width, also as a second kernel."""
+    (TileConfig.fused_reduce) and, at the default width, also as a second kernel; for int8 every
+    tensor-core tile also with the operands swapped (TileConfig.swap_ab)."""
     import triton
 
     from .quant_gemm import TileConfig
@@ -188,6 +189,8 @@ def _sweep_configs(kind: str, path: str, m: int, n: int, k: int) -> list:
                     tiles = triton.cdiv(m, base.block_m) * triton.cdiv(n, bn)
                     for split in _waves_splits(tiles, k // bk, sms, (1, 2, 4)):
                         alts.append(TileConfig(base.block_m, bn, bk, split, warps, stages, True))
+                        if kind == "w8a16":  # the swapped operands: W from registers, tokens as the MMA's N
+                            alts.append(TileConfig(base.block_m, bn, bk, split, warps, stages, True, True))
     return [c for c in dict.fromkeys(alts) if c != base]
 
 

@@ -16,7 +16,8 @@ Three paths per format, picked from M (rows of x) unless a caller forces one wit
 - 'gemm' (2 <= M <= W4_FUSED_MAX_M / W8_FUSED_MAX_M): tensor-core tiles with the weight dequantized in
   registers: for int4 the operand is code - zero (exact in fp16/bf16) and the group scale multiplies the
   fp32 product of each K tile; for int8 the codes, with the row scale after the sum. M <= DECODE_MAX_M
-  uses one 16-row tile and split-K to fill the SMs; larger M the prefill tiles.
+  uses one 16-row tile and split-K to fill the SMs; larger M the prefill tiles. For int8 a tiles file may
+  pick the swapped-operand variant (TileConfig.swap_ab) where a sweep measured it faster.
 - 'dequant_cublas' (larger M): the product is compute-bound there, where cuBLAS beats a Triton kernel
   that also dequantizes, so one Triton kernel writes the dense weight in x's dtype (a column chunk of at
   most DENSE_CHUNK_BYTES at a time) and torch.mm / addmm multiplies it.
@@ -58,7 +59,12 @@ class TileConfig(NamedTuple):
     block_k is the rows of one slab (one slab per warp and K step) for int4, the K elements of a step
     for int8. block_m >= 16 selects the tensor-core kernel (any M). fused_reduce: with split-K, the
     last split of each tile sums the partials (quant_kernels._reduce_if_last) instead of a second
-    kernel launch; same sums in the same order either way."""
+    kernel launch; same sums in the same order either way. swap_ab (int8 only): the tensor-core kernel
+    with the operands swapped, out^T = W x^T (quant_kernels._w8a16_gemm_swapped_kernel), so the
+    dequantized weight is the MMA operand Hopper reads from registers and block_m (the tokens) its N.
+    Not a default anywhere: a sweep offers it, and a device's tiles file picks it where it measured
+    faster. (AWQ packs eight output features per word, so its tile comes out K-major: the int4 kernel
+    needs a repacked weight for this.)"""
     block_m: int
     block_n: int
     block_k: int
@@ -66,6 +72,7 @@ class TileConfig(NamedTuple):
     num_warps: int
     num_stages: int
     fused_reduce: bool = False
+    swap_ab: bool = False
 
 
 # ----------------------------------------------------------------------------------------- configs
@@ -285,6 +292,8 @@ def _pick(path: str | None, default: str, config: TileConfig | None, m: int, nam
                          "selects the GEMV, M must then be 1; block_m >= 16 the tensor-core kernel)")
     if path == "gemv" and m != 1:
         raise ValueError(f"{name}: the 'gemv' path takes M == 1, got M={m}")
+    if config is not None and config.swap_ab and config.block_m == 1:
+        raise ValueError(f"{name}: config {config}: swap_ab is a tensor-core tiling (block_m >= 16)")
     return path
 
 
@@ -334,6 +343,9 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, s
     cfg = config or pick(1 if path == "gemv" else max(m, 2), n, k, group_size, _num_sms(x.device))
     if group_size % cfg.block_k:
         raise ValueError(f"config {cfg} does not fit group size {group_size} (block_k must divide it)")
+    if cfg.swap_ab:
+        raise ValueError(f"w4a16_linear: config {cfg}: swap_ab is an int8 kernel (AWQ's packed columns "
+                         "would need a repacked weight)")
     if path == "gemv":
         steps = triton.cdiv(k, cfg.num_warps * cfg.block_k)
         return _launch(qk._w4a16_gemv_kernel, (qweight, qzeros, scales), (n, k, group_size), x, bias, out, cfg,
@@ -373,8 +385,9 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, b
         # the int32 view reads the same bytes (little-endian: byte b of a word is K element 4c + b)
         return _launch(qk._w8a16_gemv_kernel, (qweight.view(torch.int32), scales), (n, k, kw), x, bias, out, cfg,
                        triton.cdiv(kw, cfg.block_k // 4))
-    return _launch(qk._w8a16_gemm_kernel, (qweight, scales), (m, n, k), x, bias, out, cfg,
-                   triton.cdiv(k, cfg.block_k), EVEN_K=k % cfg.block_k == 0)
+    kernel = qk._w8a16_gemm_swapped_kernel if cfg.swap_ab else qk._w8a16_gemm_kernel
+    return _launch(kernel, (qweight, scales), (m, n, k), x, bias, out, cfg, triton.cdiv(k, cfg.block_k),
+                   EVEN_K=k % cfg.block_k == 0)
 
 
 def _empty_product(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

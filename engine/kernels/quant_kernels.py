@@ -327,6 +327,42 @@ def _w8a16_gemm_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, final_ptr, lock_p
 
 
 @triton.jit
+def _w8a16_gemm_swapped_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, final_ptr, lock_ptr, M, N, K, stride_xm,
+                               tiles_per_split, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
+                               FUSED_REDUCE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                               BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+                               EVEN_K: tl.constexpr):
+    # The same product with the operands swapped: out^T [BLOCK_N, BLOCK_M] = W [BLOCK_N, BLOCK_K] @ x^T.
+    # The weight tile, dequantized in registers, is the MMA's first operand, which Hopper's wgmma reads
+    # from registers; only the second (x^T, a few token columns) must sit in shared memory. With W as
+    # the second operand (_w8a16_gemm_kernel) every dequantized tile takes a round trip through shared
+    # memory first. The tokens are the MMA's N (16..64 here), so small M wastes no 64-row M tile either.
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # tokens
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output features
+    row_mask = rows < M
+    col_mask = cols < N
+    ks = tl.arange(0, BLOCK_K)
+    x_cols = x_ptr + rows.to(tl.int64)[None, :] * stride_xm  # x^T tile addressing: a run of K per token
+    w_rows = w_ptr + cols.to(tl.int64)[:, None] * K
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    t0, t1 = _k_range(tl.cdiv(K, BLOCK_K), tiles_per_split)
+    for t in range(t0, t1):
+        k = t * BLOCK_K + ks
+        if EVEN_K:
+            w = tl.load(w_rows + k[None, :], mask=col_mask[:, None], other=0)
+            xt = tl.load(x_cols + k[:, None], mask=row_mask[None, :], other=0.0)
+        else:
+            k_mask = k < K
+            w = tl.load(w_rows + k[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0)
+            xt = tl.load(x_cols + k[:, None], mask=k_mask[:, None] & row_mask[None, :], other=0.0)
+        acc = _dot(_int8_to_f32(w).to(x_ptr.dtype.element_ty), xt, acc, UPCAST, IEEE)
+    acc *= tl.load(s_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[:, None]
+    _store_tile(tl.trans(acc), bias_ptr, out_ptr, final_ptr, lock_ptr, rows, cols, M, N, HAS_BIAS, PARTIAL,
+                FUSED_REDUCE)
+
+
+@triton.jit
 def _w8_dequant_kernel(w_ptr, s_ptr, out_ptr, K, n_start, n_count, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """out [n_count, K] (x's dtype) = q * s for rows n_start ..: one rounding from fp32. Memory-bound."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -178,9 +178,11 @@ def test_w8a16_matches_reference(m, n, k, dtype, bias, fp32_scales, device):
     b = torch.randn(n, generator=gen).to(dtype).to(device) if bias else None
     ref32 = w8a16_linear_ref(x.float(), qweight, scales, b.float() if bias else None)
     _assert_matches(w8a16_linear(x, qweight, scales, b), ref32, dtype)
-    if m > 1:  # the tensor-core kernel without split-K and with an uneven one
-        for split in (1, 3):
-            cfg = TileConfig(16 if m <= 16 else 32, 16, 32, split, 4, 2)
+    # the tensor-core kernel without split-K and with an uneven one, both operand orders (swap_ab: out^T
+    # = W x^T, the tokens as the MMA's N), fused split-K sum and the second kernel
+    for split in (1, 3):
+        for swap in (False, True):
+            cfg = TileConfig(16 if m <= 16 else 32, 16, 32, split, 4, 2, split == 3, swap)
             _assert_matches(w8a16_linear(x, qweight, scales, b, config=cfg), ref32, dtype)
 
 
@@ -260,6 +262,10 @@ def test_bad_inputs_raise(device):
     q8, s8 = q8.to(device), s8.to(device)
     with pytest.raises(ValueError, match="multiple of 4"):
         w8a16_linear(x[:1, :62].contiguous(), q8[:, :62].contiguous(), s8, path="gemv")
+    with pytest.raises(ValueError, match="swap_ab is an int8 kernel"):
+        w4a16_linear(x, qw, qz, s, 32, config=TileConfig(16, 16, 32, 1, 4, 2, False, True))
+    with pytest.raises(ValueError, match="swap_ab is a tensor-core tiling"):
+        w8a16_linear(x[:1], q8, s8, config=TileConfig(1, 16, 512, 1, 4, 1, False, True))
     for args, match in [((x, q8.to(torch.int32), s8), "int8"), ((x, q8, s8[:8]), "scales"),
                         ((x, q8, s8.to(torch.float16)), "scales"), ((x[:, :10], q8, s8), "K=10")]:
         with pytest.raises(ValueError, match=match):
@@ -340,6 +346,10 @@ def test_gpu_every_path_matches_reference(dtype, g, n, k):
         # split-K forced on the tensor-core kernel (the defaults split only below one wave of tiles)
         cfg = TileConfig(16 if m <= 16 else 64, 64, g if g < 128 else 64, 3, 4, 3)
         _assert_matches(w4a16_linear(x, qweight, qzeros, scales, g, b, config=cfg), ref4, dtype)
+        # int8 with the operands swapped (registers-A wgmma on Hopper), split-K fused and not
+        for split, fused in ((1, False), (3, True), (3, False)):
+            cfg = TileConfig(16 if m <= 16 else 64, 64, 128, split, 4, 3, fused, True)
+            _assert_matches(w8a16_linear(x, q8, s8, b, config=cfg), ref8, dtype)
 
 
 @pytest.mark.gpu

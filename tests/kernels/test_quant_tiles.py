@@ -87,6 +87,22 @@ def test_launchers_follow_the_file(tiles_file, monkeypatch, device):
     assert len(dense) == 2 and launches[-1].block_m == 16
 
 
+def test_a_swapped_int8_entry_runs_the_swapped_kernel(tiles_file, monkeypatch, device):
+    # An entry written with swap_ab (8 fields, as a sweep writes it) reaches the launcher whole: the
+    # swapped-operand kernel runs, with the right result
+    gen = torch.Generator().manual_seed(9)
+    q8, s8 = (t.to(device) for t in quantize_per_channel(torch.randn(96, 256, generator=gen) / 16))
+    swapped = TileConfig(16, 32, 64, 2, 4, 2, True, True)
+    quant_tiles.write(tiles_file, [_entry("w8a16", 96, 256, 0, 8, "gemm", swapped)], "test", "unit")
+    kernels = []
+    real_launch = quant_gemm._launch
+    monkeypatch.setattr(quant_gemm, "_launch", lambda *a, **kw: kernels.append(a[0]) or real_launch(*a, **kw))
+    x = torch.randn(5, 256, generator=gen).to(torch.bfloat16).to(device)
+    torch.testing.assert_close(w8a16_linear(x, q8, s8).float(), w8a16_linear_ref(x.float(), q8, s8).float(),
+                               rtol=2e-2, atol=2e-2)
+    assert kernels == [quant_gemm.qk._w8a16_gemm_swapped_kernel]
+
+
 def test_tile_entries_take_the_fastest_checked_row():
     base = {"n": 96, "k": 256, "m": 1, "path": "gemv"}
     rows = [dict(base, kernel="bf16", us=5.0),
