@@ -98,6 +98,8 @@ def test_workload_presets_and_slo_overrides():
     assert (work.input_len, work.output_len, slo.tpot_ms) == (100, 32, 100)
     with pytest.raises(LimitError, match="--output-len 0"):
         resolve_workload("chat", cpu=False, output_len=0)
+    with pytest.raises(LimitError, match="from the file"):
+        resolve_workload("sharegpt:/x.json", cpu=False, input_len=100)
 
 
 def test_axis_parsing():

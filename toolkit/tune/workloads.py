@@ -63,6 +63,8 @@ def resolve_workload(spec: str, *, cpu: bool, input_len: int | None = None,
     for flag, value in (("--input-len", input_len), ("--output-len", output_len)):
         if value is not None and value < 1:
             raise LimitError(f"{flag} {value}: must be >= 1")
+        if value is not None and name == SHAREGPT:
+            raise LimitError(f"{flag}: a sharegpt workload takes its lengths from the file")
     preset_in, preset_out, ttft, tpot = preset.input_len, preset.output_len, preset.ttft_ms, preset.tpot_ms
     if cpu:
         preset_in, preset_out = CPU_SCALE["input_len"], CPU_SCALE["output_len"]
