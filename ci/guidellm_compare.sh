@@ -44,7 +44,8 @@
 #   PYTHON_BIN=path (default: the project's .venv; ci/guidellm_device.sh sets them on the GPU machine)
 #   OPSCTL_GIT_COMMIT=sha (recorded where the tree is not a git checkout); GUIDELLM_RAMPUP_S= (GuideLLM's
 #   streams' first requests spread over that many seconds, its rampup_duration, as opsctl's default
-#   warm-up spreads its users' over a request time; with SERVE_WARMUP= empty opsctl keeps that default).
+#   warm-up spreads its users' over a request time; with SERVE_WARMUP= empty opsctl keeps that default);
+#   OPSCTL_THINK_MS= (opsctl bench --think-time-ms: its users wait 0..MS ms after each answer).
 # Each tool run also records $RESULTS/<label>-<tool>-cpu.json: the tool's CPU seconds (every process
 # of it) over its wall time, and the server's CPU and run-queue wait meanwhile (/proc schedstat of its
 # threads): on a shared machine a client that keeps a core busy makes the server wait for a CPU.
@@ -63,7 +64,7 @@ SERVE_C=${SERVE_C:-4}; SERVE_N=${SERVE_N:-12}; SERVE_REPS=${SERVE_REPS:-2}; SERV
 SKIP_SERVE=${SKIP_SERVE:-0}; SERVER_CPUS=${SERVER_CPUS:-}; CLIENT_CPUS=${CLIENT_CPUS:-}
 SERVE_MODEL=${SERVE_MODEL:-}; SERVE_FLAGS=${SERVE_FLAGS:---max-batch-size 8}; SERVE_IN_LEN=${SERVE_IN_LEN:-}
 SERVE_OUT_LEN=${SERVE_OUT_LEN:-64}; SERVE_PREWARM=${SERVE_PREWARM:-0}; MACHINE_NOTE=${MACHINE_NOTE:-}
-GUIDELLM_RAMPUP_S=${GUIDELLM_RAMPUP_S:-}
+GUIDELLM_RAMPUP_S=${GUIDELLM_RAMPUP_S:-}; OPSCTL_THINK_MS=${OPSCTL_THINK_MS:-}
 OUT_LEN=64; IN_MIN=64; IN_MAX=128; IN_MEAN=96; IN_STD=16
 TOK=${TOKENIZER:-$HOME/.cache/opsctl/models/SmolLM2-135M-Instruct}
 MOCK_PORT=${MOCK_PORT:-18741}; SERVE_PORT=${SERVE_PORT:-18742}
@@ -73,7 +74,7 @@ MOCK_PORT=${MOCK_PORT:-18741}; SERVE_PORT=${SERVE_PORT:-18742}
 MOCK_STD=${MOCK_STD:-}; ANALYZE_ONLY=${ANALYZE_ONLY:-0}; FINDINGS_FILE=${FINDINGS_FILE:-}
 export MOCK_C MOCK_N REPS TTFT_MS ITL_MS JITTER_REPS JITTER_STD GLLM1_REPS SERVE_C SERVE_N SERVE_REPS SERVE_WARMUP MOCK_STD
 export FINDINGS_FILE OPSCTL_WARMUP=${OPSCTL_WARMUP:-} SERVER_CPUS CLIENT_CPUS
-export SERVE_MODEL SERVE_FLAGS SERVE_IN_LEN SERVE_OUT_LEN SERVE_PREWARM MACHINE_NOTE GUIDELLM_RAMPUP_S
+export SERVE_MODEL SERVE_FLAGS SERVE_IN_LEN SERVE_OUT_LEN SERVE_PREWARM MACHINE_NOTE GUIDELLM_RAMPUP_S OPSCTL_THINK_MS
 CMDS="$RESULTS/commands.tsv"
 if [ "$ANALYZE_ONLY" != 1 ]; then
 rm -rf "$RESULTS"; mkdir -p "$RESULTS" "$(dirname "$OUT_JSON")"
@@ -156,7 +157,7 @@ run_opsctl() {  # LABEL URL MODEL C N [WARMUP]
     local inlen=$IN_MIN; [ "$IN_MIN" = "$IN_MAX" ] || inlen=$IN_MIN:$IN_MAX
     local cmd="$OPSCTL bench --url $2 --model $3 --endpoint completions --dataset random --input-len $inlen"
     cmd+=" --output-len $OUT_LEN --concurrency $4 --num-requests $5 --ignore-eos --tokenizer $TOK"
-    cmd+=" --run-id $1-opsctl -o $RESULTS --no-report${warmup:+ --warmup $warmup}"
+    cmd+=" --run-id $1-opsctl -o $RESULTS --no-report${warmup:+ --warmup $warmup}${OPSCTL_THINK_MS:+ --think-time-ms $OPSCTL_THINK_MS}"
     record "$1-opsctl" "$cmd"
     echo "== $1: opsctl bench"
     account "$1-opsctl" $cmd > "$RESULTS/$1-opsctl.log" 2>&1 || echo "   opsctl bench failed: see $RESULTS/$1-opsctl.log"
@@ -495,7 +496,8 @@ doc = {
     "settings": {k: env.get(k) for k in ("MOCK_C", "MOCK_N", "REPS", "TTFT_MS", "ITL_MS", "GLLM1_REPS", "JITTER_REPS", "JITTER_STD",
                                          "MOCK_STD", "OPSCTL_WARMUP", "SERVE_C", "SERVE_N", "SERVE_REPS",
                                          "SERVE_WARMUP", "SERVER_CPUS", "CLIENT_CPUS", "SERVE_MODEL", "SERVE_FLAGS",
-                                         "SERVE_IN_LEN", "SERVE_OUT_LEN", "SERVE_PREWARM", "GUIDELLM_RAMPUP_S")},
+                                         "SERVE_IN_LEN", "SERVE_OUT_LEN", "SERVE_PREWARM", "GUIDELLM_RAMPUP_S",
+                                         "OPSCTL_THINK_MS")},
     "commands": commands,
     "comparisons": comparisons,
     "runs_note": runs_note(comparisons),

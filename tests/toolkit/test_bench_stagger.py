@@ -70,6 +70,43 @@ def test_first_sends_are_spread_and_stay_apart(tmp_path):
     assert s.output_throughput == pytest.approx(truth, rel=0.05)
 
 
+def _think_gaps(out_dir) -> list[float]:
+    """Per user, the time from each measured answer's end to the user's next send (seconds)."""
+    raw = [json.loads(line) for line in (out_dir / "raw" / "records-0.jsonl").read_text().splitlines()]
+    by_user: dict[str, list] = {}
+    for r in raw:
+        if not r["warmup"]:
+            by_user.setdefault(r["user"], []).append((r["start_s"], r["start_s"] + r["e2e_s"]))
+    gaps = []
+    for reqs in by_user.values():
+        reqs.sort()
+        gaps += [nxt[0] - prev[1] for prev, nxt in zip(reqs, reqs[1:])]
+    return gaps
+
+
+def test_think_time_spaces_a_users_sends_by_a_random_wait(tmp_path):
+    # --think-time-ms 40: after each measured answer a user waits uniform(0, 40 ms) (a batching server
+    # that ends equal requests in one step would otherwise get their next sends together, forever);
+    # without it the next send follows at once. 8 users x 8 requests of 16 tokens at 5 ms a token.
+    gaps = {}
+    with FakeServer(FakeConfig(ttft_s=0.02, itl_s=0.005), workers=1) as fake:
+        for think in (0.0, 40.0):
+            opts = HttpBenchOptions(url=fake.url, input_len=(16, 16), output_len=(16, 16), num_requests=64,
+                                    concurrency=[8], warmup=2, output_dir=tmp_path, run_id=f"think-{think:g}",
+                                    think_time_ms=think)
+            result, out_dir = run_http_bench(opts, Console(stderr=True, quiet=True))
+            assert result.runs[0].summary.num_errors == 0
+            assert result.runs[0].config["think_time_ms"] == think
+            gaps[think] = _think_gaps(out_dir)
+    back_to_back, thinking = sorted(gaps[0.0]), sorted(gaps[40.0])
+    print(f"gaps ms: none p50 {statistics.median(back_to_back) * 1e3:.1f} max {back_to_back[-1] * 1e3:.1f}; "
+          f"40 ms: min {thinking[0] * 1e3:.1f} p50 {statistics.median(thinking) * 1e3:.1f} max {thinking[-1] * 1e3:.1f}")
+    assert len(thinking) == 64 - 8 and statistics.median(back_to_back) < 0.003
+    assert thinking[0] >= 0 and thinking[-1] < 0.040 + 0.015  # uniform(0, 40 ms), plus the client's own turn
+    # spread over the range, not one fixed wait: a quarter below 12 ms and a quarter above 28 ms
+    assert thinking[len(thinking) // 4] < 0.012 + 0.003 and thinking[3 * len(thinking) // 4] > 0.028
+
+
 # -- the schedule, on greenlets ------------------------------------------------------------------
 
 class _Meter:

@@ -115,7 +115,7 @@ def make_run(i: int, rung: Rung, outcome: RungOutcome, workload: dict, opts: Htt
             "client_processes": outcome.processes}
     config = {"url": base, "endpoint": "/v1/chat/completions" if opts.endpoint == "chat" else "/v1/completions",
               "stream": True, "include_usage": True, "ignore_eos": opts.ignore_eos, "temperature": opts.temperature,
-              "timeout_s": opts.timeout_s,
+              "timeout_s": opts.timeout_s, "think_time_ms": opts.think_time_ms,
               "seed": opts.seed + i, "raw_records": f"raw/records-{i}.jsonl", "locust_stats": f"raw/locust-{i}_stats.csv",
               "locust_exit_code": outcome.returncode}
     run = Run(label=rung.label, target="http", model=model, workload=workload, load=load, config=config,

@@ -59,6 +59,7 @@ class HttpBenchOptions:
     temperature: float | None = None  # None: not sent, the server's default applies
     tokenizer: str | None = None
     client_processes: int | None = None  # Locust worker processes per rung; None: decided per rung
+    think_time_ms: float = 0.0  # closed loop: each user waits uniform(0, this) ms after an answer before its next
 
 
 @dataclass

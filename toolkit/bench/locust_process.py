@@ -91,7 +91,8 @@ def run_rung(i: int, rung: Rung, items, opts: HttpBenchOptions, base: str, model
             "num_requests": opts.num_requests, "duration_s": opts.duration_s, "warmup": rung.warmup,
             "request_rate": rung.request_rate, "seed": opts.seed + i, "records_path": str(records_path.resolve()),
             "cpu_path": str((raw_dir / f"cpu-{i}.json").resolve()), "origin": time.monotonic(),
-            "timeout_s": opts.timeout_s, "ignore_eos": opts.ignore_eos, "temperature": opts.temperature}
+            "timeout_s": opts.timeout_s, "ignore_eos": opts.ignore_eos, "temperature": opts.temperature,
+            "think_time_ms": opts.think_time_ms}
     plan_path = raw_dir / f"plan-{i}.json"
     plan_path.write_text(json.dumps(plan))
     env = {**os.environ, PLAN_ENV: str(plan_path.resolve())}

@@ -18,7 +18,8 @@ The plan (JSON, written by the runner) holds the prompts, the load shape and the
   endpoint ("chat" | "completions"), model, items [{prompt, max_tokens, prompt_tokens}],
   num_requests (measured, after warm-up) or duration_s, warmup, request_rate (null: closed loop),
   seed, records_path, cpu_path, origin (the runner's time.monotonic() when it wrote the plan),
-  timeout_s, ignore_eos, temperature (None: the server's default). The API key, if any, comes in OPSCTL_BENCH_API_KEY.
+  timeout_s, ignore_eos, temperature (None: the server's default), think_time_ms (closed loop: a user
+  waits uniform(0, think_time_ms) after each measured answer before its next send; 0: back to back). The API key, if any, comes in OPSCTL_BENCH_API_KEY.
 
 Request indices: warm-ups are 0..warmup-1, measured ones follow. Worker K of W owns the indices
 i with i % W == K (one process: all), so W processes together send exactly warmup + N requests, and
@@ -70,6 +71,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 import uuid
 
@@ -113,6 +115,7 @@ def _load_plan() -> dict | None:
 
 PLAN = _load_plan()
 ROLE, WORKER, WORKERS = _role()
+THINK_S = float((PLAN or {}).get("think_time_ms") or 0.0) / 1e3  # closed loop: most wait after an answer
 TAG = f"{uuid.uuid4().hex[:8]}{'' if ROLE == 'local' else f'w{WORKER}'}"  # in X-Request-Id and user ids
 
 
@@ -212,6 +215,7 @@ class OpenAIStreamUser(FastHttpUser):
             raise RuntimeError(f"set {PLAN_ENV} to a plan file (toolkit.bench.load_runner writes one)")
         OpenAIStreamUser._count += 1
         self.user_id = f"{TAG}:{OpenAIStreamUser._count}"
+        self.think_rng = random.Random(f"{PLAN.get('seed', 0)}:{WORKER}:{OpenAIStreamUser._count}")  # reproducible
         self.path = "/v1/chat/completions" if PLAN["endpoint"] == "chat" else "/v1/completions"
         # identity: an SSE stream must not be compressed (FastHttpSession asks for gzip by default)
         self.headers = {"Accept": "text/event-stream", "Content-Type": "application/json",
@@ -245,6 +249,8 @@ class OpenAIStreamUser(FastHttpUser):
                           "error": one_line(f"client error: {type(e).__name__}: {e}")}
             RECORDS.add(record)
             DISPATCH.finished(index, None if record.get("error") else record.get("e2e_s"))
+            if THINK_S and PLAN.get("request_rate") is None and index >= DISPATCH.warmup:
+                gevent.sleep(self.think_rng.uniform(0.0, THINK_S))  # after an answer: the next send waits
 
     def _body(self, item: dict) -> bytes:
         body = {"model": PLAN["model"], "max_tokens": item["max_tokens"], "stream": True,

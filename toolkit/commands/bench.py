@@ -78,6 +78,7 @@ def http(
     temperature: Annotated[Optional[float], typer.Option(min=0.0, help="Sampling temperature sent with every request (0: greedy; default: not sent, the server's default).")] = None,
     tokenizer: Annotated[Optional[str], typer.Option(help="Local tokenizer directory for prompt lengths (default: the served model's if found, else SmolLM2's).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds each request may take, from sending it to the end of its stream, before it counts as an error.")] = 600.0,
+    think_time_ms: Annotated[float, typer.Option(min=0.0, help="Closed loop: each user waits a random 0..MS ms after an answer before sending its next request (Locust's wait_time). Users with equal-length requests that a batching server finishes in the same step otherwise resend together and stay in lockstep; a few ms keeps them apart, as real users are. Default 0: back to back.")] = 0.0,
     client_processes: Annotated[Optional[int], typer.Option(min=1, help="Locust worker processes per rung (default: one per 64 users on the first rung, then from the CPU the previous rung used; at most the cores less one).")] = None,
     run_id: Annotated[Optional[str], typer.Option(help="Name of the result folder (default: http-<time>).")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where reports/<run-id>/ goes.")] = Path("reports"),
@@ -115,7 +116,7 @@ def http(
             request_rate=_split(request_rate, "--request-rate", float), warmup=warmup, slo=slo_limits,
             goodput=goodput_limits, seed=seed, api_key=api_key, run_id=run_id, output_dir=output_dir,
             timeout_s=timeout, ignore_eos=ignore_eos, temperature=temperature, tokenizer=tokenizer,
-            client_processes=client_processes)
+            client_processes=client_processes, think_time_ms=think_time_ms)
         _check_http_options(opts, num_requests, duration)
         normalize_url(url)
         plan_rungs(opts)
