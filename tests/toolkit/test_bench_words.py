@@ -175,6 +175,7 @@ def test_ratios_name_their_direction():
     (["--request-rate", "-2"], "error: --request-rate -2: must be > 0"),
     (["--input-len", "9:3"], "error: --input-len '9:3': need 1 <= MIN <= MAX"),
     (["--run-id", "../x"], "error: --run-id '../x' is not a folder name"),
+    (["--request-rate", "4", "--think-time-ms", "10"], "error: --think-time-ms is a closed loop's wait"),
 ])
 def test_bad_input_is_exit_code_2_and_one_line(args, says, tmp_path):
     # No server at this URL: every one of these must stop before it is asked anything.

@@ -19,7 +19,8 @@ The plan (JSON, written by the runner) holds the prompts, the load shape and the
   num_requests (measured, after warm-up) or duration_s, warmup, request_rate (null: closed loop),
   seed, records_path, cpu_path, origin (the runner's time.monotonic() when it wrote the plan),
   timeout_s, ignore_eos, temperature (None: the server's default), think_time_ms (closed loop: a user
-  waits uniform(0, think_time_ms) after each measured answer before its next send; 0: back to back). The API key, if any, comes in OPSCTL_BENCH_API_KEY.
+  waits uniform(0, think_time_ms) after each measured answer before its next send; 0: back to back).
+  The API key, if any, comes in OPSCTL_BENCH_API_KEY.
 
 Request indices: warm-ups are 0..warmup-1, measured ones follow. Worker K of W owns the indices
 i with i % W == K (one process: all), so W processes together send exactly warmup + N requests, and
@@ -115,7 +116,7 @@ def _load_plan() -> dict | None:
 
 PLAN = _load_plan()
 ROLE, WORKER, WORKERS = _role()
-THINK_S = float((PLAN or {}).get("think_time_ms") or 0.0) / 1e3  # closed loop: most wait after an answer
+THINK_S = float((PLAN or {}).get("think_time_ms") or 0.0) / 1e3  # closed loop: the longest wait after an answer
 TAG = f"{uuid.uuid4().hex[:8]}{'' if ROLE == 'local' else f'w{WORKER}'}"  # in X-Request-Id and user ids
 
 

@@ -153,6 +153,9 @@ def _check_http_options(opts, num_requests: int | None, duration: float | None) 
         raise BenchError(f"--timeout {opts.timeout_s:g}: must be > 0 (seconds each request may take)")
     if opts.warmup is not None and opts.warmup < 0:
         raise BenchError(f"--warmup {opts.warmup}: must be >= 0")
+    if opts.think_time_ms and opts.request_rate:
+        raise BenchError("--think-time-ms is a closed loop's wait between a user's requests; with --request-rate "
+                         "the arrivals are timed by the rate")
 
 
 def _checked_run_id(output_dir: Path, run_id: str | None, prefix: str) -> str:
