@@ -3,7 +3,6 @@ asks for in order, its choice, its gap to the grid's best and its share of the g
 whose best is known; a space where one axis's best depends on another's is where it must say "not met"."""
 from __future__ import annotations
 
-import itertools
 import json
 
 import pytest
@@ -11,6 +10,8 @@ import pytest
 from engine.config import EngineConfig
 from toolkit.tune.replay import ReplayError, main, replay
 from toolkit.tune.schema import LoadPoint, SearchSummary, Slo, Trial, TuneResult, TuneWorkload
+from toolkit.tune.search import Budget, GridSearch
+from toolkit.tune.space import Space
 
 AXES = {"max_batch_size": [8, 16, 32, 64], "cache_max_entry_count": [0.5, 0.8],
         "max_prefill_token_num": [2048, 8192], "enable_prefix_caching": [False, True]}
@@ -18,24 +19,19 @@ BASE = EngineConfig()
 
 
 def _grid(tok_s) -> TuneResult:
-    """A full-grid tune of AXES whose configuration `engine` (every axis set) measured tok_s(engine)."""
-    trials = []
+    """A full-grid tune of AXES as GridSearch runs it, configuration `engine` (every axis set) measuring
+    tok_s(engine)."""
+    def measure(trial: Trial) -> Trial:
+        point = LoadPoint(concurrency=8, requests=32, output_tok_s=tok_s({**{k: getattr(BASE, k) for k in AXES},
+                                                                          **trial.engine}),
+                          request_s=1.0, meets_slo=True, slo_fraction=1.0)
+        return trial.model_copy(update={"points": [point], "best": point})
 
-    def add(engine: dict, is_default: bool = False):
-        changed = {k: v for k, v in engine.items() if v != getattr(BASE, k)}
-        tok = tok_s({**{k: getattr(BASE, k) for k in AXES}, **engine})
-        point = LoadPoint(concurrency=8, requests=32, output_tok_s=tok, request_s=1.0, meets_slo=True, slo_fraction=1.0)
-        trials.append(Trial(trial_id=f"t{len(trials) + 1:02d}", weight_format="bf16", engine=changed,
-                            flags=BASE.replace(**changed).to_flags(), is_default=is_default, points=[point],
-                            best=point))
-    add({}, is_default=True)  # the defaults first, as GridSearch runs them (max_batch_size unset: None)
-    for values in itertools.product(*AXES.values()):
-        add(dict(zip(AXES, values)))
-    return TuneResult(run_id="grid", model="m", target_profile="cpu",
-                      workload=TuneWorkload(name="chat", input_len=64, output_len=32), slo=Slo(ttft_ms=1, tpot_ms=1),
-                      space={"weight_format": "bf16", **AXES}, trials=trials,
-                      search=SearchSummary(strategy="full grid", grid_size=32, trials_run=len(trials),
-                                           stop_reason="grid done"))
+    result = TuneResult(run_id="grid", model="m", target_profile="cpu",
+                        workload=TuneWorkload(name="chat", input_len=64, output_len=32), slo=Slo(ttft_ms=1, tpot_ms=1),
+                        space={"weight_format": "bf16", **AXES})
+    result.search = GridSearch(Space("bf16", dict(AXES)), BASE, result, measure, lambda: None, Budget()).run_search()
+    return result
 
 
 def separable(e: dict) -> float:
@@ -51,9 +47,10 @@ def test_replay_finds_the_grids_best_in_a_quarter_of_its_trials():
                       "enable_prefix_caching": True})
     assert r["grid_best"]["output_tok_s"] == pytest.approx(best)
     assert r["search_choice"]["flags"] == r["grid_best"]["flags"] and r["gap"] == pytest.approx(0.0)
-    # the default, 4 batch sizes (the default's None is none of them), then one other value per axis
-    assert r["search_trials"] == 1 + 4 + 1 + 1 + 1 and r["grid_trials"] == 33
-    assert r["search_share"] == pytest.approx(8 / 33) and r["meets_goal"]
+    # the default, 4 batch sizes (the default's None is none of them), then one other value per axis; the
+    # grid: (None + 4) x 2 x 2 x 2
+    assert r["search_trials"] == 1 + 4 + 1 + 1 + 1 and r["grid_trials"] == r["grid_size"] == 40
+    assert r["search_share"] == pytest.approx(8 / 40) and r["meets_goal"]
     assert r["visited"][0] == [] and r["visited"][1] == ["--max-batch-size", "8"]
 
 
@@ -74,7 +71,7 @@ def test_cli_and_bad_input(tmp_path, capsys):
     grid.write(tmp_path / "g" / "tune.json")
     assert main([str(tmp_path / "g"), "--json", str(tmp_path / "r.json")]) == 0
     assert "met" in capsys.readouterr().out and json.loads((tmp_path / "r.json").read_text())["meets_goal"]
-    coordinate = grid.model_copy(update={"search": SearchSummary(strategy="coordinate ascent", grid_size=32,
+    coordinate = grid.model_copy(update={"search": SearchSummary(strategy="coordinate ascent", grid_size=40,
                                                                   trials_run=8, stop_reason="done")})
     with pytest.raises(ReplayError, match="not a full-grid tune"):
         replay(coordinate)

@@ -182,6 +182,9 @@ def test_coordinate_search_finds_the_grid_best_with_a_quarter_of_the_trials():
     assert coordinate.ran[0] == {} and r1.trials[0].is_default  # the default first
     # max_batch_size 256 scores as the default (256 here): not 3% better, so the default's None is kept
     assert chosen.engine == {"cache_max_entry_count": 0.9, "max_prefill_token_num": 2048}
+    # the grid takes the base's own value on each axis (the unset batch cap: 5 x 2 x 2 x 2), so every
+    # configuration the coordinate search ran is one the grid measured (toolkit/tune/replay.py needs it)
+    assert s2.grid_size == 40 and all(engine in grid.ran for engine in coordinate.ran)
 
 
 def test_stored_trials_are_not_rerun():

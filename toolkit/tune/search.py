@@ -13,6 +13,8 @@ none does or the trial failed). Trials already in the store (`--resume`) are reu
 """
 from __future__ import annotations
 
+import itertools
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -99,13 +101,23 @@ class CoordinateSearch:
 
 
 class GridSearch(CoordinateSearch):
-    """Every configuration of the grid (to check the coordinate search against, `--search grid`)."""
+    """Every configuration of the grid (to check the coordinate search against, `--search grid`).
+
+    Each axis also takes the base configuration's own value where its list lacks it (max_batch_size's
+    default, unset, is in no list): the coordinate search starts from the base and keeps a base value
+    that no listed one beats, so only this grid holds every configuration it can visit, and
+    toolkit/tune/replay.py can replay it on these measurements."""
+
+    def axes(self) -> dict[str, list]:
+        return {name: values if getattr(self.base, name) in values else [getattr(self.base, name), *values]
+                for name, values in self.space.axes.items()}
 
     def run_search(self) -> SearchSummary:
         self._trial({}, is_default=True)
         stop = None
-        for engine in self.space.grid():
-            changed = {k: v for k, v in engine.items() if v != getattr(self.base, k)}
+        axes = self.axes()
+        for values in itertools.product(*axes.values()):
+            changed = {k: v for k, v in zip(axes, values) if v != getattr(self.base, k)}
             stop = self.budget.spent(len(self.result.trials))
             if stop:
                 break
@@ -113,5 +125,5 @@ class GridSearch(CoordinateSearch):
         ok = [t for t in self.result.trials if t.status == "ok" and objective(t) > 0]
         best = max(ok, key=objective, default=None)
         self.result.chosen = best.trial_id if best else None
-        return SearchSummary(strategy="full grid", grid_size=self.space.grid_size,
+        return SearchSummary(strategy="full grid", grid_size=math.prod(len(v) for v in axes.values()),
                              trials_run=len(self.result.trials), stop_reason=stop or "grid done")
