@@ -48,7 +48,8 @@ def replay(grid: TuneResult) -> dict:
         key = trial_key(trial.weight_format, trial.engine)
         if key not in measured:
             raise ReplayError(f"the search asked for {' '.join(trial.flags) or 'the defaults'}, which the grid "
-                              f"did not measure (the grid was cut short by its budget, or ran before grids took each axis's base value)")
+                              "did not measure (the grid was cut short by its budget, or ran before grids took "
+                              "each axis's base value)")
         return measured[key].model_copy(update={"trial_id": trial.trial_id, "is_default": trial.is_default})
 
     shadow = grid.model_copy(update={"trials": [], "chosen": None, "search": None}, deep=True)
