@@ -13,8 +13,6 @@ none does or the trial failed). Trials already in the store (`--resume`) are reu
 """
 from __future__ import annotations
 
-import itertools
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -101,23 +99,15 @@ class CoordinateSearch:
 
 
 class GridSearch(CoordinateSearch):
-    """Every configuration of the grid (to check the coordinate search against, `--search grid`).
-
-    Each axis also takes the base configuration's own value where its list lacks it (max_batch_size's
-    default, unset, is in no list): the coordinate search starts from the base and keeps a base value
-    that no listed one beats, so only this grid holds every configuration it can visit, and
-    toolkit/tune/replay.py can replay it on these measurements."""
-
-    def axes(self) -> dict[str, list]:
-        return {name: values if getattr(self.base, name) in values else [getattr(self.base, name), *values]
-                for name, values in self.space.axes.items()}
+    """Every configuration of the grid, the base's own values included (Space.grid), to check the
+    coordinate search against (`--search grid`, then toolkit/tune/replay.py)."""
 
     def run_search(self) -> SearchSummary:
         self._trial({}, is_default=True)
         stop = None
-        axes = self.axes()
-        for values in itertools.product(*axes.values()):
-            changed = {k: v for k, v in zip(axes, values) if v != getattr(self.base, k)}
+        grid = self.space.grid(self.base)
+        for engine in grid:
+            changed = {k: v for k, v in engine.items() if v != getattr(self.base, k)}
             stop = self.budget.spent(len(self.result.trials))
             if stop:
                 break
@@ -125,5 +115,5 @@ class GridSearch(CoordinateSearch):
         ok = [t for t in self.result.trials if t.status == "ok" and objective(t) > 0]
         best = max(ok, key=objective, default=None)
         self.result.chosen = best.trial_id if best else None
-        return SearchSummary(strategy="full grid", grid_size=math.prod(len(v) for v in axes.values()),
+        return SearchSummary(strategy="full grid", grid_size=len(grid),
                              trials_run=len(self.result.trials), stop_reason=stop or "grid done")

@@ -53,9 +53,14 @@ class Space:
     def grid_size(self) -> int:
         return math.prod(len(v) for v in self.axes.values())
 
-    def grid(self) -> list[dict]:
-        names = list(self.axes)
-        return [dict(zip(names, values)) for values in itertools.product(*(self.axes[n] for n in names))]
+    def grid(self, base=None) -> list[dict]:
+        """Every configuration of the axes. With `base` (an EngineConfig) each axis also takes the base's own
+        value where its list lacks it (max_batch_size's default, unset, is in no list): the coordinate
+        search starts from the base and keeps a base value no listed one beats, so only that grid holds
+        every configuration it can visit (toolkit/tune/replay.py replays it on a grid's measurements)."""
+        axes = {name: values if base is None or getattr(base, name) in values else [getattr(base, name), *values]
+                for name, values in self.axes.items()}
+        return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
 def parse_axis(text: str) -> tuple[str, list]:
