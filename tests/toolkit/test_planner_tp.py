@@ -274,7 +274,7 @@ def test_tune_space_offers_tp_up_to_the_card_count():
     one = build_space(qwen, get_profile("rtx4090"), WORK, cpu=False, weight_format="bf16", session_len=4096)
     two = build_space(qwen, get_profile("rtx4090x2"), WORK, cpu=False, weight_format="bf16", session_len=4096)
     assert one.axes["tp"] == [1] and two.axes["tp"] == [1, 2]
-    assert list(two.axes)[0] == "tp" and two.grid_size == 2 * one.grid_size
+    assert list(two.axes)[0] == "tp" and len(two.grid()) == 2 * len(one.grid())
     assert "tp" not in build_space(qwen, get_profile("cpu"), WORK, cpu=True, weight_format="float32",
                                    session_len=4096).axes
     eight = build_space(qwen, get_profile("rtx4090x8"), WORK, cpu=False, weight_format="bf16", session_len=4096)

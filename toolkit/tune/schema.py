@@ -101,7 +101,7 @@ class Pruned(BaseModel):
 
 class SearchSummary(BaseModel):
     strategy: str
-    grid_size: int  # configurations in the space after pruning
+    grid_size: int  # configurations of the grid after pruning, each axis with the base's own value too (Space.grid)
     trials_run: int
     stop_reason: str
 

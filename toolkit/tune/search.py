@@ -95,7 +95,8 @@ class CoordinateSearch:
         tried = sum(len(v) - 1 for v in self.space.axes.values()) + 1
         reason = stop or f"every value of every axis tried once from the best so far ({tried} configurations)"
         return SearchSummary(strategy="coordinate ascent from the default, one axis at a time",
-                             grid_size=self.space.grid_size, trials_run=len(self.result.trials), stop_reason=reason)
+                             grid_size=len(self.space.grid(self.base)), trials_run=len(self.result.trials),
+                             stop_reason=reason)
 
 
 class GridSearch(CoordinateSearch):

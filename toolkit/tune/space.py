@@ -17,7 +17,6 @@ layout at load.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
 
 from toolkit.model_sizes import (DEFAULT_RESERVE_GIB, FLAG_CACHE_RATIO, ModelShape, PlanError, kv_bytes_per_token,
@@ -48,10 +47,6 @@ class Space:
     axes: dict[str, list]
     pruned: list[Pruned] = field(default_factory=list)
     kv_tokens: dict[float, int] = field(default_factory=dict)  # planner KV tokens by cache ratio
-
-    @property
-    def grid_size(self) -> int:
-        return math.prod(len(v) for v in self.axes.values())
 
     def grid(self, base=None) -> list[dict]:
         """Every configuration of the axes. With `base` (an EngineConfig) each axis also takes the base's own
