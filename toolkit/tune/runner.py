@@ -7,7 +7,10 @@ finishes, then writes launch.sh, deploy.yaml and report.html for the chosen conf
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,22 +104,57 @@ def _model_config(model, base: EngineConfig) -> tuple[object | None, int, str]:
     return source.hf_config, session_len_for(source, base.session_len), kind
 
 
+LOCK_FILE = ".tune.lock"
+
+
+@contextmanager
+def run_lock(out_dir: Path):
+    """Hold an exclusive lock on out_dir for a whole tune (or resume): a second `opsctl tune` on the same
+    run id fails at once instead of racing the first one to tune.json and into its servers. flock is
+    released by the kernel when the process ends, however it ends, so a killed tune leaves no stale
+    lock (at most a file named LOCK_FILE that nobody holds)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOCK_FILE
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise TuneError(f"another opsctl tune ({holder}) is running in {out_dir}: wait for it, or use "
+                            "another --run-id") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            # Removed while still held: a tune that opened it meanwhile gets the lock on the removed file,
+            # then finds tune.json under it and stops (the check after the lock), so none runs twice.
+            path.unlink(missing_ok=True)
+
+
 def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
     where = where_to_measure(options.profile, options.base)
     hf_config, session_len, model_kind = _model_config(options.model, options.base)
+    run_id = options.resume or options.run_id or new_run_id("tune")
+    out_dir = Path(options.output_dir) / run_id
+    if options.resume and not (out_dir / "tune.json").is_file():  # before the lock makes the folder
+        raise TuneError(f"--resume {options.resume}: no {out_dir / 'tune.json'}")
+    with run_lock(out_dir):
+        return _run_locked(options, console, where, hf_config, session_len, model_kind, run_id, out_dir)
+
+
+def _run_locked(options: TuneOptions, console: Console, where, hf_config, session_len: int, model_kind: str,
+                run_id: str, out_dir: Path) -> tuple[TuneResult, Path]:
     weight_format = "float32" if where.cpu else "bf16"
     if options.resume:
-        out_dir = Path(options.output_dir) / options.resume
-        if not (out_dir / "tune.json").is_file():
-            raise TuneError(f"--resume {options.resume}: no {out_dir / 'tune.json'}")
         result = TuneResult.read(out_dir / "tune.json")
         console.print(f"resuming {options.resume}: {len(result.trials)} trial(s) done, none re-run")
     else:
-        run_id = options.run_id or new_run_id("tune")
-        out_dir = Path(options.output_dir) / run_id
-        if (out_dir / "tune.json").exists():
+        if (out_dir / "tune.json").exists():  # under the lock: a tune that held it may have just finished
             raise TuneError(f"{out_dir} holds a tune already: --resume {run_id}, or another --run-id")
-        out_dir.mkdir(parents=True, exist_ok=True)
         result = TuneResult(run_id=run_id, command=command_line(), git_commit=git_commit(),
                             model=options.model or "the embedded default model (SmolLM2-135M-Instruct)",
                             model_spec=options.model, target_profile=options.profile.spec,
@@ -132,7 +170,8 @@ def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
         console.print(f"[yellow]{note}[/]")
     console.print(f"tune {result.run_id}: {result.model} for {options.profile.display_name}, workload "
                   f"{result.workload.name} ({result.workload.input_len} prompt / {result.workload.output_len} output "
-                  f"tokens), SLO {result.slo.words()}; {space.grid_size} configurations in the space")
+                  f"tokens), SLO {result.slo.words()}; {len(space.grid(options.base))} configurations in the "
+                  "space (each axis's values and the default's own)")
     for p in space.pruned:
         console.print(f"  pruned {p.weight_format} {p.engine or ''}: {p.reason}")
 
