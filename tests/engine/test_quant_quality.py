@@ -20,6 +20,10 @@ INT8_GOAL = KV_INT8_GOAL = 1.01
 AWQ_GOAL = 1.10
 # What AWQ reaches here: 1.114x (18.81 against 16.88, measured 2026-12-02), short of AWQ_GOAL; RTN is
 # 1.29x. The test holds AWQ to its measured figure plus 1.5 %, so a calibration that gets worse fails.
+# Tried on 2026-12-02, same text and group size: more calibration text moves it both ways (64 x 512
+# windows with 8192 search tokens 1.107x, 128 x 512 1.102x, 256 x 512 1.116x), and scaling o_proj under
+# GQA too (the query heads of a value head sharing its scales; AutoAWQ skips that group) 1.119x: the
+# gap is the calibration sample's variance on a 135M model, not too little text or a missing group.
 AWQ_MEASURED_BOUND = 1.13
 
 
