@@ -94,6 +94,9 @@ def test_short_tune_records_three_trials_one_failed_and_chooses(short_tune):
     assert chosen.best is not None and chosen.best.meets_slo
     assert chosen.best.output_tok_s == max(t.best.output_tok_s for t in (default, small_batch) if t.best)
     assert result.search.trials_run == 3 and "less than one session" in (folder / "trials.csv").read_text()
+    # the start says the grid's axes, each with the default's own value (rich wraps: compare words)
+    assert ("axes: max_batch_size default, 2; cache_max_entry_count 0.8, 2.0; max_prefill_token_num 8192; "
+            "enable_prefix_caching off") in " ".join(proc.stdout.split())
     assert not _servers_of(folder)
 
 

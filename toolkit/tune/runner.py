@@ -104,6 +104,13 @@ def _model_config(model, base: EngineConfig) -> tuple[object | None, int, str]:
     return source.hf_config, session_len_for(source, base.session_len), kind
 
 
+def _axis_value(name: str, value) -> str:
+    """One axis value as --axis takes it (model_format None is the checkpoint's own 16-bit weights: hf)."""
+    if value is None:
+        return "hf" if name == "model_format" else "default"
+    return "on" if value is True else "off" if value is False else str(value)
+
+
 LOCK_FILE = ".tune.lock"
 
 
@@ -172,6 +179,10 @@ def _run_locked(options: TuneOptions, console: Console, where, hf_config, sessio
                   f"{result.workload.name} ({result.workload.input_len} prompt / {result.workload.output_len} output "
                   f"tokens), SLO {result.slo.words()}; {len(space.grid(options.base))} configurations in the "
                   "space (each axis's values and the default's own)")
+    # The axes themselves: on a GPU the space has axes a CPU run never shows (weight and KV formats), and
+    # the grid's size is their product, so a user sizing a grid sees what to pin with --axis.
+    console.print("  axes: " + "; ".join(f"{name} {', '.join(_axis_value(name, v) for v in values)}"
+                                         for name, values in space.grid_axes(options.base).items()))
     for p in space.pruned:
         console.print(f"  pruned {p.weight_format} {p.engine or ''}: {p.reason}")
 

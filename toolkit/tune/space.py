@@ -48,13 +48,17 @@ class Space:
     pruned: list[Pruned] = field(default_factory=list)
     kv_tokens: dict[float, int] = field(default_factory=dict)  # planner KV tokens by cache ratio
 
-    def grid(self, base=None) -> list[dict]:
-        """Every configuration of the axes. With `base` (an EngineConfig) each axis also takes the base's own
-        value where its list lacks it (max_batch_size's default, unset, is in no list): the coordinate
-        search starts from the base and keeps a base value no listed one beats, so only that grid holds
-        every configuration it can visit (toolkit/tune/replay.py replays it on a grid's measurements)."""
-        axes = {name: values if base is None or getattr(base, name) in values else [getattr(base, name), *values]
+    def grid_axes(self, base=None) -> dict[str, list]:
+        """The axes with, given `base` (an EngineConfig), the base's own value first where a list lacks it
+        (max_batch_size's default, unset, is in no list): the coordinate search starts from the base and
+        keeps a base value no listed one beats, so only this grid holds every configuration it can visit
+        (toolkit/tune/replay.py replays it on a grid's measurements)."""
+        return {name: values if base is None or getattr(base, name) in values else [getattr(base, name), *values]
                 for name, values in self.axes.items()}
+
+    def grid(self, base=None) -> list[dict]:
+        """Every configuration of grid_axes(base)."""
+        axes = self.grid_axes(base)
         return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
