@@ -40,8 +40,8 @@ Phases, in every process:
    the gate.
 4. Exactly N: a process that has written all of its indices' records is done; with duration_s,
    a process is done when the deadline (gate + duration_s) has passed and nothing is in flight. When
-   every process is done the runner quits, after a 1.2 s pause so Locust's CSV (rewritten every
-   second, not at exit) holds the final counts.
+   every process is done the runner quits, after a short pause so Locust's CSV (rewritten on a
+   timer, not at exit: every 0.2 s here instead of Locust's 1 s) holds the final counts.
 
 Per request one JSON line goes to the process's records file (times in seconds from the plan's
 origin, on CLOCK_MONOTONIC, the same in every process here): index, warmup, user (process:user),
@@ -78,6 +78,7 @@ import uuid
 
 import gevent
 import gevent.event
+import locust.stats
 from locust import events, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.runners import MasterRunner, WorkerRunner
@@ -90,7 +91,12 @@ from locust_sse import NO_RESPONSE, hang_up, one_line, read_response
 PLAN_ENV = "OPSCTL_BENCH_PLAN"
 ROLE_ENV = "OPSCTL_BENCH_ROLE"
 API_KEY_ENV = "OPSCTL_BENCH_API_KEY"  # the key stays out of the plan file, which is kept with the results
-_CSV_SETTLE_S = 1.2  # > locust.stats.CSV_STATS_INTERVAL_SEC (1 s)
+# Locust rewrites its --csv files on a timer (CSV_STATS_INTERVAL_SEC, 1 s by default, read on every turn of
+# its writer loop) and not at exit, so a rung waits one interval after its last request for the final
+# counts. A tuner runs a hundred short rungs: 0.2 s instead of 1 s (and a 0.5 s pause instead of 1.2) saves 0.7 s each.
+_CSV_INTERVAL_S = 0.2
+_CSV_SETTLE_S = 0.5  # two turns of the writer at least, also on a busy machine
+locust.stats.CSV_STATS_INTERVAL_SEC = _CSV_INTERVAL_S
 _CONNECT_TIMEOUT_S = 10.0
 _READ_SLACK_S = 5.0  # the socket's own read timeout, a backstop behind the request's deadline
 _GATE_MSG, _READY_MSG, _DONE_MSG = "opsctl_gate", "opsctl_ready", "opsctl_done"

@@ -12,6 +12,7 @@ alone (no torch), so `opsctl bench` starts quickly.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -106,7 +107,10 @@ def find_tokenizer(*names: str | None) -> Path:
     return ASSET_TOKENIZER
 
 
+@functools.lru_cache(maxsize=8)
 def load_tokenizer(path: Path) -> _Tok:
+    """The tokenizer in `path`, read once per process: a tune's hundred probes build their prompts with the
+    same one (0.35 s a read for a 49k-token vocabulary here)."""
     try:
         return _Tok(path)
     except Exception as e:  # noqa: BLE001 - any failure to read a tokenizer is the user's file
