@@ -75,6 +75,9 @@ def test_cli_and_bad_input(tmp_path, capsys):
                                                                   trials_run=8, stop_reason="done")})
     with pytest.raises(ReplayError, match="not a full-grid tune"):
         replay(coordinate)
+    unfinished = grid.model_copy(update={"search": None, "trials": grid.trials[:5]})  # cut short: no summary yet
+    with pytest.raises(ReplayError, match=r"has not finished \(5 trial\(s\) so far\): resume it"):
+        replay(unfinished)
     holed = grid.model_copy(update={"trials": [t for t in grid.trials if t.engine != {"max_batch_size": 16}]})
     with pytest.raises(ReplayError, match="did not measure"):
         replay(holed)

@@ -34,7 +34,10 @@ def replay(grid: TuneResult) -> dict:
     """The coordinate search on `grid`'s measurements: its trials, its choice, the grid's best, the gap."""
     from toolkit.deploy.models import config_from_flags
 
-    if grid.search is None or grid.search.strategy != "full grid":
+    if grid.search is None:  # written when the search ends: a tune cut short has none
+        raise ReplayError(f"{grid.run_id}: the tune has not finished ({len(grid.trials)} trial(s) so far): "
+                          "resume it (opsctl tune ... --resume)")
+    if grid.search.strategy != "full grid":
         raise ReplayError(f"{grid.run_id}: not a full-grid tune (run opsctl tune --search grid)")
     measured = {trial_key(t.weight_format, t.engine): t for t in grid.trials if t.status != "skipped"}
     default = next((t for t in grid.trials if t.is_default), None)

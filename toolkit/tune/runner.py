@@ -8,6 +8,7 @@ finishes, then writes launch.sh, deploy.yaml and report.html for the chosen conf
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import time
 from contextlib import contextmanager
@@ -171,7 +172,10 @@ def _run_locked(options: TuneOptions, console: Console, where, hf_config, sessio
                         session_len=session_len, block_size=options.base.cache_block_seq_len,
                         overrides=options.axes, usable_gib=where.emulate_gib, model_kind=model_kind,
                         local_gpus=None if where.cpu else len(detect_local_gpus()[0]))
-    result.space = {"weight_format": weight_format, **space.axes}
+    searched = json.loads(json.dumps({"weight_format": weight_format, **space.axes}))  # as tune.json holds it
+    if options.resume:
+        _check_resume(result, options, searched)
+    result.space = searched
     result.pruned = space.pruned
     for note in where.notes:
         console.print(f"[yellow]{note}[/]")
@@ -242,6 +246,25 @@ def _run_locked(options: TuneOptions, console: Console, where, hf_config, sessio
     result.why = explain_choice(result)
     save()
     return result, out_dir
+
+
+def _check_resume(stored: TuneResult, options: TuneOptions, space: dict) -> None:
+    """A resume continues the stored question or refuses: the options come from the command line again, and a
+    different model, card or search space would mix two tunes' trials in one ranking (a grid meant as 24
+    configurations resumed without its --axis pins asks for 144)."""
+    differ = []
+    if (stored.model_spec or None) != (options.model or None):
+        differ.append(f"model {options.model or 'the embedded default'} (stored: "
+                      f"{stored.model_spec or 'the embedded default'})")
+    if stored.target_profile != options.profile.spec:
+        differ.append(f"--gpu {options.profile.spec} (stored: {stored.target_profile})")
+    if stored.space and stored.space != space:
+        changed = sorted(k for k in {*stored.space, *space} if stored.space.get(k) != space.get(k))
+        differ.append("search space: " + ", ".join(f"{k} {space.get(k)} (stored: {stored.space.get(k)})"
+                                                   for k in changed))
+    if differ:
+        raise TuneError(f"--resume {stored.run_id} with other options than the stored tune: {'; '.join(differ)}. "
+                        f"Resume with the stored command's options: {stored.command}")
 
 
 def _profile_of_local_gpu(fallback: HardwareProfile) -> HardwareProfile:
