@@ -18,6 +18,31 @@ DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRE
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def _row_invariant_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+    """tl.dot in the interpreter, one row of the tile at a time. The interpreter's own dot is one np.matmul,
+    and numpy's OpenBLAS sums a row differently by where it sits in the tile on some CPUs (on a 2-core
+    AVX-512 EPYC, 34 of 64 rows of a [64, 32] @ [32, 32] product changed bits with their position; the
+    earlier machines these tests passed on did not), which a GPU's MMA does not do. The batch-invariance tests would then judge the host's
+    BLAS, not the kernel: row by row, each output element is the same sum wherever its row sits."""
+    from triton.runtime.interpreter import TensorHandle, _convert_float
+    import numpy as np
+    import triton.language as tl
+
+    a_data, b_data = a.data, b.data
+    if (a.dtype.primitive_bitwidth == 8 and a.dtype.is_floating()) or \
+       (b.dtype.primitive_bitwidth == 8 and b.dtype.is_floating()):
+        a_data = _convert_float(a_data, a.dtype, tl.float16, None).view(np.float16)
+        b_data = _convert_float(b_data, b.dtype, tl.float16, None).view(np.float16)
+    rows = [np.matmul(a_data[..., i:i + 1, :], b_data, dtype=d.data.dtype) for i in range(a_data.shape[-2])]
+    return TensorHandle(np.concatenate(rows, axis=-2) + d.data, d.dtype.scalar)
+
+
+if DEVICE == "cpu":
+    from triton.runtime import interpreter
+
+    interpreter.InterpreterBuilder.create_dot = _row_invariant_dot
+
+
 def pytest_collection_modifyitems(config, items):
     if DEVICE == "cuda":
         return
