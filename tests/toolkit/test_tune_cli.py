@@ -108,13 +108,14 @@ def test_short_tune_report_renders(short_tune, browser, tmp_path):
     assert "less than one session" in seen["text"] and "launch.sh" in seen["text"]
 
 
-def test_resume_with_another_space_or_card_refuses_and_keeps_the_stored_tune(short_tune):
+def test_resume_with_another_space_card_or_search_refuses_and_keeps_the_stored_tune(short_tune):
     folder, proc = short_tune
     assert proc.returncode == 0
     stored = (folder / "tune.json").read_text()
     other_axis = [a if a != "max_batch_size=2" else "max_batch_size=2,3" for a in SHORT]
     for args, words in ((other_axis, "search space: max_batch_size [2, 3] (stored: [2])"),
-                        ([*SHORT, "--gpu", "rtx4090"], "--gpu rtx4090 (stored: cpu)")):
+                        ([*SHORT, "--gpu", "rtx4090"], "--gpu rtx4090 (stored: cpu)"),
+                        ([*SHORT, "--search", "grid"], "--search grid (stored: coordinate)")):
         refused = subprocess.run([sys.executable, "-m", "toolkit", "tune", *args, "-o", str(folder.parent),
                                   "--resume", folder.name], capture_output=True, text=True, timeout=600, cwd=ROOT,
                                  env=_env())

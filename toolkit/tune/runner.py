@@ -167,7 +167,8 @@ def _run_locked(options: TuneOptions, console: Console, where, hf_config, sessio
                             model=options.model or "the embedded default model (SmolLM2-135M-Instruct)",
                             model_spec=options.model, target_profile=options.profile.spec,
                             measured_on=where.device, emulated=where.emulate_gib is not None, versions=versions(),
-                            workload=options.workload, slo=options.slo, notes=list(where.notes))
+                            workload=options.workload, slo=options.slo, strategy=options.search,
+                            notes=list(where.notes))
     space = build_space(hf_config, options.profile, result.workload, cpu=where.cpu, weight_format=weight_format,
                         session_len=session_len, block_size=options.base.cache_block_seq_len,
                         overrides=options.axes, usable_gib=where.emulate_gib, model_kind=model_kind,
@@ -250,14 +251,16 @@ def _run_locked(options: TuneOptions, console: Console, where, hf_config, sessio
 
 def _check_resume(stored: TuneResult, options: TuneOptions, space: dict) -> None:
     """A resume continues the stored question or refuses: the options come from the command line again, and a
-    different model, card or search space would mix two tunes' trials in one ranking (a grid meant as 24
-    configurations resumed without its --axis pins asks for 144)."""
+    different model, card, search or search space would mix two tunes' trials in one ranking (a grid meant
+    as 24 configurations resumed without its --axis pins asks for 144)."""
     differ = []
     if (stored.model_spec or None) != (options.model or None):
         differ.append(f"model {options.model or 'the embedded default'} (stored: "
                       f"{stored.model_spec or 'the embedded default'})")
     if stored.target_profile != options.profile.spec:
         differ.append(f"--gpu {options.profile.spec} (stored: {stored.target_profile})")
+    if stored.strategy and stored.strategy != options.search:  # a grid resumed as a search is neither
+        differ.append(f"--search {options.search} (stored: {stored.strategy})")
     if stored.space and stored.space != space:
         changed = sorted(k for k in {*stored.space, *space} if stored.space.get(k) != space.get(k))
         differ.append("search space: " + ", ".join(f"{k} {space.get(k)} (stored: {stored.space.get(k)})"

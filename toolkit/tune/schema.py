@@ -121,6 +121,7 @@ class TuneResult(BaseModel):
     workload: TuneWorkload
     slo: Slo
     space: dict = Field(default_factory=dict)  # the axes searched and their values
+    strategy: Optional[str] = None  # --search as given (coordinate or grid): a resume continues the same one
     pruned: list[Pruned] = Field(default_factory=list)
     trials: list[Trial] = Field(default_factory=list)
     chosen: Optional[str] = None  # trial_id
