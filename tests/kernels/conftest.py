@@ -22,8 +22,9 @@ def _row_invariant_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
     """tl.dot in the interpreter, one row of the tile at a time. The interpreter's own dot is one np.matmul,
     and numpy's OpenBLAS sums a row differently by where it sits in the tile on some CPUs (on a 2-core
     AVX-512 EPYC, 34 of 64 rows of a [64, 32] @ [32, 32] product changed bits with their position; the
-    earlier machines these tests passed on did not), which a GPU's MMA does not do. The batch-invariance tests would then judge the host's
-    BLAS, not the kernel: row by row, each output element is the same sum wherever its row sits."""
+    earlier machines these tests passed on did not), which a GPU's MMA does not do. The batch-invariance
+    tests would then judge the host's BLAS, not the kernel: row by row, each output element is the same
+    sum wherever its row sits."""
     from triton.runtime.interpreter import TensorHandle, _convert_float
     import numpy as np
     import triton.language as tl
