@@ -8,7 +8,8 @@
 # Each tune stops starting trials after $BUDGET minutes (default 6) so that one call fits the device
 # machine's 10-minute limit; a cut-short tune resumes with RESUME=1 (finished trials are kept).
 # Results: reports/tune-gpu-<profile>/ (tune.json, trials.csv, report.html, launch.sh, deploy.yaml,
-# the bench folders of every load probe, the servers' logs), packed into $OUT/tune-<profile>.tgz.
+# the bench folders of every load probe, the servers' logs), packed without the bench folders into
+# $OUT/tune-<profile>.tgz. EXTRA adds tune options (a narrower space: --axis NAME=V1,V2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${1:?usage: bash ci/tune_gpu.sh PROFILE}
@@ -31,6 +32,8 @@ code=${PIPESTATUS[0]}
 echo "opsctl tune exit code $code"
 if [ -n "${OUT:-}" ]; then
     cp "reports/$RUN.log" "reports/$RUN/run.log" 2>/dev/null
-    tar czf "$OUT/tune-$PROFILE.tgz" -C reports "$RUN"
+    # The bench folders (every request of every probe) are left out: with rag's ladders they overflow
+    # what a device call brings back; tune.json and trials.csv hold each probe's figures.
+    tar czf "$OUT/tune-$PROFILE.tgz" --exclude="$RUN/bench" --exclude=plotly.min.js -C reports "$RUN"
 fi
 exit 0
