@@ -13,6 +13,15 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _MODEL_FORMATS = (None, "hf", "awq", "int8", "gguf")
 
 
+def default_max_batch_size(memory_bytes: float | None) -> int:
+    """What max_batch_size None picks: 32 on the CPU (`memory_bytes` None), 256 on a GPU of >= 64 GiB
+    (or allowed that much by --gpu-memory-gb), 128 on a smaller one. The tuner uses it too, so it
+    knows which explicit batch cap is the same configuration as the default."""
+    if memory_bytes is None:
+        return 32
+    return 256 if memory_bytes >= 64 * 2**30 else 128
+
+
 def _setting(default, help: str, *, flags: tuple[str, ...] = (), choices: tuple | None = None):
     """A field with what the CLI needs to offer it: its help, its flag names (default: --field-name)."""
     return field(default=default, metadata={"help": help, "flags": flags, "choices": choices})

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import EngineConfig
+from .config import EngineConfig, default_max_batch_size
 from .errors import EngineDeadError, EngineError, InvalidRequestError, ModelLoadError, OutOfMemoryError, first_line
 from .executor import check_parallel_config, make_executor
 from .generation import GenerationConfig
@@ -124,11 +124,11 @@ def runtime_config(config: EngineConfig, changes: dict) -> EngineConfig:
 
 def _default_batch_size(device: torch.device, memory_gb: float | None = None) -> int:
     if device.type != "cuda":
-        return 32
+        return default_max_batch_size(None)
     total = torch.cuda.get_device_properties(device).total_memory
     if memory_gb is not None:  # an emulated smaller card picks what that card would
         total = min(total, memory_gb * 2**30)
-    return 256 if total >= 64 * 2**30 else 128
+    return default_max_batch_size(total)
 
 
 class LLMEngine:

@@ -395,6 +395,18 @@ def with_gpu_count(profile: HardwareProfile, count: int) -> HardwareProfile:
     return profile.model_copy(update={"gpu_count": count})
 
 
+def capped_memory(profile: HardwareProfile, gib: float) -> HardwareProfile:
+    """`profile` with at most `gib` GiB usable (an engine run with --gpu-memory-gb): its speeds and
+    efficiencies stay, what fits is sized with the cap."""
+    if gib >= profile.usable_memory()[0]:
+        return profile
+    update = {"memory_gib": min(profile.memory_gib, gib)}
+    if profile.calibration is not None:
+        update["calibration"] = profile.calibration.model_copy(
+            update={"usable_memory_gib": gib, "usable_memory_source": f"--gpu-memory-gb {gib:g}"})
+    return profile.model_copy(update=update)
+
+
 def detect_local_gpus() -> tuple[list[tuple[int, str, float]], str]:
     """([(index, name, memory_total_gib)], reason): the NVIDIA GPUs NVML sees.
 

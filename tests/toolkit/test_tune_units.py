@@ -8,13 +8,13 @@ import math
 
 import pytest
 
-from engine.config import EngineConfig
+from engine.config import EngineConfig, default_max_batch_size
 from toolkit.bench.metrics import LimitError, RequestRecord
-from toolkit.profiles import get_profile
+from toolkit.profiles import capped_memory, get_profile
 from toolkit.tune.load_search import LoadSearch, attainment, requests_to_resolve, score, wilson_interval
 from toolkit.tune.schema import LoadPoint, Slo, Trial, TuneResult, TuneWorkload
 from toolkit.tune.search import Budget, CoordinateSearch, GridSearch
-from toolkit.tune.space import Space, build_space, parse_axis
+from toolkit.tune.space import Space, build_space, drop_default_batch, parse_axis
 from toolkit.tune.workloads import apply_slo_override, resolve_workload
 
 SLO = Slo(ttft_ms=100, tpot_ms=10, percentile=95, attainment=0.95)
@@ -141,6 +141,43 @@ def test_planner_prunes_what_cannot_fit_on_a_24_gib_card():
                        weight_format="bf16", session_len=32768)
     assert long.axes["max_batch_size"] == [32, 64]
     assert any("batch 256 would only preempt" in p.reason for p in long.pruned)
+
+
+def test_a_batch_cap_equal_to_the_cards_default_is_not_a_second_configuration():
+    """The engine's default batch is 256 on an H200 (>= 64 GiB), 128 on a 24 GiB card: that value on the
+    axis would measure the default configuration twice, so it is dropped with its reason; a base with
+    its own cap keeps the axis whole."""
+    assert [default_max_batch_size(m) for m in (None, 24 * 2**30, 64 * 2**30 - 1, 64 * 2**30, 139.8 * 2**30)] \
+        == [32, 128, 128, 256, 256]
+    for card, default, left in ((256, 256, [32, 64, 128]), (24, 128, [32, 64, 256])):
+        space = Space("bf16", {"max_batch_size": [32, 64, 128, 256]})
+        drop_default_batch(space, EngineConfig(), default_max_batch_size(card * 2**30))
+        assert space.axes["max_batch_size"] == left
+        assert [p.engine for p in space.pruned] == [{"max_batch_size": default}]
+        assert f"already runs batch {default}" in space.pruned[0].reason
+    kept = Space("bf16", {"max_batch_size": [32, 64, 128, 256]})
+    drop_default_batch(kept, EngineConfig(max_batch_size=16), 256)
+    assert kept.axes["max_batch_size"] == [32, 64, 128, 256] and not kept.pruned
+
+
+def test_an_emulated_card_is_predicted_with_its_capped_memory():
+    """An H200 allowed 24 GiB (--gpu-memory-gb 24) keeps the H200's speeds but sizes its cache as a
+    24 GiB card's: the planner's KV tokens follow the cap, its bandwidth does not."""
+    from engine.models.presets import preset_config
+    from toolkit.tune.space import predict
+
+    h200 = get_profile("h200")
+    capped = capped_memory(h200, 24)
+    assert capped.usable_memory() == (24, "measured") and capped.bandwidth() == h200.bandwidth()
+    assert capped_memory(h200, 500) is h200  # a cap above the card changes nothing
+    work = TuneWorkload(name="batch", input_len=1024, output_len=256)
+    config = preset_config("qwen2.5-7b")
+    full = predict(config, h200, weight_format="bf16", batch=128, workload=work, cache_ratio=0.8)
+    small = predict(config, capped, weight_format="bf16", batch=128, workload=work, cache_ratio=0.8)
+    rtx = predict(config, get_profile("rtx4090"), weight_format="bf16", batch=128, workload=work, cache_ratio=0.8)
+    assert small.kv_tokens == rtx.kv_tokens < full.kv_tokens / 10
+    # 117k tokens hold ~91 of these 1,280-token sequences: batch 128 cannot all run, so less throughput
+    assert small.output_tok_s < full.output_tok_s
 
 
 class _Runner:

@@ -18,14 +18,14 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
-from engine.config import EngineConfig
-from toolkit.profiles import HardwareProfile, detect_local_gpus
+from engine.config import EngineConfig, default_max_batch_size
+from toolkit.profiles import HardwareProfile, capped_memory, detect_local_gpus
 from toolkit.report.schema import new_run_id
 from toolkit.system_info import command_line, device_info, git_commit, versions
 
 from .schema import Slo, Trial, TuneResult, TuneWorkload
 from .search import Budget, CoordinateSearch, GridSearch, objective
-from .space import build_space, predict
+from .space import build_space, drop_default_batch, predict
 from .live_server import LiveServer
 from .quality import score_formats
 from .trial import TrialSettings, run_trial
@@ -66,6 +66,7 @@ class Where:
     emulate_gib: float | None
     device: dict
     notes: list[str]
+    default_batch: int = 32  # what max_batch_size unset picks there (engine.config.default_max_batch_size)
 
 
 def where_to_measure(profile: HardwareProfile, base: EngineConfig) -> Where:
@@ -76,17 +77,20 @@ def where_to_measure(profile: HardwareProfile, base: EngineConfig) -> Where:
             notes.append(f"{profile.display_name} is not on this machine ({reason or 'the CPU was asked for'}): "
                          f"the plan and estimates are for {profile.display_name}; the trials measure on the CPU, "
                          f"labelled as such")
-        return Where(cpu=True, emulate_gib=None, device=device_info(), notes=notes)
+        return Where(cpu=True, emulate_gib=None, device=device_info(), notes=notes,
+                     default_batch=default_max_batch_size(None))
     _, name, memory_gib = gpus[0]
     if memory_gib > profile.memory_gib * EMULATION_MARGIN:
-        return Where(cpu=False, emulate_gib=float(profile.memory_gib), device=device_info(), notes=[
+        return Where(cpu=False, emulate_gib=float(profile.memory_gib), device=device_info(),
+                     default_batch=default_max_batch_size(profile.memory_gib * 2**30), notes=[
             f"{profile.display_name} emulated on {name}: the engine may use {profile.memory_gib:g} GiB of its "
             f"{memory_gib:.0f} GiB, so what fits and what runs out of memory match the target card; speeds are "
             f"{name}'s, and the target card's are planner estimates"])
     if memory_gib < profile.memory_gib / EMULATION_MARGIN:
         raise TuneError(f"GPU 0 ({name}, {memory_gib:.0f} GiB) is smaller than {profile.display_name} "
                         f"({profile.memory_gib:g} GiB): it cannot stand in for it")
-    return Where(cpu=False, emulate_gib=None, device=device_info(), notes=[])
+    return Where(cpu=False, emulate_gib=None, device=device_info(), notes=[],
+                 default_batch=default_max_batch_size(memory_gib * 2**30))
 
 
 def _model_config(model, base: EngineConfig) -> tuple[object | None, int, str]:
@@ -173,6 +177,7 @@ def _run_locked(options: TuneOptions, console: Console, where, hf_config, sessio
                         session_len=session_len, block_size=options.base.cache_block_seq_len,
                         overrides=options.axes, usable_gib=where.emulate_gib, model_kind=model_kind,
                         local_gpus=None if where.cpu else len(detect_local_gpus()[0]))
+    drop_default_batch(space, options.base, where.default_batch)
     searched = json.loads(json.dumps({"weight_format": weight_format, **space.axes}))  # as tune.json holds it
     if options.resume:
         _check_resume(result, options, searched)
@@ -213,8 +218,11 @@ def _run_locked(options: TuneOptions, console: Console, where, hf_config, sessio
             # The prediction for the card that measured (the target's own speeds are estimates
             # only when it was emulated: the report says so).
             config = options.base.replace(**done.engine)
-            measuring = options.profile if not where.emulate_gib else _profile_of_local_gpu(options.profile)
-            batch = min(done.best.concurrency, config.max_batch_size or done.best.concurrency)
+            # Emulated: the local card's speeds within the memory the engine was allowed (its cache
+            # holds what a 24 GiB card's would, and the prediction must size it the same way).
+            measuring = (options.profile if not where.emulate_gib
+                         else capped_memory(_profile_of_local_gpu(options.profile), where.emulate_gib))
+            batch = min(done.best.concurrency, config.max_batch_size or where.default_batch)
             fmt = config.model_format or weight_format  # the planner's calibration covers 16-bit formats
             done.predicted = predict(hf_config, measuring, weight_format=fmt, batch=batch,
                                      workload=result.workload, cache_ratio=config.cache_max_entry_count,

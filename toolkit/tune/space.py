@@ -152,6 +152,20 @@ def build_space(hf_config, profile: HardwareProfile, workload: TuneWorkload, *, 
     return space
 
 
+def drop_default_batch(space: Space, base, default_batch: int) -> None:
+    """Where the base leaves max_batch_size unset, the engine picks `default_batch` on the card that
+    measures (engine.config.default_max_batch_size), so that value on the axis is the default
+    configuration again: measured twice, noise alone would choose between them (an H200 tune ran
+    "--max-batch-size 256" beside its default, 256 there, and read 3% apart). It is dropped, and said."""
+    values = space.axes.get("max_batch_size")
+    if base.max_batch_size is not None or not values or default_batch not in values:
+        return
+    values.remove(default_batch)
+    space.pruned.append(Pruned(engine={"max_batch_size": default_batch}, weight_format=space.weight_format,
+                               reason=f"the default configuration already runs batch {default_batch} on this "
+                                      f"card (max_batch_size unset picks it)"))
+
+
 def _prune_tps(axes: dict, pruned: list[Pruned], shape: ModelShape, formats: list[str], weight_format: str,
                local_gpus: int | None) -> None:
     """Drop the tps the engine refuses for the model (in every format offered), or that need more GPUs
