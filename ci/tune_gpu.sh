@@ -9,7 +9,13 @@
 # machine's 10-minute limit; a cut-short tune resumes with RESUME=1 (finished trials are kept).
 # Results: reports/tune-gpu-<profile>/ (tune.json, trials.csv, report.html, launch.sh, deploy.yaml,
 # the bench folders of every load probe, the servers' logs), packed without the bench folders into
-# $OUT/tune-<profile>.tgz. EXTRA adds tune options (a narrower space: --axis NAME=V1,V2).
+# $OUT/tune-<profile>.tgz. EXTRA adds tune options (a narrower space: --axis NAME=V1,V2). The committed
+# reports/examples/tune-{rtx4090,h200} ran WORKLOAD=batch BUDGET=3 with EXTRA="$KV_BATCH --axis quant_policy=8
+# --axis max_batch_size=128" (rtx4090) and "$KV_BATCH --axis quant_policy=0 --axis max_batch_size=256" (h200),
+# where KV_BATCH="--output-len 256 --max-streams 256 --initial-streams 64 --no-quality --axis model_format=hf
+# --axis cache_max_entry_count=0.8 --axis max_prefill_token_num=8192 --axis enable_prefix_caching=off".
+# The same space on both cards: EXTRA="$KV_BATCH --axis quant_policy=8 --axis max_batch_size=128,256"
+# (each card's own default batch is dropped from the axis: 4 configurations, 3-4 minutes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${1:?usage: bash ci/tune_gpu.sh PROFILE}
