@@ -400,7 +400,7 @@ def capped_memory(profile: HardwareProfile, gib: float) -> HardwareProfile:
     efficiencies stay, what fits is sized with the cap."""
     if gib >= profile.usable_memory()[0]:
         return profile
-    update = {"memory_gib": min(profile.memory_gib, gib)}
+    update = {"memory_gib": gib}  # below the usable memory, so below the datasheet's too
     if profile.calibration is not None:
         update["calibration"] = profile.calibration.model_copy(
             update={"usable_memory_gib": gib, "usable_memory_source": f"--gpu-memory-gb {gib:g}"})

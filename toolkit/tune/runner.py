@@ -202,6 +202,12 @@ def _run_locked(options: TuneOptions, console: Console, where, hf_config, sessio
         min_requests=options.min_requests or (8 if where.cpu else 64),
         initial_streams=options.initial_streams or (1 if where.cpu else 4), tolerance=options.load_tolerance)
 
+    # The card that measures, for the predictions beside each trial. Emulated: the local card's speeds
+    # within the memory the engine was allowed (its cache holds what a 24 GiB card's would, and the
+    # prediction must size it the same way).
+    measuring = (options.profile if not where.emulate_gib
+                 else capped_memory(_profile_of_local_gpu(options.profile), where.emulate_gib))
+
     def measure(trial: Trial) -> Trial:
         console.print(f"trial {trial.trial_id}: {' '.join(trial.flags) or '(defaults)'}")
         # Warm start: each configuration differs from the best so far in one setting, so its load
@@ -218,10 +224,6 @@ def _run_locked(options: TuneOptions, console: Console, where, hf_config, sessio
             # The prediction for the card that measured (the target's own speeds are estimates
             # only when it was emulated: the report says so).
             config = options.base.replace(**done.engine)
-            # Emulated: the local card's speeds within the memory the engine was allowed (its cache
-            # holds what a 24 GiB card's would, and the prediction must size it the same way).
-            measuring = (options.profile if not where.emulate_gib
-                         else capped_memory(_profile_of_local_gpu(options.profile), where.emulate_gib))
             batch = min(done.best.concurrency, config.max_batch_size or where.default_batch)
             fmt = config.model_format or weight_format  # the planner's calibration covers 16-bit formats
             done.predicted = predict(hf_config, measuring, weight_format=fmt, batch=batch,
