@@ -5,10 +5,12 @@ on 16 prompts of mixed lengths with mixed output lengths, measured in the same p
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from toolkit.report.schema import BenchResult
 
@@ -45,6 +47,9 @@ def test_offline_result_file_on_tiny_preset(tmp_path):
         assert abs(extra["output_tokens_per_cpu_s"] * extra["cpu_s"] - expected_output) < 1e-6 * expected_output
 
 
+# In CI, .ci/run's CPU gate (ci/cpu_gate.sh) runs this same bench three times right after the tests and
+# asks more of it (engine / generate >= 0.85 x the baseline's 1.83): running it here too cost ~2 of CI's minutes.
+@pytest.mark.skipif(os.environ.get("CI") == "true", reason="the CPU gate after the tests measures the same bench")
 def test_engine_not_slower_than_transformers_on_cpu(tmp_path):
     # Best of 2 runs each: other load on a shared machine only ever slows a run down.
     result = _bench(tmp_path, "--workload", "mixed", "--peer", "generate", "--repeats", "2", "--no-report")
