@@ -6,9 +6,9 @@ blocks freed, and perplexity within 1% of the unquantized cache's.
 Measured (fp32, CPU), greedy over 40 tokens of the five chat prompts below: 3 identical with int8, the
 other two part at tokens 9 and 10, both near-ties of the unquantized model (top two 0.13 and 0.003 nats
 apart; which near-ties tip depends on the CPU: see the greedy test); int4 differs from the first token
-on 3 of 5 (coherent text, other words). Teacher-forced perplexity, first 1024 tokens of README.md + docs/ARCHITECTURE.md as one prefill: 48.09 unquantized,
-48.17 int8 (1.0016x), 54.59 int4 (1.135x); the first 255 of them one decode step at a time: 163.68
-unquantized, 164.45 int8 (1.0047x).
+on 3 of 5 (coherent text, other words). Teacher-forced perplexity, first 1024 tokens of README.md +
+docs/ARCHITECTURE.md as one prefill: 48.09 unquantized, 48.17 int8 (1.0016x), 54.59 int4 (1.135x); the
+first 255 of them one decode step at a time: 163.68 unquantized, 164.45 int8 (1.0047x).
 """
 from __future__ import annotations
 
