@@ -66,7 +66,7 @@ class Where:
     emulate_gib: float | None
     device: dict
     notes: list[str]
-    default_batch: int = 32  # what max_batch_size unset picks there (engine.config.default_max_batch_size)
+    default_batch: int  # what max_batch_size unset picks there (engine.config.default_max_batch_size)
 
 
 def where_to_measure(profile: HardwareProfile, base: EngineConfig) -> Where:
