@@ -24,7 +24,7 @@ from toolkit.report.schema import new_run_id
 from toolkit.system_info import command_line, device_info, git_commit, versions
 
 from .schema import Slo, Trial, TuneResult, TuneWorkload
-from .search import Budget, CoordinateSearch, GridSearch, objective
+from .search import NOISE, Budget, CoordinateSearch, GridSearch, objective
 from .space import build_space, drop_default_batch, predict
 from .live_server import LiveServer
 from .quality import score_formats
@@ -297,10 +297,18 @@ def explain_choice(result: TuneResult) -> str:
         failed = sum(1 for t in result.trials if t.status == "failed")
         return (f"no configuration met the SLO ({result.slo.words()}) at any load: {failed} of "
                 f"{len(result.trials)} failed to run; relax the SLO or use a bigger card")
+    measured = sum(1 for t in result.trials if t.status == "ok")
     words = (f"{' '.join(chosen.flags) or 'the defaults'} carries {chosen.best.concurrency} streams at "
              f"{chosen.best.output_tok_s:,.1f} output tok/s with {chosen.best.slo_fraction:.0%} of requests within "
-             f"{result.slo.words()}, the most of the {sum(1 for t in result.trials if t.status == 'ok')} "
-             f"configurations measured")
+             f"{result.slo.words()}")
+    runner_up = max((t for t in result.trials if t.status == "ok" and t is not chosen), key=objective, default=None)
+    if default is chosen and runner_up is not None and objective(runner_up) > objective(chosen):
+        # kept by the noise margin (search.NOISE): say what it was kept against
+        return (words + f"; it is the default configuration, kept because none of the other {measured - 1} "
+                f"measured beat it by more than {NOISE:.0%} (the run-to-run spread of one configuration): the "
+                f"fastest, {' '.join(runner_up.flags)}, read {objective(runner_up):,.1f} tok/s "
+                f"({objective(runner_up) / objective(chosen):.2f}x)")
+    words += f", the most of the {measured} configurations measured"
     if default is None or default is chosen:
         return words + ("; it is the default configuration" if default is chosen else "")
     base = objective(default)

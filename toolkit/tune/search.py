@@ -22,7 +22,10 @@ from engine.config import EngineConfig
 from .schema import SearchSummary, Trial, TuneResult
 from .space import Space
 
-NOISE = 0.03  # a change must beat the incumbent by 3% to count (run-to-run spread of a load point)
+# A change must beat the incumbent by 5% to count. Measured on one H200: the same configuration read
+# 7,598 and 7,855 tok/s in two tunes (3.4% apart), and one trial's two 64-stream probes 6,667 and 6,229
+# (6.6%); a smaller margin lets the choice follow the noise.
+NOISE = 0.05
 
 
 def objective(trial: Trial | None) -> float:
@@ -87,10 +90,11 @@ class CoordinateSearch:
                     incumbent, best_engine = trial, candidate
             if stop:
                 break
-        if self.result.trials:
-            best = max((t for t in self.result.trials if t.status == "ok"), key=objective, default=None)
-            if best is not None and objective(best) > 0:
-                incumbent = best
+        # A stored trial off the ascent's path (a resumed tune's) may beat the incumbent: the same margin
+        # decides, so a configuration within noise of the default never replaces it.
+        best = max((t for t in self.result.trials if t.status == "ok"), key=objective, default=None)
+        if best is not None and objective(best) > objective(incumbent) * (1 + NOISE):
+            incumbent = best
         self.result.chosen = incumbent.trial_id if objective(incumbent) > 0 else None
         tried = sum(len(v) - 1 for v in self.space.axes.values()) + 1
         reason = stop or f"every value of every axis tried once from the best so far ({tried} configurations)"
