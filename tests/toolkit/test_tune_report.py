@@ -328,5 +328,5 @@ def test_committed_tunes_render_their_choice_and_reasons(path, tmp_path):
     assert f"{chosen.best.output_tok_s:,.1f}" in text and result.why.split(",")[0] in text
     for name in ("launch.sh", "deploy.yaml", "trials.csv"):  # committed beside it
         assert (path.parent / name).is_file(), name
-    # at least a choice between two measured configurations (the narrowed batch-workload tunes ran two)
-    assert len(result.trials) >= 2 and all(t.status == "ok" or t.reason for t in result.trials)
+    # a choice among at least three measured configurations
+    assert len(result.trials) >= 3 and all(t.status == "ok" or t.reason for t in result.trials)

@@ -96,8 +96,9 @@ class CoordinateSearch:
         if best is not None and objective(best) > objective(incumbent) * (1 + NOISE):
             incumbent = best
         self.result.chosen = incumbent.trial_id if objective(incumbent) > 0 else None
-        tried = sum(len(v) - 1 for v in self.space.axes.values()) + 1
-        reason = stop or f"every value of every axis tried once from the best so far ({tried} configurations)"
+        # counted, not derived from the axes' lengths: an axis pinned by --axis may hold no base value
+        reason = stop or (f"every value of every axis tried once from the best so far "
+                          f"({len(self.result.trials)} configurations)")
         return SearchSummary(strategy="coordinate ascent from the default, one axis at a time",
                              grid_size=len(self.space.grid(self.base)), trials_run=len(self.result.trials),
                              stop_reason=reason)
