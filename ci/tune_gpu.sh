@@ -9,8 +9,7 @@
 # KV_BATCH=1 tunes the same small space on any card: KV cache 16-bit or int8 x batch cap 128 or 256 (the
 # card's own default batch is dropped from the axis), other axes pinned, loads of 64-256 streams, no
 # perplexity: 3-4 configurations, 3-4 minutes. The committed reports/examples/tune-{rtx4090,h200} ran
-# WORKLOAD=batch BUDGET=3 with the options KV_BATCH adds, except the axes: quant_policy=8 with
-# max_batch_size=128 on the rtx4090, quant_policy=0 with max_batch_size=256 on the h200 (given as EXTRA).
+# KV_BATCH=1 BUDGET=4 (3 trials each before the budget).
 # EXTRA adds tune options (--axis NAME=V1,V2 replaces an axis).
 # Each tune stops starting trials after $BUDGET minutes (default 6) so that one call fits the device
 # machine's 10-minute limit; a cut-short tune resumes with RESUME=1 (finished trials are kept).
