@@ -246,6 +246,16 @@ def test_a_configuration_within_the_noise_margin_never_replaces_the_default():
                      _Runner(lambda e: 1060.0 if e.get("quant_policy") == 8 else 1000.0), lambda: None, Budget()).run_search()
     assert result.trial(result.chosen).engine == {"quant_policy": 8}
     assert explain_choice(result).endswith("1.06x the default configuration's 1,000.0 tok/s")
+    # a change kept against a faster one within the margin says both, and what it bought over the default
+    result = _result()
+    CoordinateSearch(Space("bf16", axes), EngineConfig(), result,
+                     _Runner(lambda e: 1000.0 * (1.1 if e.get("quant_policy") == 8 else 1.0)
+                             * (1.02 if e.get("max_batch_size") == 128 else 1.0)), lambda: None, Budget()).run_search()
+    assert result.trial(result.chosen).engine == {"quant_policy": 8}
+    why = explain_choice(result)
+    assert "; kept because none of the other 3 measured beat it by more than 5%" in why
+    assert "the fastest, --max-batch-size 128 --quant-policy 8, read 1,122.0 tok/s (1.02x)" in why
+    assert why.endswith("1.10x the default configuration's 1,000.0 tok/s") and "the most of" not in why
 
 
 def test_stored_trials_are_not_rerun():

@@ -302,15 +302,18 @@ def explain_choice(result: TuneResult) -> str:
              f"{chosen.best.output_tok_s:,.1f} output tok/s with {chosen.best.slo_fraction:.0%} of requests within "
              f"{result.slo.words()}")
     runner_up = max((t for t in result.trials if t.status == "ok" and t is not chosen), key=objective, default=None)
-    if default is chosen and runner_up is not None and objective(runner_up) > objective(chosen):
-        # kept by the noise margin (search.NOISE): say what it was kept against
-        return (words + f"; it is the default configuration, kept because none of the other {measured - 1} "
-                f"measured beat it by more than {NOISE:.0%} (the run-to-run spread of one configuration): the "
-                f"fastest, {' '.join(runner_up.flags)}, read {objective(runner_up):,.1f} tok/s "
-                f"({objective(runner_up) / objective(chosen):.2f}x)")
-    words += f", the most of the {measured} configurations measured"
+    faster = runner_up if runner_up is not None and objective(runner_up) > objective(chosen) else None
+    if faster is None:
+        words += f", the most of the {measured} configurations measured"
+    if default is chosen:
+        words += "; it is the default configuration"
+    if faster is not None:  # kept by the noise margin (search.NOISE): say what it was kept against
+        words += (f"{',' if default is chosen else ';'} kept because none of the other {measured - 1} measured "
+                  f"beat it by more than {NOISE:.0%} (the run-to-run spread of one configuration): the fastest, "
+                  f"{' '.join(faster.flags) or 'the defaults'}, read {objective(faster):,.1f} tok/s "
+                  f"({objective(faster) / objective(chosen):.2f}x)")
     if default is None or default is chosen:
-        return words + ("; it is the default configuration" if default is chosen else "")
+        return words
     base = objective(default)
     if base > 0:
         return words + f"; {objective(chosen) / base:.2f}x the default configuration's {base:,.1f} tok/s"
