@@ -32,6 +32,12 @@ def objective(trial: Trial | None) -> float:
     return trial.best.output_tok_s if trial is not None and trial.status == "ok" and trial.best else 0.0
 
 
+def beats(trial: Trial | None, incumbent: Trial | None) -> bool:
+    """Whether `trial` replaces `incumbent`: faster by more than the noise margin. The one rule for every
+    step of the search (a step that compared without it once chose a KV format on a 1% reading)."""
+    return objective(trial) > objective(incumbent) * (1 + NOISE)
+
+
 def trial_key(weight_format: str, engine: dict) -> str:
     return weight_format + "|" + ",".join(f"{k}={engine[k]}" for k in sorted(engine))
 
@@ -86,14 +92,14 @@ class CoordinateSearch:
                     break
                 candidate = {**best_engine, axis: value}
                 trial = self._trial(candidate)
-                if objective(trial) > objective(incumbent) * (1 + NOISE):
+                if beats(trial, incumbent):
                     incumbent, best_engine = trial, candidate
             if stop:
                 break
         # A stored trial off the ascent's path (a resumed tune's) may beat the incumbent: the same margin
         # decides, so a configuration within noise of the default never replaces it.
         best = max((t for t in self.result.trials if t.status == "ok"), key=objective, default=None)
-        if best is not None and objective(best) > objective(incumbent) * (1 + NOISE):
+        if best is not None and beats(best, incumbent):
             incumbent = best
         self.result.chosen = incumbent.trial_id if objective(incumbent) > 0 else None
         # counted, not derived from the axes' lengths: an axis pinned by --axis may hold no base value
