@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -329,15 +330,22 @@ MIN_SPREAD = 0.05  # never propose a tolerance tighter than 5 %: CI machines dri
 class Proposal:
     gate: Gate
     median: float
-    spread: float  # 3 x the scaled MAD, relative to the median
+    spread: float  # 3 x the scaled MAD of the judged median, relative to the median
     tolerance: float
+
+
+def median_factor(repeats: int) -> float:
+    """How much narrower the median of `repeats` runs spreads than one run: ~1.2533 / sqrt(n) for
+    normal noise (the median's standard error), never more than one run's own spread."""
+    return min(1.0, 1.2533 / math.sqrt(repeats))
 
 
 def calibrate(spec: GateSpec, results: dict[str, BenchResult]) -> list[Proposal]:
     """Tolerances from the spread of N results of one configuration: max(3 x MAD-based spread, 5 %).
 
     The MAD (scaled by 1.4826 to estimate a standard deviation) ignores a single outlier run, where
-    a standard deviation would widen every tolerance for it.
+    a standard deviation would widen every tolerance for it. A gate judges the median of the gates
+    file's min_repeats runs, so the spread proposed is that median's (median_factor), not one run's.
     """
     if len(results) < 3:
         raise GateInputError(f"--calibrate needs at least 3 result files of one configuration (got {len(results)})")
@@ -352,7 +360,7 @@ def calibrate(spec: GateSpec, results: dict[str, BenchResult]) -> list[Proposal]
         samples = [measure(gate, r, name) for name, r in results.items()]
         median = statistics.median(samples)
         mad = 1.4826 * statistics.median(abs(s - median) for s in samples)
-        spread = max(3 * mad / median if median else 0.0, MIN_SPREAD)
+        spread = max(3 * mad * median_factor(spec.min_repeats) / median if median else 0.0, MIN_SPREAD)
         tolerance = 1 - spread if gate.direction == "higher" else 1 + spread
         proposals.append(Proposal(gate, median, spread, round(max(tolerance, 0.01), 3)))
     return proposals

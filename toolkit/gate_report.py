@@ -124,9 +124,10 @@ def write_benchmark_json(verdicts: list[Verdict], directory: Path) -> list[Path]
     return written
 
 
-def print_proposals(proposals: list[Proposal], count: int, console: Console) -> None:
+def print_proposals(proposals: list[Proposal], count: int, repeats: int, console: Console) -> None:
     """Calibration: the proposed tolerances, as a table and as YAML lines to paste into the gates file."""
-    table = Table(title=f"proposed tolerances from {count} results: max(3 x MAD spread, 5 %)")
+    judged = "one run" if repeats == 1 else f"the median of {repeats} runs"
+    table = Table(title=f"proposed tolerances from {count} results: max(3 x MAD spread of {judged}, 5 %)")
     for column in ("gate", "median", "spread", "current tolerance", "proposed"):
         table.add_column(column, justify="left" if column == "gate" else "right")
     for p in proposals:

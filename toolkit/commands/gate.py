@@ -38,7 +38,7 @@ def gate(
              "and smaller_is_better.json (customSmallerIsBetter).")] = None,
     calibrate: Annotated[bool, typer.Option(
         "--calibrate", help="Judge nothing: propose each gate's tolerance from the spread of the results "
-                            "(max(3 x MAD spread, 5 %)).")] = False,
+                            "(max(3 x the MAD spread of a median of min_repeats runs, 5 %)).")] = False,
 ) -> None:
     """Judge results against performance gates: exit 0 all hold, 1 a gate failed, 2 bad input."""
     from dataclasses import replace
@@ -61,7 +61,7 @@ def gate(
         if len(loaded) < len(paths):
             raise GateInputError("a result file is given twice: each repeat counts once")
         if calibrate:
-            gate_report.print_proposals(propose(spec, loaded), len(loaded), console)
+            gate_report.print_proposals(propose(spec, loaded), len(loaded), spec.min_repeats, console)
             return
         base = load_result(baseline, "baseline") if baseline is not None else None
         verdicts = judge(spec, loaded, base, str(baseline))
