@@ -12,7 +12,10 @@
 # KV_BATCH=1 BUDGET=4 (3 trials each before the budget).
 # EXTRA adds tune options (--axis NAME=V1,V2 replaces an axis).
 # Each tune stops starting trials after $BUDGET minutes (default 6) so that one call fits the device
-# machine's 10-minute limit; a cut-short tune resumes with RESUME=1 (finished trials are kept).
+# machine's 10-minute limit; a cut-short tune resumes with RESUME=1 (finished trials are kept). The
+# budget counts each trial's set-up too (a restart ~35 s on an H200, a probe 45-60 s): BUDGET=1.5 ran
+# one trial of two (reports/examples/rtx4090-decode-t01); to run a small space whole, give BUDGET room
+# and let LIMIT (seconds, default 540) be the hard stop.
 # Results: reports/tune-gpu-<profile>/ (tune.json, trials.csv, report.html, launch.sh, deploy.yaml,
 # the bench folders of every load probe, the servers' logs), packed without the bench folders into
 # $OUT/tune-<profile>.tgz.
