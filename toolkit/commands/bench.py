@@ -212,6 +212,8 @@ def offline(
     peer: Annotated[Optional[list[str]], typer.Option(help=f"Also run a peer on the same workload: {', '.join(PEERS)}.")] = None,
     peer_batch_size: Annotated[Optional[int], typer.Option(help="Batch size of the generate peer (default: all).")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Measure each system this many times and keep its fastest run.")] = 1,
+    runs: Annotated[int, typer.Option(min=1, help="Write this many result folders, <run-id>-1 .. -N, from one process "
+                                                  "(the models load once; with --peer both stay loaded).")] = 1,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where reports/<run-id>/ goes.")] = Path("reports"),
     run_id: Annotated[Optional[str], typer.Option(help="Name of the result folder (default: offline-<time>).")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report.")] = False,
@@ -239,6 +241,12 @@ def offline(
             raise _bad_input(f"{option} {value}: must be >= 1")
     input_range, output_range = _range(input_len, "--input-len"), _range(output_len, "--output-len")
     run_id = _checked_run_id(output_dir, run_id, "offline")
+    # --runs N: N result files from one process, so the repeats a gate takes the median of cost one
+    # interpreter start and one model load a side. On the CPU each run is the engine then its peers, both
+    # models loaded; on a GPU the engine's KV pool leaves no room for the peer's weights, so the engine
+    # runs N times, is freed, then the peers run N times.
+    run_ids = [run_id] if runs == 1 else [_checked_run_id(output_dir, f"{run_id}-{i}", "offline")
+                                          for i in range(1, runs + 1)]
     from engine.engine import LLMEngine
 
     engine = LLMEngine(model, engine_config)
@@ -246,32 +254,60 @@ def offline(
     work = build_workload(workload, engine.vocab_size, seed=seed, num_requests=num_requests,
                           input_len=input_range, output_len=output_range, max_len=engine.session_len)
     name = engine.source.name
-    result = BenchResult(run_id=run_id, kind="offline", command=command_line(),
-                         git_commit=git_commit(), device=dev, versions=versions())
+    source, torch_device, torch_dtype = engine.source, str(engine.runner.device), engine.runner.dtype
+    interleave = torch_device == "cpu"
     typer.echo(f"engine: {name} on {engine.runner.device} ({engine.runner.dtype}), "
                f"workload {offline_workload_words(work.describe())}")
-    result.runs.extend(bench_engine(engine, name, work, dev.get("name", ""), repeats=repeats))
-    if peer:
-        source, torch_device, torch_dtype = engine.source, str(engine.runner.device), engine.runner.dtype
-        engine.shutdown()  # --tp: its worker processes and their GPUs
-        del engine  # free the engine's memory (weights, KV pool) for the peer
-        _free_device_memory()
-        hf = load_hf_model(source, torch_device, torch_dtype)
-        pad = source.load_tokenizer().pad_token_id or 0
+    hf, pad = None, 0
+
+    def free_engine() -> None:
+        nonlocal engine
+        if engine is not None:
+            engine.shutdown()  # --tp: its worker processes and their GPUs
+            engine = None  # free the engine's memory (weights, KV pool) for the peer
+            _free_device_memory()
+
+    def run_peers(result: BenchResult, last: bool) -> None:
+        nonlocal hf, pad
+        if hf is None:
+            if last:
+                free_engine()
+            hf = load_hf_model(source, torch_device, torch_dtype)
+            pad = source.load_tokenizer().pad_token_id or 0
         for p in peer:
             typer.echo(f"peer: transformers {p}")
             if p == "generate-batch":
                 result.runs.append(run_generate_batch(hf, work, torch_device, name))
             else:
-                result.runs.append(run_generate(hf, work, torch_device, peer_batch_size or len(work.prompts), name,
-                                                pad, static_cache=p == "generate-static", repeats=repeats))
-    out_dir = output_dir / result.run_id
-    write_requests_csv(result, out_dir)
-    result.write(out_dir / "result.json")
-    print_runs(result)
-    typer.echo(f"wrote {out_dir / 'result.json'}")
-    if not no_report:
-        write_html_report(out_dir)
+                result.runs.append(run_generate(hf, work, torch_device, peer_batch_size or len(work.prompts),
+                                                name, pad, static_cache=p == "generate-static", repeats=repeats))
+
+    def write(result: BenchResult) -> None:
+        out_dir = output_dir / result.run_id
+        write_requests_csv(result, out_dir)
+        result.write(out_dir / "result.json")
+        print_runs(result)
+        typer.echo(f"wrote {out_dir / 'result.json'}")
+        if not no_report:
+            write_html_report(out_dir)
+
+    pending = []
+    for i, rid in enumerate(run_ids):
+        if runs > 1:
+            typer.echo(f"run {i + 1} of {runs}: {rid}")
+        result = BenchResult(run_id=rid, kind="offline", command=command_line(),
+                             git_commit=git_commit(), device=dev, versions=versions())
+        result.runs.extend(bench_engine(engine, name, work, dev.get("name", ""), repeats=repeats))
+        if peer and not interleave:
+            pending.append(result)
+            continue
+        if peer:
+            run_peers(result, last=i == len(run_ids) - 1)
+        write(result)
+    free_engine()
+    for result in pending:
+        run_peers(result, last=True)
+        write(result)
 
 
 def _free_device_memory() -> None:
