@@ -1,0 +1,88 @@
+"""The kernel lab's variants (ci/kernel_lab/: experiments timed on a GPU against the shipped W4A16 / W8A16
+kernels, results in reports/examples/h200/gemv-lab-*) compute the same products as the torch references,
+so a lab figure is never the speed of a wrong kernel: the register-prefetching int4 GEMVs (8 and 16 rows a
+slab), the int4 GEMV on a tile-major repacked qweight, the swapped-operand AWQ GEMM and the prefetching
+int8 GEMV, on small odd shapes with split-K (interpreter on the CPU, natively on a GPU)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.kernels import quant_gemm as qg
+from engine.kernels.quant_gemm import TileConfig
+
+from .conftest import DEVICE
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ci" / "kernel_lab"))
+import gen_prefetch  # noqa: E402,F401  (writes _gemv_pf.py)
+import _gemv_pf as pf  # noqa: E402
+import lab_kernels as lk  # noqa: E402
+from gemv_lab2 import tile_major  # noqa: E402
+
+G = 32
+
+
+def _awq(n: int, k: int, gen: torch.Generator):
+    qw = torch.randint(-2**31, 2**31 - 1, (k, n // 8), dtype=torch.int32, generator=gen)
+    qz = torch.randint(-2**31, 2**31 - 1, (k // G, n // 8), dtype=torch.int32, generator=gen)
+    s = torch.rand(k // G, n, generator=gen) * 0.01 + 0.001
+    return qw.to(DEVICE), qz.to(DEVICE), s.to(DEVICE)
+
+
+def _rel_err(y, ref) -> float:
+    return ((y.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+
+
+@pytest.mark.parametrize("kernel,cfg", [
+    ("pf8", TileConfig(1, 64, 8, 2, 2, 1, True)),
+    ("pf16", TileConfig(1, 64, 16, 3, 2, 1, True)),
+    ("tiled", TileConfig(1, 64, 16, 2, 2, 1, True)),
+    ("n8arg", TileConfig(1, 32, 8, 3, 4, 1, True)),
+])
+def test_lab_int4_gemvs_match_the_reference(kernel, cfg):
+    gen = torch.Generator().manual_seed(0)
+    n, k = 128, 640  # 640 rows: the last K step of a split is partial
+    qw, qz, s = _awq(n, k, gen)
+    x = torch.randn(1, k, generator=gen).to(DEVICE)
+    bias = torch.randn(n, generator=gen).to(DEVICE)
+    ref = qg.w4a16_linear_ref(x, qw, qz, s, G, bias)
+    out = torch.empty(1, n, device=DEVICE)
+    steps = -(-k // (cfg.num_warps * cfg.block_k))
+    if kernel.startswith("pf"):
+        fn = pf.gemv_pf8 if kernel == "pf8" else pf.gemv_pf16
+        y = qg._launch(fn, (qw, qz, s), (n, k, G), x, bias, out, cfg, steps, SLABS=cfg.num_warps)
+    else:
+        tiled = kernel == "tiled"
+        w = tile_major(qw, cfg.block_n) if tiled else qw
+        y = qg._launch(lk.gemv_var, (w, qz, s), (n, n // 8, k, G), x, bias, out, cfg, steps, SLABS=cfg.num_warps,
+                       TILED=tiled, STREAM=False)
+    assert _rel_err(y, ref) < 1e-5
+
+
+def test_lab_swapped_awq_gemm_matches_the_reference():
+    gen = torch.Generator().manual_seed(1)
+    n, k, m = 96, 256, 5
+    qw, qz, s = _awq(n, k, gen)
+    x = torch.randn(m, k, generator=gen).to(DEVICE)
+    cfg = TileConfig(16, 32, 32, 2, 4, 1, True)
+    out = torch.empty(m, n, device=DEVICE)
+    y = qg._launch(lk.w4_gemm_swapped, (qw, qz, s), (m, n, k, G), x, None, out, cfg, k // cfg.block_k,
+                   EMULATE_BF16=False, ASM=False)
+    assert _rel_err(y, qg.w4a16_linear_ref(x, qw, qz, s, G)) < 1e-5
+
+
+@pytest.mark.parametrize("cfg", [TileConfig(1, 16, 64, 2, 4, 1, True), TileConfig(1, 32, 128, 1, 4, 1, True)])
+def test_lab_prefetching_int8_gemv_matches_the_reference(cfg):
+    gen = torch.Generator().manual_seed(2)
+    n, k = 40, 1024
+    q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen).to(DEVICE)
+    s = (torch.rand(n, generator=gen) * 0.01).to(DEVICE)
+    x = torch.randn(1, k, generator=gen).to(DEVICE)
+    bias = torch.randn(n, generator=gen).to(DEVICE)
+    out = torch.empty(1, n, device=DEVICE)
+    kw = k // 4
+    y = qg._launch(lk.w8_gemv_pf, (q.view(torch.int32), s), (n, k, kw), x, bias, out, cfg, -(-kw // (cfg.block_k // 4)))
+    assert _rel_err(y, qg.w8a16_linear_ref(x, q, s, bias)) < 1e-5
