@@ -49,7 +49,8 @@ def launch(kernel, x, ws, bias, cfg, gemv):
 def record(shape, m, name, cfg, fn_of, copies, ref=None, nbytes=0):
     if time.monotonic() - T0 > DEADLINE:
         return
-    row = {"shape": shape, "m": m, "kernel": name, "config": list(cfg) if cfg else None}
+    row = {"shape": shape, "m": m, "kernel": f"{name} {tuple(cfg)[:7]}" if cfg else name,
+           "config": list(cfg) if cfg else None}  # the config in the name: opsctl report shows kernel names
     try:
         if ref is not None:
             y = fn_of(copies[0])().float()
@@ -62,7 +63,7 @@ def record(shape, m, name, cfg, fn_of, copies, ref=None, nbytes=0):
         row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         print(f"{shape:8} M={m:<3} {name:14} FAILED {row['error'][:200]}", flush=True)
     rows.append(row)
-    json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, open(OUT, "w"), indent=1)
+    json.dump({"device": torch.cuda.get_device_name(), "copy_gb_s": None, "rows": rows}, open(OUT, "w"), indent=1)
 
 
 def splits_for(tiles, steps, waves=(1, 2, 4)):
