@@ -66,8 +66,9 @@ def test_runs_writes_one_complete_result_per_run_from_one_process(tmp_path):
             assert rows["output_tokens"].sum() == engine.workload["output_tokens"]
 
 
-# In CI, .ci/run's CPU gate (ci/cpu_gate.sh) runs this same bench three times right after the tests and
-# asks more of it (engine / generate >= 0.78 x the baseline's 1.72): running it here too cost ~2 of CI's minutes.
+# In CI, .ci/run's CPU gate (ci/cpu_gate.sh) runs this bench (with outputs of 16-96 tokens) three times right
+# after the tests and asks more of it (engine / generate >= 0.78 x the baseline's 1.81): running it here too
+# cost ~2 of CI's minutes.
 @pytest.mark.skipif(os.environ.get("CI") == "true", reason="the CPU gate after the tests measures the same bench")
 def test_engine_not_slower_than_transformers_on_cpu(tmp_path):
     # Best of 2 runs each: other load on a shared machine only ever slows a run down.

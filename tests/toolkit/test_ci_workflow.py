@@ -74,6 +74,11 @@ def test_gate_script_uses_the_committed_gates_and_cpu_baseline():
     assert base.device.get("kind") == "cpu" and base.device.get("cpu_model")
     engine = next(r for r in base.runs if r.target == "engine")
     assert engine.workload["name"] == "mixed"
+    # the script's bench asks for the baseline's workload (the gate refuses another one, exit 2)
+    code = "\n".join(ln for ln in script.splitlines() if not ln.lstrip().startswith("#")).replace("\\\n", " ")
+    bench = shlex.split(code[code.index("bench offline"):].split(">")[0])
+    assert bench[bench.index("--workload") + 1] == engine.workload["name"]
+    assert [int(v) for v in bench[bench.index("--output-len") + 1].split(":")] == engine.workload["output_len"]
     assert any(r.target == "transformers-generate" for r in base.runs)
     assert any(g.kind == "ratio_to_peer" for g in spec.gates)  # judged on any CI machine
 
