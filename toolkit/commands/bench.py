@@ -213,7 +213,8 @@ def offline(
     peer_batch_size: Annotated[Optional[int], typer.Option(help="Batch size of the generate peer (default: all).")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Measure each system this many times and keep its fastest run.")] = 1,
     runs: Annotated[int, typer.Option(min=1, help="Write this many result folders, <run-id>-1 .. -N, from one process "
-                                                  "(the models load once; with --peer both stay loaded).")] = 1,
+                                                  "(each model loads once; with --peer on a GPU the engine's N runs "
+                                                  "come first, then the peer's).")] = 1,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where reports/<run-id>/ goes.")] = Path("reports"),
     run_id: Annotated[Optional[str], typer.Option(help="Name of the result folder (default: offline-<time>).")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report.")] = False,
