@@ -20,7 +20,7 @@ mkdir -p "$GATE_DIR"
 started=$SECONDS
 # One process writes the REPEATS result folders gate-1 .. gate-N (--runs; a single run is gate/): torch's
 # import and the two model loads once instead of once a repeat. Outputs of 16-96 tokens, not the mixed
-# workload's 16-128: three repeats of the full workload took 4.4-5.3 minutes as this VM's speed drifted
+# workload's 16-128: three repeats of the full workload took 4.2-5.3 minutes as this VM's speed drifted
 # (reports/examples/cpu/gate-2026-12-03/README.md), and the gate must stay under 5.
 "$OPSCTL" bench offline --workload mixed --output-len 16:96 --peer generate --device cpu --no-report \
     --runs "$REPEATS" -o "$GATE_DIR" --run-id gate > "$GATE_DIR/bench.log" 2>&1 \
