@@ -293,11 +293,12 @@ def offline(
             write_html_report(out_dir)
 
     pending = []
+    command, commit, vers = command_line(), git_commit(), versions()  # the same for every run
     for i, rid in enumerate(run_ids):
         if runs > 1:
             typer.echo(f"run {i + 1} of {runs}: {rid}")
-        result = BenchResult(run_id=rid, kind="offline", command=command_line(),
-                             git_commit=git_commit(), device=dev, versions=versions())
+        result = BenchResult(run_id=rid, kind="offline", command=command, git_commit=commit, device=dev,
+                             versions=vers)
         result.runs.extend(bench_engine(engine, name, work, dev.get("name", ""), repeats=repeats))
         if peer and not interleave:
             pending.append(result)
