@@ -1,8 +1,9 @@
 """The kernel lab's variants (ci/kernel_lab/: experiments timed on a GPU against the shipped W4A16 / W8A16
 kernels, results in reports/examples/h200/gemv-lab-*) compute the same products as the torch references,
 so a lab figure is never the speed of a wrong kernel: the register-prefetching int4 GEMVs (8 and 16 rows a
-slab), the int4 GEMV on a tile-major repacked qweight, the swapped-operand AWQ GEMM and the prefetching
-int8 GEMV, on small odd shapes with split-K (interpreter on the CPU, natively on a GPU)."""
+slab), the int4 GEMV on a tile-major repacked qweight, the swapped-operand AWQ GEMM, the prefetching
+int8 GEMV and gemm_kernels.py's W4A16 tiles (scale folded into the weight, swapped, pointer increments,
+clamped rows), on small odd shapes with split-K (interpreter on the CPU, natively on a GPU)."""
 from __future__ import annotations
 
 import sys
@@ -19,6 +20,7 @@ from .conftest import DEVICE
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ci" / "kernel_lab"))
 import gen_prefetch  # noqa: E402,F401  (writes _gemv_pf.py)
 import _gemv_pf as pf  # noqa: E402
+import gemm_kernels as gk  # noqa: E402
 import lab_kernels as lk  # noqa: E402
 from gemv_lab2 import tile_major  # noqa: E402
 
@@ -86,3 +88,25 @@ def test_lab_prefetching_int8_gemv_matches_the_reference(cfg):
     kw = k // 4
     y = qg._launch(lk.w8_gemv_pf, (q.view(torch.int32), s), (n, k, kw), x, bias, out, cfg, -(-kw // (cfg.block_k // 4)))
     assert _rel_err(y, qg.w8a16_linear_ref(x, q, s, bias)) < 1e-5
+
+
+@pytest.mark.parametrize("fold,swap,inc,clamp", [(True, False, True, True), (True, True, True, True),
+                                                  (False, False, True, True), (False, True, False, False),
+                                                  (True, False, False, True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lab_awq_gemm_variants_match_the_reference(fold, swap, inc, clamp, dtype):
+    gen = torch.Generator().manual_seed(3)
+    n, k, m = 128, 256, 5  # 5 rows of a 16-row tile: the clamped rows must not reach the output
+    qw, qz, s = _awq(n, k, gen)
+    x = torch.randn(m, k, generator=gen).to(DEVICE)
+    bias = torch.randn(n, generator=gen).to(DEVICE)
+    cfg = TileConfig(16, 32, 32, 3, 4, 1, True)  # 8 K steps over 3 splits: uneven splits
+    s = s.to(dtype)  # FOLD rounds the scale to x's dtype: the reference gets the same scales
+    xd = x.to(dtype)
+    out = torch.empty(m, n, device=DEVICE, dtype=dtype)
+    y = qg._launch(gk.w4_gemm_lab, (qw, qz, s), (m, n, k), xd, bias, out, cfg, k // cfg.block_k, GROUP=G,
+                   EMULATE_BF16=dtype == torch.bfloat16 and DEVICE == "cpu", ASM=qg._inline_asm(xd), FOLD=fold,
+                   SWAP=swap, INC=inc, CLAMP=clamp)
+    # bf16: the weight rounded once (FOLD) and x in bf16 against the fp32 reference of the same bf16 inputs
+    assert _rel_err(y, qg.w4a16_linear_ref(xd.float(), qw, qz, s.float(), G, bias)) < (1e-5 if dtype == torch.float32
+                                                                                          else 1e-2)
