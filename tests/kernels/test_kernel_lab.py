@@ -110,3 +110,20 @@ def test_lab_awq_gemm_variants_match_the_reference(fold, swap, inc, clamp, dtype
     # bf16: the weight rounded once (FOLD) and x in bf16 against the fp32 reference of the same bf16 inputs
     assert _rel_err(y, qg.w4a16_linear_ref(xd.float(), qw, qz, s.float(), G, bias)) < (1e-5 if dtype == torch.float32
                                                                                           else 1e-2)
+
+
+@pytest.mark.parametrize("m,rows,cfg", [(1, 2, TileConfig(1, 64, 16, 3, 2, 1, True)),
+                                        (3, 4, TileConfig(1, 64, 16, 3, 2, 1, True)),
+                                        (2, 2, TileConfig(1, 32, 8, 1, 4, 1, False)),
+                                        (4, 4, TileConfig(1, 64, 8, 2, 4, 1, False))])
+def test_lab_awq_gemv_rows_matches_the_reference(m, rows, cfg):
+    gen = torch.Generator().manual_seed(4)
+    n, k = 128, 640  # 640 rows: the last K step of a split is partial
+    qw, qz, s = _awq(n, k, gen)
+    x = torch.randn(m, k, generator=gen).to(DEVICE)
+    bias = torch.randn(n, generator=gen).to(DEVICE)
+    out = torch.empty(m, n, device=DEVICE)
+    steps = -(-k // (cfg.num_warps * cfg.block_k))
+    y = qg._launch(gk.w4_gemv_rows, (qw, qz, s), (m, n, k, G, x.stride(0)), x, bias, out, cfg, steps,
+                   SLABS=cfg.num_warps, ROWS=rows)
+    assert _rel_err(y, qg.w4a16_linear_ref(x, qw, qz, s, G, bias)) < 1e-5
