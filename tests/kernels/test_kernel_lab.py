@@ -127,3 +127,32 @@ def test_lab_awq_gemv_rows_matches_the_reference(m, rows, cfg):
     y = qg._launch(gk.w4_gemv_rows, (qw, qz, s), (m, n, k, G, x.stride(0)), x, bias, out, cfg, steps,
                    SLABS=cfg.num_warps, ROWS=rows)
     assert _rel_err(y, qg.w4a16_linear_ref(x, qw, qz, s, G, bias)) < 1e-5
+
+
+@pytest.mark.parametrize("planes", [True, False])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_lab_int8_kv_decode_attention_matches_the_reference(planes, splits):
+    """attn_kernels.py's fp16 int8-KV decode (byte planes, and the PRMT variant) against the torch reference
+    on a shuffled paged cache: GQA 7 (padded to 16 rows), uneven lengths, one and several splits."""
+    from attn_lab import lab_decode
+    from engine.kernels.reference import decode_attention_ref
+
+    gen = torch.Generator().manual_seed(5)
+    batch, heads, kv_heads, dim, bs = 3, 14, 2, 32, 16
+    lens = torch.tensor([5, 70, 33], dtype=torch.int32)
+    max_blocks = 5
+    tables = torch.randperm(batch * max_blocks + 1, generator=gen)[:batch * max_blocks].view(batch, max_blocks)
+    nblocks = batch * max_blocks + 1
+    k8 = torch.randint(0, 256, (nblocks, bs, kv_heads, dim), dtype=torch.uint8, generator=gen)
+    v8 = torch.randint(0, 256, (nblocks, bs, kv_heads, dim), dtype=torch.uint8, generator=gen)
+    ks = torch.stack((torch.rand(nblocks, bs, kv_heads, generator=gen) * 0.02 + 0.01,
+                      -torch.rand(nblocks, bs, kv_heads, generator=gen)), -1).contiguous()
+    vs = torch.stack((torch.rand(nblocks, bs, kv_heads, generator=gen) * 0.02 + 0.01,
+                      -torch.rand(nblocks, bs, kv_heads, generator=gen)), -1).contiguous()
+    q = (torch.randn(batch, heads, dim, generator=gen) * 3).to(torch.bfloat16)
+    args = [t.to(DEVICE) for t in (q, k8, v8, tables.to(torch.int32).contiguous(), lens)]
+    ks, vs = ks.to(DEVICE), vs.to(DEVICE)
+    y = lab_decode(*args, dim ** -0.5, ks, vs, planes=planes, block_n=32, num_splits=splits)
+    ref = decode_attention_ref(args[0].float(), *args[1:], dim ** -0.5, int(lens.max()), k_scale=ks, v_scale=vs)
+    # the bf16 output's rounding (2^-9 relative) dominates; q and p * v_scale pass through fp16 (2^-11)
+    assert _rel_err(y, ref) < 8e-3
