@@ -19,17 +19,22 @@ kernel is bandwidth-bound and the design is about keeping enough loads in flight
   q.k = scale * (q.code) + min * sum(q): the tensor cores see the integer codes (exact in bf16), the
   per-key scales touch a [G, BLOCK_N] tile only, and no rounding of dequantized K to bf16 is added.
   V is dequantized in registers (_quant_pv says why that form).
+- 8-bit caches with head_dim >= 64 have their own kernel (_decode_attention_int8_kernel): the codes are
+  read as 32-bit words and turned into fp16 two at a time with a PRMT and a LOP3 (kv_write.kv_code_plane)
+  instead of a quarter-rate I2F each, the products run over four byte planes, and the MMAs in fp16, so
+  the int8 cache reads as fast as the 16-bit one at large batches instead of ~20% slower (_quant_config).
 """
 from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 import triton
 import triton.language as tl
 
-from .kv_write import check_kv_scales, load_kv_codes
+from .kv_write import check_kv_scales, kv_code_plane, load_kv_codes
 
 _LOG2E = 1.0 / math.log(2.0)
 # Split heuristic, from `python -m engine.kernels.bench --sweep` on an H100 (Qwen2.5-7B heads, bf16,
@@ -179,6 +184,122 @@ def _decode_attention_kernel(
         tl.store(part_lse_ptr + row, lse, mask=head_mask)
 
 
+# The int8 kernel's fp16 operands: q is scaled by 2^-6 before its cast (|q| up to ~4e6 fits fp16's 65504)
+# and p * v_scale by 2^6 (probabilities times small scales stay clear of fp16's subnormals); both powers
+# of two come back out exactly in fp32.
+_Q_SHIFT = tl.constexpr(1.0 / 64.0)
+_P_SHIFT = tl.constexpr(64.0)
+
+
+@triton.jit
+def _decode_attention_int8_kernel(
+        q_ptr, k_words_ptr, v_words_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, part_out_ptr, part_lse_ptr,
+        k_scale_ptr, v_scale_ptr, scale_log2, num_splits,
+        stride_qb, stride_qh, stride_ob, stride_oh,
+        stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, stride_bt,
+        stride_sb, stride_ss, stride_sh,
+        NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DIRECT: tl.constexpr,
+        UPCAST: tl.constexpr, IEEE: tl.constexpr, ASM: tl.constexpr):
+    # _decode_attention_kernel for an 8-bit cache read as int32 words (k/v_words_ptr: [num_blocks,
+    # block_size, Hkv, D / 4] views, strides in words), HEAD_DIM >= 64. Dim 4w + j is byte j of word w, so
+    # every product runs over four byte planes of D / 4 dims (kv_code_plane: two codes per PRMT + LOP3
+    # on the GPU, where a cast costs a quarter-rate I2F per code), q's dims gathered to match
+    # (q_j = q[:, j::4]) and each plane's output stored back at dims 4w + j. The MMAs run in fp16
+    # (fp32 for fp32 q): bf16 has too few mantissa bits to hold an 8-bit code under a fixed exponent.
+    # Scores: q . code * k_scale + sum(q) * k_min; PV: (p * v_scale) @ code + p @ v_min.
+    DW: tl.constexpr = HEAD_DIM // 4
+    MMA: tl.constexpr = tl.float32 if IEEE else tl.float16
+    b = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + b)
+    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits)
+    start = split * tiles_per_split * BLOCK_N
+    end = tl.minimum(start + tiles_per_split * BLOCK_N, seq_len)
+
+    g = tl.arange(0, BLOCK_G)
+    wd = tl.arange(0, DW)
+    n = tl.arange(0, BLOCK_N)
+    heads = kv_head * GROUP + g
+    head_mask = g < GROUP
+    q_rows = q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + 4 * wd[None, :]
+    q0 = tl.load(q_rows, mask=head_mask[:, None], other=0.0).to(tl.float32)
+    q1 = tl.load(q_rows + 1, mask=head_mask[:, None], other=0.0).to(tl.float32)
+    q2 = tl.load(q_rows + 2, mask=head_mask[:, None], other=0.0).to(tl.float32)
+    q3 = tl.load(q_rows + 3, mask=head_mask[:, None], other=0.0).to(tl.float32)
+    q_sum = tl.sum(q0 + q1 + q2 + q3, 1)  # the keys' per-row min multiplies sum(q)
+    q0 = (q0 * _Q_SHIFT).to(MMA)
+    q1 = (q1 * _Q_SHIFT).to(MMA)
+    q2 = (q2 * _Q_SHIFT).to(MMA)
+    q3 = (q3 * _Q_SHIFT).to(MMA)
+    # with ASM the key planes hold 1024 + code: the sum of the q the MMAs see takes the 1024 back out
+    q_mma_sum = tl.sum(q0.to(tl.float32) + q1.to(tl.float32) + q2.to(tl.float32) + q3.to(tl.float32), 1)
+    score_scale = scale_log2 / _Q_SHIFT
+
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    a0 = tl.zeros([BLOCK_G, DW], tl.float32)
+    a1, a2, a3 = a0, a0, a0
+    table = block_tables_ptr + b.to(tl.int64) * stride_bt
+    k_base = k_words_ptr + kv_head * stride_kch
+    v_base = v_words_ptr + kv_head * stride_vch
+    ks_base = k_scale_ptr + kv_head * stride_sh
+    vs_base = v_scale_ptr + kv_head * stride_sh
+    for tile in range(start, end, BLOCK_N):
+        pos = tile + n
+        in_range = pos < end
+        block = tl.load(table + pos // BLOCK_SIZE, mask=in_range, other=0).to(tl.int64)
+        offset = pos % BLOCK_SIZE
+        s_rows = block * stride_sb + offset * stride_ss
+        kw = tl.load((k_base + block * stride_kcb + offset * stride_kcs)[:, None] + wd[None, :],
+                     mask=in_range[:, None], other=0)
+        k_scale, k_min = _scale_and_min(ks_base + s_rows, in_range, True)
+        qk = _dot(q0, tl.trans(kv_code_plane(kw, 0, MMA, ASM)), UPCAST, IEEE)
+        qk += _dot(q1, tl.trans(kv_code_plane(kw, 1, MMA, ASM)), UPCAST, IEEE)
+        qk += _dot(q2, tl.trans(kv_code_plane(kw, 2, MMA, ASM)), UPCAST, IEEE)
+        qk += _dot(q3, tl.trans(kv_code_plane(kw, 3, MMA, ASM)), UPCAST, IEEE)
+        if ASM:
+            qk -= q_mma_sum[:, None] * 1024.0
+        s = (qk * score_scale) * k_scale[None, :] + (q_sum * scale_log2)[:, None] * k_min[None, :]
+        s = tl.where(in_range[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vw = tl.load((v_base + block * stride_vcb + offset * stride_vcs)[:, None] + wd[None, :],
+                     mask=in_range[:, None], other=0)
+        v_scale, v_min = _scale_and_min(vs_base + s_rows, in_range, True)
+        pw = (p * (v_scale * _P_SHIFT)[None, :]).to(MMA)
+        base = tl.sum(p * v_min[None, :], 1)  # the values' per-row min, times p
+        if ASM:
+            base -= tl.sum(pw.to(tl.float32), 1) * (1024.0 / _P_SHIFT)
+        base = base[:, None]
+        a0 = a0 * alpha[:, None] + _dot(pw, kv_code_plane(vw, 0, MMA, ASM), UPCAST, IEEE) * (1.0 / _P_SHIFT) + base
+        a1 = a1 * alpha[:, None] + _dot(pw, kv_code_plane(vw, 1, MMA, ASM), UPCAST, IEEE) * (1.0 / _P_SHIFT) + base
+        a2 = a2 * alpha[:, None] + _dot(pw, kv_code_plane(vw, 2, MMA, ASM), UPCAST, IEEE) * (1.0 / _P_SHIFT) + base
+        a3 = a3 * alpha[:, None] + _dot(pw, kv_code_plane(vw, 3, MMA, ASM), UPCAST, IEEE) * (1.0 / _P_SHIFT) + base
+        m_i = m_new
+
+    inv = 1.0 / tl.where(l_i > 0, l_i, 1.0)[:, None]  # empty splits: 0 with lse -inf, never NaN
+    if DIRECT:
+        o = out_ptr + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + 4 * wd[None, :]
+        ty = out_ptr.dtype.element_ty
+        tl.store(o, (a0 * inv).to(ty), mask=head_mask[:, None])
+        tl.store(o + 1, (a1 * inv).to(ty), mask=head_mask[:, None])
+        tl.store(o + 2, (a2 * inv).to(ty), mask=head_mask[:, None])
+        tl.store(o + 3, (a3 * inv).to(ty), mask=head_mask[:, None])
+    else:
+        row = (b.to(tl.int64) * NUM_HEADS + heads) * num_splits + split  # [BLOCK_G]
+        o = part_out_ptr + row[:, None] * HEAD_DIM + 4 * wd[None, :]
+        tl.store(o, a0 * inv, mask=head_mask[:, None])
+        tl.store(o + 1, a1 * inv, mask=head_mask[:, None])
+        tl.store(o + 2, a2 * inv, mask=head_mask[:, None])
+        tl.store(o + 3, a3 * inv, mask=head_mask[:, None])
+        lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+        tl.store(part_lse_ptr + row, lse, mask=head_mask)
+
+
 @triton.jit
 def _decode_reduce_kernel(part_out_ptr, part_lse_ptr, out_ptr, num_splits, stride_ob, stride_oh,
                           NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
@@ -215,10 +336,13 @@ def _config(head_dim: int) -> tuple[int, int, int]:
 
 def _quant_config(head_dim: int) -> tuple[int, int, int]:
     """_config for quantized caches: 128-token tiles (16 KB of int8 codes at head_dim 128, as many bytes
-    as a bf16 tile of 64). On an H200, int8 with Qwen2.5-7B heads: batch 1 at 32k context 28.9 us against
-    36.4 with 64-token tiles; batch 32 at 4k 94.0 against 125.9; batch 256 at 1k 168 against 196
-    (8 warps or 3 stages were slower). Against bf16 (same shapes): even at batch 1 / 32k (29.1 vs 29.2 us),
-    0.77-0.82x at batch 8-256: dequantizing, not bytes, bounds it (1.0-1.5 TB/s read of 4.2)."""
+    as a bf16 tile of 64). On an H200, int8 with Qwen2.5-7B heads, the codes cast one by one
+    (_decode_attention_kernel): batch 1 at 32k context 28.9 us against 36.4 with 64-token tiles; batch 32
+    at 4k 94.0 against 125.9; batch 256 at 1k 168 against 196 (8 warps or 3 stages were slower), 0.77-0.82x
+    the bf16 kernel at batch 8-256. The byte-plane kernel (_decode_attention_int8_kernel), same tiles,
+    2026-12-03 (reports/examples/h200/kernel-lab-attn/): batch 256 x ~840 tokens 128.9 us (bf16 132.1,
+    cast one by one 166.8), 64 x 1k 40.5 (40.7, 50.6), 32 x 4k 69.0 (72.2, 92.0), 1 x 32k 19.6 (28.2, 24.5);
+    64-token tiles and 8 warps were slower there too. Still ~1.8 TB/s: instructions, not bytes, bound it."""
     return (128 if head_dim <= 128 else 64), 4, 2
 
 
@@ -288,18 +412,24 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         part_out = part_lse = out  # unused: the single split writes `out` directly
     on_cpu = q.device.type != "cuda"
     block_n, num_warps, num_stages = _quant_config(head_dim) if bits else _config(head_dim)
-    _decode_attention_kernel[(batch, num_kv_heads, num_splits)](
+    common = dict(NUM_HEADS=num_heads, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+                  BLOCK_SIZE=block_size, BLOCK_N=block_n, DIRECT=num_splits == 1,
+                  UPCAST=on_cpu and q.dtype != torch.float32, IEEE=q.dtype == torch.float32, num_warps=num_warps,
+                  num_stages=num_stages)
+    if bits == 8 and head_dim >= 64:  # four byte planes of >= 16 dims: tl.dot's smallest K
+        kernel, k_cache, v_cache = _decode_attention_int8_kernel, k_cache.view(torch.int32), v_cache.view(torch.int32)
+        common["ASM"] = not on_cpu and q.dtype != torch.float32 and os.environ.get("TRITON_INTERPRET") != "1"
+    else:
+        kernel = _decode_attention_kernel
+        common["KV_BITS"] = bits
+    kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, part_out, part_lse,
         k_scale if bits else k_cache, v_scale if bits else v_cache,  # unused pointers when not quantized
         scale * _LOG2E, num_splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
-        *(k_scale.stride()[:3] if bits else (0, 0, 0)),
-        NUM_HEADS=num_heads, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, BLOCK_N=block_n, DIRECT=num_splits == 1,
-        UPCAST=on_cpu and q.dtype != torch.float32, IEEE=q.dtype == torch.float32, KV_BITS=bits,
-        num_warps=num_warps, num_stages=num_stages)
+        *(k_scale.stride()[:3] if bits else (0, 0, 0)), **common)
     if num_splits > 1:
         _decode_reduce_kernel[(batch, num_heads)](
             part_out, part_lse, out, num_splits, out.stride(0), out.stride(1),

@@ -15,7 +15,8 @@ code = floor((x - min) / scale + 0.5), x ~ code * scale + min, within half a ste
   scales are indexed by the same slot as the codes, so a block's scales travel with the block (prefix
   caching, preemption). fp32, not the model dtype: a bf16 scale is off by up to 2^-9, which at code
   255 alone is half a step of error.
-`load_kv_codes` is the read side the attention kernels share.
+`load_kv_codes` is the read side the attention kernels share; `kv_code_plane` the int8 decode kernel's
+faster one (one byte of every 32-bit word of codes at a time, two codes per PRMT on the GPU).
 """
 from __future__ import annotations
 
@@ -50,6 +51,36 @@ def load_kv_codes(row_ptr, mask, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, 
             packed = tl.load(row_ptr[:, None] + d[None, :])
         codes = tl.reshape(tl.join(packed & 15, packed >> 4), (BLOCK_N, HEAD_DIM))
     return codes
+
+
+@triton.jit
+def _prmt_1024_plus(words, SEL: tl.constexpr):
+    # pack=2: words $1, $2; PRMT brings byte J of each to the low byte of a 16-bit half (SEL), the mask and
+    # fp16 1024.0's exponent bits (0x64) make the fp16 pair (1024 + code, 1024 + code'), exact
+    return tl.inline_asm_elementwise(
+        "{ .reg .b32 t; prmt.b32 t, $1, $2, " + SEL + "; and.b32 t, t, 0x00FF00FF; or.b32 $0, t, 0x64006400; }",
+        "=r,r,r", [words], dtype=tl.float16, is_pure=True, pack=2)
+
+
+@triton.jit
+def kv_code_plane(words, J: tl.constexpr, DTYPE: tl.constexpr, ASM: tl.constexpr):
+    """Byte J of the int32 words [R, C] of an 8-bit cache (dim 4c + J of each row) as DTYPE [R, C].
+
+    ASM (GPU, DTYPE fp16): 1024 + code, from one PRMT and one LOP3 per two codes (a cast from uint8 is an
+    I2F each, a quarter-rate instruction: the int8 decode kernel was slower than the 16-bit one
+    reading half the bytes); the caller takes 1024 * sum(other operand) back out of its fp32 sums.
+    Otherwise the code itself (shift, mask, cast)."""
+    if ASM:
+        # the selector's nibbles: result byte 0 <- byte J of $1, byte 2 <- byte J of $2 (source bytes 4..7)
+        if J == 0:
+            return _prmt_1024_plus(words, "0x0400")
+        elif J == 1:
+            return _prmt_1024_plus(words, "0x0501")
+        elif J == 2:
+            return _prmt_1024_plus(words, "0x0602")
+        else:
+            return _prmt_1024_plus(words, "0x0703")
+    return ((words >> (8 * J)) & 0xFF).to(DTYPE)
 
 
 @triton.jit

@@ -28,7 +28,8 @@ def _key(workload: str, num_requests: int | None) -> str:
     return workload if num_requests is None else f"{workload}-{num_requests}"
 
 
-def run(model: str, out_dir: Path, weight_formats: list[str], kv: bool) -> dict:
+def run(model: str, out_dir: Path, weight_formats: list[str], kv: bool, kv_only: bool = False) -> dict:
+    """kv_only: the KV comparison alone (the 16-bit engine and the int8-KV one at 256 requests)."""
     import torch
 
     from engine.config import EngineConfig
@@ -69,9 +70,9 @@ def run(model: str, out_dir: Path, weight_formats: list[str], kv: bool) -> dict:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    for name in weight_formats:
+    for name in (["bf16"] if kv_only else weight_formats):
         extra = [KV_WORKLOAD] if kv and name == "bf16" else []  # the 16-bit engine is the KV peer too
-        measure(name, WEIGHT_FORMATS[name], list(WEIGHT_WORKLOADS) + extra)
+        measure(name, WEIGHT_FORMATS[name], ([] if kv_only else list(WEIGHT_WORKLOADS)) + extra)
     if kv:
         measure("bf16 weights, int8 KV", KV_FORMATS["kv8"], [KV_WORKLOAD])
     for key, rows in summary.items():  # each figure against the 16-bit engine of the same run
@@ -93,12 +94,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--formats", default="bf16,int8,awq", help="Weight formats, bf16 first (the peer).")
     parser.add_argument("--no-kv", action="store_true", help="Leave out the int8 KV-cache comparison.")
+    parser.add_argument("--kv-only", action="store_true",
+                        help="Only the int8 KV-cache comparison (bf16 weights, 16-bit and int8 cache, 256 requests).")
     args = parser.parse_args()
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in WEIGHT_FORMATS]
     if bad or not formats or formats[0] != "bf16":
         parser.error(f"--formats: bf16 first, then any of {', '.join(WEIGHT_FORMATS)}")
-    summary = run(args.model, args.out, formats, not args.no_kv)
+    if args.kv_only and args.no_kv:
+        parser.error("--kv-only and --no-kv exclude each other")
+    summary = run(args.model, args.out, formats, not args.no_kv, args.kv_only)
     for key, rows in summary.items():
         for label, row in rows.items():
             ratio = row["ratio_to_bf16"]
