@@ -1,0 +1,25 @@
+"""toolkit.bench.formats: every format's engine against the 16-bit one in one run. Here the KV comparison
+alone (--kv-only), on a tiny random model on the CPU with the 256-request workload cut to 4 requests."""
+from __future__ import annotations
+
+import json
+
+from toolkit.bench import formats
+
+
+def test_kv_only_measures_the_16_bit_and_int8_cache_and_nothing_else(tmp_path, monkeypatch):
+    monkeypatch.setattr(formats, "KV_WORKLOAD", ("throughput", 4))
+    monkeypatch.setattr(formats, "OUTPUT_LEN", (3, 3))
+    summary = formats.run("preset:tiny-qwen2", tmp_path, ["bf16", "int8", "awq"], kv=True, kv_only=True)
+    assert list(summary) == ["throughput-4"]
+    rows = summary["throughput-4"]
+    assert list(rows) == ["bf16", "bf16 weights, int8 KV"]
+    assert rows["bf16"]["ratio_to_bf16"] == 1.0
+    kv8 = rows["bf16 weights, int8 KV"]
+    assert kv8["ratio_to_bf16"] == kv8["output_tok_s"] / rows["bf16"]["output_tok_s"]
+    # the int8 cache holds more blocks in the same memory
+    assert kv8["num_kv_blocks"] > rows["bf16"]["num_kv_blocks"]
+    result = json.loads((tmp_path / "throughput-4" / "result.json").read_text())
+    labels = [run["label"] for run in result["runs"]]
+    assert labels == ["opsctl engine, bf16", "opsctl engine, bf16 weights, int8 KV"]
+    assert json.loads((tmp_path / "summary.json").read_text())["figures"] == summary
