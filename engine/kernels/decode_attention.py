@@ -74,6 +74,22 @@ def _scale_and_min(rows, ok, MASKED: tl.constexpr):
 
 
 @triton.jit
+def _split_range(seq_lens_ptr, b, split, num_splits, BLOCK_N: tl.constexpr):
+    """[start, end) of this split's tokens of request b: the request's own tiles split evenly; a split
+    whose range starts past seq_len runs no iteration."""
+    seq_len = tl.load(seq_lens_ptr + b)
+    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits)
+    start = split * tiles_per_split * BLOCK_N
+    return start, tl.minimum(start + tiles_per_split * BLOCK_N, seq_len)
+
+
+@triton.jit
+def _store_lse(lse_ptr, m_i, l_i, mask):
+    """A split's log2-sum-exp for the reduce; -inf for an empty split, never NaN."""
+    tl.store(lse_ptr, tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf")), mask=mask)
+
+
+@triton.jit
 def _quant_scores(q, q_sum, k_rows, ks_rows, key_ok, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                   KV_BITS: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
     """q [M, D] . K^T for the quantized key rows at k_rows (codes) and ks_rows ((scale, min)): [M, BLOCK_N]."""
@@ -118,11 +134,7 @@ def _decode_attention_kernel(
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
 
-    seq_len = tl.load(seq_lens_ptr + b)
-    # Split the request's own tiles evenly; a split whose range starts past seq_len runs no iteration.
-    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits)
-    start = split * tiles_per_split * BLOCK_N
-    end = tl.minimum(start + tiles_per_split * BLOCK_N, seq_len)
+    start, end = _split_range(seq_lens_ptr, b, split, num_splits, BLOCK_N)
 
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, HEAD_DIM)
@@ -180,8 +192,7 @@ def _decode_attention_kernel(
     else:
         row = (b.to(tl.int64) * NUM_HEADS + heads) * num_splits + split  # [BLOCK_G]
         tl.store(part_out_ptr + row[:, None] * HEAD_DIM + d[None, :], out, mask=head_mask[:, None])
-        lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
-        tl.store(part_lse_ptr + row, lse, mask=head_mask)
+        _store_lse(part_lse_ptr + row, m_i, l_i, head_mask)
 
 
 # The int8 kernel's fp16 operands: q is scaled by 2^-6 before its cast (|q| up to ~4e6 fits fp16's 65504)
@@ -213,10 +224,7 @@ def _decode_attention_int8_kernel(
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    seq_len = tl.load(seq_lens_ptr + b)
-    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits)
-    start = split * tiles_per_split * BLOCK_N
-    end = tl.minimum(start + tiles_per_split * BLOCK_N, seq_len)
+    start, end = _split_range(seq_lens_ptr, b, split, num_splits, BLOCK_N)
 
     g = tl.arange(0, BLOCK_G)
     wd = tl.arange(0, DW)
@@ -296,8 +304,7 @@ def _decode_attention_int8_kernel(
         tl.store(o + 1, a1 * inv, mask=head_mask[:, None])
         tl.store(o + 2, a2 * inv, mask=head_mask[:, None])
         tl.store(o + 3, a3 * inv, mask=head_mask[:, None])
-        lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
-        tl.store(part_lse_ptr + row, lse, mask=head_mask)
+        _store_lse(part_lse_ptr + row, m_i, l_i, head_mask)
 
 
 @triton.jit

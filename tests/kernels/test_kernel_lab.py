@@ -129,11 +129,12 @@ def test_lab_awq_gemv_rows_matches_the_reference(m, rows, cfg):
     assert _rel_err(y, qg.w4a16_linear_ref(x, qw, qz, s, G, bias)) < 1e-5
 
 
-@pytest.mark.parametrize("planes", [True, False])
+@pytest.mark.parametrize("variant", ["planes", "prmt", "cast"])
 @pytest.mark.parametrize("splits", [1, 3])
-def test_lab_int8_kv_decode_attention_matches_the_reference(planes, splits):
-    """attn_kernels.py's fp16 int8-KV decode (byte planes, and the PRMT variant) against the torch reference
-    on a shuffled paged cache: GQA 7 (padded to 16 rows), uneven lengths, one and several splits."""
+def test_lab_int8_kv_decode_attention_matches_the_reference(variant, splits):
+    """attn_lab.py's launches of the int8-KV decode kernels (the engine's byte planes and codes cast one by
+    one, attn_kernels.py's PRMT variant) against the torch reference on a shuffled paged cache: GQA 7
+    (padded to 16 rows), uneven lengths, one and several splits."""
     from attn_lab import lab_decode
     from engine.kernels.reference import decode_attention_ref
 
@@ -152,7 +153,8 @@ def test_lab_int8_kv_decode_attention_matches_the_reference(planes, splits):
     q = (torch.randn(batch, heads, dim, generator=gen) * 3).to(torch.bfloat16)
     args = [t.to(DEVICE) for t in (q, k8, v8, tables.to(torch.int32).contiguous(), lens)]
     ks, vs = ks.to(DEVICE), vs.to(DEVICE)
-    y = lab_decode(*args, dim ** -0.5, ks, vs, planes=planes, block_n=32, num_splits=splits)
+    y = lab_decode(*args, dim ** -0.5, ks, vs, variant, block_n=32, num_splits=splits)
     ref = decode_attention_ref(args[0].float(), *args[1:], dim ** -0.5, int(lens.max()), k_scale=ks, v_scale=vs)
-    # the bf16 output's rounding (2^-9 relative) dominates; q and p * v_scale pass through fp16 (2^-11)
-    assert _rel_err(y, ref) < 8e-3
+    # the bf16 output's rounding dominates (the interpreter truncates casts: up to 2^-8 relative), plus the
+    # cast kernel's V in bf16; q and p * v_scale pass through fp16 (2^-11) in the other two
+    assert _rel_err(y, ref) < 1.5e-2
