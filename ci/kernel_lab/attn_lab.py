@@ -96,7 +96,6 @@ def main(out_path):
                     y = fn().float()
                     row["rel_err"] = ((y - ref).abs().max() / ref.abs().max()).item()
                 us = graph_time_ms([fn], 50) * 1e3
-                nbytes = tokens * bytes_per_token * 28  # every layer's share: per-layer kernel, 28 layers
                 row.update(us=us, gb_s=tokens * bytes_per_token / us / 1e3)
             except Exception as e:  # noqa: BLE001
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"

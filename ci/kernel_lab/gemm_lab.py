@@ -18,7 +18,6 @@ import triton
 sys.path.insert(0, str(Path(__file__).parent))
 import gemm_kernels as gk  # noqa: E402
 from engine.kernels import quant_gemm as qg  # noqa: E402
-from engine.kernels import quant_kernels as qk  # noqa: E402
 from engine.kernels.quant_gemm import TileConfig  # noqa: E402
 from engine.kernels.timing import graph_time_ms  # noqa: E402
 

@@ -15,7 +15,6 @@ import gemm_lab as gl  # noqa: E402
 from engine.kernels import matmul as mm  # noqa: E402
 from engine.kernels import quant_gemm as qg  # noqa: E402
 from engine.kernels.quant_gemm import TileConfig  # noqa: E402
-from engine.kernels.timing import graph_time_ms  # noqa: E402,F401
 
 
 def triton_bf16(x, w, bias, bm, bn, bk, warps, stages):
