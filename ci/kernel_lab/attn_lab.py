@@ -90,7 +90,9 @@ def main(out_path):
         cases.append(("int8-prmt", lambda: lab_decode(q, k8, v8, tables, lens, scale, ks, vs, "prmt"),
                       2 * kv_heads * (dim + 8)))
         for name, fn, bytes_per_token in cases:
-            row = {"batch": batch, "tokens": tokens, "kernel": name}
+            # engine.kernels.bench's row format (opsctl report renders it): shape, kernel, us, gb_s
+            row = {"shape": f"decode attention, batch {batch}, {tokens:,} cached tokens", "m": batch, "batch": batch,
+                   "tokens": tokens, "kernel": name}
             try:
                 if name.startswith("int8-") and name != "int8-cast":
                     y = fn().float()
@@ -101,7 +103,8 @@ def main(out_path):
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
             rows.append(row)
             print(row, flush=True)
-            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, open(out_path, "w"), indent=1)
+            json.dump({"device": torch.cuda.get_device_name(), "copy_gb_s": None, "rows": rows}, open(out_path, "w"),
+                      indent=1)
         del kb, vb, k8, v8
         torch.cuda.empty_cache()
     print("elapsed", time.monotonic() - t0)
