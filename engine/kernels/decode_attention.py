@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from . import inline_ptx_ok
 from .kv_write import check_kv_scales, kv_code_plane, load_kv_codes
 
 _LOG2E = 1.0 / math.log(2.0)
@@ -425,7 +425,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                   num_stages=num_stages)
     if bits == 8 and head_dim >= 64:  # four byte planes of >= 16 dims: tl.dot's smallest K
         kernel, k_cache, v_cache = _decode_attention_int8_kernel, k_cache.view(torch.int32), v_cache.view(torch.int32)
-        common["ASM"] = not on_cpu and q.dtype != torch.float32 and os.environ.get("TRITON_INTERPRET") != "1"
+        common["ASM"] = q.dtype != torch.float32 and inline_ptx_ok(q.device)
     else:
         kernel = _decode_attention_kernel
         common["KV_BITS"] = bits

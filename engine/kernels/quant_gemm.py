@@ -34,7 +34,6 @@ a graph capture too).
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import torch
@@ -42,6 +41,7 @@ import triton
 
 from engine.quant.int4_pack import dequantize_awq
 
+from . import inline_ptx_ok
 from . import quant_kernels as qk
 from . import quant_tiles
 from .int4_unpack import awq_dequantize
@@ -266,7 +266,7 @@ def _launch(kernel, weights: tuple, dims: tuple, x, bias, out, cfg: TileConfig, 
 def _inline_asm(x: torch.Tensor) -> bool:
     """Inline PTX (int4_unpack's packed subtract) only where it can run: CUDA, not Triton's interpreter,
     and for bf16 sm_90 or newer (sub.bf16x2 is an sm_90 instruction; sub.f16x2 runs everywhere)."""
-    if x.device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    if not inline_ptx_ok(x.device):
         return False
     return x.dtype == torch.float16 or (x.dtype == torch.bfloat16 and _capability(x.device) >= (9, 0))
 
