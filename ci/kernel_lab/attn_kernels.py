@@ -19,7 +19,8 @@ interpreter's path, same numbers).
 import triton
 import triton.language as tl
 
-from engine.kernels.decode_attention import _dot, _scale_and_min
+from engine.kernels.decode_attention import (_dot, _scale_and_min, _softmax_step, _split_range, _store_lse,
+                                             _tile_slots)
 
 Q_SHIFT = tl.constexpr(1.0 / 64.0)
 P_SHIFT = tl.constexpr(64.0)
@@ -52,10 +53,7 @@ def decode_attention_int8_lab(
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    seq_len = tl.load(seq_lens_ptr + b)
-    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits)
-    start = split * tiles_per_split * BLOCK_N
-    end = tl.minimum(start + tiles_per_split * BLOCK_N, seq_len)
+    start, end = _split_range(seq_lens_ptr, b, split, num_splits, BLOCK_N)
 
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, HEAD_DIM)
@@ -77,10 +75,7 @@ def decode_attention_int8_lab(
     ks_base = k_scale_ptr + kv_head * stride_sh
     vs_base = v_scale_ptr + kv_head * stride_sh
     for tile in range(start, end, BLOCK_N):
-        pos = tile + n
-        in_range = pos < end
-        block = tl.load(table + pos // BLOCK_SIZE, mask=in_range, other=0).to(tl.int64)
-        offset = pos % BLOCK_SIZE
+        in_range, block, offset = _tile_slots(table, tile, n, end, BLOCK_SIZE)
         s_rows = block * stride_sb + offset * stride_ss
         k_codes = tl.load((k_base + block * stride_kcb + offset * stride_kcs)[:, None] + d[None, :],
                           mask=in_range[:, None], other=0)
@@ -90,11 +85,7 @@ def decode_attention_int8_lab(
         else:
             qk = _dot(q16, tl.trans(_codes_f16(k_codes, ASM)), UPCAST, IEEE)
         s = (qk * score_scale) * k_scale[None, :] + (q_sum * scale_log2)[:, None] * k_min[None, :]
-        s = tl.where(in_range[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_new, l_i = _softmax_step(s, in_range, m_i, l_i)
         v_codes = tl.load((v_base + block * stride_vcb + offset * stride_vcs)[:, None] + d[None, :],
                           mask=in_range[:, None], other=0)
         v_scale, v_min = _scale_and_min(vs_base + s_rows, in_range, True)
@@ -113,5 +104,4 @@ def decode_attention_int8_lab(
     else:
         row = (b.to(tl.int64) * NUM_HEADS + heads) * num_splits + split
         tl.store(part_out_ptr + row[:, None] * HEAD_DIM + d[None, :], out, mask=head_mask[:, None])
-        lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
-        tl.store(part_lse_ptr + row, lse, mask=head_mask)
+        _store_lse(part_lse_ptr + row, m_i, l_i, head_mask)

@@ -84,6 +84,26 @@ def _split_range(seq_lens_ptr, b, split, num_splits, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _tile_slots(table, tile, n, end, BLOCK_SIZE: tl.constexpr):
+    """The cache slots of tokens tile + n: (in_range [BLOCK_N], block (int64), offset in the block)."""
+    pos = tile + n
+    in_range = pos < end
+    block = tl.load(table + pos // BLOCK_SIZE, mask=in_range, other=0).to(tl.int64)
+    return in_range, block, pos % BLOCK_SIZE
+
+
+@triton.jit
+def _softmax_step(s, in_range, m_i, l_i):
+    """One tile of the online softmax over scores s [G, BLOCK_N] (log2 domain): (p, alpha, m_new, l_new).
+    Every tile holds at least one in-range key, so m_new is finite and exp2 never sees inf - inf."""
+    s = tl.where(in_range[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
 def _store_lse(lse_ptr, m_i, l_i, mask):
     """A split's log2-sum-exp for the reduce; -inf for an empty split, never NaN."""
     tl.store(lse_ptr, tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf")), mask=mask)
@@ -156,10 +176,7 @@ def _decode_attention_kernel(
     if KV_BITS != 0:
         q_sum = tl.sum(q.to(tl.float32), 1)  # the keys' per-row min multiplies sum(q)
     for tile in range(start, end, BLOCK_N):
-        pos = tile + n
-        in_range = pos < end
-        block = tl.load(table + pos // BLOCK_SIZE, mask=in_range, other=0).to(tl.int64)
-        offset = pos % BLOCK_SIZE
+        in_range, block, offset = _tile_slots(table, tile, n, end, BLOCK_SIZE)
         if KV_BITS == 0:
             k = tl.load(k_base + block[:, None] * stride_kcb + offset[:, None] * stride_kcs + d[None, :],
                         mask=in_range[:, None], other=0.0)
@@ -170,12 +187,7 @@ def _decode_attention_kernel(
             s_rows = block * stride_sb + offset * stride_ss
             s = _quant_scores(q, q_sum, k_base + block * stride_kcb + offset * stride_kcs, ks_base + s_rows,
                               in_range, BLOCK_N, HEAD_DIM, KV_BITS, True, UPCAST, IEEE) * scale_log2
-        s = tl.where(in_range[None, :], s, float("-inf"))
-        # Every tile holds at least one in-range key, so m_new is finite and exp2 never sees inf - inf.
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_new, l_i = _softmax_step(s, in_range, m_i, l_i)
         if KV_BITS == 0:
             acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST, IEEE)
         else:
@@ -255,10 +267,7 @@ def _decode_attention_int8_kernel(
     ks_base = k_scale_ptr + kv_head * stride_sh
     vs_base = v_scale_ptr + kv_head * stride_sh
     for tile in range(start, end, BLOCK_N):
-        pos = tile + n
-        in_range = pos < end
-        block = tl.load(table + pos // BLOCK_SIZE, mask=in_range, other=0).to(tl.int64)
-        offset = pos % BLOCK_SIZE
+        in_range, block, offset = _tile_slots(table, tile, n, end, BLOCK_SIZE)
         s_rows = block * stride_sb + offset * stride_ss
         kw = tl.load((k_base + block * stride_kcb + offset * stride_kcs)[:, None] + wd[None, :],
                      mask=in_range[:, None], other=0)
@@ -270,11 +279,7 @@ def _decode_attention_int8_kernel(
         if ASM:
             qk -= q_mma_sum[:, None] * 1024.0
         s = (qk * score_scale) * k_scale[None, :] + (q_sum * scale_log2)[:, None] * k_min[None, :]
-        s = tl.where(in_range[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_new, l_i = _softmax_step(s, in_range, m_i, l_i)
         vw = tl.load((v_base + block * stride_vcb + offset * stride_vcs)[:, None] + wd[None, :],
                      mask=in_range[:, None], other=0)
         v_scale, v_min = _scale_and_min(vs_base + s_rows, in_range, True)
