@@ -28,6 +28,20 @@ SMS = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is
 rows = []
 
 
+def awq_weights(n, k, gen):
+    """Random AWQ tensors of one [N, K] linear (qweight, qzeros, bf16 scales), group size G, on the GPU."""
+    return (torch.randint(-2**31, 2**31 - 1, (k, n // 8), dtype=torch.int32, device="cuda", generator=gen),
+            torch.randint(-2**31, 2**31 - 1, (k // G, n // 8), dtype=torch.int32, device="cuda", generator=gen),
+            (torch.rand(k // G, n, device="cuda", generator=gen) * 0.01 + 0.001).to(torch.bfloat16))
+
+
+def awq_copies(n, k, gen):
+    """Enough copies of them (>= 256 MB, at least 2) that every timed call reads its weights from HBM, and
+    the bytes of one copy."""
+    copies = [awq_weights(n, k, gen) for _ in range(max(2, int(256e6 // (n * k // 2))))]
+    return copies, sum(t.numel() * t.element_size() for t in copies[0])
+
+
 def w4_lab(x, ws, bias, cfg, fold, swap):
     """The lab W4A16 kernel through the shipped launcher (split-K partials, fused reduction)."""
     qw, qz, s = ws
@@ -68,14 +82,7 @@ def main(out: str, ms: list[int]) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     for shape, n, k, has_bias in SHAPES:
         bias = torch.randn(n, device="cuda", dtype=torch.bfloat16, generator=gen) if has_bias else None
-        n_copies = max(2, int(256e6 // (n * k // 2)))
-        w4 = []
-        for _ in range(n_copies):
-            w4.append((torch.randint(-2**31, 2**31 - 1, (k, n // 8), dtype=torch.int32, device="cuda", generator=gen),
-                       torch.randint(-2**31, 2**31 - 1, (k // G, n // 8), dtype=torch.int32, device="cuda",
-                                     generator=gen),
-                       (torch.rand(k // G, n, device="cuda", generator=gen) * 0.01 + 0.001).to(torch.bfloat16)))
-        nb4 = sum(t.numel() * t.element_size() for t in w4[0])
+        w4, nb4 = awq_copies(n, k, gen)
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
             ref = qg.w4a16_linear_ref(x.float(), *w4[0], G, bias).float()

@@ -39,11 +39,7 @@ def main(out):
             gl.record(out, shape, m, "bf16", None, [lambda w=w, x=x: F.linear(x, w, bias) for w in wb], nbytes=2 * n * k)
         del wb
         torch.cuda.empty_cache()
-        w4 = [(torch.randint(-2**31, 2**31 - 1, (k, n // 8), dtype=torch.int32, device="cuda", generator=gen),
-               torch.randint(-2**31, 2**31 - 1, (k // G, n // 8), dtype=torch.int32, device="cuda", generator=gen),
-               (torch.rand(k // G, n, device="cuda", generator=gen) * 0.01 + 0.001).to(torch.bfloat16))
-              for _ in range(max(2, int(256e6 // (n * k // 2))))]
-        nb4 = sum(t.numel() * t.element_size() for t in w4[0])
+        w4, nb4 = gl.awq_copies(n, k, gen)
         for m, x in xs.items():
             ref = qg.w4a16_linear_ref(x.float(), *w4[0], G, bias).float()
             gl.record(out, shape, m, "w4-shipped", None,

@@ -18,9 +18,7 @@ n, k = {s: (n, k) for s, n, k, _ in gl.SHAPES}[shape]
 gen = torch.Generator(device="cuda").manual_seed(0)
 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
 G = gl.G
-w4 = (torch.randint(-2**31, 2**31 - 1, (k, n // 8), dtype=torch.int32, device="cuda", generator=gen),
-      torch.randint(-2**31, 2**31 - 1, (k // G, n // 8), dtype=torch.int32, device="cuda", generator=gen),
-      (torch.rand(k // G, n, device="cuda", generator=gen) * 0.01 + 0.001).to(torch.bfloat16))
+w4 = gl.awq_weights(n, k, gen)
 for _ in range(6):
     if kind == "w4-fold":
         cfg = TileConfig(*[int(v) for v in sys.argv[4:10]], True)
