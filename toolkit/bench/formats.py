@@ -28,8 +28,12 @@ def _key(workload: str, num_requests: int | None) -> str:
     return workload if num_requests is None else f"{workload}-{num_requests}"
 
 
-def run(model: str, out_dir: Path, weight_formats: list[str], kv: bool, kv_only: bool = False) -> dict:
-    """kv_only: the KV comparison alone (the 16-bit engine and the int8-KV one at 256 requests)."""
+def run(model: str, out_dir: Path, weight_formats: list[str], kv: bool, kv_only: bool = False,
+        common: dict | None = None) -> dict:
+    """kv_only: the KV comparison alone (the 16-bit engine and the int8-KV one at 256 requests).
+    common: engine settings every format shares (an emulated card's gpu_memory_gb, max_batch_size), so
+    the formats differ in their format alone."""
+    common = dict(common or {})
     import torch
 
     from engine.config import EngineConfig
@@ -45,7 +49,7 @@ def run(model: str, out_dir: Path, weight_formats: list[str], kv: bool, kv_only:
     summary: dict[str, dict] = {}
 
     def measure(label: str, changes: dict, workloads) -> None:
-        engine = LLMEngine(model, EngineConfig(**changes))
+        engine = LLMEngine(model, EngineConfig(**common, **changes))
         print(f"{label}: {engine.source.name}, weights {engine.runner.weight_bytes / 2**30:.2f} GiB, "
               f"{engine.kv.num_blocks} KV blocks", flush=True)
         for workload, n in workloads:
@@ -84,7 +88,8 @@ def run(model: str, out_dir: Path, weight_formats: list[str], kv: bool, kv_only:
         folder = out_dir / key
         write_requests_csv(result, folder)
         result.write(folder / "result.json")
-    (out_dir / "summary.json").write_text(json.dumps({"device": dev, "model": model, "figures": summary}, indent=2))
+    (out_dir / "summary.json").write_text(json.dumps({"device": dev, "model": model, "settings": common,
+                                                      "figures": summary}, indent=2))
     return summary
 
 
@@ -96,6 +101,10 @@ def main() -> None:
     parser.add_argument("--no-kv", action="store_true", help="Leave out the int8 KV-cache comparison.")
     parser.add_argument("--kv-only", action="store_true",
                         help="Only the int8 KV-cache comparison (bf16 weights, 16-bit and int8 cache, 256 requests).")
+    parser.add_argument("--gpu-memory-gb", type=float, default=None,
+                        help="Emulate a smaller card: every engine uses at most this much GPU memory (GiB).")
+    parser.add_argument("--max-batch-size", type=int, default=None,
+                        help="Every engine's batch cap (default: the engine's own for the card or cap).")
     args = parser.parse_args()
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in WEIGHT_FORMATS]
@@ -103,7 +112,9 @@ def main() -> None:
         parser.error(f"--formats: bf16 first, then any of {', '.join(WEIGHT_FORMATS)}")
     if args.kv_only and args.no_kv:
         parser.error("--kv-only and --no-kv exclude each other")
-    summary = run(args.model, args.out, formats, not args.no_kv, args.kv_only)
+    common = {k: v for k, v in (("gpu_memory_gb", args.gpu_memory_gb), ("max_batch_size", args.max_batch_size))
+              if v is not None}
+    summary = run(args.model, args.out, formats, not args.no_kv, args.kv_only, common)
     for key, rows in summary.items():
         for label, row in rows.items():
             ratio = row["ratio_to_bf16"]
