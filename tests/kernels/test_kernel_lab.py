@@ -158,3 +158,57 @@ def test_lab_int8_kv_decode_attention_matches_the_reference(variant, splits):
     # the bf16 output's rounding dominates (the interpreter truncates casts: up to 2^-8 relative), plus the
     # cast kernel's V in bf16; q and p * v_scale pass through fp16 (2^-11) in the other two
     assert _rel_err(y, ref) < 1.5e-2
+
+
+# ---- lab 5: the CUDA C++ tensor-core W4A16 kernel (ci/kernel_lab/w4_mma.cu). Its layout and its
+# arithmetic are checked here in torch; the kernel itself runs on a GPU only (the lab's rel_err column).
+
+@pytest.mark.parametrize("n,k,group", [(64, 128, 128), (192, 256, 64), (128, 96, 32)])
+def test_w4_mma_repack_puts_every_code_in_its_fragment_slot(n, k, group):
+    import w4_mma
+    from engine.quant.int4_pack import unpack_columns
+
+    gen = torch.Generator().manual_seed(n + k)
+    qw = torch.randint(-2**31, 2**31 - 1, (k, n // 8), dtype=torch.int32, generator=gen)
+    qz = torch.randint(-2**31, 2**31 - 1, (k // group, n // 8), dtype=torch.int32, generator=gen)
+    s = (torch.rand(k // group, n, generator=gen) * 0.01 + 0.001).to(torch.bfloat16)
+    packed, sz = w4_mma.repack(qw, qz, s, group)
+    assert packed.shape == (n // 64, k // 16, 32, 4) and sz.shape == (n // 64, k // group, 4, 8, 2)
+    assert torch.equal(w4_mma.unpack_repacked(packed), unpack_columns(qw).long())
+    # One slot by hand: lane 9 (g = 2, t = 1), tile j = 3, k step 1 of stripe 0: bits 20-23 (b = 1, a = 0,
+    # h = 1) hold column 16 * 3 + 8 + 2 = 58 at k = 16 + 2 + 1 = 19.
+    word = int(packed[0, 1, 9, 3]) & 0xFFFFFFFF
+    assert (word >> 20) & 0xF == int(unpack_columns(qw)[19, 58])
+    # sz: the scale's bits low, the zero as a bf16 high, rows g and g + 8 of each tile
+    zeros = unpack_columns(qz)
+    got = int(sz[0, 0, 1, 5, 1]) & 0xFFFFFFFF  # tile 1, g = 5, h = 1: column 16 + 8 + 5 = 29
+    assert got & 0xFFFF == int(s[0, 29].view(torch.int16)) & 0xFFFF
+    assert torch.tensor(got >> 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).item() == zeros[0, 29]
+
+
+@pytest.mark.parametrize("m", [1, 3, 16])
+def test_w4_mma_arithmetic_matches_the_awq_reference(m):
+    """emulate(): per group sum_k x (128 + q) and sum_k x, then s * (acc - (128 + z) * xsum), as the kernel's MMAs
+    and epilogue do, against w4a16_linear_ref (bf16 output; fp32 sums in another order may round once apart)."""
+    import w4_mma
+
+    n, k, group = 128, 256, 64
+    gen = torch.Generator().manual_seed(m)
+    qw = torch.randint(-2**31, 2**31 - 1, (k, n // 8), dtype=torch.int32, generator=gen)
+    qz = torch.randint(-2**31, 2**31 - 1, (k // group, n // 8), dtype=torch.int32, generator=gen)
+    s = (torch.rand(k // group, n, generator=gen) * 0.01 + 0.001).to(torch.bfloat16)
+    x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+    bias = torch.randn(n, generator=gen).to(torch.bfloat16)
+    packed, sz = w4_mma.repack(qw, qz, s, group)
+    ref = qg.w4a16_linear_ref(x, qw, qz, s, group, bias)
+    got = w4_mma.emulate(x, packed, sz, group, bias=bias)
+    assert _rel_err(got, ref) < 1e-2
+    assert (got.float() - ref.float()).abs().max() <= 2 * ref.float().abs().max() * 2**-8
+
+
+def test_w4_mma_repack_refuses_shapes_the_kernel_cannot_take():
+    import w4_mma
+
+    qw = torch.zeros(128, 96 // 8, dtype=torch.int32)  # N = 96: not a multiple of the 64-column stripe
+    with pytest.raises(ValueError, match="N \\(96\\) must divide by 64"):
+        w4_mma.repack(qw, torch.zeros(1, 12, dtype=torch.int32), torch.ones(1, 96, dtype=torch.bfloat16), 128)

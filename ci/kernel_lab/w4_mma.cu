@@ -1,0 +1,362 @@
+// W4A16 for a few rows (M <= 16) on the tensor cores with the int4 weights as the MMA's register operand
+// (kernel lab; see w4_mma.py for the layout, the build and the launcher).
+//
+// y[M, N] = x[M, K] W[N, K]^T, W[n, k] = (q - z) * s per group of G inputs. The product is computed
+// transposed, C[n, m] = W'[n, k] x^T[k, m], with mma.sync.m16n8k16: 16 output columns are the MMA's rows
+// (operand A, from registers), up to 8 rows of x its columns (operand B). Each thread's 16-byte load holds
+// exactly its A fragments of four 16x16 tiles (the weights are repacked once, so no shuffle is needed): one
+// LOP3 per two weights puts a code pair into a 16-bit float pair as (MAGIC + q) (128 + q in bf16, 1024 + q in
+// fp16: the code lands in the mantissa), one shift per pair picks the nibble, and the MMA multiplies. The zero
+// and scale are applied once per group in fp32: out += s * (sum_k x (MAGIC + q) - (MAGIC + z) * sum_k x), the
+// sum of x coming from one more MMA against an all-ones A. About 1.1 instructions per weight in the loop.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace w4mma {
+
+template <bool BF16> struct Magic;
+template <> struct Magic<true> {
+  static constexpr uint32_t bits = 0x43004300u;  // bf16 pair (128, 128)
+  static constexpr uint32_t one = 0x3F803F80u;   // bf16 pair (1, 1)
+  static constexpr float value = 128.f;
+};
+template <> struct Magic<false> {
+  static constexpr uint32_t bits = 0x64006400u;  // fp16 pair (1024, 1024)
+  static constexpr uint32_t one = 0x3C003C00u;
+  static constexpr float value = 1024.f;
+};
+
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(b), "r"(c));  // (a & b) | c
+  return d;
+}
+
+template <bool BF16>
+__device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                    uint32_t b0, uint32_t b1) {
+  if constexpr (BF16) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+// A group's (scale, zero) word: the scale's 16 bits (bf16 or fp16) low, the zero as a bf16 high.
+template <bool SBF16>
+__device__ __forceinline__ float scale_of(uint32_t w) {
+  if constexpr (SBF16) return __uint_as_float(w << 16);
+  else return __half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xFFFFu)));
+}
+__device__ __forceinline__ float zero_of(uint32_t w) { return __uint_as_float(w & 0xFFFF0000u); }
+
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16(v); }
+template <> __device__ __forceinline__ __half from_float(float v) { return __float2half(v); }
+template <typename T> __device__ __forceinline__ float to_float(T v);
+template <> __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <> __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+// One group of one warp: its KS 16-byte weight words (already loaded), the x fragments, the MMAs, and the
+// group's zero and scale folded into res in fp32.
+template <bool BF16, bool SBF16, int MT, int KS>
+__device__ __forceinline__ void group_step(float (&res)[4][MT][4], const uint4 (&w)[KS], const uint2 (&zs)[4],
+                                           const uint32_t* const (&xg)[MT], uint32_t one) {
+  constexpr uint32_t MAGIC = Magic<BF16>::bits, LOW = 0x000F000Fu;
+  float acc[4][MT][4], xs[MT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      xs[mt][c] = 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[j][mt][c] = 0.f;
+    }
+#pragma unroll
+  for (int kk = 0; kk < KS; ++kk) {
+    uint32_t b0[MT], b1[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {  // x[m][k0 + 2t, +1] and x[m][k0 + 2t + 8, +9]
+      b0[mt] = __ldg(xg[mt] + kk * 8);
+      b1[mt] = __ldg(xg[mt] + kk * 8 + 4);
+      mma<BF16>(xs[mt], one, one, one, one, b0[mt], b1[mt]);  // the group's sum of x, per batch row
+    }
+    const uint32_t words[4] = {w[kk].x, w[kk].y, w[kk].z, w[kk].w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t a0 = and_or(words[j], LOW, MAGIC), a1 = and_or(words[j] >> 4, LOW, MAGIC);
+      const uint32_t a2 = and_or(words[j] >> 8, LOW, MAGIC), a3 = and_or(words[j] >> 12, LOW, MAGIC);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) mma<BF16>(acc[j][mt], a0, a1, a2, a3, b0[mt], b1[mt]);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float s0 = scale_of<SBF16>(zs[j].x), z0 = zero_of(zs[j].x) + Magic<BF16>::value;
+    const float s1 = scale_of<SBF16>(zs[j].y), z1 = zero_of(zs[j].y) + Magic<BF16>::value;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {  // c0, c1: row g, batch rows 2t, 2t + 1; c2, c3: row g + 8
+      res[j][mt][0] = fmaf(s0, fmaf(-z0, xs[mt][0], acc[j][mt][0]), res[j][mt][0]);
+      res[j][mt][1] = fmaf(s0, fmaf(-z0, xs[mt][1], acc[j][mt][1]), res[j][mt][1]);
+      res[j][mt][2] = fmaf(s1, fmaf(-z1, xs[mt][0], acc[j][mt][2]), res[j][mt][2]);
+      res[j][mt][3] = fmaf(s1, fmaf(-z1, xs[mt][1], acc[j][mt][3]), res[j][mt][3]);
+    }
+  }
+}
+
+// The same group for many rows (MT > 2): each weight pair dequantized once in 16-bit, (MAGIC + q) - (MAGIC + z)
+// exact, times s rounded once, as the reference's dequantized weight, then MT MMAs accumulate straight into res
+// (no per-group sums: their registers are what many rows cannot afford).
+__device__ __forceinline__ uint32_t bf16x2_sub(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("sub.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+__device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+__device__ __forceinline__ uint32_t bf16x2_of(float v) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(v, v);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
+template <bool SBF16, int MT, int KS>
+__device__ __forceinline__ void group_step_direct(float (&res)[4][MT][4], const uint4 (&w)[KS], const uint2 (&zs)[4],
+                                                  const uint32_t* const (&xg)[MT]) {
+  constexpr uint32_t MAGIC = Magic<true>::bits, LOW = 0x000F000Fu;
+  uint32_t zp[4][2], sp[4][2];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    zp[j][0] = bf16x2_of(zero_of(zs[j].x) + 128.f);
+    zp[j][1] = bf16x2_of(zero_of(zs[j].y) + 128.f);
+    sp[j][0] = SBF16 ? __byte_perm(zs[j].x, 0, 0x1010) : bf16x2_of(scale_of<SBF16>(zs[j].x));
+    sp[j][1] = SBF16 ? __byte_perm(zs[j].y, 0, 0x1010) : bf16x2_of(scale_of<SBF16>(zs[j].y));
+  }
+#pragma unroll
+  for (int kk = 0; kk < KS; ++kk) {
+    uint32_t b0[MT], b1[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      b0[mt] = __ldg(xg[mt] + kk * 8);
+      b1[mt] = __ldg(xg[mt] + kk * 8 + 4);
+    }
+    const uint32_t words[4] = {w[kk].x, w[kk].y, w[kk].z, w[kk].w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {  // a0, a2: row g; a1, a3: row g + 8
+      const uint32_t a0 = bf16x2_mul(bf16x2_sub(and_or(words[j], LOW, MAGIC), zp[j][0]), sp[j][0]);
+      const uint32_t a1 = bf16x2_mul(bf16x2_sub(and_or(words[j] >> 4, LOW, MAGIC), zp[j][1]), sp[j][1]);
+      const uint32_t a2 = bf16x2_mul(bf16x2_sub(and_or(words[j] >> 8, LOW, MAGIC), zp[j][0]), sp[j][0]);
+      const uint32_t a3 = bf16x2_mul(bf16x2_sub(and_or(words[j] >> 12, LOW, MAGIC), zp[j][1]), sp[j][1]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) mma<true>(res[j][mt], a0, a1, a2, a3, b0[mt], b1[mt]);
+    }
+  }
+}
+
+template <bool BF16, bool SBF16, int MT, int KS>
+__device__ __forceinline__ void step(float (&res)[4][MT][4], const uint4 (&w)[KS], const uint2 (&zs)[4],
+                                     const uint32_t* const (&xg)[MT], uint32_t one) {
+  if constexpr (MT > 2) group_step_direct<SBF16, MT, KS>(res, w, zs, xg);
+  else group_step<BF16, SBF16, MT, KS>(res, w, zs, xg, one);
+}
+
+template <int KS>
+__device__ __forceinline__ void load_group(uint4 (&w)[KS], uint2 (&zs)[4], const uint4* wq, const uint2* sq) {
+#pragma unroll
+  for (int kk = 0; kk < KS; ++kk) w[kk] = load_stream(wq + kk * 32);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) zs[j] = __ldg(sq + j * 8);
+}
+
+// Grid (N / 64, splits); NW warps a block, all on one stripe of 64 output columns, each taking every NW-th
+// group of the block's K range, two groups an iteration (one computes while the other's loads fly). qw:
+// [N/64][K/16][32 lanes] uint4; sz: [N/64][K/G][4 tiles][8] uint2 (rows g and g + 8 of a tile). Batch rows
+// past M read row M - 1 (their outputs are never stored). With splits > 1 each block writes fp32 partials
+// [S][M][N] and the last block of a stripe to arrive sums them in split order (deterministic) and puts its
+// counter back to 0.
+template <typename T, bool BF16, bool SBF16, int MT, int KS, int NW, int MINB, bool PIPE>
+__global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
+    const T* __restrict__ x, int64_t ldx, const uint4* __restrict__ qw, const uint2* __restrict__ sz,
+    const T* __restrict__ bias, T* __restrict__ out, float* __restrict__ part, int* __restrict__ locks,
+    int M, int N, int K, int groups_per_split) {
+  const int stripe = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int groups = K / (16 * KS);
+  const int g0 = split * groups_per_split, g1 = min(groups, g0 + groups_per_split);
+  int gi = g0 + warp;
+  const uint4* wq = qw + (static_cast<size_t>(stripe) * (K / 16) + static_cast<size_t>(gi) * KS) * 32 + lane;
+  const uint2* sq = sz + (static_cast<size_t>(stripe) * groups + gi) * 32 + g;
+  const uint32_t* xg[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+    xg[mt] = reinterpret_cast<const uint32_t*>(x + min(mt * 8 + g, M - 1) * ldx) + t + gi * KS * 8;
+  constexpr size_t W_STEP = static_cast<size_t>(NW) * KS * 32, S_STEP = static_cast<size_t>(NW) * 32;
+  constexpr int X_STEP = NW * KS * 8;
+  uint32_t one;  // a register, not an immediate the compiler would rematerialize before every MMA
+  asm volatile("mov.b32 %0, %1;" : "=r"(one) : "n"(Magic<BF16>::one));
+
+  float res[4][MT][4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) res[j][mt][c] = 0.f;
+
+  uint4 wa[KS], wb[KS];
+  uint2 za[4], zb[4];
+  if constexpr (!PIPE) {  // one group's loads at a time: fewer registers, more warps to hide the latency
+    for (; gi < g1; gi += NW, wq += W_STEP, sq += S_STEP) {
+      load_group<KS>(wa, za, wq, sq);
+      step<BF16, SBF16, MT, KS>(res, wa, za, xg, one);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) xg[mt] += X_STEP;
+    }
+  }
+  if (PIPE && gi < g1) load_group<KS>(wa, za, wq, sq);
+  while (PIPE && gi < g1) {
+    const bool second = gi + NW < g1;
+    if (second) load_group<KS>(wb, zb, wq + W_STEP, sq + S_STEP);
+    step<BF16, SBF16, MT, KS>(res, wa, za, xg, one);
+    if (!second) break;
+    const bool third = gi + 2 * NW < g1;
+    if (third) load_group<KS>(wa, za, wq + 2 * W_STEP, sq + 2 * S_STEP);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) xg[mt] += X_STEP;
+    step<BF16, SBF16, MT, KS>(res, wb, zb, xg, one);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) xg[mt] += X_STEP;
+    gi += 2 * NW;
+    wq += 2 * W_STEP;
+    sq += 2 * S_STEP;
+  }
+
+  // The block's warps summed in warp order through shared memory, RR batch rows at a time (a [NW][64][64]
+  // array for MT = 8 would pass the 48 KB static limit); written as the output or as this split's partials.
+  constexpr int RR = MT * 8 > 128 / NW ? 128 / NW : MT * 8;
+  __shared__ float red[NW][RR][64];
+  const int n0 = stripe * 64;
+#pragma unroll
+  for (int r0 = 0; r0 < MT * 8; r0 += RR) {
+    if (r0 >= M) break;
+    if (r0) __syncthreads();  // the previous rows read
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int m = mt * 8 + 2 * t + (c & 1);
+          if (m >= r0 && m < r0 + RR && m < M) red[warp][m - r0][16 * j + g + 8 * (c >> 1)] = res[j][mt][c];
+        }
+    __syncthreads();
+    const int rows = min(RR, M - r0);
+    for (int i = threadIdx.x; i < rows * 64; i += NW * 32) {
+      const int m = i >> 6, nl = i & 63;
+      float v = 0.f;
+#pragma unroll
+      for (int w2 = 0; w2 < NW; ++w2) v += red[w2][m][nl];
+      if (splits == 1) {
+        if (bias) v += to_float(bias[n0 + nl]);
+        out[static_cast<size_t>(r0 + m) * N + n0 + nl] = from_float<T>(v);
+      } else {
+        __stcg(part + (static_cast<size_t>(split) * M + r0 + m) * N + n0 + nl, v);
+      }
+    }
+  }
+  if (splits == 1) return;
+  __threadfence();
+  __syncthreads();
+  __shared__ int last;
+  if (threadIdx.x == 0) last = atomicAdd(locks + stripe, 1) == splits - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const size_t stride = static_cast<size_t>(M) * N;
+  for (int i = threadIdx.x; i < M * 64; i += NW * 32) {  // eight splits' loads in flight, summed pairwise
+    const int m = i >> 6, nl = i & 63;
+    const float* p = part + static_cast<size_t>(m) * N + n0 + nl;
+    float v = 0.f;
+    for (int s0 = 0; s0 < splits; s0 += 8) {
+      float u[8];
+#pragma unroll
+      for (int q = 0; q < 8; ++q) u[q] = s0 + q < splits ? __ldcg(p + (s0 + q) * stride) : 0.f;
+      v += ((u[0] + u[1]) + (u[2] + u[3])) + ((u[4] + u[5]) + (u[6] + u[7]));
+    }
+    if (bias) v += to_float(bias[n0 + nl]);
+    out[static_cast<size_t>(m) * N + n0 + nl] = from_float<T>(v);
+  }
+  if (threadIdx.x == 0) locks[stripe] = 0;
+}
+
+}  // namespace w4mma
+
+#ifdef W4MMA_TORCH_BINDING
+#include <torch/extension.h>
+#include <c10/cuda/CUDAStream.h>
+
+namespace w4mma {
+
+template <typename T, bool BF16, bool SBF16, int MT, int KS>
+void launch_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tensor& sz,
+              const c10::optional<torch::Tensor>& bias, torch::Tensor& out, torch::Tensor& part,
+              torch::Tensor& locks, int splits, int warps, int min_blocks, bool pipe, int groups_per_split) {
+  const int M = x.size(0), K = x.size(1), N = out.size(1);
+  dim3 grid(N / 64, splits);
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const T* b = bias ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
+#define W4MMA_GO(NW, MINB, PIPE)                                                                               \
+  w4_mma_kernel<T, BF16, SBF16, MT, KS, NW, MINB, PIPE><<<grid, NW * 32, 0, stream>>>(                               \
+      reinterpret_cast<const T*>(x.data_ptr()), x.stride(0), reinterpret_cast<const uint4*>(qw.data_ptr()), \
+      reinterpret_cast<const uint2*>(sz.data_ptr()), b, reinterpret_cast<T*>(out.data_ptr()),             \
+      part.data_ptr<float>(), locks.data_ptr<int>(), M, N, K, groups_per_split)
+  if constexpr (MT > 2) {  // fewer variants for many rows (compile time)
+    if (warps == 4 && min_blocks == 1 && pipe) W4MMA_GO(4, 1, true);
+    else if (warps == 4 && min_blocks == 1 && !pipe) W4MMA_GO(4, 1, false);
+    else if (warps == 8 && min_blocks == 1 && !pipe) W4MMA_GO(8, 1, false);
+    else TORCH_CHECK(false, "many rows: (warps, min_blocks, pipe): (4, 1, 1), (4, 1, 0), (8, 1, 0)");
+  } else {
+    if (warps == 4 && min_blocks == 1 && pipe) W4MMA_GO(4, 1, true);
+    else if (warps == 4 && min_blocks == 4 && pipe) W4MMA_GO(4, 4, true);
+    else if (warps == 4 && min_blocks == 4 && !pipe) W4MMA_GO(4, 4, false);
+    else if (warps == 8 && min_blocks == 1 && pipe) W4MMA_GO(8, 1, true);
+    else if (warps == 8 && min_blocks == 2 && !pipe) W4MMA_GO(8, 2, false);
+    else TORCH_CHECK(false, "(warps, min_blocks, pipe): (4, 1, 1), (4, 4, 1), (4, 4, 0), (8, 1, 1), (8, 2, 0)");
+  }
+#undef W4MMA_GO
+}
+
+void w4_mma(torch::Tensor x, torch::Tensor qw, torch::Tensor sz, c10::optional<torch::Tensor> bias,
+            torch::Tensor out, torch::Tensor part, torch::Tensor locks, int64_t group_size, bool scale_bf16,
+            int64_t splits, int64_t warps, int64_t min_blocks, bool pipe) {
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.size(0) >= 1 && x.size(0) <= 64, "x: [M <= 64, K], rows contiguous");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16, "lab build: bf16 x only");
+  TORCH_CHECK(scale_bf16, "lab build: bf16 scales only");
+  TORCH_CHECK(group_size == 128, "lab build: group size 128 only");
+  const int K = x.size(1), groups = K / group_size;
+  const int gps = (groups + splits - 1) / splits;
+  const int M = x.size(0);
+  if (M <= 8) launch_t<__nv_bfloat16, true, true, 1, 8>(x, qw, sz, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);
+  else if (M <= 16) launch_t<__nv_bfloat16, true, true, 2, 8>(x, qw, sz, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);
+  else if (M <= 32) launch_t<__nv_bfloat16, true, true, 4, 8>(x, qw, sz, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);
+  else launch_t<__nv_bfloat16, true, true, 8, 8>(x, qw, sz, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);
+}
+
+}  // namespace w4mma
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("w4_mma", &w4mma::w4_mma); }
+#endif
