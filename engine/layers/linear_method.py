@@ -147,13 +147,21 @@ class Int8Method(LinearMethod):
 
 
 class AWQMethod(LinearMethod):
-    """AutoAWQ GEMM layout: qweight int32 [K, N/8], qzeros int32 [K/G, N/8], scales fp16 [K/G, N]."""
+    """AutoAWQ GEMM layout: qweight int32 [K, N/8], qzeros int32 [K/G, N/8], scales fp16 [K/G, N].
+
+    With w4_kernel "cuda" (on a GPU) the three are repacked after loading into the CUDA kernel's fragment
+    order (layer.w4_qw, layer.w4_sz; engine/kernels/w4_mma.py) and the AWQ tensors dropped: one layout in
+    memory, every batch size through that kernel or its dequantize + cuBLAS path."""
 
     def create_weights(self, layer, in_features, out_features, bias):
         from ..quant.int4_pack import PACK, check_group_size
 
         g = self.options.group_size
         check_group_size(in_features, g)
+        if self._cuda_kernel():
+            from ..kernels.w4_mma import check_shape
+
+            check_shape(out_features, in_features, g)  # this rank's part: before any weight is read
         if out_features % PACK or any(size % PACK for _, size in layer.shards.values()):
             raise ValueError(f"AWQ: output sizes must be multiples of {PACK} (got {out_features})")
         layer.qweight = _param(in_features, out_features // PACK, dtype=torch.int32, output_dim=1, pack=PACK,
@@ -169,14 +177,30 @@ class AWQMethod(LinearMethod):
 
         return dequantize_awq(layer.qweight, layer.qzeros, layer.scales, self.options.group_size)
 
+    def _cuda_kernel(self) -> bool:
+        return self.options.w4_kernel == "cuda" and self.options.device_type == "cuda" and self.options.use_kernels
+
     def after_loading(self, layer):
         if self.options.device_type == "cpu":
             self._cpu_weight(layer, self._dequantized(layer))
             layer.qweight = layer.qzeros = layer.scales = None
+        elif self._cuda_kernel():
+            from ..kernels.w4_mma import repack
+
+            layer.w4_qw, layer.w4_sz = repack(layer.qweight.data, layer.qzeros.data, layer.scales.data,
+                                              self.options.group_size)
+            layer.w4_scale_dtype = layer.scales.dtype
+            layer.qweight = layer.qzeros = layer.scales = None
+            if layer.bias is not None:
+                layer.bias.data = layer.bias.data.to(torch.bfloat16)
 
     def apply(self, layer, x):
         if getattr(layer, "cpu_weight", None) is not None:
             return layer.cpu_weight.apply(x)
+        if getattr(layer, "w4_qw", None) is not None:
+            from ..kernels.w4_mma import w4_mma_linear
+
+            return w4_mma_linear(x, layer.w4_qw, layer.w4_sz, layer.w4_scale_dtype, layer.bias)
         if self.options.use_kernels:
             from ..kernels.quant_gemm import w4a16_linear
 

@@ -25,6 +25,8 @@ class LayerOptions:
     kv_quant: EngineConfig.quant_policy (0: KV cache in the model dtype, 8: int8).
     tp_rank, tp_size: this process's tensor-parallel rank and their number (EngineConfig.tp): which part
         of each split layer it holds (engine/layers/partition.py).
+    w4_kernel: EngineConfig.w4_kernel: AWQ weights through the Triton kernels in AutoAWQ's layout, or
+        repacked after loading for the CUDA tensor-core kernel (engine/kernels/w4_mma.py).
     """
 
     use_kernels: bool = False
@@ -35,6 +37,7 @@ class LayerOptions:
     kv_quant: int = 0
     tp_rank: int = 0
     tp_size: int = 1
+    w4_kernel: str = "triton"
 
     def __post_init__(self):
         if self.weight_format not in WEIGHT_FORMATS:

@@ -185,9 +185,31 @@ class ModelRunner:
         if self.config.deterministic and fmt.name != "hf":
             raise InvalidRequestError(
                 f"deterministic mode runs 16-bit weights only (this model loads as {fmt.name})", "deterministic")
+        if self.config.w4_kernel == "cuda":
+            self._check_w4_cuda(fmt)
         return LayerOptions(use_kernels=self.use_kernels, batch_invariant=self.config.deterministic,
                             weight_format=fmt.name, group_size=fmt.group_size, device_type=self.device.type,
+                            w4_kernel=self.config.w4_kernel,
                             kv_quant=self.config.quant_policy, tp_rank=self.tp_rank, tp_size=self.tp_size)
+
+    def _check_w4_cuda(self, fmt) -> None:
+        """--w4-kernel cuda: one clear error, before any weight is read, where the kernel cannot run."""
+        from ..kernels import w4_mma
+
+        why = None
+        if fmt.name != "awq":
+            why = f"applies to AWQ weights (this model loads as {fmt.name})"
+        elif not self.use_kernels:
+            why = "needs the GPU kernels (CUDA, without --no-kernels)"
+        elif self.dtype != torch.bfloat16:
+            why = f"runs bf16 models (this one runs in {str(self.dtype).removeprefix('torch.')})"
+        elif fmt.group_size != w4_mma.GROUP:
+            why = f"is built for group size {w4_mma.GROUP} (this checkpoint's is {fmt.group_size})"
+        else:
+            reason = w4_mma.unavailable_reason(self.device)
+            why = reason and reason.removeprefix("the CUDA W4A16 kernel ")
+        if why:
+            raise InvalidRequestError(f"--w4-kernel cuda {why}", "w4_kernel")
 
     @property
     def block_bytes(self) -> int:

@@ -46,6 +46,7 @@ SAMPLES = {
     "enable_prefix_caching": True,
     "model_format": "awq",
     "quant_policy": 4,
+    "w4_kernel": "cuda",
     "dtype": "bfloat16",
     "device": "cuda:1",
     "eager_mode": True,

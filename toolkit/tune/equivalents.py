@@ -330,6 +330,7 @@ LMDEPLOY_MAP: dict[str, Translate] = {
     "enable_prefix_caching": _switch("--enable-prefix-caching"),  # off unless asked, as in opsctl
     "model_format": _lmdeploy_format,
     "quant_policy": _flag("--quant-policy"),
+    "w4_kernel": _missing("LMDeploy's TurboMind runs AWQ weights through its own CUDA kernels: no kernel to choose"),
     "dtype": _lmdeploy_dtype,
     "device": _lmdeploy_device,
     "eager_mode": _lmdeploy_eager,
@@ -357,6 +358,7 @@ VLLM_MAP: dict[str, Translate] = {
     "enable_prefix_caching": _switch("--enable-prefix-caching", "--no-enable-prefix-caching"),
     "model_format": _vllm_format,
     "quant_policy": _vllm_kv_quant,
+    "w4_kernel": _missing("vLLM chooses its AWQ kernel itself (awq_marlin on compute capability 8.0 and newer)"),
     "dtype": _vllm_dtype,
     "device": _vllm_device,
     "eager_mode": _switch("--enforce-eager"),

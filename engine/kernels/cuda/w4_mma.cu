@@ -1,5 +1,7 @@
-// W4A16 for a few rows (M <= 16) on the tensor cores with the int4 weights as the MMA's register operand
-// (kernel lab; see w4_mma.py for the layout, the build and the launcher).
+// W4A16 for a few rows (M <= 32) on the tensor cores with the int4 weights as the MMA's register operand, and
+// the same layout dequantized to a dense 16-bit weight for more rows (engine/kernels/w4_mma.py owns the
+// layout, the build, the launch choices and the torch reference; reports/examples/h200/kernel-lab-w4mma/
+// the measurements).
 //
 // y[M, N] = x[M, K] W[N, K]^T, W[n, k] = (q - z) * s per group of G inputs. The product is computed
 // transposed, C[n, m] = W'[n, k] x^T[k, m], with mma.sync.m16n8k16: 16 output columns are the MMA's rows
@@ -305,58 +307,113 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
 
 }  // namespace w4mma
 
-#ifdef W4MMA_TORCH_BINDING
-#include <torch/extension.h>
-#include <c10/cuda/CUDAStream.h>
-
 namespace w4mma {
 
-template <typename T, bool BF16, bool SBF16, int MT, int KS>
-void launch_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tensor& sz,
-              const c10::optional<torch::Tensor>& bias, torch::Tensor& out, torch::Tensor& part,
-              torch::Tensor& locks, int splits, int warps, int min_blocks, bool pipe, int groups_per_split) {
-  const int M = x.size(0), K = x.size(1), N = out.size(1);
-  dim3 grid(N / 64, splits);
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const T* b = bias ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
-#define W4MMA_GO(NW, MINB, PIPE)                                                                               \
-  w4_mma_kernel<T, BF16, SBF16, MT, KS, NW, MINB, PIPE><<<grid, NW * 32, 0, stream>>>(                               \
-      reinterpret_cast<const T*>(x.data_ptr()), x.stride(0), reinterpret_cast<const uint4*>(qw.data_ptr()), \
-      reinterpret_cast<const uint2*>(sz.data_ptr()), b, reinterpret_cast<T*>(out.data_ptr()),             \
-      part.data_ptr<float>(), locks.data_ptr<int>(), M, N, K, groups_per_split)
-  if constexpr (MT > 2) {  // fewer variants for many rows (compile time)
-    if (warps == 4 && min_blocks == 1 && pipe) W4MMA_GO(4, 1, true);
-    else if (warps == 4 && min_blocks == 1 && !pipe) W4MMA_GO(4, 1, false);
-    else if (warps == 8 && min_blocks == 1 && !pipe) W4MMA_GO(8, 1, false);
-    else TORCH_CHECK(false, "many rows: (warps, min_blocks, pipe): (4, 1, 1), (4, 1, 0), (8, 1, 0)");
-  } else {
-    if (warps == 4 && min_blocks == 1 && pipe) W4MMA_GO(4, 1, true);
-    else if (warps == 4 && min_blocks == 4 && pipe) W4MMA_GO(4, 4, true);
-    else if (warps == 4 && min_blocks == 4 && !pipe) W4MMA_GO(4, 4, false);
-    else if (warps == 8 && min_blocks == 1 && pipe) W4MMA_GO(8, 1, true);
-    else if (warps == 8 && min_blocks == 2 && !pipe) W4MMA_GO(8, 2, false);
-    else TORCH_CHECK(false, "(warps, min_blocks, pipe): (4, 1, 1), (4, 4, 1), (4, 4, 0), (8, 1, 1), (8, 2, 0)");
+// W[n0 + r, k] for the stripes [stripe0, stripe0 + gridDim-covered) as a dense [rows, K] 16-bit matrix:
+// (q - z) * s in fp32, one rounding, as the torch reference dequantizes. One thread per 16-byte word.
+template <bool SBF16>
+__global__ void w4_dequant_kernel(const uint4* __restrict__ qw, const uint2* __restrict__ sz,
+                                  __nv_bfloat16* __restrict__ w, int K, int G, int stripe0, int stripes) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int ksteps = K / 16;
+  if (idx >= static_cast<int64_t>(stripes) * ksteps * 32) return;
+  const int lane = idx & 31, kk = (idx >> 5) % ksteps, sl = (idx >> 5) / ksteps;
+  const int g = lane >> 2, t = lane & 3, s = stripe0 + sl, gi = kk * 16 / G;
+  const uint4 v = qw[(static_cast<size_t>(s) * ksteps + kk) * 32 + lane];
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint2 z = sz[(static_cast<size_t>(s) * (K / G) + gi) * 32 + j * 8 + g];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint32_t zw = h ? z.y : z.x;
+      const float sc = scale_of<SBF16>(zw), zf = zero_of(zw);
+      __nv_bfloat16* row = w + static_cast<size_t>(sl * 64 + 16 * j + 8 * h + g) * K + kk * 16 + 2 * t;
+#pragma unroll
+      for (int a = 0; a < 2; ++a) {
+        const float q0 = static_cast<float>((words[j] >> (8 * a + 4 * h)) & 0xF);
+        const float q1 = static_cast<float>((words[j] >> (16 + 8 * a + 4 * h)) & 0xF);
+        *reinterpret_cast<__nv_bfloat162*>(row + 8 * a) = __floats2bfloat162_rn((q0 - zf) * sc, (q1 - zf) * sc);
+      }
+    }
   }
-#undef W4MMA_GO
-}
-
-void w4_mma(torch::Tensor x, torch::Tensor qw, torch::Tensor sz, c10::optional<torch::Tensor> bias,
-            torch::Tensor out, torch::Tensor part, torch::Tensor locks, int64_t group_size, bool scale_bf16,
-            int64_t splits, int64_t warps, int64_t min_blocks, bool pipe) {
-  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.size(0) >= 1 && x.size(0) <= 64, "x: [M <= 64, K], rows contiguous");
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16, "lab build: bf16 x only");
-  TORCH_CHECK(scale_bf16, "lab build: bf16 scales only");
-  TORCH_CHECK(group_size == 128, "lab build: group size 128 only");
-  const int K = x.size(1), groups = K / group_size;
-  const int gps = (groups + splits - 1) / splits;
-  const int M = x.size(0);
-  if (M <= 8) launch_t<__nv_bfloat16, true, true, 1, 8>(x, qw, sz, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);
-  else if (M <= 16) launch_t<__nv_bfloat16, true, true, 2, 8>(x, qw, sz, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);
-  else if (M <= 32) launch_t<__nv_bfloat16, true, true, 4, 8>(x, qw, sz, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);
-  else launch_t<__nv_bfloat16, true, true, 8, 8>(x, qw, sz, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);
 }
 
 }  // namespace w4mma
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("w4_mma", &w4mma::w4_mma); }
+#ifdef W4MMA_TORCH_BINDING
+#include <torch/extension.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+
+namespace w4mma {
+
+// The variants the engine launches (lab 5's winners): few rows (MT <= 2) 8 warps two blocks an SM with one
+// group's loads at a time, or pipelined 4 / 8-warp blocks; many rows (MT = 4) unpipelined 4 / 8-warp blocks.
+template <bool SBF16, int MT>
+void launch_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tensor& sz,
+              const c10::optional<torch::Tensor>& bias, torch::Tensor& out, torch::Tensor& part,
+              torch::Tensor& locks, int splits, int warps, int min_blocks, bool pipe, int groups_per_split) {
+  using T = __nv_bfloat16;
+  const int M = x.size(0), K = x.size(1), N = out.size(1);
+  dim3 grid(N / 64, splits);
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const T* b = bias ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
+#define W4MMA_GO(NW, MINB, PIPE)                                                                          \
+  w4_mma_kernel<T, true, SBF16, MT, 8, NW, MINB, PIPE><<<grid, NW * 32, 0, stream>>>(                   \
+      reinterpret_cast<const T*>(x.data_ptr()), x.stride(0), reinterpret_cast<const uint4*>(qw.data_ptr()), \
+      reinterpret_cast<const uint2*>(sz.data_ptr()), b, reinterpret_cast<T*>(out.data_ptr()),          \
+      part.data_ptr<float>(), locks.data_ptr<int>(), M, N, K, groups_per_split)
+  if constexpr (MT > 2) {
+    if (warps == 4 && min_blocks == 1 && !pipe) W4MMA_GO(4, 1, false);
+    else if (warps == 8 && min_blocks == 1 && !pipe) W4MMA_GO(8, 1, false);
+    else TORCH_CHECK(false, "w4_mma: 17-32 rows run (warps, min_blocks, pipe) (4, 1, 0) or (8, 1, 0)");
+  } else {
+    if (warps == 8 && min_blocks == 2 && !pipe) W4MMA_GO(8, 2, false);
+    else if (warps == 8 && min_blocks == 1 && pipe) W4MMA_GO(8, 1, true);
+    else if (warps == 4 && min_blocks == 1 && pipe) W4MMA_GO(4, 1, true);
+    else TORCH_CHECK(false, "w4_mma: up to 16 rows run (warps, min_blocks, pipe) (8, 2, 0), (8, 1, 1) or (4, 1, 1)");
+  }
+#undef W4MMA_GO
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Checked by the Python caller (engine/kernels/w4_mma.py): shapes, dtypes, devices, sizes of part / locks.
+void w4_mma(torch::Tensor x, torch::Tensor qw, torch::Tensor sz, c10::optional<torch::Tensor> bias,
+            torch::Tensor out, torch::Tensor part, torch::Tensor locks, int64_t group_size, bool scale_bf16,
+            int64_t splits, int64_t warps, int64_t min_blocks, bool pipe) {
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.size(0) >= 1 && x.size(0) <= 32, "w4_mma: x [M <= 32, K]");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && group_size == 128, "w4_mma: bf16 x, group size 128");
+  const int M = x.size(0), groups = x.size(1) / group_size;
+  const int gps = (groups + splits - 1) / splits;
+#define W4MMA_ROWS(SB)                                                                                      \
+  if (M <= 8) launch_t<SB, 1>(x, qw, sz, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);     \
+  else if (M <= 16) launch_t<SB, 2>(x, qw, sz, bias, out, part, locks, splits, warps, min_blocks, pipe, gps); \
+  else launch_t<SB, 4>(x, qw, sz, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);
+  if (scale_bf16) { W4MMA_ROWS(true) } else { W4MMA_ROWS(false) }
+#undef W4MMA_ROWS
+}
+
+void w4_dequant(torch::Tensor qw, torch::Tensor sz, torch::Tensor w, int64_t group_size, bool scale_bf16,
+                int64_t stripe0) {
+  TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.is_contiguous(), "w4_dequant: w contiguous bf16 [rows, K]");
+  const int K = w.size(1), stripes = w.size(0) / 64;
+  const int64_t threads = static_cast<int64_t>(stripes) * (K / 16) * 32;
+  if (threads == 0) return;
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const unsigned blocks = static_cast<unsigned>((threads + 255) / 256);
+  auto q = reinterpret_cast<const uint4*>(qw.data_ptr());
+  auto z = reinterpret_cast<const uint2*>(sz.data_ptr());
+  auto o = reinterpret_cast<__nv_bfloat16*>(w.data_ptr());
+  if (scale_bf16) w4_dequant_kernel<true><<<blocks, 256, 0, stream>>>(q, z, o, K, group_size, stripe0, stripes);
+  else w4_dequant_kernel<false><<<blocks, 256, 0, stream>>>(q, z, o, K, group_size, stripe0, stripes);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace w4mma
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("w4_mma", &w4mma::w4_mma);
+  m.def("w4_dequant", &w4mma::w4_dequant);
+}
 #endif

@@ -1,0 +1,216 @@
+"""The CUDA C++ W4A16 path (engine/kernels/cuda/w4_mma.cu): AWQ weights repacked once into the tensor cores'
+fragment order, multiplied by up to 32 rows a launch with the int4 weights as the MMA's register operand.
+
+Why CUDA C++ next to the Triton kernels: Triton cannot load packed weights straight into an MMA fragment,
+so its batch-1 GEMV spends ~3.1 instructions a weight and its tensor-core GEMM round-trips every
+dequantized tile through shared memory (reports/examples/h200/kernel-lab-*). Here one 16-byte load is a
+thread's A fragments of four 16x16 tiles, one LOP3 makes two bf16 weights (128 + q), and zero and scale
+are applied once per group in fp32: on an H200 the batch-1 linears of Qwen2.5-7B take 49 µs a layer
+against 66 µs for the Triton GEMV, and 2-32 rows run 1.5-2.9x faster than the Triton GEMM
+(kernel-lab-w4mma/README.md).
+
+This file owns the layout (`repack`, its inverse and the torch reference of the kernel's arithmetic), the
+build (torch's cpp_extension, on first use, cached on disk; needs nvcc), the launch choices and the
+checks. Rows: up to 32 one launch; up to CHUNK_MAX_ROWS in 32-row launches (each re-reads the weight); more
+(prefill) dequantize the layout to a dense bf16 weight in column chunks and multiply with cuBLAS.
+
+The layout, for a linear W [N, K] (AWQ qweight [K, N/8]): stripes s of 64 output columns, k steps of 16,
+lanes (g = lane // 4, t = lane % 4), tiles j of 16 columns: qw word [s, kk, lane, j] holds the code of
+column n = 64 s + 16 j + 8 h + g at k = 16 kk + 8 a + 2 t + b in bits 16 b + 8 a + 4 h; sz [s, group, j, g, h]
+= the scale's 16 bits (fp16 or bf16) | bf16(zero) << 16.
+"""
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import torch
+
+from ..quant.int4_pack import unpack_columns
+
+STRIPE = 64  # output columns a block takes (four 16-row MMA tiles)
+GROUP = 128  # the one group size the kernel is built for (AutoAWQ's and LMDeploy's default)
+MAX_ROWS = 32  # rows one launch takes
+CHUNK_MAX_ROWS = 64  # up to this many rows, 32-row launches; more: dense dequantize + cuBLAS
+SOURCE = Path(__file__).parent / "cuda" / "w4_mma.cu"
+
+
+def _shifts(device) -> torch.Tensor:
+    a, b, h = torch.meshgrid(torch.arange(2), torch.arange(2), torch.arange(2), indexing="ij")
+    return (16 * b + 8 * a + 4 * h).to(device=device, dtype=torch.int64)  # [a, b, h]
+
+
+def check_shape(n: int, k: int, group_size: int) -> None:
+    """A clear error for a linear the kernel cannot take, before anything is repacked."""
+    if group_size != GROUP:
+        raise ValueError(f"the CUDA W4A16 kernel is built for group size {GROUP}, not {group_size}")
+    if n % STRIPE or k % group_size:
+        raise ValueError(f"the CUDA W4A16 kernel needs N ({n}) divisible by {STRIPE} and K ({k}) by the group "
+                         f"size ({group_size})")
+
+
+def repack(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int):
+    """AWQ (qweight [K, N/8], qzeros [K/G, N/8], scales [K/G, N] fp16/bf16) -> (qw int32 [N/64, K/16, 32, 4],
+    sz int32 [N/64, K/G, 4, 8, 2]) in the kernel's fragment order (on the tensors' device)."""
+    if scales.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"repack: scales must be fp16 or bf16, not {scales.dtype}")
+    codes = unpack_columns(qweight).to(torch.int64)  # [K, N]
+    k, n = codes.shape
+    if n % STRIPE or k % group_size or group_size % 16:
+        raise ValueError(f"repack: N ({n}) must divide by {STRIPE}, K ({k}) by the group ({group_size}), "
+                         "the group by 16")
+    c = codes.view(k // 16, 2, 4, 2, n // STRIPE, 4, 2, 8)  # kk, a, t, b, s, j, h, g
+    c = c.permute(4, 0, 7, 2, 5, 1, 3, 6)  # s, kk, g, t, j, a, b, h
+    words = (c << _shifts(c.device)).sum(dim=(-3, -2, -1))  # [s, kk, g, t, j]
+    qw = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).reshape(n // STRIPE, k // 16, 32, 4)
+    zeros = unpack_columns(qzeros).to(torch.bfloat16).view(torch.int16).to(torch.int64) & 0xFFFF
+    sbits = scales.contiguous().view(torch.int16).to(torch.int64) & 0xFFFF
+    word = (zeros << 16) | sbits
+    word = torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)  # [K/G, N]
+    sz = word.view(k // group_size, n // STRIPE, 4, 2, 8).permute(1, 0, 2, 4, 3).contiguous()
+    return qw.contiguous(), sz
+
+
+def unpack_repacked(qw: torch.Tensor) -> torch.Tensor:
+    """repack's weight half back to codes [K, N] (int64)."""
+    s, kk = qw.shape[:2]
+    w = (qw.to(torch.int64) & 0xFFFFFFFF).view(s, kk, 8, 4, 4)  # s, kk, g, t, j
+    codes = (w[..., None, None, None] >> _shifts(qw.device)) & 0xF  # s, kk, g, t, j, a, b, h
+    return codes.permute(1, 5, 3, 6, 0, 4, 7, 2).reshape(kk * 16, s * STRIPE)
+
+
+def scales_zeros(sz: torch.Tensor, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """repack's (scale, zero) half back to fp32 [K/G, N] each."""
+    s, groups = sz.shape[:2]
+    word = (sz.to(torch.int64) & 0xFFFFFFFF).permute(1, 0, 2, 4, 3).reshape(groups, s * STRIPE)
+    scale = (word & 0xFFFF).to(torch.int16).view(scale_dtype).float()
+    zero = ((word >> 16) & 0xFFFF).to(torch.int16).view(torch.bfloat16).float()
+    return scale, zero
+
+
+def dequantize(qw: torch.Tensor, sz: torch.Tensor, group_size: int, scale_dtype: torch.dtype) -> torch.Tensor:
+    """The repacked layout back to W [N, K] in fp32: (code - zero) * scale."""
+    codes = unpack_repacked(qw).float()  # [K, N]
+    scale, zero = scales_zeros(sz, scale_dtype)
+    w = (codes - zero.repeat_interleave(group_size, 0)) * scale.repeat_interleave(group_size, 0)
+    return w.t().contiguous()
+
+
+def w4_mma_ref(x: torch.Tensor, qw: torch.Tensor, sz: torch.Tensor, group_size: int, scale_dtype: torch.dtype,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The kernel's arithmetic (up to 16 rows) in torch, fp32: per group sum_k x (128 + q) and sum_k x, then
+    s * (acc - (128 + z) * xsum) summed over the groups, bias, one cast to x's dtype."""
+    codes = unpack_repacked(qw).float()  # [K, N]
+    k, n = codes.shape
+    scale, zero = scales_zeros(sz, scale_dtype)
+    xf = x.float().view(x.shape[0], k // group_size, group_size)
+    acc = torch.einsum("mgk,gkn->mgn", xf, 128 + codes.view(k // group_size, group_size, n))
+    y = (scale * (acc - (128 + zero) * xf.sum(-1)[..., None])).sum(1)
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------- build
+
+_LOCK = threading.Lock()
+_EXT = None
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """Why the kernel cannot run on `device` (None: it can, once built)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return "the CUDA W4A16 kernel needs a CUDA GPU"
+    if torch.cuda.get_device_capability(device) < (8, 0):
+        return "the CUDA W4A16 kernel needs compute capability 8.0 or newer (bf16 mma.sync)"
+    from torch.utils import cpp_extension
+
+    if cpp_extension.CUDA_HOME is None or not (shutil.which("nvcc")
+                                               or Path(cpp_extension.CUDA_HOME, "bin", "nvcc").exists()):
+        return "the CUDA W4A16 kernel is built on first use and needs nvcc (a CUDA toolkit; set CUDA_HOME)"
+    if not cpp_extension.is_ninja_available():
+        return "the CUDA W4A16 kernel is built on first use and needs ninja (pip install ninja)"
+    return None
+
+
+def extension():
+    """The compiled module (built once per source version, cached by torch under TORCH_EXTENSIONS_DIR)."""
+    global _EXT
+    with _LOCK:
+        if _EXT is None:
+            from torch.utils.cpp_extension import load_inline
+
+            _EXT = load_inline("opsctl_w4_mma", cpp_sources="",
+                               cuda_sources="#define W4MMA_TORCH_BINDING\n" + SOURCE.read_text(),
+                               extra_cuda_cflags=["-O3", "-std=c++17"], verbose=False)
+    return _EXT
+
+
+# ----------------------------------------------------------------------------------------- launch
+
+def launch_config(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, bool, int]:
+    """(warps, min blocks an SM, pipelined, splits) for m <= 32 rows, from lab 5's sweeps on an H200: wide
+    layers (gate_up) run one block a stripe; narrow ones split K until about 1.5 (<= 16 rows) or 0.5 (more
+    rows) waves of blocks, keeping >= 4 groups a split."""
+    stripes, groups = n // STRIPE, k // GROUP
+    target = (1.5 if m <= 16 else 0.5) * num_sms
+    splits = 1
+    for d in range(1, groups + 1):
+        if groups % d or groups // d < 4:
+            continue
+        splits = d
+        if stripes * d >= target:
+            break
+    if m <= 16:
+        return 8, 2, False, splits
+    return (4 if splits == 1 and stripes >= 2 * num_sms else 8), 1, False, splits
+
+
+_LOCKS: dict[int, torch.Tensor] = {}
+
+
+def _locks(device: torch.device, stripes: int) -> torch.Tensor:
+    """Per-stripe arrival counters of the split-K reduction (put back to 0 by each launch's last block)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    have = _LOCKS.get(index)
+    if have is None or have.numel() < stripes:
+        have = _LOCKS[index] = torch.zeros(max(stripes, 4096), dtype=torch.int32, device=device)
+    return have
+
+
+def _launch(x, qw, sz, bias, out, scale_bf16: bool) -> None:
+    m, k = x.shape
+    n = out.shape[1]
+    warps, min_blocks, pipe, splits = launch_config(m, n, k, torch.cuda.get_device_properties(x.device).multi_processor_count)
+    part = torch.empty(splits * m * n if splits > 1 else 1, dtype=torch.float32, device=x.device)
+    extension().w4_mma(x, qw, sz, bias, out, part, _locks(x.device, n // STRIPE), GROUP, scale_bf16, splits,
+                       warps, min_blocks, pipe)
+
+
+def w4_mma_linear(x: torch.Tensor, qw: torch.Tensor, sz: torch.Tensor, scale_dtype: torch.dtype,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] bf16 @ W^T (+ bias) -> [M, N] bf16, W in repack's layout with group size GROUP."""
+    m, k = x.shape
+    n = qw.shape[0] * STRIPE
+    if x.dtype != torch.bfloat16 or x.device.type != "cuda" or x.stride(1) != 1:
+        raise ValueError(f"w4_mma_linear: x must be bf16 on a CUDA device with contiguous rows "
+                         f"(got {x.dtype} on {x.device})")
+    if qw.shape[1] * 16 != k or sz.shape[:2] != (qw.shape[0], k // GROUP) or qw.device != x.device:
+        raise ValueError(f"w4_mma_linear: weights {tuple(qw.shape)} / {tuple(sz.shape)} do not fit x [{m}, {k}]")
+    if bias is not None and (bias.shape != (n,) or bias.dtype != x.dtype):
+        raise ValueError(f"w4_mma_linear: bias must be {x.dtype} [{n}]")
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m == 0:
+        return out
+    scale_bf16 = scale_dtype == torch.bfloat16
+    if m <= CHUNK_MAX_ROWS:
+        for r0 in range(0, m, MAX_ROWS):
+            _launch(x[r0:r0 + MAX_ROWS], qw, sz, bias, out[r0:r0 + MAX_ROWS], scale_bf16)
+        return out
+    from .quant_gemm import _dense_product
+
+    def write_chunk(n0: int, nc: int, buf: torch.Tensor) -> None:
+        extension().w4_dequant(qw, sz, buf, GROUP, scale_bf16, n0 // STRIPE)
+
+    return _dense_product(x, bias, out, k, write_chunk, k_major=False)
