@@ -9,7 +9,6 @@ Usage: python3 ci/kernel_lab/w4_mma.py OUT.json [M ...]
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 import sys
 import time
@@ -48,30 +47,14 @@ def main(out: str, ms: list[int]) -> None:
 
     import gemm_lab as gl
     from engine.kernels.quant_gemm import w4a16_linear, w4a16_linear_ref
-    from engine.kernels.timing import graph_time_ms
 
     t0 = time.time()
     wm.extension()
     print(f"built w4_mma in {time.time() - t0:.1f} s", flush=True)
-    rows = []
     gen = torch.Generator(device="cuda").manual_seed(0)
 
-    def record(shape, m, name, fns, nbytes, y=None, ref=None, extra=None):
-        row = {"shape": shape, "m": m, "kernel": name, **(extra or {})}
-        try:
-            if ref is not None:
-                row["rel_err"] = ((y().float() - ref).abs().max() / ref.abs().max()).item()
-                if row["rel_err"] > 2e-2:
-                    raise AssertionError(f"rel_err {row['rel_err']:.3g}")
-            us = graph_time_ms(fns, 60) * 1e3
-            row.update(us=us, gb_s=nbytes / us / 1e3)
-            print(f"{shape:8} m={m:<3} {name:28} {us:8.2f} us {row['gb_s']:6.0f} GB/s err {row.get('rel_err', 0):.1e}",
-                  flush=True)
-        except Exception as e:  # noqa: BLE001
-            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-            print(f"{shape:8} m={m:<3} {name:28} FAILED {row['error'][:200]}", flush=True)
-        rows.append(row)
-        json.dump({"device": torch.cuda.get_device_name(), "copy_gb_s": None, "rows": rows}, open(out, "w"), indent=1)
+    def record(shape, m, name, fns, nbytes, y=None, ref=None):
+        gl.record(out, shape, m, name, None, fns, ref=ref, y=y, nbytes=nbytes)  # gemm_lab's rows and JSON
 
     for shape, n, k in SHAPES:
         copies, nbytes = gl.awq_copies(n, k, gen)
@@ -88,13 +71,12 @@ def main(out: str, ms: list[int]) -> None:
                    y=lambda: w4a16_linear(x, *copies[0], G), ref=ref)
             groups = k // G
             warps_e, minb_e, pipe_e, splits_e = wm.launch_config(m, n, k, torch.cuda.get_device_properties(0).multi_processor_count)
-            record(shape, m, "w4_mma_linear (engine's choice)",
+            record(shape, m, f"w4_mma engine's choice w{warps_e} b{minb_e} {'pipe' if pipe_e else 'flat'} s{splits_e}",
                    [lambda p=p: wm.w4_mma_linear(x, *p, torch.bfloat16) for p in packed], pbytes,
-                   y=lambda: wm.w4_mma_linear(x, *packed[0], torch.bfloat16), ref=ref,
-                   extra={"warps": warps_e, "splits": splits_e, "min_blocks": minb_e, "pipe": pipe_e})
+                   y=lambda: wm.w4_mma_linear(x, *packed[0], torch.bfloat16), ref=ref)
             for warps, min_blocks, pipe in (VARIANTS if m <= 16 else VARIANTS_MANY_ROWS):
                 for splits in sorted({d for d in range(1, groups + 1) if groups % d == 0}):
-                    blocks = n // STRIPE * splits
+                    blocks = n // wm.STRIPE * splits
                     if blocks < 66 or blocks > 132 * 40 or groups // splits < 2:
                         continue
                     part = torch.empty(splits * m * n, dtype=torch.float32, device="cuda")
@@ -102,7 +84,7 @@ def main(out: str, ms: list[int]) -> None:
                     record(shape, m, f"w4_mma w{warps} b{min_blocks} {'pipe' if pipe else 'flat'} s{splits}",
                            [lambda p=p, kw=kw: w4_mma_linear(x, *p, G, **kw) for p in packed],
                            pbytes, y=lambda kw=kw: w4_mma_linear(x, *packed[0], G, **kw),
-                           ref=ref, extra={"warps": warps, "splits": splits, "min_blocks": min_blocks, "pipe": pipe})
+                           ref=ref)
         del copies, packed, dense
         torch.cuda.empty_cache()
 
