@@ -309,6 +309,173 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
 
 namespace w4mma {
 
+// ---- 33-64 rows: x staged through shared memory, shared by the block's warps.
+// Block: NW warps on NW neighbouring stripes (NW * 64 output columns), all on the same groups, so one copy
+// of x's group slice [64 rows, 128 k] (16 KB, 16-byte chunks XOR-swizzled by row so ldmatrix is conflict
+// free) feeds every warp; each warp's weights for the group (4 KB) go to shared memory too, both by cp.async
+// one group ahead (double-buffered, 2 x (16 + NW * 4) KB). A thread's B fragments come from ldmatrix.x4,
+// its A fragments from its 16-byte word dequantized in bf16 ((128 + q) - (128 + z), times s), 32 MMAs a
+// k step. Split-K as the small-row kernel: fp32 partials, the last block of a column block sums them.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, const void* smem) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(a));
+}
+
+constexpr int ROWS = 64;           // batch rows the kernel holds (8 n8 tiles)
+constexpr int XG = ROWS * 128;     // bf16 elements of one group's x slice
+constexpr int WG = 8 * 32;         // uint4 words of one group's weights for one warp
+
+template <int NW>
+__device__ __forceinline__ void stage_group(__nv_bfloat16* xs, uint4* ws, const __nv_bfloat16* x, int64_t ldx,
+                                            const uint4* qw, int M, int ksteps, int stripes, int gi) {
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+#pragma unroll
+  for (int u = 0; u < XG / 8 / (NW * 32); ++u) {  // 16-byte chunks of x: 16 a row
+    const int i = tid + u * NW * 32, row = i >> 4, ch = i & 15;
+    cp_async16(xs + row * 128 + ((ch ^ (row & 7)) << 3), x + min(row, M - 1) * ldx + gi * 128 + ch * 8);
+  }
+  const int stripe = blockIdx.x * NW + warp;
+  if (stripe < stripes) {
+    const uint4* src = qw + (static_cast<size_t>(stripe) * ksteps + gi * 8) * 32 + lane;
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) cp_async16(ws + warp * WG + kk * 32 + lane, src + kk * 32);
+  }
+}
+
+template <bool SBF16, int NW>
+__global__ void __launch_bounds__(NW * 32) w4_mma_rows_kernel(
+    const __nv_bfloat16* __restrict__ x, int64_t ldx, const uint4* __restrict__ qw, const uint2* __restrict__ sz,
+    const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ out, float* __restrict__ part,
+    int* __restrict__ locks, int M, int N, int K, int groups_per_split) {
+  extern __shared__ uint4 smem[];
+  __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(smem);  // [2][XG]
+  uint4* ws = smem + 2 * XG / 8;                               // [2][NW][WG]
+  constexpr uint32_t MAGIC = Magic<true>::bits, LOW = 0x000F000Fu;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int split = blockIdx.y, splits = gridDim.y, stripes = N / 64, ksteps = K / 16, groups = K / 128;
+  const int stripe = blockIdx.x * NW + warp;
+  const bool active = stripe < stripes;
+  const int g0 = split * groups_per_split, g1 = min(groups, g0 + groups_per_split);
+  const uint2* sq = sz + static_cast<size_t>(active ? stripe : 0) * groups * 32 + g;
+  // ldmatrix.x4 of matrix q = lane / 8 (rows +8 * (q / 2), k chunk q % 2), row r = lane % 8 of it
+  const int lq = lane >> 3, lr = lane & 7;
+
+  float res[4][8][4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int mt = 0; mt < 8; ++mt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) res[j][mt][c] = 0.f;
+
+  uint2 zs[4];
+  if (g0 < g1) {
+    stage_group<NW>(xs, ws, x, ldx, qw, M, ksteps, stripes, g0);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) zs[j] = __ldg(sq + (static_cast<size_t>(g0) * 4 + j) * 8);
+  }
+  cp_async_commit();
+  for (int gi = g0, buf = 0; gi < g1; ++gi, buf ^= 1) {
+    if (gi + 1 < g1) {
+      stage_group<NW>(xs + (buf ^ 1) * XG, ws + (buf ^ 1) * NW * WG, x, ldx, qw, M, ksteps, stripes, gi + 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    uint2 zn[4];
+    if (gi + 1 < g1) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) zn[j] = __ldg(sq + (static_cast<size_t>(gi + 1) * 4 + j) * 8);
+    }
+    if (active) {
+      uint32_t zp[4][2], sp[4][2];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        zp[j][0] = bf16x2_of(zero_of(zs[j].x) + 128.f);
+        zp[j][1] = bf16x2_of(zero_of(zs[j].y) + 128.f);
+        sp[j][0] = SBF16 ? __byte_perm(zs[j].x, 0, 0x1010) : bf16x2_of(scale_of<SBF16>(zs[j].x));
+        sp[j][1] = SBF16 ? __byte_perm(zs[j].y, 0, 0x1010) : bf16x2_of(scale_of<SBF16>(zs[j].y));
+      }
+      const __nv_bfloat16* xb = xs + buf * XG;
+      const uint4* wb = ws + (buf * NW + warp) * WG + lane;
+#pragma unroll 2
+      for (int kk = 0; kk < 8; ++kk) {
+        uint32_t b0[8], b1[8];
+#pragma unroll
+        for (int p = 0; p < 4; ++p) {
+          const int row = p * 16 + (lq >> 1) * 8 + lr, ch = 2 * kk + (lq & 1);
+          ldmatrix_x4(b0[2 * p], b1[2 * p], b0[2 * p + 1], b1[2 * p + 1], xb + row * 128 + ((ch ^ (row & 7)) << 3));
+        }
+        const uint4 wv = wb[kk * 32];
+        const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const uint32_t a0 = bf16x2_mul(bf16x2_sub(and_or(words[j], LOW, MAGIC), zp[j][0]), sp[j][0]);
+          const uint32_t a1 = bf16x2_mul(bf16x2_sub(and_or(words[j] >> 4, LOW, MAGIC), zp[j][1]), sp[j][1]);
+          const uint32_t a2 = bf16x2_mul(bf16x2_sub(and_or(words[j] >> 8, LOW, MAGIC), zp[j][0]), sp[j][0]);
+          const uint32_t a3 = bf16x2_mul(bf16x2_sub(and_or(words[j] >> 12, LOW, MAGIC), zp[j][1]), sp[j][1]);
+#pragma unroll
+          for (int mt = 0; mt < 8; ++mt) mma<true>(res[j][mt], a0, a1, a2, a3, b0[mt], b1[mt]);
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) zs[j] = zn[j];
+    __syncthreads();  // this buffer is refilled next iteration
+  }
+
+  if (active) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int mt = 0; mt < 8; ++mt)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int m = mt * 8 + 2 * t + (c & 1), n = stripe * 64 + 16 * j + g + 8 * (c >> 1);
+          if (m >= M) continue;
+          if (splits == 1) {
+            out[static_cast<size_t>(m) * N + n] = __float2bfloat16(res[j][mt][c] + (bias ? __bfloat162float(bias[n]) : 0.f));
+          } else {
+            __stcg(part + (static_cast<size_t>(split) * M + m) * N + n, res[j][mt][c]);
+          }
+        }
+  }
+  if (splits == 1) return;
+  __threadfence();
+  __syncthreads();
+  __shared__ int last;
+  if (threadIdx.x == 0) last = atomicAdd(locks + blockIdx.x, 1) == splits - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int n0 = blockIdx.x * NW * 64, width = min(NW * 64, N - n0);
+  const size_t stride = static_cast<size_t>(M) * N;
+  for (int i = threadIdx.x; i < M * width; i += NW * 32) {  // eight splits' loads in flight, summed pairwise
+    const int m = i / width, n = n0 + i % width;
+    const float* p = part + static_cast<size_t>(m) * N + n;
+    float v = 0.f;
+    for (int s0 = 0; s0 < splits; s0 += 8) {
+      float u[8];
+#pragma unroll
+      for (int q = 0; q < 8; ++q) u[q] = s0 + q < splits ? __ldcg(p + (s0 + q) * stride) : 0.f;
+      v += ((u[0] + u[1]) + (u[2] + u[3])) + ((u[4] + u[5]) + (u[6] + u[7]));
+    }
+    if (bias) v += __bfloat162float(bias[n]);
+    out[static_cast<size_t>(m) * N + n] = __float2bfloat16(v);
+  }
+  if (threadIdx.x == 0) locks[blockIdx.x] = 0;
+}
+
 // W[n0 + r, k] for the stripes [stripe0, stripe0 + gridDim-covered) as a dense [rows, K] 16-bit matrix:
 // (q - z) * s in fp32, one rounding, as the torch reference dequantizes. One thread per 16-byte word.
 template <bool SBF16>
@@ -394,6 +561,36 @@ void w4_mma(torch::Tensor x, torch::Tensor qw, torch::Tensor sz, c10::optional<t
 #undef W4MMA_ROWS
 }
 
+// 33-64 rows (w4_mma_rows_kernel): x's rows 16-byte aligned (ldx a multiple of 8).
+void w4_mma_rows(torch::Tensor x, torch::Tensor qw, torch::Tensor sz, c10::optional<torch::Tensor> bias,
+                 torch::Tensor out, torch::Tensor part, torch::Tensor locks, bool scale_bf16, int64_t splits) {
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.size(0) >= 1 && x.size(0) <= ROWS, "w4_mma_rows: x [M <= 64, K]");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.stride(0) % 8 == 0 &&
+              reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, "w4_mma_rows: bf16 x, rows 16-byte aligned");
+  constexpr int NW = 4;
+  const int M = x.size(0), K = x.size(1), N = out.size(1), groups = K / 128;
+  const int gps = (groups + splits - 1) / splits;
+  dim3 grid((N / 64 + NW - 1) / NW, splits);
+  const int bytes = 2 * XG * 2 + 2 * NW * WG * 16;
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const __nv_bfloat16* b = bias ? reinterpret_cast<const __nv_bfloat16*>(bias->data_ptr()) : nullptr;
+#define W4MMA_ROWS_GO(SB)                                                                                       \
+  {                                                                                                              \
+    static bool raised = false; /* once a process: above 48 KB a kernel must ask for its shared memory */        \
+    if (!raised) {                                                                                               \
+      C10_CUDA_CHECK(cudaFuncSetAttribute(w4_mma_rows_kernel<SB, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)); \
+      raised = true;                                                                                             \
+    }                                                                                                            \
+    w4_mma_rows_kernel<SB, NW><<<grid, NW * 32, bytes, stream>>>(                                                \
+        reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), x.stride(0), reinterpret_cast<const uint4*>(qw.data_ptr()), \
+        reinterpret_cast<const uint2*>(sz.data_ptr()), b, reinterpret_cast<__nv_bfloat16*>(out.data_ptr()),      \
+        part.data_ptr<float>(), locks.data_ptr<int>(), M, N, K, gps);                                            \
+  }
+  if (scale_bf16) W4MMA_ROWS_GO(true) else W4MMA_ROWS_GO(false)
+#undef W4MMA_ROWS_GO
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 void w4_dequant(torch::Tensor qw, torch::Tensor sz, torch::Tensor w, int64_t group_size, bool scale_bf16,
                 int64_t stripe0) {
   TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.is_contiguous(), "w4_dequant: w contiguous bf16 [rows, K]");
@@ -414,6 +611,7 @@ void w4_dequant(torch::Tensor qw, torch::Tensor sz, torch::Tensor w, int64_t gro
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4_mma", &w4mma::w4_mma);
+  m.def("w4_mma_rows", &w4mma::w4_mma_rows);
   m.def("w4_dequant", &w4mma::w4_dequant);
 }
 #endif
