@@ -38,14 +38,6 @@ def w4_mma_linear(x, qw, sz, group_size, bias=None, splits=1, warps=8, part=None
     return out
 
 
-def w4_mma_staged(x, qw, sz, splits, part):
-    """One launch of the engine's staged kernel (33-64 rows) with the given split."""
-    m, n = x.shape[0], qw.shape[0] * wm.STRIPE
-    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    wm.extension().w4_mma_rows(x, qw, sz, None, out, part, wm._locks(x.device, n // wm.STRIPE), True, splits)
-    return out
-
-
 def repack(qweight, qzeros, scales, group_size):
     return wm.repack(qweight, qzeros, scales.to(torch.bfloat16), group_size)
 
@@ -78,20 +70,10 @@ def main(out: str, ms: list[int]) -> None:
             record(shape, m, "shipped w4a16_linear", [lambda c=c: w4a16_linear(x, *c, G) for c in copies], nbytes,
                    y=lambda: w4a16_linear(x, *copies[0], G), ref=ref)
             groups = k // G
-            sms = torch.cuda.get_device_properties(0).multi_processor_count
-            engine = lambda p: wm.w4_mma_linear(x, *p, torch.bfloat16)  # noqa: E731
-            if m > wm.MAX_ROWS:
-                record(shape, m, f"w4_mma engine's choice: staged s{wm.staged_splits(m, n, k, sms)}",
-                       [lambda p=p: engine(p) for p in packed], pbytes, y=lambda: engine(packed[0]), ref=ref)
-                for splits in sorted({d for d in range(1, groups + 1) if groups % d == 0 and groups // d >= 2}):
-                    part = torch.empty(splits * m * n, dtype=torch.float32, device="cuda")
-                    staged = lambda p, splits=splits, part=part: w4_mma_staged(x, *p, splits, part)  # noqa: E731
-                    record(shape, m, f"w4_mma staged s{splits}", [lambda p=p, f=staged: f(p) for p in packed],
-                           pbytes, y=lambda f=staged: f(packed[0]), ref=ref)
-                continue
-            warps_e, minb_e, pipe_e, splits_e = wm.launch_config(m, n, k, sms)
+            warps_e, minb_e, pipe_e, splits_e = wm.launch_config(m, n, k, torch.cuda.get_device_properties(0).multi_processor_count)
             record(shape, m, f"w4_mma engine's choice w{warps_e} b{minb_e} {'pipe' if pipe_e else 'flat'} s{splits_e}",
-                   [lambda p=p: engine(p) for p in packed], pbytes, y=lambda: engine(packed[0]), ref=ref)
+                   [lambda p=p: wm.w4_mma_linear(x, *p, torch.bfloat16) for p in packed], pbytes,
+                   y=lambda: wm.w4_mma_linear(x, *packed[0], torch.bfloat16), ref=ref)
             for warps, min_blocks, pipe in (VARIANTS if m <= 16 else VARIANTS_MANY_ROWS):
                 for splits in sorted({d for d in range(1, groups + 1) if groups % d == 0}):
                     blocks = n // wm.STRIPE * splits

@@ -11,8 +11,7 @@ against 66 µs for the Triton GEMV, and 2-32 rows run 1.5-2.9x faster than the T
 
 This file owns the layout (`repack`, its inverse and the torch reference of the kernel's arithmetic), the
 build (torch's cpp_extension, on first use, cached on disk; needs nvcc), the launch choices and the
-checks. Rows: up to 32 the register-fed kernel (x's fragments loaded straight from global memory); 33-64
-the staged kernel (x's group slice through shared memory, shared by four warps on four stripes); more
+checks. Rows: up to 32 one launch; up to CHUNK_MAX_ROWS in 32-row launches (each re-reads the weight); more
 (prefill) dequantize the layout to a dense bf16 weight in column chunks and multiply with cuBLAS.
 
 The layout, for a linear W [N, K] (AWQ qweight [K, N/8]): stripes s of 64 output columns, k steps of 16,
@@ -32,9 +31,8 @@ from ..quant.int4_pack import unpack_columns
 
 STRIPE = 64  # output columns a block takes (four 16-row MMA tiles)
 GROUP = 128  # the one group size the kernel is built for (AutoAWQ's and LMDeploy's default)
-MAX_ROWS = 32  # rows the register-fed kernel takes
-STAGED_MAX_ROWS = 64  # 33 to this many rows: the kernel with x staged in shared memory; more: dense + cuBLAS
-STAGED_WARPS = 4  # stripes (warps) a block of the staged kernel covers
+MAX_ROWS = 32  # rows one launch takes
+CHUNK_MAX_ROWS = 64  # up to this many rows, 32-row launches; more: dense dequantize + cuBLAS
 SOURCE = Path(__file__).parent / "cuda" / "w4_mma.cu"
 
 
@@ -169,20 +167,6 @@ def launch_config(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, bool,
     return (4 if splits == 1 and stripes >= 2 * num_sms else 8), 1, False, splits
 
 
-def staged_splits(m: int, n: int, k: int, num_sms: int) -> int:
-    """Split-K of the staged kernel (33-64 rows): the fewest splits giving two blocks an SM (its shared
-    memory holds two), keeping >= 2 groups a split."""
-    blocks, groups = -(-n // (STRIPE * STAGED_WARPS)), k // GROUP
-    splits = 1
-    for d in range(1, groups + 1):
-        if groups % d or groups // d < 2:
-            continue
-        splits = d
-        if blocks * d >= 2 * num_sms:
-            break
-    return splits
-
-
 _LOCKS: dict[int, torch.Tensor] = {}
 
 
@@ -220,13 +204,9 @@ def w4_mma_linear(x: torch.Tensor, qw: torch.Tensor, sz: torch.Tensor, scale_dty
     if m == 0:
         return out
     scale_bf16 = scale_dtype == torch.bfloat16
-    if m <= MAX_ROWS:
-        _launch(x, qw, sz, bias, out, scale_bf16)
-        return out
-    if m <= STAGED_MAX_ROWS and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0:
-        splits = staged_splits(m, n, k, torch.cuda.get_device_properties(x.device).multi_processor_count)
-        part = torch.empty(splits * m * n if splits > 1 else 1, dtype=torch.float32, device=x.device)
-        extension().w4_mma_rows(x, qw, sz, bias, out, part, _locks(x.device, n // STRIPE), scale_bf16, splits)
+    if m <= CHUNK_MAX_ROWS:
+        for r0 in range(0, m, MAX_ROWS):
+            _launch(x[r0:r0 + MAX_ROWS], qw, sz, bias, out[r0:r0 + MAX_ROWS], scale_bf16)
         return out
     from .quant_gemm import _dense_product
 

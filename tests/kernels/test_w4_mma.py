@@ -87,15 +87,6 @@ def test_launch_choices_are_variants_the_build_carries(m, n, k):
     assert (warps, min_blocks, pipe) in carried
 
 
-@pytest.mark.parametrize("n,k", [(4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944), (256, 256)])
-def test_staged_splits_divide_the_groups_and_fill_two_blocks_an_sm(n, k):
-    splits = w4_mma.staged_splits(64, n, k, 132)
-    groups = k // w4_mma.GROUP
-    assert groups % splits == 0 and (groups // splits >= 2 or splits == 1)
-    blocks = -(-n // 256) * splits
-    assert blocks >= 2 * 132 or groups // splits == 2 or groups < 2  # fewer only where K ran out of splits
-
-
 # ---- the compiled kernel (GPU with nvcc)
 
 def _gpu_ready():
