@@ -110,8 +110,9 @@ def test_axis_parsing():
     assert parse_axis("model_format=hf,int8,AWQ") == ("model_format", [None, "int8", "awq"])
     assert parse_axis("quant_policy=0,8") == ("quant_policy", [0, 8])
     assert parse_axis("tp=1,2") == ("tp", [1, 2])
+    assert parse_axis("w4_kernel=triton,CUDA") == ("w4_kernel", ["triton", "cuda"])
     for bad in ("max_batch_size", "tp=0", "tp=two", "max_batch_size=x", "enable_prefix_caching=maybe",
-                "model_format=gptq", "quant_policy=4", "pp=2"):
+                "model_format=gptq", "quant_policy=4", "pp=2", "w4_kernel=marlin"):
         with pytest.raises(ValueError):
             parse_axis(bad)
 
@@ -268,3 +269,44 @@ def test_stored_trials_are_not_rerun():
     assert again.ran and not any(e in first.ran for e in again.ran)
     assert summary.trials_run == len(result.trials) == len(first.ran) + len(again.ran)
     assert math.isclose(result.trial(result.chosen).best.output_tok_s, max(t.best.output_tok_s for t in result.trials))
+
+
+def test_the_awq_kernel_is_a_choice_only_where_awq_weights_are():
+    """w4_kernel (engine/kernels/w4_mma.py): offered with AWQ formats (a preset, an AWQ checkpoint), absent for a
+    16-bit checkpoint, pruned with its reason where the CUDA kernel cannot run; the search never pairs the
+    CUDA kernel with 16-bit or int8 weights, and measures it with AWQ weights."""
+    from engine.models.presets import preset_config
+
+    work = TuneWorkload(name="chat", input_len=512, output_len=128)
+
+    def space(kind, why=None, preset="qwen2.5-7b"):
+        return build_space(preset_config(preset), get_profile("h200"), work, cpu=False, weight_format="bf16",
+                           session_len=4096, model_kind=kind, w4_cuda_unavailable=why)
+
+    assert space("preset").axes["w4_kernel"] == ["triton", "cuda"]
+    assert space("awq").axes["w4_kernel"] == ["triton", "cuda"]
+    assert "w4_kernel" not in space("hf").axes
+    no_nvcc = space("preset", why="the CUDA W4A16 kernel ... needs nvcc")
+    assert no_nvcc.axes["w4_kernel"] == ["triton"]
+    assert [p.reason for p in no_nvcc.pruned if p.engine == {"w4_kernel": "cuda"}] == ["the CUDA W4A16 kernel ... needs nvcc"]
+    odd = space("preset", preset="tiny-qwen2")  # hidden size 112: no groups of 128
+    assert odd.axes["w4_kernel"] == ["triton"] and any("multiples of 64" in p.reason for p in odd.pruned)
+
+    axes = {"model_format": [None, "int8", "awq"], "w4_kernel": ["triton", "cuda"]}
+    grid = Space("bf16", dict(axes)).grid(EngineConfig())
+    assert {"model_format": "awq", "w4_kernel": "cuda"} in grid and len(grid) == 4  # 3 formats x triton + AWQ x cuda
+    # the ascent: AWQ wins the format axis, then the CUDA kernel is tried with it (and only with it)
+    runner = _Runner(lambda e: {"awq": 1200.0}.get(e.get("model_format"), 1000.0)
+                     * (1.2 if e.get("w4_kernel") == "cuda" else 1.0))
+    result = _result()
+    CoordinateSearch(Space("bf16", dict(axes)), EngineConfig(), result, runner, lambda: None, Budget()).run_search()
+    assert runner.ran == [{}, {"model_format": "int8"}, {"model_format": "awq"},
+                          {"model_format": "awq", "w4_kernel": "cuda"}]
+    assert result.trial(result.chosen).engine == {"model_format": "awq", "w4_kernel": "cuda"}
+    # int8 winning the format axis: the CUDA kernel is not tried at all
+    runner = _Runner(lambda e: 1500.0 if e.get("model_format") == "int8" else 1000.0)
+    CoordinateSearch(Space("bf16", dict(axes)), EngineConfig(), _result(), runner, lambda: None, Budget()).run_search()
+    assert all(e.get("w4_kernel") != "cuda" for e in runner.ran)
+    # an AWQ checkpoint loads AWQ with model_format unset: the kernel applies to the default format
+    assert Space("bf16", {}, awq_values=("awq", None)).applies({"w4_kernel": "cuda"}, EngineConfig())
+    assert not Space("bf16", {}).applies({"w4_kernel": "cuda"}, EngineConfig())

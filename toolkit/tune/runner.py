@@ -147,6 +147,15 @@ def run_lock(out_dir: Path):
             path.unlink(missing_ok=True)
 
 
+def _w4_cuda_unavailable() -> str | None:
+    """Why the CUDA AWQ kernel cannot run on this machine's first GPU (None: it can; built on first use)."""
+    import torch
+
+    from engine.kernels.w4_mma import unavailable_reason
+
+    return unavailable_reason(torch.device("cuda"))
+
+
 def run_tune(options: TuneOptions, console: Console) -> tuple[TuneResult, Path]:
     where = where_to_measure(options.profile, options.base)
     hf_config, session_len, model_kind = _model_config(options.model, options.base)
@@ -176,7 +185,8 @@ def _run_locked(options: TuneOptions, console: Console, where, hf_config, sessio
     space = build_space(hf_config, options.profile, result.workload, cpu=where.cpu, weight_format=weight_format,
                         session_len=session_len, block_size=options.base.cache_block_seq_len,
                         overrides=options.axes, usable_gib=where.emulate_gib, model_kind=model_kind,
-                        local_gpus=None if where.cpu else len(detect_local_gpus()[0]))
+                        local_gpus=None if where.cpu else len(detect_local_gpus()[0]),
+                        w4_cuda_unavailable=None if where.cpu else _w4_cuda_unavailable())
     drop_default_batch(space, options.base, where.default_batch)
     searched = json.loads(json.dumps({"weight_format": weight_format, **space.axes}))  # as tune.json holds it
     if options.resume:

@@ -91,6 +91,8 @@ class CoordinateSearch:
                 if stop:
                     break
                 candidate = {**best_engine, axis: value}
+                if not self.space.applies(candidate, self.base):  # e.g. the AWQ kernel with 16-bit weights
+                    continue
                 trial = self._trial(candidate)
                 if beats(trial, incumbent):
                     incumbent, best_engine = trial, candidate

@@ -1,7 +1,9 @@
 """The configurations a tune may try: axes from the profile, pruned by the planner before anything runs.
 
 Axes (EngineConfig fields): tp (tensor-parallel cards), model_format (the weights: as stored, int8,
-AWQ), quant_policy (KV cache: 16-bit or int8), max_batch_size, cache_max_entry_count,
+AWQ), quant_policy (KV cache: 16-bit or int8), w4_kernel (AWQ's kernels: Triton, or the CUDA one that is
+faster up to 32 rows and slower at 64; offered only where AWQ weights are, tried only with them),
+max_batch_size, cache_max_entry_count,
 max_prefill_token_num, enable_prefix_caching; on a GPU tp and the formats come first, since they
 decide what the other axes can hold (and change what a server must load: a restart, where the later
 axes reconfigure it in place). tp is offered from 1 to the profile's card count (`--gpu rtx4090x2`:
@@ -26,9 +28,9 @@ from toolkit.profiles import HardwareProfile
 
 from .schema import Prediction, Pruned, TuneWorkload
 
-AXES = ("tp", "model_format", "quant_policy", "max_batch_size", "cache_max_entry_count", "max_prefill_token_num",
+AXES = ("tp", "model_format", "quant_policy", "w4_kernel", "max_batch_size", "cache_max_entry_count", "max_prefill_token_num",
         "enable_prefix_caching")
-GPU_VALUES = {"model_format": [None, "int8", "awq"], "quant_policy": [0, 8],
+GPU_VALUES = {"model_format": [None, "int8", "awq"], "quant_policy": [0, 8], "w4_kernel": ["triton", "cuda"],
               "max_batch_size": [32, 64, 128, 256], "cache_max_entry_count": [0.7, 0.8, 0.9, 0.95],
               "max_prefill_token_num": [2048, 4096, 8192, 16384], "enable_prefix_caching": [False, True]}
 # tp is not in the tables: build_space offers 1 .. the profile's card count. The CPU space has
@@ -47,6 +49,14 @@ class Space:
     axes: dict[str, list]
     pruned: list[Pruned] = field(default_factory=list)
     kv_tokens: dict[float, int] = field(default_factory=dict)  # planner KV tokens by cache ratio
+    awq_values: tuple = ("awq",)  # the model_format values that load AWQ weights (None too for an AWQ checkpoint)
+
+    def applies(self, engine: dict, base) -> bool:
+        """Whether a configuration means something: the AWQ kernel choice (w4_kernel cuda) only with AWQ
+        weights. The searches skip the rest instead of running a trial the engine would refuse."""
+        if engine.get("w4_kernel", getattr(base, "w4_kernel", "triton")) != "cuda":
+            return True
+        return engine.get("model_format", getattr(base, "model_format", None)) in self.awq_values
 
     def grid_axes(self, base=None) -> dict[str, list]:
         """The axes with, given `base` (an EngineConfig), the base's own value first where a list lacks it
@@ -59,7 +69,8 @@ class Space:
     def grid(self, base=None) -> list[dict]:
         """Every configuration of grid_axes(base)."""
         axes = self.grid_axes(base)
-        return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+        return [engine for values in itertools.product(*axes.values())
+                if self.applies(engine := dict(zip(axes, values)), base)]
 
 
 def parse_axis(text: str) -> tuple[str, list]:
@@ -79,6 +90,10 @@ def parse_axis(text: str) -> tuple[str, list]:
             if v.lower() not in ("hf", "none", "int8", "awq"):
                 raise ValueError(f"--axis {text!r}: {v!r} is not hf, int8 or awq")
             out.append(None if v.lower() in ("hf", "none") else v.lower())
+        elif name == "w4_kernel":
+            if v.lower() not in ("triton", "cuda"):
+                raise ValueError(f"--axis {text!r}: {v!r} is not triton or cuda")
+            out.append(v.lower())
         elif name == "enable_prefix_caching":
             if v.lower() not in ("true", "false", "on", "off", "1", "0"):
                 raise ValueError(f"--axis {text!r}: {v!r} is not on/off")
@@ -95,18 +110,22 @@ def parse_axis(text: str) -> tuple[str, list]:
 
 def build_space(hf_config, profile: HardwareProfile, workload: TuneWorkload, *, cpu: bool, weight_format: str,
                 session_len: int, block_size: int = 64, overrides: dict[str, list] | None = None,
-                usable_gib: float | None = None, model_kind: str = "hf", local_gpus: int | None = None) -> Space:
+                usable_gib: float | None = None, model_kind: str = "hf", local_gpus: int | None = None,
+                w4_cuda_unavailable: str | None = None) -> Space:
     """The axes for this model on this card (or profile.gpu_count of them), pruned; `overrides` replace
     an axis's values as given (unpruned: a user who asks for a value gets it tried, and a failure
     recorded). `model_kind`: hf (a 16-bit checkpoint), awq (an AWQ checkpoint) or preset (random
-    weights). `local_gpus`: the GPUs of the machine that measures, where known (tps above it pruned)."""
+    weights). `local_gpus`: the GPUs of the machine that measures, where known (tps above it pruned).
+    `w4_cuda_unavailable`: why the CUDA AWQ kernel cannot run where the tune measures (None: it can)."""
     axes = {name: list(values) for name, values in (CPU_VALUES if cpu else GPU_VALUES).items()}
     pruned: list[Pruned] = []
     if "model_format" in axes:
         _prune_formats(axes, pruned, model_kind)
+    if "w4_kernel" in axes:
+        _prune_w4_kernel(axes, pruned, hf_config, w4_cuda_unavailable, model_kind)
     if not cpu:
         axes = {"tp": list(range(1, profile.gpu_count + 1)), **axes}
-    space = Space(weight_format, axes, pruned)
+    space = Space(weight_format, axes, pruned, awq_values=("awq", None) if model_kind == "awq" else ("awq",))
     if not cpu and hf_config is not None:
         shape = ModelShape.from_config(hf_config)
         # an emulated card's cap, else what the card shows to torch (the profile's measured figure)
@@ -220,6 +239,22 @@ def _prune_formats(axes: dict, pruned: list[Pruned], model_kind: str) -> None:
         pruned.append(Pruned(engine={"model_format": "awq"}, weight_format="awq",
                              reason="a 16-bit checkpoint: make an AWQ one with `opsctl quantize awq MODEL` and "
                                     "tune that to include 4-bit weights"))
+
+
+def _prune_w4_kernel(axes: dict, pruned: list[Pruned], hf_config, unavailable: str | None, model_kind: str) -> None:
+    """The AWQ kernel choice (engine/kernels/w4_mma.py): offered where AWQ weights are and the CUDA kernel
+    can run; the axis goes away entirely where no AWQ format is offered (nothing to choose)."""
+    if "awq" not in axes.get("model_format", []) and model_kind != "awq":
+        del axes["w4_kernel"]
+        return
+    from engine.kernels.w4_mma import GROUP, STRIPE
+
+    sizes = [] if hf_config is None else [getattr(hf_config, "hidden_size", 0), getattr(hf_config, "intermediate_size", 0)]
+    why = unavailable or next((f"the CUDA AWQ kernel takes layers in multiples of {STRIPE} with groups of {GROUP} "
+                               f"(this model has a size {size})" for size in sizes if size % GROUP), None)
+    if why:
+        axes["w4_kernel"] = ["triton"]
+        pruned.append(Pruned(engine={"w4_kernel": "cuda"}, weight_format="awq", reason=why))
 
 
 def predict(hf_config, profile: HardwareProfile, *, weight_format: str, batch: int, workload: TuneWorkload,
