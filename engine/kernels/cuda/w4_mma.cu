@@ -7,27 +7,21 @@
 // transposed, C[n, m] = W'[n, k] x^T[k, m], with mma.sync.m16n8k16: 16 output columns are the MMA's rows
 // (operand A, from registers), up to 8 rows of x its columns (operand B). Each thread's 16-byte load holds
 // exactly its A fragments of four 16x16 tiles (the weights are repacked once, so no shuffle is needed): one
-// LOP3 per two weights puts a code pair into a 16-bit float pair as (MAGIC + q) (128 + q in bf16, 1024 + q in
-// fp16: the code lands in the mantissa), one shift per pair picks the nibble, and the MMA multiplies. The zero
-// and scale are applied once per group in fp32: out += s * (sum_k x (MAGIC + q) - (MAGIC + z) * sum_k x), the
-// sum of x coming from one more MMA against an all-ones A. About 1.1 instructions per weight in the loop.
+// LOP3 per two weights puts a code pair into a bf16 pair as (128 + q) (the code lands in the mantissa), one
+// shift per pair picks the nibble, and the MMA multiplies. Up to 16 rows the zero and scale are applied once
+// per group in fp32: out += s * (sum_k x (128 + q) - (128 + z) * sum_k x), the sum of x coming from one more
+// MMA against an all-ones A; about 1.4 instructions per weight in the loop (sm_90 SASS). 17-32 rows
+// dequantize each pair in bf16 once and feed it to four MMAs. Activations are bf16; scales fp16 or bf16.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
 
 namespace w4mma {
 
-template <bool BF16> struct Magic;
-template <> struct Magic<true> {
-  static constexpr uint32_t bits = 0x43004300u;  // bf16 pair (128, 128)
-  static constexpr uint32_t one = 0x3F803F80u;   // bf16 pair (1, 1)
-  static constexpr float value = 128.f;
-};
-template <> struct Magic<false> {
-  static constexpr uint32_t bits = 0x64006400u;  // fp16 pair (1024, 1024)
-  static constexpr uint32_t one = 0x3C003C00u;
-  static constexpr float value = 1024.f;
-};
+constexpr uint32_t MAGIC = 0x43004300u;  // bf16 pair (128, 128): OR-ed with a code pair, (128 + q) each
+constexpr uint32_t ONE = 0x3F803F80u;    // bf16 pair (1, 1)
+constexpr uint32_t LOW = 0x000F000Fu;    // the nibbles at bits 0-3 and 16-19
+constexpr float BIAS = 128.f;
 
 __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
   uint32_t d;
@@ -35,18 +29,11 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
   return d;
 }
 
-template <bool BF16>
 __device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                     uint32_t b0, uint32_t b1) {
-  if constexpr (BF16) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  } else {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  }
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 // A group's (scale, zero) word: the scale's 16 bits (bf16 or fp16) low, the zero as a bf16 high.
@@ -64,19 +51,12 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p) {
   return v;
 }
 
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16(v); }
-template <> __device__ __forceinline__ __half from_float(float v) { return __float2half(v); }
-template <typename T> __device__ __forceinline__ float to_float(T v);
-template <> __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <> __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 
 // One group of one warp: its KS 16-byte weight words (already loaded), the x fragments, the MMAs, and the
 // group's zero and scale folded into res in fp32.
-template <bool BF16, bool SBF16, int MT, int KS>
+template <bool SBF16, int MT, int KS>
 __device__ __forceinline__ void group_step(float (&res)[4][MT][4], const uint4 (&w)[KS], const uint2 (&zs)[4],
                                            const uint32_t* const (&xg)[MT], uint32_t one) {
-  constexpr uint32_t MAGIC = Magic<BF16>::bits, LOW = 0x000F000Fu;
   float acc[4][MT][4], xs[MT][4];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
@@ -93,7 +73,7 @@ __device__ __forceinline__ void group_step(float (&res)[4][MT][4], const uint4 (
     for (int mt = 0; mt < MT; ++mt) {  // x[m][k0 + 2t, +1] and x[m][k0 + 2t + 8, +9]
       b0[mt] = __ldg(xg[mt] + kk * 8);
       b1[mt] = __ldg(xg[mt] + kk * 8 + 4);
-      mma<BF16>(xs[mt], one, one, one, one, b0[mt], b1[mt]);  // the group's sum of x, per batch row
+      mma(xs[mt], one, one, one, one, b0[mt], b1[mt]);  // the group's sum of x, per batch row
     }
     const uint32_t words[4] = {w[kk].x, w[kk].y, w[kk].z, w[kk].w};
 #pragma unroll
@@ -101,13 +81,13 @@ __device__ __forceinline__ void group_step(float (&res)[4][MT][4], const uint4 (
       const uint32_t a0 = and_or(words[j], LOW, MAGIC), a1 = and_or(words[j] >> 4, LOW, MAGIC);
       const uint32_t a2 = and_or(words[j] >> 8, LOW, MAGIC), a3 = and_or(words[j] >> 12, LOW, MAGIC);
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) mma<BF16>(acc[j][mt], a0, a1, a2, a3, b0[mt], b1[mt]);
+      for (int mt = 0; mt < MT; ++mt) mma(acc[j][mt], a0, a1, a2, a3, b0[mt], b1[mt]);
     }
   }
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    const float s0 = scale_of<SBF16>(zs[j].x), z0 = zero_of(zs[j].x) + Magic<BF16>::value;
-    const float s1 = scale_of<SBF16>(zs[j].y), z1 = zero_of(zs[j].y) + Magic<BF16>::value;
+    const float s0 = scale_of<SBF16>(zs[j].x), z0 = zero_of(zs[j].x) + BIAS;
+    const float s1 = scale_of<SBF16>(zs[j].y), z1 = zero_of(zs[j].y) + BIAS;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {  // c0, c1: row g, batch rows 2t, 2t + 1; c2, c3: row g + 8
       res[j][mt][0] = fmaf(s0, fmaf(-z0, xs[mt][0], acc[j][mt][0]), res[j][mt][0]);
@@ -118,7 +98,7 @@ __device__ __forceinline__ void group_step(float (&res)[4][MT][4], const uint4 (
   }
 }
 
-// The same group for many rows (MT > 2): each weight pair dequantized once in 16-bit, (MAGIC + q) - (MAGIC + z)
+// The same group for many rows (MT > 2): each weight pair dequantized once in bf16, (128 + q) - (128 + z)
 // exact, times s rounded once, as the reference's dequantized weight, then MT MMAs accumulate straight into res
 // (no per-group sums: their registers are what many rows cannot afford).
 __device__ __forceinline__ uint32_t bf16x2_sub(uint32_t a, uint32_t b) {
@@ -139,12 +119,11 @@ __device__ __forceinline__ uint32_t bf16x2_of(float v) {
 template <bool SBF16, int MT, int KS>
 __device__ __forceinline__ void group_step_direct(float (&res)[4][MT][4], const uint4 (&w)[KS], const uint2 (&zs)[4],
                                                   const uint32_t* const (&xg)[MT]) {
-  constexpr uint32_t MAGIC = Magic<true>::bits, LOW = 0x000F000Fu;
   uint32_t zp[4][2], sp[4][2];
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    zp[j][0] = bf16x2_of(zero_of(zs[j].x) + 128.f);
-    zp[j][1] = bf16x2_of(zero_of(zs[j].y) + 128.f);
+    zp[j][0] = bf16x2_of(zero_of(zs[j].x) + BIAS);
+    zp[j][1] = bf16x2_of(zero_of(zs[j].y) + BIAS);
     sp[j][0] = SBF16 ? __byte_perm(zs[j].x, 0, 0x1010) : bf16x2_of(scale_of<SBF16>(zs[j].x));
     sp[j][1] = SBF16 ? __byte_perm(zs[j].y, 0, 0x1010) : bf16x2_of(scale_of<SBF16>(zs[j].y));
   }
@@ -164,16 +143,16 @@ __device__ __forceinline__ void group_step_direct(float (&res)[4][MT][4], const 
       const uint32_t a2 = bf16x2_mul(bf16x2_sub(and_or(words[j] >> 8, LOW, MAGIC), zp[j][0]), sp[j][0]);
       const uint32_t a3 = bf16x2_mul(bf16x2_sub(and_or(words[j] >> 12, LOW, MAGIC), zp[j][1]), sp[j][1]);
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) mma<true>(res[j][mt], a0, a1, a2, a3, b0[mt], b1[mt]);
+      for (int mt = 0; mt < MT; ++mt) mma(res[j][mt], a0, a1, a2, a3, b0[mt], b1[mt]);
     }
   }
 }
 
-template <bool BF16, bool SBF16, int MT, int KS>
+template <bool SBF16, int MT, int KS>
 __device__ __forceinline__ void step(float (&res)[4][MT][4], const uint4 (&w)[KS], const uint2 (&zs)[4],
                                      const uint32_t* const (&xg)[MT], uint32_t one) {
   if constexpr (MT > 2) group_step_direct<SBF16, MT, KS>(res, w, zs, xg);
-  else group_step<BF16, SBF16, MT, KS>(res, w, zs, xg, one);
+  else group_step<SBF16, MT, KS>(res, w, zs, xg, one);
 }
 
 template <int KS>
@@ -190,10 +169,11 @@ __device__ __forceinline__ void load_group(uint4 (&w)[KS], uint2 (&zs)[4], const
 // past M read row M - 1 (their outputs are never stored). With splits > 1 each block writes fp32 partials
 // [S][M][N] and the last block of a stripe to arrive sums them in split order (deterministic) and puts its
 // counter back to 0.
-template <typename T, bool BF16, bool SBF16, int MT, int KS, int NW, int MINB, bool PIPE>
+template <bool SBF16, int MT, int KS, int NW, int MINB, bool PIPE>
 __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
-    const T* __restrict__ x, int64_t ldx, const uint4* __restrict__ qw, const uint2* __restrict__ sz,
-    const T* __restrict__ bias, T* __restrict__ out, float* __restrict__ part, int* __restrict__ locks,
+    const __nv_bfloat16* __restrict__ x, int64_t ldx, const uint4* __restrict__ qw, const uint2* __restrict__ sz,
+    const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ out, float* __restrict__ part,
+    int* __restrict__ locks,
     int M, int N, int K, int groups_per_split) {
   const int stripe = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -209,7 +189,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
   constexpr size_t W_STEP = static_cast<size_t>(NW) * KS * 32, S_STEP = static_cast<size_t>(NW) * 32;
   constexpr int X_STEP = NW * KS * 8;
   uint32_t one;  // a register, not an immediate the compiler would rematerialize before every MMA
-  asm volatile("mov.b32 %0, %1;" : "=r"(one) : "n"(Magic<BF16>::one));
+  asm volatile("mov.b32 %0, %1;" : "=r"(one) : "n"(ONE));
 
   float res[4][MT][4];
 #pragma unroll
@@ -224,7 +204,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
   if constexpr (!PIPE) {  // one group's loads at a time: fewer registers, more warps to hide the latency
     for (; gi < g1; gi += NW, wq += W_STEP, sq += S_STEP) {
       load_group<KS>(wa, za, wq, sq);
-      step<BF16, SBF16, MT, KS>(res, wa, za, xg, one);
+      step<SBF16, MT, KS>(res, wa, za, xg, one);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) xg[mt] += X_STEP;
     }
@@ -233,13 +213,13 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
   while (PIPE && gi < g1) {
     const bool second = gi + NW < g1;
     if (second) load_group<KS>(wb, zb, wq + W_STEP, sq + S_STEP);
-    step<BF16, SBF16, MT, KS>(res, wa, za, xg, one);
+    step<SBF16, MT, KS>(res, wa, za, xg, one);
     if (!second) break;
     const bool third = gi + 2 * NW < g1;
     if (third) load_group<KS>(wa, za, wq + 2 * W_STEP, sq + 2 * S_STEP);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) xg[mt] += X_STEP;
-    step<BF16, SBF16, MT, KS>(res, wb, zb, xg, one);
+    step<SBF16, MT, KS>(res, wb, zb, xg, one);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) xg[mt] += X_STEP;
     gi += 2 * NW;
@@ -273,8 +253,8 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
 #pragma unroll
       for (int w2 = 0; w2 < NW; ++w2) v += red[w2][m][nl];
       if (splits == 1) {
-        if (bias) v += to_float(bias[n0 + nl]);
-        out[static_cast<size_t>(r0 + m) * N + n0 + nl] = from_float<T>(v);
+        if (bias) v += __bfloat162float(bias[n0 + nl]);
+        out[static_cast<size_t>(r0 + m) * N + n0 + nl] = __float2bfloat16(v);
       } else {
         __stcg(part + (static_cast<size_t>(split) * M + r0 + m) * N + n0 + nl, v);
       }
@@ -299,15 +279,11 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
       for (int q = 0; q < 8; ++q) u[q] = s0 + q < splits ? __ldcg(p + (s0 + q) * stride) : 0.f;
       v += ((u[0] + u[1]) + (u[2] + u[3])) + ((u[4] + u[5]) + (u[6] + u[7]));
     }
-    if (bias) v += to_float(bias[n0 + nl]);
-    out[static_cast<size_t>(m) * N + n0 + nl] = from_float<T>(v);
+    if (bias) v += __bfloat162float(bias[n0 + nl]);
+    out[static_cast<size_t>(m) * N + n0 + nl] = __float2bfloat16(v);
   }
   if (threadIdx.x == 0) locks[stripe] = 0;
 }
-
-}  // namespace w4mma
-
-namespace w4mma {
 
 // W[n0 + r, k] for the stripes [stripe0, stripe0 + gridDim-covered) as a dense [rows, K] 16-bit matrix:
 // (q - z) * s in fp32, one rounding, as the torch reference dequantizes. One thread per 16-byte word.
@@ -354,13 +330,13 @@ template <bool SBF16, int MT>
 void launch_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tensor& sz,
               const c10::optional<torch::Tensor>& bias, torch::Tensor& out, torch::Tensor& part,
               torch::Tensor& locks, int splits, int warps, int min_blocks, bool pipe, int groups_per_split) {
-  using T = __nv_bfloat16;
+  using T = __nv_bfloat16;  // the only activation type (w4_mma.py checks)
   const int M = x.size(0), K = x.size(1), N = out.size(1);
   dim3 grid(N / 64, splits);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const T* b = bias ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
 #define W4MMA_GO(NW, MINB, PIPE)                                                                          \
-  w4_mma_kernel<T, true, SBF16, MT, 8, NW, MINB, PIPE><<<grid, NW * 32, 0, stream>>>(                   \
+  w4_mma_kernel<SBF16, MT, 8, NW, MINB, PIPE><<<grid, NW * 32, 0, stream>>>(                   \
       reinterpret_cast<const T*>(x.data_ptr()), x.stride(0), reinterpret_cast<const uint4*>(qw.data_ptr()), \
       reinterpret_cast<const uint2*>(sz.data_ptr()), b, reinterpret_cast<T*>(out.data_ptr()),          \
       part.data_ptr<float>(), locks.data_ptr<int>(), M, N, K, groups_per_split)
