@@ -52,6 +52,7 @@ def main(out: str, ms: list[int]) -> None:
     wm.extension()
     print(f"built w4_mma in {time.time() - t0:.1f} s", flush=True)
     gen = torch.Generator(device="cuda").manual_seed(0)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
 
     def record(shape, m, name, fns, nbytes, y=None, ref=None):
         gl.record(out, shape, m, name, None, fns, ref=ref, y=y, nbytes=nbytes)  # gemm_lab's rows and JSON
@@ -70,7 +71,7 @@ def main(out: str, ms: list[int]) -> None:
             record(shape, m, "shipped w4a16_linear", [lambda c=c: w4a16_linear(x, *c, G) for c in copies], nbytes,
                    y=lambda: w4a16_linear(x, *copies[0], G), ref=ref)
             groups = k // G
-            warps_e, minb_e, pipe_e, splits_e = wm.launch_config(m, n, k, torch.cuda.get_device_properties(0).multi_processor_count)
+            warps_e, minb_e, pipe_e, splits_e = wm.launch_config(m, n, k, sms)
             record(shape, m, f"w4_mma engine's choice w{warps_e} b{minb_e} {'pipe' if pipe_e else 'flat'} s{splits_e}",
                    [lambda p=p: wm.w4_mma_linear(x, *p, torch.bfloat16) for p in packed], pbytes,
                    y=lambda: wm.w4_mma_linear(x, *packed[0], torch.bfloat16), ref=ref)

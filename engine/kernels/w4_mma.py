@@ -182,7 +182,8 @@ def _locks(device: torch.device, stripes: int) -> torch.Tensor:
 def _launch(x, qw, sz, bias, out, scale_bf16: bool) -> None:
     m, k = x.shape
     n = out.shape[1]
-    warps, min_blocks, pipe, splits = launch_config(m, n, k, torch.cuda.get_device_properties(x.device).multi_processor_count)
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    warps, min_blocks, pipe, splits = launch_config(m, n, k, sms)
     part = torch.empty(splits * m * n if splits > 1 else 1, dtype=torch.float32, device=x.device)
     extension().w4_mma(x, qw, sz, bias, out, part, _locks(x.device, n // STRIPE), GROUP, scale_bf16, splits,
                        warps, min_blocks, pipe)

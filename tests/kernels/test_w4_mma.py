@@ -33,7 +33,8 @@ def test_repack_puts_every_code_in_its_fragment_slot(n, k, group):
     # sz: the scale's bits low, the zero as a bf16 high; tile 1, g = 5, h = 1 is column 16 + 8 + 5 = 29
     got = int(sz[0, 0, 1, 5, 1]) & 0xFFFFFFFF
     assert got & 0xFFFF == int(s[0, 29].view(torch.int16)) & 0xFFFF
-    assert torch.tensor(got >> 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).item() == unpack_columns(qz)[0, 29]
+    zero = torch.tensor(got >> 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).item()
+    assert zero == unpack_columns(qz)[0, 29]
 
 
 @pytest.mark.parametrize("scale_dtype", [torch.float16, torch.bfloat16])

@@ -288,7 +288,8 @@ def test_the_awq_kernel_is_a_choice_only_where_awq_weights_are():
     assert "w4_kernel" not in space("hf").axes
     no_nvcc = space("preset", why="the CUDA W4A16 kernel ... needs nvcc")
     assert no_nvcc.axes["w4_kernel"] == ["triton"]
-    assert [p.reason for p in no_nvcc.pruned if p.engine == {"w4_kernel": "cuda"}] == ["the CUDA W4A16 kernel ... needs nvcc"]
+    reasons = [p.reason for p in no_nvcc.pruned if p.engine == {"w4_kernel": "cuda"}]
+    assert reasons == ["the CUDA W4A16 kernel ... needs nvcc"]
     odd = space("preset", preset="tiny-qwen2")  # hidden size 112: no groups of 128
     assert odd.axes["w4_kernel"] == ["triton"] and any("multiples of 64" in p.reason for p in odd.pruned)
 

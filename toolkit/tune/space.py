@@ -28,8 +28,8 @@ from toolkit.profiles import HardwareProfile
 
 from .schema import Prediction, Pruned, TuneWorkload
 
-AXES = ("tp", "model_format", "quant_policy", "w4_kernel", "max_batch_size", "cache_max_entry_count", "max_prefill_token_num",
-        "enable_prefix_caching")
+AXES = ("tp", "model_format", "quant_policy", "w4_kernel", "max_batch_size", "cache_max_entry_count",
+        "max_prefill_token_num", "enable_prefix_caching")
 GPU_VALUES = {"model_format": [None, "int8", "awq"], "quant_policy": [0, 8], "w4_kernel": ["triton", "cuda"],
               "max_batch_size": [32, 64, 128, 256], "cache_max_entry_count": [0.7, 0.8, 0.9, 0.95],
               "max_prefill_token_num": [2048, 4096, 8192, 16384], "enable_prefix_caching": [False, True]}
@@ -249,7 +249,7 @@ def _prune_w4_kernel(axes: dict, pruned: list[Pruned], hf_config, unavailable: s
         return
     from engine.kernels.w4_mma import GROUP, STRIPE
 
-    sizes = [] if hf_config is None else [getattr(hf_config, "hidden_size", 0), getattr(hf_config, "intermediate_size", 0)]
+    sizes = [] if hf_config is None else [getattr(hf_config, name, 0) for name in ("hidden_size", "intermediate_size")]
     why = unavailable or next((f"the CUDA AWQ kernel takes layers in multiples of {STRIPE} with groups of {GROUP} "
                                f"(this model has a size {size})" for size in sizes if size % GROUP), None)
     if why:
