@@ -292,6 +292,15 @@ def test_the_awq_kernel_is_a_choice_only_where_awq_weights_are():
     assert reasons == ["the CUDA W4A16 kernel ... needs nvcc"]
     odd = space("preset", preset="tiny-qwen2")  # hidden size 112: no groups of 128
     assert odd.axes["w4_kernel"] == ["triton"] and any("multiples of 64" in p.reason for p in odd.pruned)
+    # an AWQ checkpoint of group 64, or an fp16 one: what the engine would refuse is pruned with its words
+    for change, words in (({"quantization_config": {"quant_method": "awq", "group_size": 64}}, "group size 128"),
+                          ({"torch_dtype": "float16"}, "runs bf16 models")):
+        config = preset_config("qwen2.5-7b")
+        for key, value in change.items():
+            setattr(config, key, value)
+        pruned = build_space(config, get_profile("h200"), work, cpu=False, weight_format="bf16", session_len=4096,
+                             model_kind="awq")
+        assert pruned.axes["w4_kernel"] == ["triton"] and any(words in p.reason for p in pruned.pruned)
 
     axes = {"model_format": [None, "int8", "awq"], "w4_kernel": ["triton", "cuda"]}
     grid = Space("bf16", dict(axes)).grid(EngineConfig())

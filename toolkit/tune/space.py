@@ -250,8 +250,15 @@ def _prune_w4_kernel(axes: dict, pruned: list[Pruned], hf_config, unavailable: s
     from engine.kernels.w4_mma import GROUP, STRIPE
 
     sizes = [] if hf_config is None else [getattr(hf_config, name, 0) for name in ("hidden_size", "intermediate_size")]
+    quant = getattr(hf_config, "quantization_config", None) or {}
+    group = (quant if isinstance(quant, dict) else quant.to_dict()).get("group_size", GROUP)
+    dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
     why = unavailable or next((f"the CUDA AWQ kernel takes layers in multiples of {STRIPE} with groups of {GROUP} "
                                f"(this model has a size {size})" for size in sizes if size % GROUP), None)
+    if not why and group != GROUP:  # the engine's rule (engine/runner/model_runner.py), before any trial
+        why = f"the CUDA AWQ kernel is built for group size {GROUP} (this checkpoint's is {group})"
+    if not why and str(dtype).removeprefix("torch.") == "float16":  # pick_dtype: float16 stays, others run bf16
+        why = "the CUDA AWQ kernel runs bf16 models (this one runs in float16)"
     if why:
         axes["w4_kernel"] = ["triton"]
         pruned.append(Pruned(engine={"w4_kernel": "cuda"}, weight_format="awq", reason=why))
