@@ -20,21 +20,16 @@ sys.path.insert(0, str(HERE))
 from engine.kernels import w4_mma as wm  # noqa: E402
 
 SHAPES = [("qkv", 4608, 3584), ("o", 3584, 3584), ("gate_up", 37888, 3584), ("down", 3584, 18944)]
-G = 128
+G = wm.GROUP
 # (warps, min blocks an SM, pipelined): the variants the engine's build carries
 VARIANTS = ((8, 2, False), (8, 1, True), (4, 1, True))
 VARIANTS_MANY_ROWS = ((4, 1, False), (8, 1, False))  # 17-32 rows: the dequantize-in-16-bit step
 
 
-def w4_mma_linear(x, qw, sz, group_size, bias=None, splits=1, warps=8, part=None, min_blocks=2, pipe=False):
-    """One launch of the engine's kernel with the given variant and split (the engine picks its own)."""
-    m, k = x.shape
-    n = qw.shape[0] * wm.STRIPE
-    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    if part is None:
-        part = torch.empty(splits * m * n if splits > 1 else 1, dtype=torch.float32, device=x.device)
-    wm.extension().w4_mma(x, qw, sz, bias, out, part, wm._locks(x.device, n // wm.STRIPE), group_size,
-                          True, splits, warps, min_blocks, pipe)
+def w4_mma_linear(x, qw, sz, config, part):
+    """One launch of the engine's kernel with the given (warps, min blocks, pipelined, splits)."""
+    out = torch.empty(x.shape[0], qw.shape[0] * wm.STRIPE, dtype=x.dtype, device=x.device)
+    wm.launch(x, qw, sz, None, out, True, config=config, part=part)
     return out
 
 
@@ -81,11 +76,10 @@ def main(out: str, ms: list[int]) -> None:
                     if blocks < 66 or blocks > 132 * 40 or groups // splits < 2:
                         continue
                     part = torch.empty(splits * m * n, dtype=torch.float32, device="cuda")
-                    kw = dict(splits=splits, warps=warps, part=part, min_blocks=min_blocks, pipe=pipe)
+                    cfg = (warps, min_blocks, pipe, splits)
                     record(shape, m, f"w4_mma w{warps} b{min_blocks} {'pipe' if pipe else 'flat'} s{splits}",
-                           [lambda p=p, kw=kw: w4_mma_linear(x, *p, G, **kw) for p in packed],
-                           pbytes, y=lambda kw=kw: w4_mma_linear(x, *packed[0], G, **kw),
-                           ref=ref)
+                           [lambda p=p, cfg=cfg, part=part: w4_mma_linear(x, *p, cfg, part) for p in packed],
+                           pbytes, y=lambda cfg=cfg, part=part: w4_mma_linear(x, *packed[0], cfg, part), ref=ref)
         del copies, packed, dense
         torch.cuda.empty_cache()
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..quant.int4_pack import unpack_columns
+from .quant_gemm import _dense_product, _locks, _num_sms
 
 STRIPE = 64  # output columns a block takes (four 16-row MMA tiles)
 GROUP = 128  # the one group size the kernel is built for (AutoAWQ's and LMDeploy's default)
@@ -39,6 +40,17 @@ SOURCE = Path(__file__).parent / "cuda" / "w4_mma.cu"
 def _shifts(device) -> torch.Tensor:
     a, b, h = torch.meshgrid(torch.arange(2), torch.arange(2), torch.arange(2), indexing="ij")
     return (16 * b + 8 * a + 4 * h).to(device=device, dtype=torch.int64)  # [a, b, h]
+
+
+def unsupported(group_size: int, dtype: str) -> str | None:
+    """Why a model cannot take the kernel (None: it can), ending the sentence "the CUDA AWQ kernel ...": the
+    engine's refusal (--w4-kernel cuda) and the tuner's pruning say the same. dtype: what the model runs in
+    ("bfloat16", "float16", ...)."""
+    if dtype != "bfloat16":
+        return f"runs bf16 models (this one runs in {dtype})"
+    if group_size != GROUP:
+        return f"is built for group size {GROUP} (this checkpoint's is {group_size})"
+    return None
 
 
 def check_shape(n: int, k: int, group_size: int) -> None:
@@ -167,26 +179,19 @@ def launch_config(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, bool,
     return (4 if splits == 1 and stripes >= 2 * num_sms else 8), 1, False, splits
 
 
-_LOCKS: dict[int, torch.Tensor] = {}
-
-
-def _locks(device: torch.device, stripes: int) -> torch.Tensor:
-    """Per-stripe arrival counters of the split-K reduction (put back to 0 by each launch's last block)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    have = _LOCKS.get(index)
-    if have is None or have.numel() < stripes:
-        have = _LOCKS[index] = torch.zeros(max(stripes, 4096), dtype=torch.int32, device=device)
-    return have
-
-
-def _launch(x, qw, sz, bias, out, scale_bf16: bool) -> None:
+def launch(x, qw, sz, bias, out, scale_bf16: bool, config: tuple | None = None,
+           part: torch.Tensor | None = None) -> None:
+    """One launch of the kernel for x's <= 32 rows into out. config: (warps, min blocks, pipelined, splits),
+    default launch_config's (the lab passes others); part: the split-K partials' buffer (default: made here).
+    The split counters are the Triton kernels' (quant_gemm._locks: 65,536 a device, reset by each launch's
+    last block, one stream at a time), as is the SM count (quant_gemm._num_sms, cached)."""
     m, k = x.shape
     n = out.shape[1]
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    warps, min_blocks, pipe, splits = launch_config(m, n, k, sms)
-    part = torch.empty(splits * m * n if splits > 1 else 1, dtype=torch.float32, device=x.device)
-    extension().w4_mma(x, qw, sz, bias, out, part, _locks(x.device, n // STRIPE), GROUP, scale_bf16, splits,
-                       warps, min_blocks, pipe)
+    warps, min_blocks, pipe, splits = config or launch_config(m, n, k, _num_sms(x.device))
+    if part is None:
+        part = torch.empty(splits * m * n if splits > 1 else 1, dtype=torch.float32, device=x.device)
+    extension().w4_mma(x, qw, sz, bias, out, part, _locks(x.device), GROUP, scale_bf16, splits, warps, min_blocks,
+                       pipe)
 
 
 def w4_mma_linear(x: torch.Tensor, qw: torch.Tensor, sz: torch.Tensor, scale_dtype: torch.dtype,
@@ -207,9 +212,8 @@ def w4_mma_linear(x: torch.Tensor, qw: torch.Tensor, sz: torch.Tensor, scale_dty
     scale_bf16 = scale_dtype == torch.bfloat16
     if m <= CHUNK_MAX_ROWS:
         for r0 in range(0, m, MAX_ROWS):
-            _launch(x[r0:r0 + MAX_ROWS], qw, sz, bias, out[r0:r0 + MAX_ROWS], scale_bf16)
+            launch(x[r0:r0 + MAX_ROWS], qw, sz, bias, out[r0:r0 + MAX_ROWS], scale_bf16)
         return out
-    from .quant_gemm import _dense_product
 
     def write_chunk(n0: int, nc: int, buf: torch.Tensor) -> None:
         extension().w4_dequant(qw, sz, buf, GROUP, scale_bf16, n0 // STRIPE)

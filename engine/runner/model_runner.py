@@ -196,16 +196,13 @@ class ModelRunner:
         """--w4-kernel cuda: one clear error, before any weight is read, where the kernel cannot run."""
         from ..kernels import w4_mma
 
-        why = None
         if fmt.name != "awq":
             why = f"applies to AWQ weights (this model loads as {fmt.name})"
         elif not self.use_kernels:
             why = "needs the GPU kernels (CUDA, without --no-kernels)"
-        elif self.dtype != torch.bfloat16:
-            why = f"runs bf16 models (this one runs in {str(self.dtype).removeprefix('torch.')})"
-        elif fmt.group_size != w4_mma.GROUP:
-            why = f"is built for group size {w4_mma.GROUP} (this checkpoint's is {fmt.group_size})"
         else:
+            why = w4_mma.unsupported(fmt.group_size, str(self.dtype).removeprefix("torch."))
+        if not why:
             reason = w4_mma.unavailable_reason(self.device)
             why = reason and reason.removeprefix("the CUDA W4A16 kernel ")
         if why:

@@ -247,7 +247,7 @@ def _prune_w4_kernel(axes: dict, pruned: list[Pruned], hf_config, unavailable: s
     if "awq" not in axes.get("model_format", []) and model_kind != "awq":
         del axes["w4_kernel"]
         return
-    from engine.kernels.w4_mma import GROUP, STRIPE
+    from engine.kernels.w4_mma import GROUP, STRIPE, unsupported
 
     sizes = [] if hf_config is None else [getattr(hf_config, name, 0) for name in ("hidden_size", "intermediate_size")]
     quant = getattr(hf_config, "quantization_config", None) or {}
@@ -255,10 +255,10 @@ def _prune_w4_kernel(axes: dict, pruned: list[Pruned], hf_config, unavailable: s
     dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
     why = unavailable or next((f"the CUDA AWQ kernel takes layers in multiples of {STRIPE} with groups of {GROUP} "
                                f"(this model has a size {size})" for size in sizes if size % GROUP), None)
-    if not why and group != GROUP:  # the engine's rule (engine/runner/model_runner.py), before any trial
-        why = f"the CUDA AWQ kernel is built for group size {GROUP} (this checkpoint's is {group})"
-    if not why and str(dtype).removeprefix("torch.") == "float16":  # pick_dtype: float16 stays, others run bf16
-        why = "the CUDA AWQ kernel runs bf16 models (this one runs in float16)"
+    # the engine's own refusal, before any trial (pick_dtype on a GPU: float16 stays, anything else runs bf16)
+    runs = "float16" if str(dtype).removeprefix("torch.") == "float16" else "bfloat16"
+    refused = unsupported(group, runs)
+    why = why or (refused and f"the CUDA AWQ kernel {refused}")
     if why:
         axes["w4_kernel"] = ["triton"]
         pruned.append(Pruned(engine={"w4_kernel": "cuda"}, weight_format="awq", reason=why))
