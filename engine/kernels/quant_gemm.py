@@ -49,7 +49,11 @@ from .int4_unpack import awq_dequantize
 DECODE_MAX_M = 16  # rows up to which the 'gemm' path uses one 16-row tile + split-K
 W4_FUSED_MAX_M = 256  # rows up to which w4a16_linear runs a fused kernel; above: dequant + cuBLAS
 W8_FUSED_MAX_M = 256  # the same for w8a16_linear
-DENSE_CHUNK_BYTES = 64 << 20  # the 'dequant_cublas' path's dense weight buffer, at most (column chunks)
+# The 'dequant_cublas' path's dense weight buffer, at most (column chunks). A prefill step runs eagerly, and
+# each chunk costs the host a dequantize launch and a matmul: at 64 MB Qwen2.5-7B took ten chunks a layer and
+# a mixed step (16 decodes + a 512-token prompt, H200) 39.7 ms against 16.9 ms on the GPU; at 256 MB five
+# and 26.5 ms (reports/examples/h200/prefill-awq/). 256 MB fits the 20% of free memory the KV cache leaves.
+DENSE_CHUNK_BYTES = 256 << 20
 PATHS = ("gemv", "gemm", "dequant_cublas")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -302,8 +306,9 @@ def _dense_product(x: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor
     """out = x @ W^T (+ bias) through cuBLAS, W dequantized DENSE_CHUNK_BYTES of columns at a time:
     write_chunk(n0, nc, buf) fills buf with W^T[:, n0:n0+nc] ([K, nc], k_major) or W[n0:n0+nc] ([nc, K])."""
     n = out.shape[1]
-    per = max(128, DENSE_CHUNK_BYTES // max(1, k * x.element_size()) // 128 * 128)
-    per = min(per, n)
+    # equal chunks of whole 128-column tiles (not full chunks and a sliver: each chunk costs two launches)
+    chunks = max(1, -(-n * k * x.element_size() // DENSE_CHUNK_BYTES))
+    per = min(n, -(-n // chunks) + 127 & ~127)
     buf = torch.empty(per * k, dtype=x.dtype, device=x.device)
     for n0 in range(0, n, per):
         nc = min(per, n - n0)
