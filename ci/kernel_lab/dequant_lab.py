@@ -44,7 +44,7 @@ def main() -> int:
                          "gb_s": moved / ms / 1e6, "frac_4800": moved / ms / 1e6 / 4800, "max_abs_diff": same})
             print(f"{name:8s} {kind:18s} {ms * 1000:8.1f} us {moved / ms / 1e6:7.0f} GB/s max|diff|={same}",
                   file=sys.stderr)
-    print(json.dumps({"device": torch.cuda.get_device_name(0), "rows": rows}, indent=1))
+    print(json.dumps({"device": torch.cuda.get_device_name(0), "copy_gb_s": None, "rows": rows}, indent=1))
     return 0
 
 

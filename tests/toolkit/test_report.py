@@ -203,3 +203,23 @@ def test_unknown_run_is_one_line_without_traceback(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: no run 'nope'"), proc.stderr
     assert not out.exists()
+
+
+def test_a_mixed_step_profile_says_its_weights_and_prompt():
+    """toolkit.bench.profile_step --prefill-tokens: each row says the weights profiled and the prompt every
+    step prefilled, and the reconstructed command carries the options that reproduce it."""
+    from toolkit.report.foreign import convert
+
+    entry = {"model": "preset:qwen2.5-7b", "model_format": "awq", "w4_kernel": "cuda", "batch": 16, "context": 512,
+             "prefill_tokens": 512, "steps": 16, "device": "NVIDIA H200", "wall_ms_per_step": 19.53,
+             "tokens_per_s": 27035.3, "gpu_kernel_ms_per_step": 16.29, "host_phases_ms": {"schedule": 0.04},
+             "top_kernels_ms_per_step": {"w4_dequant_kernel": 4.38}}
+    decode = {**entry, "model_format": "hf", "w4_kernel": None, "prefill_tokens": 0, "batch": 1}
+    converted = convert([entry, decode], "prefill")
+    assert converted.headline.startswith("awq (cuda kernel), batch 16 + a 512-token prompt: 19.53 ms per step")
+    assert "; hf, batch 1: 19.53 ms per step" in converted.headline
+    steps = converted.tables[0]
+    assert steps.rows[0][:3] == ["awq (cuda kernel)", "16", "512"] and steps.rows[1][:3] == ["hf", "1", "0"]
+    assert converted.tables[1].title == "Batch 16 + a 512-token prompt: GPU kernels, ms per step"
+    command = converted.result.command
+    assert "--model-format awq --w4-kernel cuda --prefill-tokens 512" in command

@@ -313,10 +313,21 @@ def test_the_awq_kernel_is_a_choice_only_where_awq_weights_are():
     assert runner.ran == [{}, {"model_format": "int8"}, {"model_format": "awq"},
                           {"model_format": "awq", "w4_kernel": "cuda"}]
     assert result.trial(result.chosen).engine == {"model_format": "awq", "w4_kernel": "cuda"}
-    # int8 winning the format axis: the CUDA kernel is not tried at all
+    # AWQ that loses with the Triton kernels and wins with the CUDA one (batch-1 traffic): the format's step
+    # tries both kernels, so the winner is found although AWQ never led with its default kernel
+    runner = _Runner(lambda e: 1100.0 if e.get("w4_kernel") == "cuda" else
+                     {"awq": 900.0, "int8": 1020.0}.get(e.get("model_format"), 1000.0))
+    result = _result()
+    CoordinateSearch(Space("bf16", dict(axes)), EngineConfig(), result, runner, lambda: None, Budget()).run_search()
+    assert runner.ran == [{}, {"model_format": "int8"}, {"model_format": "awq"},
+                          {"model_format": "awq", "w4_kernel": "cuda"}]  # and the kernel axis re-runs nothing
+    assert result.trial(result.chosen).engine == {"model_format": "awq", "w4_kernel": "cuda"}
+    # int8 winning the format axis: the CUDA kernel is tried with AWQ only, never paired with int8
     runner = _Runner(lambda e: 1500.0 if e.get("model_format") == "int8" else 1000.0)
-    CoordinateSearch(Space("bf16", dict(axes)), EngineConfig(), _result(), runner, lambda: None, Budget()).run_search()
-    assert all(e.get("w4_kernel") != "cuda" for e in runner.ran)
+    result = _result()
+    CoordinateSearch(Space("bf16", dict(axes)), EngineConfig(), result, runner, lambda: None, Budget()).run_search()
+    assert all(e.get("model_format") == "awq" for e in runner.ran if e.get("w4_kernel") == "cuda")
+    assert result.trial(result.chosen).engine == {"model_format": "int8"}
     # an AWQ checkpoint loads AWQ with model_format unset: the kernel applies to the default format
     assert Space("bf16", {}, awq_values=("awq", None)).applies({"w4_kernel": "cuda"}, EngineConfig())
     assert not Space("bf16", {}).applies({"w4_kernel": "cuda"}, EngineConfig())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from collections import defaultdict
 
@@ -103,6 +104,8 @@ def profile(model: str, batch: int, context: int, steps: int, model_format: str 
         "wall_ms_per_step": wall * 1000, "tokens_per_s": (batch + prefill_tokens) / wall,
         "gpu_kernel_ms_per_step": gpu_total / steps / 1000,
         "host_phases_ms": {k: sum(v) / len(v) * 1000 for k, v in phases.items()},
+        # the median step (with --prefill-tokens each step is timed alone: one slow step skews the mean)
+        "wall_ms_median_step": statistics.median(sum(t) for t in zip(*phases.values())) * 1000,
         "top_kernels_ms_per_step": {k: v / steps / 1000 for k, v in top},
         "top_kernels_calls_per_step": {k: calls[k] / steps for k, _ in top},
     }

@@ -224,34 +224,53 @@ def _profile_step(data: list[dict], name: str) -> Converted:
     for entry in data:
         wall, gpu = _num(entry.get("wall_ms_per_step")), _num(entry.get("gpu_kernel_ms_per_step"))
         tok_s = _num(entry.get("tokens_per_s"))
-        rows.append([str(entry.get("batch", "?")), str(entry.get("context", "?")), str(entry.get("steps", "?")),
+        prompt = entry.get("prefill_tokens") or 0  # --prefill-tokens: mixed steps, a new prompt each
+        step = f"batch {entry.get('batch', '?')}" + (f" + a {prompt}-token prompt" if prompt else "")
+        rows.append([_format_of(entry), str(entry.get("batch", "?")), str(prompt), str(entry.get("context", "?")),
+                     str(entry.get("steps", "?")),
                      f"{wall:.3f}" if wall is not None else "–", f"{gpu:.3f}" if gpu is not None else "–",
                      f"{gpu / wall:.0%}" if gpu and wall else "–", f"{tok_s:,.1f}" if tok_s is not None else "–"])
         if wall is not None and tok_s is not None:
-            heads.append(f"batch {entry.get('batch', '?')}: {wall:.2f} ms per step, {tok_s:,.1f} tok/s")
+            heads.append(f"{_format_of(entry)}, {step}: {wall:.2f} ms per step, {tok_s:,.1f} tok/s")
         kernels = entry.get("top_kernels_ms_per_step") or {}
         phases = entry.get("host_phases_ms") or {}
         if isinstance(kernels, dict) and kernels:
-            tables.append(Table(f"Batch {entry.get('batch', '?')}: GPU kernels, ms per step",
+            tables.append(Table(f"{step[0].upper()}{step[1:]}: GPU kernels, ms per step",
                                 ["kernel", "ms per step", "of GPU time"],
                                 [[_short(k), f"{v:.3f}", f"{v / gpu:.0%}" if gpu else "–"]
                                  for k, v in kernels.items() if isinstance(v, (int, float))]))
         if isinstance(phases, dict) and phases:
-            tables.append(Table(f"Batch {entry.get('batch', '?')}: host phases, ms per step",
+            tables.append(Table(f"{step[0].upper()}{step[1:]}: host phases, ms per step",
                                 ["phase", "ms per step"],
                                 [[str(k), f"{v:.3f}"] for k, v in phases.items() if isinstance(v, (int, float))]))
-    steps = Table("Decode steps", ["batch", "context", "steps", "wall ms per step", "GPU kernel ms per step",
-                                   "GPU busy", "tok/s"], rows,
+    steps = Table("Engine steps", ["weights", "batch", "new prompt tokens", "context", "steps", "wall ms per step",
+                                   "GPU kernel ms per step", "GPU busy", "tok/s"], rows,
                   "Wall time per engine step against the GPU time of its kernels (profiler); the rest is host "
-                  "work and gaps between kernels.")
+                  "work and gaps between kernels. With new prompt tokens every step also prefilled a new prompt "
+                  "of that length (a mixed step, what an arriving request costs the running ones).")
     device = first.get("device")
     result = BenchResult(run_id=name, kind="profile_step", created_at="not recorded",
                          command=shlex.join(["python", "-m", "toolkit.bench.profile_step", str(first.get("model", "?")),
                                              "--batch", *[str(e.get("batch", "?")) for e in data],
-                                             "--context", str(first.get("context", "?")), "--json", f"{name}.json"]),
+                                             "--context", str(first.get("context", "?")),
+                                             *_profile_options(first), "--json", f"{name}.json"]),
                          device={"name": device} if isinstance(device, str) else {},
                          notes=["command reconstructed from the file's entries"])
     return Converted(result, [steps, *tables], "; ".join(heads) or None)
+
+
+def _format_of(entry: dict) -> str:
+    """The profiled weights as the engine's flags name them: hf, int8, awq, awq with --w4-kernel cuda."""
+    fmt = str(entry.get("model_format") or "hf")
+    return fmt + (f" ({entry['w4_kernel']} kernel)" if entry.get("w4_kernel") else "")
+
+
+def _profile_options(entry: dict) -> list[str]:
+    options = []
+    for key in ("model_format", "w4_kernel", "prefill_tokens"):
+        if entry.get(key) and entry.get(key) != "hf":
+            options += ["--" + key.replace("_", "-"), str(entry[key])]
+    return options
 
 
 def _short(kernel: str, limit: int = 90) -> str:

@@ -4,7 +4,9 @@ The default configuration (what a user gets with no flags) is measured first, th
 other, so the report can show what the tune bought. Then, axis by axis in order of expected effect
 (max_batch_size, cache_max_entry_count, max_prefill_token_num, enable_prefix_caching), every value of
 that axis is tried with the other axes at the best configuration so far; the best of the axis is kept
-when it beats the incumbent by more than the noise margin. That is sum(len(axis) - 1) + 1 trials
+when it beats the incumbent by more than the noise margin. A value that brings a choice of its own comes
+with each of its options in the same step (AWQ weights with each AWQ kernel: a faster kernel must not
+wait for the slower one to win the format first). That is sum(len(axis) - 1) + 1 trials
 against the grid's product (11 of 128 on the GPU space), and it finds the grid's best whenever the
 axes' effects are roughly separable, which the full-grid run in the reports checks.
 
@@ -64,7 +66,8 @@ class CoordinateSearch:
         self.new_trials = 0
 
     def _trial(self, engine: dict, *, is_default: bool = False) -> Trial:
-        """The measured trial of `engine` (settings that differ from the base), run unless stored."""
+        """The measured trial of `engine` (its settings that differ from the base), run unless stored."""
+        engine = {k: v for k, v in engine.items() if v != getattr(self.base, k)}  # one key per configuration
         key = trial_key(self.space.weight_format, engine)
         if key in self.by_key:
             return self.by_key[key]
@@ -87,15 +90,18 @@ class CoordinateSearch:
             for value in values:
                 if value == current:
                     continue
-                stop = self.budget.spent(len(self.result.trials))
+                # a format with a kernel choice comes with each of its kernels (Space.with_kernels)
+                for candidate in self.space.with_kernels({**best_engine, axis: value}, self.base):
+                    if not self.space.applies(candidate, self.base):  # e.g. the AWQ kernel with 16-bit weights
+                        continue
+                    stop = self.budget.spent(len(self.result.trials))
+                    if stop:
+                        break
+                    trial = self._trial(candidate)
+                    if beats(trial, incumbent):
+                        incumbent, best_engine = trial, candidate
                 if stop:
                     break
-                candidate = {**best_engine, axis: value}
-                if not self.space.applies(candidate, self.base):  # e.g. the AWQ kernel with 16-bit weights
-                    continue
-                trial = self._trial(candidate)
-                if beats(trial, incumbent):
-                    incumbent, best_engine = trial, candidate
             if stop:
                 break
         # A stored trial off the ascent's path (a resumed tune's) may beat the incumbent: the same margin

@@ -58,6 +58,18 @@ class Space:
             return True
         return engine.get("model_format", getattr(base, "model_format", None)) in self.awq_values
 
+    def with_kernels(self, engine: dict, base) -> list[dict]:
+        """`engine` and, where it switches to AWQ weights, the same with each other AWQ kernel on offer.
+
+        The coordinate search takes these in one step: the kernel axis means something only with AWQ
+        weights, so searched on its own it would be tried only after AWQ with the incumbent kernel had won
+        the format axis, and AWQ that wins only with the other kernel would never be measured with it."""
+        kernels = self.axes.get("w4_kernel", [])
+        if "model_format" not in engine or engine["model_format"] not in self.awq_values:
+            return [engine]
+        current = engine.get("w4_kernel", getattr(base, "w4_kernel", "triton"))
+        return [engine, *({**engine, "w4_kernel": k} for k in kernels if k != current)]
+
     def grid_axes(self, base=None) -> dict[str, list]:
         """The axes with, given `base` (an EngineConfig), the base's own value first where a list lacks it
         (max_batch_size's default, unset, is in no list): the coordinate search starts from the base and
