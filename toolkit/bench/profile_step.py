@@ -26,7 +26,7 @@ def _timed_step(engine, phases: dict, prefill_tokens: int = 0, index: int = 0) -
     new = None
     if prefill_tokens:  # distinct tokens per step: no prefix-cache hit
         new = engine.add_request([1000 + (index * 7 + j) % 20000 for j in range(prefill_tokens)],
-                                 engine_generation(1))
+                                 _generation(1))
     t0 = time.perf_counter()
     plan = engine.scheduler.schedule()
     t1 = time.perf_counter()
@@ -42,7 +42,7 @@ def _timed_step(engine, phases: dict, prefill_tokens: int = 0, index: int = 0) -
         engine.abort(new)
 
 
-def engine_generation(max_new_tokens: int):
+def _generation(max_new_tokens: int):
     from engine import GenerationConfig
 
     return GenerationConfig(max_new_tokens=max_new_tokens, ignore_eos=True)
