@@ -8,8 +8,8 @@
  3. runs the calibration windows layer by layer: the embeddings of every window are computed once,
     then each decoder layer is run on the previous layer's float outputs (as AutoAWQ does), so only
     one layer's activations are alive. Hooks on its linears gather per-channel |x| mean and max over
-    all tokens, the inputs of a few whole windows for the scale search (`search_tokens`) and evenly
-    strided token rows for the clipping search (`clip_tokens`);
+    all tokens, the inputs of a few whole windows for the scale search (`search_tokens`) and, for the
+    clipping search, the inputs' per-group second moment over all tokens;
  4. per layer: scales for (input_layernorm -> q,k,v), (v_proj -> o_proj, only when v and o have the
     same shape, as AutoAWQ: not under GQA), (post_attention_layernorm -> gate,up), (up_proj ->
     down_proj): searched on the grid of 20 with --search-scale, else LMDeploy's fixed ratio 0.5;
@@ -34,7 +34,8 @@ import torch
 
 from ..errors import ModelLoadError
 from . import calib_data
-from .awq_search import ScaleGroup, apply_clip, fold_scale, search_clip, search_scale, smooth_scale
+from .awq_search import (ScaleGroup, apply_clip, fold_scale, scale_moment, search_clip, search_scale,
+                         second_moment, smooth_scale)
 from .checkpoint import QuantizeError, check_work_dir, read_safetensors_headers, write_checkpoint
 from .int4_pack import PACK, pack_awq
 
@@ -66,7 +67,6 @@ class AwqOptions:
     # Tokens the scale search scores each ratio on (whole windows, evenly spread). The grid runs the
     # attention and MLP 20 times per layer: on all 128 x 2048 tokens that is ~10 h on 2 CPU cores.
     search_tokens: int = 4096
-    clip_tokens: int = 512  # AutoAWQ's n_sample_token (all 16k tokens of 32 x 512, no scale search: 12.41, not 12.45)
     seed: int = 0
 
 
@@ -297,7 +297,7 @@ def _calibrate(model, ids: torch.Tensor, options: AwqOptions, progress: bool, ti
     bar = _bar(len(layers), "AWQ", "layer", progress)
     for index, layer in enumerate(layers):
         clock = time.monotonic()
-        recorder = _InputRecorder(layer, search_rows, seqlen, n * seqlen, options.clip_tokens)
+        recorder = _InputRecorder(layer, search_rows, options.w_group_size if options.search_clip else None)
         with recorder:
             for b in range(0, n, bs):
                 recorder.batch_rows = range(b, min(b + bs, n))
@@ -323,23 +323,19 @@ def _run_layer(layer, hidden, positions, rotary):
 
 
 class _InputRecorder:
-    """Forward pre-hooks on a layer's linears: |x| statistics over all tokens, search and clip samples."""
+    """Forward pre-hooks on a layer's linears: |x| statistics and the clipping search's second moment over
+    all tokens, and the scale search's sample windows."""
 
-    def __init__(self, layer, search_rows: list[int], seqlen: int, total_tokens: int, clip_tokens: int):
+    def __init__(self, layer, search_rows: list[int], group_size: int | None):
         self.layer = layer
         self.search_rows = set(search_rows)
+        self.group_size = group_size  # None: no clipping search, no moment
         self.batch_rows: range = range(0)
-        stride = max(1, total_tokens // clip_tokens)
-        # A stride that divides the window length samples the same positions in every window (512 of
-        # 2048: a quarter of the rows would be position 0, the attention sink with outsized activations).
-        while stride > 1 and math.gcd(stride, seqlen) != 1:
-            stride += 1
-        self.stride = stride
         self.sum: dict[str, torch.Tensor] = {}
         self.max: dict[str, torch.Tensor] = {}
         self.count: dict[str, int] = {}
+        self.moment: dict[str, torch.Tensor] = {}
         self.search: dict[str, list[torch.Tensor]] = {n: [] for n in _INPUTS}
-        self.clip: dict[str, list[torch.Tensor]] = {n: [] for n in _INPUTS}
         self._handles = []
 
     def __enter__(self):
@@ -356,11 +352,12 @@ class _InputRecorder:
     def _record(self, name: str, x: torch.Tensor) -> None:
         flat = x.reshape(-1, x.shape[-1]).float()
         absx = flat.abs()
-        seen = self.count.get(name, 0)
         self.sum[name] = self.sum.get(name, 0) + absx.sum(0, dtype=torch.float64)
         self.max[name] = torch.maximum(self.max[name], absx.amax(0)) if name in self.max else absx.amax(0)
-        self.count[name] = seen + flat.shape[0]
-        self.clip[name].append(flat[(-seen) % self.stride::self.stride].clone())
+        self.count[name] = self.count.get(name, 0) + flat.shape[0]
+        if self.group_size:
+            moment = second_moment(flat, self.group_size)
+            self.moment[name] = self.moment[name] + moment if name in self.moment else moment
         keep = [i for i, row in enumerate(self.batch_rows) if row in self.search_rows]
         if keep:
             self.search[name].append(x[keep].detach().clone())
@@ -406,19 +403,18 @@ def _quantize_layer(layer, rec: _InputRecorder, rotary, options: AwqOptions,
         else:
             scales = smooth_scale(group, options.w_group_size)
         chosen.append((group, scales))
-    clip_inputs = {name: torch.cat(rec.clip[name]) for name in _INPUTS}
+    moments = dict(rec.moment)
     for group, scales in chosen:
         fold_scale(group.prev, group.linears, scales)
         feat = inputs[group.name]
-        clip_inputs[feat] = clip_inputs[feat] / scales.view(1, -1)  # what the scaled linears will see
+        moments[feat] = scale_moment(moments[feat], scales)  # what the scaled linears will see
     timings["scales"] += time.monotonic() - clock
     clock = time.monotonic()
     if options.search_clip:
         readers = {"self_attn.v_proj": "self_attn.q_proj", "mlp.up_proj": "mlp.gate_proj"}
         for name in _CLIPPED:
             fc = layer.get_submodule(name)
-            limit = search_clip(fc.weight.data, clip_inputs[readers.get(name, name)], options.w_group_size,
-                                max_tokens=options.clip_tokens)
+            limit = search_clip(fc.weight.data, moments[readers.get(name, name)], options.w_group_size)
             apply_clip(fc, limit)
     timings["clip"] += time.monotonic() - clock
     return ratios

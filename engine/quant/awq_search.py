@@ -14,7 +14,8 @@ LMDeploy's lite/quantization/awq.py, written anew:
 - `fold_scale`: x/s moves into the op before (an RMSNorm's weight, or the rows of the previous
   linear), W*s into the linears: the float model computes the same function.
 - `search_clip` (AutoAWQ's `_search_best_clip`): per output row and group, shrink the weight range
-  to (1 - i/20) of its max for i < 10 and keep the one with the least output error on sampled tokens.
+  to (1 - i/20) of its max for i < 10 and keep the one with the least output error over the
+  calibration tokens, from their per-group second moment (`second_moment`, `scale_moment`).
 
 Rounding is int4_pack.quantize_groups (asymmetric min/max), the same as the packed output's.
 """
@@ -155,22 +156,37 @@ def fold_scale(prev: nn.Module, linears: list[nn.Linear], scales: torch.Tensor) 
 
 
 @torch.no_grad()
-def search_clip(weight: torch.Tensor, x: torch.Tensor, group_size: int, *, n_grid: int = N_GRID,
-                max_shrink: float = 0.5, max_tokens: int = 512, rows_per_batch: int = 1024) -> torch.Tensor:
+def second_moment(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """sum_t x_t x_t^T within each input group, [K/G, G, G] in float64, for x [..., K].
+
+    What the clipping search needs of a linear's inputs: summed over calibration batches as they pass,
+    it stands for every token at the memory of one [G, G] matrix a group (rows would take T x K)."""
+    k = x.shape[-1]
+    groups = x.reshape(-1, k // group_size, group_size).transpose(0, 1).float()  # [g, T, G]
+    return (groups.transpose(1, 2) @ groups).double()
+
+
+def scale_moment(moment: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The second moment of x / s from that of x: entry (i, j) of each group divided by s_i s_j."""
+    inv = 1.0 / scales.double().view(moment.shape[0], -1)
+    return moment * inv[:, :, None] * inv[:, None, :]
+
+
+@torch.no_grad()
+def search_clip(weight: torch.Tensor, moment: torch.Tensor, group_size: int, *, n_grid: int = N_GRID,
+                max_shrink: float = 0.5, rows_per_batch: int = 1024) -> torch.Tensor:
     """Per output row and group, the weight range limit with the least output error [N, K/G].
 
-    `x` [T, K] are the linear's inputs (already divided by the AWQ scales); at most `max_tokens`
-    evenly strided rows of it are used, as AutoAWQ does. The error of a group's partial output,
-    mean_t (x_t . (q - w))^2, is computed as (q - w)^T C (q - w) with C = mean_t x_t x_t^T, the
-    group's [G, G] second moment: the same number as AutoAWQ's, without a [rows, T, groups] tensor
-    per candidate (10x faster on a CPU, and independent of the token count).
+    `moment` is the linear's inputs' second_moment (of x already divided by the AWQ scales). The error
+    of a group's partial output over the tokens, sum_t (x_t . (q - w))^2, is (q - w)^T C (q - w) with C
+    the group's [G, G] moment: AutoAWQ's criterion, which it evaluates on 512 sampled tokens because it
+    forms a [rows, T, groups] tensor per candidate; the moment takes every calibration token at a
+    fraction of that cost (on SmolLM2, g64, 32 x 512: held-out perplexity 1.1108 / 1.1074 / 1.1035x the
+    baseline on three calibration subsets, against 1.1143 / 1.1136 / 1.1102x with 512 sampled tokens).
     """
     n, k = weight.shape
     groups = k // group_size
-    x = x.reshape(-1, k).double()
-    x = x[::max(1, x.shape[0] // max_tokens)]
-    x_groups = x.view(-1, groups, group_size).transpose(0, 1)  # [g, T, G]
-    moment = (x_groups.transpose(1, 2) @ x_groups / x.shape[0]).float()  # [g, G, G]
+    moment = moment.float()  # a sum, not a mean: the argmin is the same
     best_all = []
     for start in range(0, n, rows_per_batch):
         w = weight[start:start + rows_per_batch].float().view(-1, groups, group_size)

@@ -14,8 +14,8 @@ from torch import nn
 
 from engine.quant import calib_data
 from engine.quant.awq import AwqOptions, layer_groups, quantize_awq, quantize_rtn
-from engine.quant.awq_search import (ScaleGroup, apply_clip, fake_quantize, fold_scale, search_clip, search_scale,
-                                     smooth_scale)
+from engine.quant.awq_search import (ScaleGroup, apply_clip, fake_quantize, fold_scale, scale_moment, search_clip,
+                                     search_scale, second_moment, smooth_scale)
 from engine.quant.checkpoint import (QuantizeError, dequantized_state_dict, read_safetensors_headers,
                                      write_checkpoint)
 from engine.quant.int4_pack import dequantize_awq
@@ -68,12 +68,27 @@ def test_fixed_ratio_smoothing_helps_outliers_and_spares_zeroed_channels():
     assert _output_error(x, fc.weight.data, scales) < _output_error(x, fc.weight.data)
 
 
+def test_the_clipping_moment_is_the_token_sum_and_follows_the_scales():
+    """second_moment stands for every token: a group's (x . d)^2 summed over tokens equals d^T M d, batches
+    add up, and scale_moment gives the moment of x / s (what the scaled linears see) without the rows."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 128, generator=g)
+    moment = second_moment(x, 64)
+    assert moment.shape == (2, 64, 64) and moment.dtype == torch.float64
+    d = torch.randn(2, 64, generator=g).double()
+    direct = ((x.view(300, 2, 64).double() * d).sum(-1) ** 2).sum(0)
+    assert torch.allclose(torch.einsum("gi,gij,gj->g", d, moment, d), direct, rtol=1e-5)
+    assert torch.allclose(second_moment(x[:100], 64) + second_moment(x[100:], 64), moment, atol=1e-3)  # fp32 products
+    s = torch.rand(128, generator=g) + 0.5
+    assert torch.allclose(scale_moment(moment, s), second_moment(x / s, 64), rtol=1e-4, atol=1e-3)
+
+
 def test_clip_search_shrinks_outlier_groups_and_lowers_the_error():
     g = torch.Generator().manual_seed(1)
     w = torch.randn(64, 256, generator=g) * 0.05
     w[torch.arange(64), torch.randint(0, 256, (64,), generator=g)] = 0.5  # one large weight per row
     x = torch.randn(2048, 256, generator=g)
-    limit = search_clip(w, x, 64, max_tokens=512)
+    limit = search_clip(w, second_moment(x, 64), 64)
     org_max = w.abs().view(64, 4, 64).amax(-1)
     assert limit.shape == (64, 4)
     assert (limit <= org_max + 1e-7).all() and (limit >= 0.55 * org_max - 1e-7).all()  # at most 9/20 shrink
