@@ -1,7 +1,8 @@
 """Run one lab or shipped quantized kernel a few times eagerly (no CUDA graph), for Nsight Compute:
   ncu --kernel-name regex:NAME --launch-skip 3 --launch-count 1 --section ... python3 ci/kernel_lab/ncu_probe.py
       KIND SHAPE M [config ...]
-KIND: w4-fold, w4-shipped, w8-shipped, bf16-triton. config: TileConfig fields (w4-fold)."""
+KIND: w4-fold, w4-shipped, w8-shipped, bf16-triton, w4-wgmma. config: TileConfig fields (w4-fold); rows a block,
+stripes a warpgroup, warpgroups a block, splits (w4-wgmma)."""
 from pathlib import Path
 import sys
 
@@ -19,6 +20,10 @@ gen = torch.Generator(device="cuda").manual_seed(0)
 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
 G = gl.G
 w4 = gl.awq_weights(n, k, gen)
+if kind == "w4-wgmma":
+    from engine.kernels import w4_mma
+    qw, sz = w4_mma.repack(w4[0], w4[1], w4[2].to(torch.bfloat16), G)
+    out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
 for _ in range(6):
     if kind == "w4-fold":
         cfg = TileConfig(*[int(v) for v in sys.argv[4:10]], True)
@@ -28,6 +33,8 @@ for _ in range(6):
     elif kind == "w8-shipped":
         q = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda", generator=gen)
         qg.w8a16_linear(x, q, torch.rand(n, device="cuda") * 0.01)
+    elif kind == "w4-wgmma":
+        w4_mma.launch_wgmma(x, qw, sz, None, out, True, tuple(int(v) for v in sys.argv[4:8]))
     elif kind == "bf16-triton":
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=gen)
         gl2.triton_bf16(x, w, None, *[int(v) for v in sys.argv[4:9]])

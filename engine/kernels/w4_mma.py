@@ -1,23 +1,27 @@
 """The CUDA C++ W4A16 path (engine/kernels/cuda/w4_mma.cu): AWQ weights repacked once into the tensor cores'
-fragment order, multiplied by up to 32 rows a launch with the int4 weights as the MMA's register operand.
+fragment order, multiplied with the int4 weights as the MMA's register operand.
 
 Why CUDA C++ next to the Triton kernels: Triton cannot load packed weights straight into an MMA fragment,
 so its batch-1 GEMV spends ~3.1 instructions a weight and its tensor-core GEMM round-trips every
 dequantized tile through shared memory (reports/examples/h200/kernel-lab-*). Here one 16-byte load is a
-thread's A fragments of four 16x16 tiles, one LOP3 makes two bf16 weights (128 + q), and zero and scale
-are applied once per group in fp32: on an H200 the batch-1 linears of Qwen2.5-7B take 49 µs a layer
-against 66 µs for the Triton GEMV, and 2-32 rows run 1.5-2.9x faster than the Triton GEMM
-(kernel-lab-w4mma/README.md).
+thread's A fragments of a 16x16 tile for four k steps, one LOP3 makes two bf16 weights (128 + q), and up to
+16 rows zero and scale are applied once per group in fp32: on an H200 the batch-1 linears of Qwen2.5-7B take
+49 µs a layer against 66 µs for the Triton GEMV, 2-32 rows run 1.5-2.9x faster than the Triton GEMM
+(kernel-lab-w4mma/README.md), and on Hopper 33-128 rows take a warpgroup-MMA kernel that at 64 rows runs a
+layer's linears in 148 µs against bf16's 142 and Triton's 191 (kernel-lab-wgmma/README.md).
 
 This file owns the layout (`repack`, its inverse and the torch reference of the kernel's arithmetic), the
-build (torch's cpp_extension, on first use, cached on disk; needs nvcc), the launch choices and the
-checks. Rows: up to 32 one launch; up to CHUNK_MAX_ROWS in 32-row launches (each re-reads the weight); more
-(prefill) dequantize the layout to a dense bf16 weight in column chunks and multiply with cuBLAS.
+build (torch's cpp_extension, on first use, cached on disk; needs nvcc; sm_90a code on Hopper), the launch
+choices and the checks. Rows: up to 32 one launch; 33 to WGMMA_MAX_ROWS on Hopper one warpgroup-kernel
+launch, elsewhere up to CHUNK_MAX_ROWS in 32-row launches (each re-reads the weight); more (prefill)
+dequantize the layout to a dense bf16 weight in column chunks and multiply with cuBLAS.
 
-The layout, for a linear W [N, K] (AWQ qweight [K, N/8]): stripes s of 64 output columns, k steps of 16,
-lanes (g = lane // 4, t = lane % 4), tiles j of 16 columns: qw word [s, kk, lane, j] holds the code of
-column n = 64 s + 16 j + 8 h + g at k = 16 kk + 8 a + 2 t + b in bits 16 b + 8 a + 4 h; sz [s, group, j, g, h]
-= the scale's 16 bits (fp16 or bf16) | bf16(zero) << 16.
+The layout, for a linear W [N, K] (AWQ qweight [K, N/8]): stripes s of 64 output columns, k steps of 16 in
+quads kq of four (kk = 4 kq + c), tiles j of 16 columns, lanes (g = lane // 4, t = lane % 4): qw word
+[s, kq, j, lane, c] holds the code of column n = 64 s + 16 j + 8 h + g at k = 16 kk + 8 a + 2 t + b in bits
+16 b + 8 a + 4 h; sz [s, group, j, g, h] = the scale's 16 bits (fp16 or bf16) | bf16(zero) << 16. A lane's
+16-byte load is one tile's fragments for four k steps: the few-row kernel loads a group's eight (all four
+tiles) at once, and the warpgroup kernel's warp j loads only its tile's, which wgmma takes from registers.
 """
 from __future__ import annotations
 
@@ -31,9 +35,11 @@ from ..quant.int4_pack import unpack_columns
 from .quant_gemm import _dense_product, _locks, _num_sms
 
 STRIPE = 64  # output columns a block takes (four 16-row MMA tiles)
+QUAD_K = 64  # the k extent of one 16-byte load (four k steps of 16)
 GROUP = 128  # the one group size the kernel is built for (AutoAWQ's and LMDeploy's default)
 MAX_ROWS = 32  # rows one launch takes
-CHUNK_MAX_ROWS = 64  # up to this many rows, 32-row launches; more: dense dequantize + cuBLAS
+CHUNK_MAX_ROWS = 64  # without the warpgroup kernel, up to this many rows 32-row launches; more: dense + cuBLAS
+WGMMA_MAX_ROWS = 128  # on Hopper, 33 to this many rows take the warpgroup-MMA kernel (one launch)
 SOURCE = Path(__file__).parent / "cuda" / "w4_mma.cu"
 
 
@@ -63,19 +69,19 @@ def check_shape(n: int, k: int, group_size: int) -> None:
 
 
 def repack(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int):
-    """AWQ (qweight [K, N/8], qzeros [K/G, N/8], scales [K/G, N] fp16/bf16) -> (qw int32 [N/64, K/16, 32, 4],
+    """AWQ (qweight [K, N/8], qzeros [K/G, N/8], scales [K/G, N] fp16/bf16) -> (qw int32 [N/64, K/64, 4, 32, 4],
     sz int32 [N/64, K/G, 4, 8, 2]) in the kernel's fragment order (on the tensors' device)."""
     if scales.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"repack: scales must be fp16 or bf16, not {scales.dtype}")
     codes = unpack_columns(qweight).to(torch.int64)  # [K, N]
     k, n = codes.shape
-    if n % STRIPE or k % group_size or group_size % 16:
-        raise ValueError(f"repack: N ({n}) must divide by {STRIPE}, K ({k}) by the group ({group_size}), "
-                         "the group by 16")
-    c = codes.view(k // 16, 2, 4, 2, n // STRIPE, 4, 2, 8)  # kk, a, t, b, s, j, h, g
-    c = c.permute(4, 0, 7, 2, 5, 1, 3, 6)  # s, kk, g, t, j, a, b, h
-    words = (c << _shifts(c.device)).sum(dim=(-3, -2, -1))  # [s, kk, g, t, j]
-    qw = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).reshape(n // STRIPE, k // 16, 32, 4)
+    if n % STRIPE or k % group_size or k % QUAD_K or group_size % 16:
+        raise ValueError(f"repack: N ({n}) must divide by {STRIPE}, K ({k}) by the group ({group_size}) and by "
+                         f"{QUAD_K}, the group by 16")
+    c = codes.view(k // QUAD_K, 4, 2, 4, 2, n // STRIPE, 4, 2, 8)  # kq, c, a, t, b, s, j, h, g
+    c = c.permute(5, 0, 6, 8, 3, 1, 2, 4, 7)  # s, kq, j, g, t, c, a, b, h
+    words = (c << _shifts(c.device)).sum(dim=(-3, -2, -1))  # [s, kq, j, g, t, c]
+    qw = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).reshape(n // STRIPE, k // QUAD_K, 4, 32, 4)
     zeros = unpack_columns(qzeros).to(torch.bfloat16).view(torch.int16).to(torch.int64) & 0xFFFF
     sbits = scales.contiguous().view(torch.int16).to(torch.int64) & 0xFFFF
     word = (zeros << 16) | sbits
@@ -86,10 +92,10 @@ def repack(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, gr
 
 def unpack_repacked(qw: torch.Tensor) -> torch.Tensor:
     """repack's weight half back to codes [K, N] (int64)."""
-    s, kk = qw.shape[:2]
-    w = (qw.to(torch.int64) & 0xFFFFFFFF).view(s, kk, 8, 4, 4)  # s, kk, g, t, j
-    codes = (w[..., None, None, None] >> _shifts(qw.device)) & 0xF  # s, kk, g, t, j, a, b, h
-    return codes.permute(1, 5, 3, 6, 0, 4, 7, 2).reshape(kk * 16, s * STRIPE)
+    s, kq = qw.shape[:2]
+    w = (qw.to(torch.int64) & 0xFFFFFFFF).view(s, kq, 4, 8, 4, 4)  # s, kq, j, g, t, c
+    codes = (w[..., None, None, None] >> _shifts(qw.device)) & 0xF  # s, kq, j, g, t, c, a, b, h
+    return codes.permute(1, 5, 6, 4, 7, 0, 2, 8, 3).reshape(kq * QUAD_K, s * STRIPE)
 
 
 def scales_zeros(sz: torch.Tensor, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,8 +161,22 @@ def extension():
 
             _EXT = load_inline("opsctl_w4_mma", cpp_sources="",
                                cuda_sources="#define W4MMA_TORCH_BINDING\n" + SOURCE.read_text(),
-                               extra_cuda_cflags=["-O3", "-std=c++17"], verbose=False)
+                               extra_cuda_cflags=["-O3", "-std=c++17", *_arch_flags()], verbose=False)
     return _EXT
+
+
+def _arch_flags() -> list[str]:
+    """Code for this GPU only; on Hopper (9.0) the arch-specific sm_90a, whose wgmma the many-row kernel
+    needs (W4MMA_SM90A compiles it in). Flags naming an arch stop torch from adding its own."""
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) == (9, 0):
+        return ["-gencode=arch=compute_90a,code=sm_90a", "-DW4MMA_SM90A"]
+    return [f"-gencode=arch=compute_{major}{minor},code=sm_{major}{minor}"]
+
+
+def has_wgmma() -> bool:
+    """Whether the built kernel carries the warpgroup-MMA path (Hopper, sm_90a)."""
+    return bool(extension().has_wgmma())
 
 
 # ----------------------------------------------------------------------------------------- launch
@@ -194,6 +214,29 @@ def launch(x, qw, sz, bias, out, scale_bf16: bool, config: tuple | None = None,
                        pipe)
 
 
+def wgmma_config(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, int, int]:
+    """(rows a block, stripes a warpgroup, warpgroups a block, splits) for the warpgroup kernel, from lab 7's
+    sweeps on an H200 (kernel-lab-wgmma/): 64-row blocks at every row count (more rows: more row tiles); two
+    warpgroups a block only where the stripes fill two blocks an SM (gate_up); K split only for long K, into
+    the fewest splits of <= 40 groups (down: four)."""
+    stripes, groups = n // STRIPE, k // GROUP
+    nwg = 2 if stripes % 2 == 0 and stripes >= 4 * num_sms else 1
+    splits = next(d for d in range(1, groups + 1) if groups % d == 0 and groups // d <= 40)
+    return 64, 1, nwg, splits
+
+
+def launch_wgmma(x, qw, sz, bias, out, scale_bf16: bool, config: tuple | None = None,
+                 part: torch.Tensor | None = None) -> None:
+    """One launch of the warpgroup kernel for all of x's rows. config: (rows a block, stripes a warpgroup,
+    warpgroups a block, splits), default wgmma_config's; part and the split counters as in `launch`."""
+    m, k = x.shape
+    n = out.shape[1]
+    bn, sp, nwg, splits = config or wgmma_config(m, n, k, _num_sms(x.device))
+    if part is None:
+        part = torch.empty(splits * m * n if splits > 1 else 1, dtype=torch.float32, device=x.device)
+    extension().w4_wgmma(x, qw, sz, bias, out, part, _locks(x.device), GROUP, scale_bf16, splits, bn, sp, nwg)
+
+
 def w4_mma_linear(x: torch.Tensor, qw: torch.Tensor, sz: torch.Tensor, scale_dtype: torch.dtype,
                   bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] bf16 @ W^T (+ bias) -> [M, N] bf16, W in repack's layout with group size GROUP."""
@@ -202,7 +245,7 @@ def w4_mma_linear(x: torch.Tensor, qw: torch.Tensor, sz: torch.Tensor, scale_dty
     if x.dtype != torch.bfloat16 or x.device.type != "cuda" or x.stride(1) != 1:
         raise ValueError(f"w4_mma_linear: x must be bf16 on a CUDA device with contiguous rows "
                          f"(got {x.dtype} on {x.device})")
-    if qw.shape[1] * 16 != k or sz.shape[:2] != (qw.shape[0], k // GROUP) or qw.device != x.device:
+    if qw.shape[1] * QUAD_K != k or sz.shape[:2] != (qw.shape[0], k // GROUP) or qw.device != x.device:
         raise ValueError(f"w4_mma_linear: weights {tuple(qw.shape)} / {tuple(sz.shape)} do not fit x [{m}, {k}]")
     if bias is not None and (bias.shape != (n,) or bias.dtype != x.dtype):
         raise ValueError(f"w4_mma_linear: bias must be {x.dtype} [{n}]")
@@ -210,6 +253,9 @@ def w4_mma_linear(x: torch.Tensor, qw: torch.Tensor, sz: torch.Tensor, scale_dty
     if m == 0:
         return out
     scale_bf16 = scale_dtype == torch.bfloat16
+    if MAX_ROWS < m <= WGMMA_MAX_ROWS and has_wgmma():
+        launch_wgmma(x, qw, sz, bias, out, scale_bf16)
+        return out
     if m <= CHUNK_MAX_ROWS:
         for r0 in range(0, m, MAX_ROWS):
             launch(x[r0:r0 + MAX_ROWS], qw, sz, bias, out[r0:r0 + MAX_ROWS], scale_bf16)

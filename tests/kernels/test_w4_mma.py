@@ -20,16 +20,18 @@ def _awq(n: int, k: int, group: int, seed: int, scale_dtype=torch.bfloat16, devi
     return qw.to(device), qz.to(device), s.to(device)
 
 
-@pytest.mark.parametrize("n,k,group", [(64, 128, 128), (192, 256, 64), (128, 96, 32)])
+@pytest.mark.parametrize("n,k,group", [(64, 128, 128), (192, 256, 64), (128, 192, 32)])
 def test_repack_puts_every_code_in_its_fragment_slot(n, k, group):
     qw, qz, s = _awq(n, k, group, n + k)
     packed, sz = w4_mma.repack(qw, qz, s, group)
-    assert packed.shape == (n // 64, k // 16, 32, 4) and sz.shape == (n // 64, k // group, 4, 8, 2)
+    assert packed.shape == (n // 64, k // 64, 4, 32, 4) and sz.shape == (n // 64, k // group, 4, 8, 2)
     assert torch.equal(w4_mma.unpack_repacked(packed), unpack_columns(qw).long())
-    # One slot by hand: lane 9 (g = 2, t = 1), tile j = 3, k step 1 of stripe 0: bits 20-23 (b = 1, a = 0,
-    # h = 1) hold column 16 * 3 + 8 + 2 = 58 at k = 16 + 2 + 1 = 19.
-    word = int(packed[0, 1, 9, 3]) & 0xFFFFFFFF
+    # One slot by hand: stripe 0, k quad 0, tile j = 3, lane 9 (g = 2, t = 1), k step c = 1: bits 20-23 (b = 1,
+    # a = 0, h = 1) hold column 16 * 3 + 8 + 2 = 58 at k = 16 + 2 + 1 = 19; k step 6 is quad 1's c = 2.
+    word = int(packed[0, 0, 3, 9, 1]) & 0xFFFFFFFF
     assert (word >> 20) & 0xF == int(unpack_columns(qw)[19, 58])
+    word = int(packed[0, 1, 3, 9, 2]) & 0xFFFFFFFF  # bits 8-11 (b = 0, a = 1, h = 0): column 50, k = 96 + 8 + 2
+    assert (word >> 8) & 0xF == int(unpack_columns(qw)[106, 50])
     # sz: the scale's bits low, the zero as a bf16 high; tile 1, g = 5, h = 1 is column 16 + 8 + 5 = 29
     got = int(sz[0, 0, 1, 5, 1]) & 0xFFFFFFFF
     assert got & 0xFFFF == int(s[0, 29].view(torch.int16)) & 0xFFFF
@@ -117,3 +119,28 @@ def test_the_compiled_kernel_matches_the_awq_reference(m, scale_dtype):
         assert ((got - emulated).abs().max() / ref.abs().max()).item() < 4e-3
     # the same call again, with the split counters left by the first: identical (deterministic)
     assert torch.equal(w4_mma.w4_mma_linear(x, packed, sz, scale_dtype, bias).float(), got)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", [(64, 1, 1, 1), (64, 1, 2, 2), (64, 2, 1, 4), (64, 2, 2, 1), (128, 1, 1, 2),
+                                    (128, 1, 2, 1)])
+@pytest.mark.parametrize("m", [33, 64, 100])
+def test_every_warpgroup_variant_matches_the_awq_reference(m, config):
+    """The Hopper kernel (33-128 rows) in each build variant (rows a block, stripes a warpgroup, warpgroups a
+    block, splits), rows past M and row tiles included, against the AWQ reference; repeat calls identical."""
+    why = _gpu_ready() or (None if w4_mma.has_wgmma() else "no sm_90a build (not a Hopper GPU)")
+    if why:
+        pytest.skip(why)
+    n, k = 512, 2048  # 8 stripes (every variant's column tile divides), 16 groups
+    qw, qz, s = _awq(n, k, 128, m, torch.bfloat16, "cuda")
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    bias = torch.randn(n, device="cuda", generator=gen).to(torch.bfloat16)
+    packed, sz = w4_mma.repack(qw, qz, s, 128)
+    ref = w4a16_linear_ref(x, qw, qz, s, 128, bias).float()
+    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    w4_mma.launch_wgmma(x, packed, sz, bias, out, True, config)
+    assert ((out.float() - ref).abs().max() / ref.abs().max()).item() < 1e-2
+    again = torch.empty_like(out)
+    w4_mma.launch_wgmma(x, packed, sz, bias, again, True, config)
+    assert torch.equal(again, out)

@@ -1,14 +1,15 @@
-// W4A16 for a few rows (M <= 32) on the tensor cores with the int4 weights as the MMA's register operand, and
-// the same layout dequantized to a dense 16-bit weight for more rows (engine/kernels/w4_mma.py owns the
-// layout, the build, the launch choices and the torch reference; reports/examples/h200/kernel-lab-w4mma/
-// the measurements).
+// W4A16 on the tensor cores with the int4 weights as the MMA's register operand: a few rows (M <= 32) with
+// mma.sync, 33-128 rows with Hopper's warpgroup MMA (sm_90a builds), and the same layout dequantized to a
+// dense 16-bit weight for more rows (engine/kernels/w4_mma.py owns the layout, the build, the launch choices
+// and the torch reference; reports/examples/h200/kernel-lab-w4mma/ and kernel-lab-wgmma/ the measurements).
 //
 // y[M, N] = x[M, K] W[N, K]^T, W[n, k] = (q - z) * s per group of G inputs. The product is computed
 // transposed, C[n, m] = W'[n, k] x^T[k, m], with mma.sync.m16n8k16: 16 output columns are the MMA's rows
 // (operand A, from registers), up to 8 rows of x its columns (operand B). Each thread's 16-byte load holds
-// exactly its A fragments of four 16x16 tiles (the weights are repacked once, so no shuffle is needed): one
-// LOP3 per two weights puts a code pair into a bf16 pair as (128 + q) (the code lands in the mantissa), one
-// shift per pair picks the nibble, and the MMA multiplies. Up to 16 rows the zero and scale are applied once
+// its A fragments of one 16x16 tile for four k steps, a group's eight loads those of all four tiles (the
+// weights are repacked once, so no shuffle is needed): one LOP3 per two weights puts a code pair into a bf16
+// pair as (128 + q) (the code lands in the mantissa), one shift per pair picks the nibble, and the MMA
+// multiplies. Up to 16 rows the zero and scale are applied once
 // per group in fp32: out += s * (sum_k x (128 + q) - (128 + z) * sum_k x), the sum of x coming from one more
 // MMA against an all-ones A; about 1.4 instructions per weight in the loop (sm_90 SASS). 17-32 rows
 // dequantize each pair in bf16 once and feed it to four MMAs. Activations are bf16; scales fp16 or bf16.
@@ -52,6 +53,14 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p) {
 }
 
 
+// The word of tile j at k step kk of a group's KS 16-byte loads: load 4 q + j holds tile j's k steps 4 q .. 4 q + 3.
+template <int KS>
+__device__ __forceinline__ uint32_t word_of(const uint4 (&w)[KS], int kk, int j) {
+  const uint4 v = w[(kk >> 2) * 4 + j];
+  const int c = kk & 3;
+  return c == 0 ? v.x : c == 1 ? v.y : c == 2 ? v.z : v.w;
+}
+
 // One group of one warp: its KS 16-byte weight words (already loaded), the x fragments, the MMAs, and the
 // group's zero and scale folded into res in fp32.
 template <bool SBF16, int MT, int KS>
@@ -75,11 +84,11 @@ __device__ __forceinline__ void group_step(float (&res)[4][MT][4], const uint4 (
       b1[mt] = __ldg(xg[mt] + kk * 8 + 4);
       mma(xs[mt], one, one, one, one, b0[mt], b1[mt]);  // the group's sum of x, per batch row
     }
-    const uint32_t words[4] = {w[kk].x, w[kk].y, w[kk].z, w[kk].w};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const uint32_t a0 = and_or(words[j], LOW, MAGIC), a1 = and_or(words[j] >> 4, LOW, MAGIC);
-      const uint32_t a2 = and_or(words[j] >> 8, LOW, MAGIC), a3 = and_or(words[j] >> 12, LOW, MAGIC);
+      const uint32_t word = word_of<KS>(w, kk, j);
+      const uint32_t a0 = and_or(word, LOW, MAGIC), a1 = and_or(word >> 4, LOW, MAGIC);
+      const uint32_t a2 = and_or(word >> 8, LOW, MAGIC), a3 = and_or(word >> 12, LOW, MAGIC);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) mma(acc[j][mt], a0, a1, a2, a3, b0[mt], b1[mt]);
     }
@@ -135,13 +144,13 @@ __device__ __forceinline__ void group_step_direct(float (&res)[4][MT][4], const 
       b0[mt] = __ldg(xg[mt] + kk * 8);
       b1[mt] = __ldg(xg[mt] + kk * 8 + 4);
     }
-    const uint32_t words[4] = {w[kk].x, w[kk].y, w[kk].z, w[kk].w};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {  // a0, a2: row g; a1, a3: row g + 8
-      const uint32_t a0 = bf16x2_mul(bf16x2_sub(and_or(words[j], LOW, MAGIC), zp[j][0]), sp[j][0]);
-      const uint32_t a1 = bf16x2_mul(bf16x2_sub(and_or(words[j] >> 4, LOW, MAGIC), zp[j][1]), sp[j][1]);
-      const uint32_t a2 = bf16x2_mul(bf16x2_sub(and_or(words[j] >> 8, LOW, MAGIC), zp[j][0]), sp[j][0]);
-      const uint32_t a3 = bf16x2_mul(bf16x2_sub(and_or(words[j] >> 12, LOW, MAGIC), zp[j][1]), sp[j][1]);
+      const uint32_t word = word_of<KS>(w, kk, j);
+      const uint32_t a0 = bf16x2_mul(bf16x2_sub(and_or(word, LOW, MAGIC), zp[j][0]), sp[j][0]);
+      const uint32_t a1 = bf16x2_mul(bf16x2_sub(and_or(word >> 4, LOW, MAGIC), zp[j][1]), sp[j][1]);
+      const uint32_t a2 = bf16x2_mul(bf16x2_sub(and_or(word >> 8, LOW, MAGIC), zp[j][0]), sp[j][0]);
+      const uint32_t a3 = bf16x2_mul(bf16x2_sub(and_or(word >> 12, LOW, MAGIC), zp[j][1]), sp[j][1]);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) mma(res[j][mt], a0, a1, a2, a3, b0[mt], b1[mt]);
     }
@@ -165,10 +174,10 @@ __device__ __forceinline__ void load_group(uint4 (&w)[KS], uint2 (&zs)[4], const
 
 // Grid (N / 64, splits); NW warps a block, all on one stripe of 64 output columns, each taking every NW-th
 // group of the block's K range, two groups an iteration (one computes while the other's loads fly). qw:
-// [N/64][K/16][32 lanes] uint4; sz: [N/64][K/G][4 tiles][8] uint2 (rows g and g + 8 of a tile). Batch rows
-// past M read row M - 1 (their outputs are never stored). With splits > 1 each block writes fp32 partials
-// [S][M][N] and the last block of a stripe to arrive sums them in split order (deterministic) and puts its
-// counter back to 0.
+// [N/64][K/64][4 tiles][32 lanes] uint4 (a group's load 4 q + j: tile j, k steps 4 q .. 4 q + 3); sz:
+// [N/64][K/G][4 tiles][8] uint2 (rows g and g + 8 of a tile). Batch rows past M read row M - 1 (their outputs
+// are never stored). With splits > 1 each block writes fp32 partials [S][M][N] and the last block of a stripe
+// to arrive sums them in split order (deterministic) and puts its counter back to 0.
 template <bool SBF16, int MT, int KS, int NW, int MINB, bool PIPE>
 __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
     const __nv_bfloat16* __restrict__ x, int64_t ldx, const uint4* __restrict__ qw, const uint2* __restrict__ sz,
@@ -285,11 +294,282 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
   if (threadIdx.x == 0) locks[stripe] = 0;
 }
 
+// ---- 33-128 rows on Hopper's warpgroup MMA (sm_90a; reports/examples/h200/kernel-lab-wgmma/): wgmma.m64nBNk16
+// with the weights as operand A from registers and a BN-row tile of x as operand B in shared memory. A block is
+// NWG warpgroups, each on SP stripes of its own: warp w of a warpgroup dequantizes tile w of each stripe (its
+// 16-byte words are exactly that tile's fragments for four k steps) in bf16 as the 17-32-row path does, and
+// one wgmma per stripe and k step multiplies all 64 of the stripe's columns by the BN rows. Every group (128 k)
+// of x, weight words and (scale, zero) words is copied with cp.async: x XPRE groups ahead of the MMAs into
+// XPRE + 2 buffers (a group's MMAs run while the next group is dequantized: wgmma.wait_group 1, the A
+// registers alternating between two sets), the weights WPRE ahead into WPRE + 1 (read into registers at the
+// start of a group); x in the 128-byte-swizzled K-major layout wgmma reads (two 64-k atoms of BN rows x 128
+// bytes; 16-byte chunk c of row r at c ^ (r % 8)), rows past M zero-filled. Grid (N / (64 SP NWG), splits,
+// row tiles); split-K partials are summed by the last block to arrive, as in w4_mma_kernel.
+template <int BN, int SP, int NWG>
+struct WgLayout {
+  static constexpr int THREADS = 128 * NWG, XPRE = 2, XSTAGES = XPRE + 2, WPRE = 4, WSTAGES = WPRE + 1;
+  static constexpr uint32_t ATOM = BN * 128, X = 2 * ATOM;      // a multiple of 1024: x atoms stay aligned
+  static constexpr uint32_t WG = SP * 4096 + SP * 256, W = NWG * WG;  // a warpgroup's weight words, then its
+                                                                       // (scale, zero) words
+  static constexpr int SMEM = XSTAGES * X + WSTAGES * W + 1024;
+  static constexpr int COLS = 64 * SP * NWG, PITCH = COLS + 4;  // the epilogue's fp32 tile, in the buffers
+  static_assert(BN * PITCH * 4 <= XSTAGES * X + WSTAGES * W, "the output tile fits in the copy buffers");
+};
+
+#if defined(W4MMA_SM90A) && defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define W4MMA_WGMMA_BODY 1
+__device__ __forceinline__ uint64_t wg_desc(uint32_t smem_addr) {
+  // K-major operand, 128-byte swizzle: start address >> 4, leading offset 16 bytes (unused for this layout),
+  // stride 1024 bytes between groups of 8 rows, layout type 1 (SWIZZLE_128B) in bits 62-63.
+  return (static_cast<uint64_t>((smem_addr & 0x3FFFF) >> 4)) | (static_cast<uint64_t>(1) << 16) |
+         (static_cast<uint64_t>(1024 >> 4) << 32) | (static_cast<uint64_t>(1) << 62);
+}
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+
+template <int BN>
+__device__ __forceinline__ void wg_keep(float (&d)[BN / 2]) {  // the accumulators stay put across the async MMAs
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+template <int BN>
+__device__ __forceinline__ void wgmma_rs(float (&d)[BN / 2], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint64_t desc);
+
+template <>
+__device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                             uint64_t desc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_rs<128>(float (&d)[64], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                              uint64_t desc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
+}
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+__device__ __forceinline__ uint4 lds128(uint32_t a) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(a));
+  return v;
+}
+__device__ __forceinline__ uint2 lds64(uint32_t a) {
+  uint2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(a));
+  return v;
+}
+#endif
+
+template <bool SBF16, int BN, int SP, int NWG>
+__global__ void __launch_bounds__(128 * NWG, NWG == 2 && SP == 1 ? 2 : 1) w4_wgmma_kernel(  // two blocks an SM
+    const __nv_bfloat16* __restrict__ x, int64_t ldx, const uint4* __restrict__ qw, const uint2* __restrict__ sz,
+    const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ out, float* __restrict__ part,
+    int* __restrict__ locks, int M, int N, int K, int groups_per_split) {
+#ifdef W4MMA_WGMMA_BODY
+  using L = WgLayout<BN, SP, NWG>;
+  extern __shared__ uint8_t wg_smem_raw[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem_raw));
+  const uint32_t base = (raw + 1023) & ~1023u;  // swizzle atoms start on 1024-byte boundaries
+  uint8_t* const smem = wg_smem_raw + (base - raw);
+  const uint32_t xbase = base, wbase = base + L::XSTAGES * L::X;
+
+  const int split = blockIdx.y, splits = gridDim.y, row0 = blockIdx.z * BN;
+  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int groups = K / 128, quads = K / 64;
+  const int g0 = split * groups_per_split, g1 = min(groups, g0 + groups_per_split);
+  const int stripe0 = (blockIdx.x * NWG + wg) * SP;  // this warpgroup's first stripe
+
+  // Copy addresses, fixed but for the group: x chunk `tid % 16` of rows tid / 16 + XR i (i < BN / XR); the
+  // weight words of tile `warp`, k quads 2 gi, 2 gi + 1; 16 bytes of the (scale, zero) words.
+  constexpr int XR = L::THREADS / 16;
+  const int xr = tid >> 4, chunk = tid & 15;
+  const __nv_bfloat16* xsrc = x + static_cast<int64_t>(row0 + xr) * ldx + chunk * 8 + g0 * 128;
+  const uint32_t xdst = (chunk >> 3) * L::ATOM + xr * 128 + (((chunk & 7) ^ (xr & 7)) << 4);
+  const uint4* wsrc[SP];
+#pragma unroll
+  for (int sp = 0; sp < SP; ++sp)
+    wsrc[sp] = qw + ((static_cast<size_t>(stripe0 + sp) * quads + 2 * g0) * 4 + warp) * 32 + lane;
+  const uint32_t wdst = wg * L::WG + warp * 512 + lane * 16;
+  const bool zcopy = (tid & 127) < 16 * SP;
+  const uint8_t* zsrc = reinterpret_cast<const uint8_t*>(
+      sz + (static_cast<size_t>(stripe0 + ((tid & 127) >> 4)) * groups + g0) * 32) + (tid & 15) * 16;
+  const uint32_t zdst = wg * L::WG + SP * 4096 + (tid & 127) * 16;
+
+  auto copy_x = [&](int stage, int step) {  // group g0 + step
+    const uint32_t sb = xbase + stage * L::X + xdst;
+#pragma unroll
+    for (int i = 0; i < BN / XR; ++i) {
+      const bool in = row0 + xr + XR * i < M;
+      cp_async16(sb + XR * i * 128, in ? xsrc + XR * i * ldx + step * 128 : x, in ? 16 : 0);
+    }
+  };
+  auto copy_w = [&](int stage, int step) {
+    const uint32_t sb = wbase + stage * L::W;
+#pragma unroll
+    for (int sp = 0; sp < SP; ++sp)
+#pragma unroll
+      for (int q = 0; q < 2; ++q) cp_async16(sb + wdst + (sp * 2 + q) * 2048, wsrc[sp] + step * 256 + q * 128, 16);
+    if (zcopy) cp_async16(sb + zdst, zsrc + step * 256, 16);
+  };
+
+  float acc[SP][BN / 2];
+#pragma unroll
+  for (int sp = 0; sp < SP; ++sp)
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) acc[sp][i] = 0.f;
+
+  // Prologue: the weights of steps 0 .. WPRE - 1, x of 0 .. XPRE - 1 in the last XPRE of those commit groups,
+  // so that before step j's MMAs `cp.async.wait_group XPRE - 1` means: its x and weights have landed.
+  const int steps = g1 - g0;
+#pragma unroll
+  for (int s = 0; s < L::WPRE; ++s) {
+    if (s < steps) copy_w(s, s);
+    const int xs = s - (L::WPRE - L::XPRE);
+    if (xs >= 0 && xs < steps) copy_x(xs, xs);
+    cp_commit();
+  }
+  // One group: its A registers are `a` (two sets, alternating: the MMAs of group it - 1 may still read the other).
+  auto step = [&](int it, uint32_t (&a)[SP][8][4]) {
+    cp_wait<L::XPRE - 1>();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async writes -> wgmma's reads
+    __syncthreads();  // everyone's landed; x's refilled buffer was read by group it - 2's MMAs, done
+    if (it + L::WPRE < steps) copy_w((it + L::WPRE) % L::WSTAGES, it + L::WPRE);
+    if (it + L::XPRE < steps) copy_x((it + L::XPRE) % L::XSTAGES, it + L::XPRE);
+    cp_commit();
+    const uint32_t xs = xbase + (it % L::XSTAGES) * L::X, ws = wbase + (it % L::WSTAGES) * L::W + wg * L::WG;
+#pragma unroll
+    for (int sp = 0; sp < SP; ++sp) {
+      const uint2 z = lds64(ws + SP * 4096 + sp * 256 + (warp * 8 + g) * 8);
+      const uint32_t zp0 = bf16x2_of(zero_of(z.x) + BIAS), zp1 = bf16x2_of(zero_of(z.y) + BIAS);
+      const uint32_t sp0 = SBF16 ? __byte_perm(z.x, 0, 0x1010) : bf16x2_of(scale_of<SBF16>(z.x));
+      const uint32_t sp1 = SBF16 ? __byte_perm(z.y, 0, 0x1010) : bf16x2_of(scale_of<SBF16>(z.y));
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const uint4 v = lds128(ws + (sp * 2 + q) * 2048 + warp * 512 + lane * 16);
+        const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const uint32_t word = words[c];
+          a[sp][4 * q + c][0] = bf16x2_mul(bf16x2_sub(and_or(word, LOW, MAGIC), zp0), sp0);
+          a[sp][4 * q + c][1] = bf16x2_mul(bf16x2_sub(and_or(word >> 4, LOW, MAGIC), zp1), sp1);
+          a[sp][4 * q + c][2] = bf16x2_mul(bf16x2_sub(and_or(word >> 8, LOW, MAGIC), zp0), sp0);
+          a[sp][4 * q + c][3] = bf16x2_mul(bf16x2_sub(and_or(word >> 12, LOW, MAGIC), zp1), sp1);
+        }
+      }
+    }
+    wg_fence();  // the group's eight k steps dequantized: one fence, then the MMAs back to back
+#pragma unroll
+    for (int sp = 0; sp < SP; ++sp)
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk)  // k step kk: atom kk / 4, 32 bytes a k step
+        wgmma_rs<BN>(acc[sp], a[sp][kk][0], a[sp][kk][1], a[sp][kk][2], a[sp][kk][3],
+                     wg_desc(xs + (kk >> 2) * L::ATOM + (kk & 3) * 32));
+    wg_commit();
+    wg_wait<1>();  // group it - 1's MMAs are done: its A set may be written again
+  };
+  uint32_t a0[SP][8][4], a1[SP][8][4];
+  int it = 0;
+  for (; it + 1 < steps; it += 2) {
+    step(it, a0);
+    step(it + 1, a1);
+  }
+  if (it < steps) step(it, a0);
+  wg_wait<0>();
+#pragma unroll
+  for (int sp = 0; sp < SP; ++sp) wg_keep<BN>(acc[sp]);
+  cp_wait<0>();
+  __syncthreads();  // the copy buffers are free: the block's [BN][COLS] fp32 tile goes there
+
+  // accumulator i = 4 nb + c: column 16 warp + g + 8 (c >> 1) of the stripe, row 8 nb + 2 t + (c & 1)
+  constexpr int COLS = L::COLS, PITCH = L::PITCH;
+  float* const tile = reinterpret_cast<float*>(smem);
+#pragma unroll
+  for (int sp = 0; sp < SP; ++sp)
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) {
+      const int nb = i >> 2, c = i & 3;
+      tile[(8 * nb + 2 * t + (c & 1)) * PITCH + 64 * (wg * SP + sp) + 16 * warp + g + 8 * (c >> 1)] = acc[sp][i];
+    }
+  __syncthreads();
+  const int rows = min(BN, M - row0), n0 = blockIdx.x * COLS;
+  for (int i = tid; i < rows * COLS; i += L::THREADS) {
+    const int r = i / COLS, col = i % COLS;
+    float v = tile[r * PITCH + col];
+    if (splits == 1) {
+      if (bias) v += __bfloat162float(bias[n0 + col]);
+      out[static_cast<size_t>(row0 + r) * N + n0 + col] = __float2bfloat16(v);
+    } else {
+      __stcg(part + (static_cast<size_t>(split) * M + row0 + r) * N + n0 + col, v);
+    }
+  }
+  if (splits == 1) return;
+  __threadfence();
+  __syncthreads();
+  __shared__ int last;
+  const int lock = blockIdx.z * gridDim.x + blockIdx.x;
+  if (tid == 0) last = atomicAdd(locks + lock, 1) == splits - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const size_t stride = static_cast<size_t>(M) * N;
+  for (int i = tid; i < rows * COLS; i += L::THREADS) {  // eight splits' loads in flight, summed pairwise
+    const int r = i / COLS, col = i % COLS;
+    const float* p = part + static_cast<size_t>(row0 + r) * N + n0 + col;
+    float v = 0.f;
+    for (int s0 = 0; s0 < splits; s0 += 8) {
+      float u[8];
+#pragma unroll
+      for (int q = 0; q < 8; ++q) u[q] = s0 + q < splits ? __ldcg(p + (s0 + q) * stride) : 0.f;
+      v += ((u[0] + u[1]) + (u[2] + u[3])) + ((u[4] + u[5]) + (u[6] + u[7]));
+    }
+    if (bias) v += __bfloat162float(bias[n0 + col]);
+    out[static_cast<size_t>(row0 + r) * N + n0 + col] = __float2bfloat16(v);
+  }
+  if (tid == 0) locks[lock] = 0;
+#endif
+}
+
 // W[n0 + r, k] for the stripes [stripe0, stripe0 + gridDim.x) as a dense [rows, K] 16-bit matrix:
 // (q - z) * s in fp32, one rounding, as the torch reference dequantizes. A block is one stripe (64 rows) and
-// DQ_STEPS k steps (128 columns); warp w unpacks k step w of its 16-byte fragments into shared memory, then
-// the block writes whole 256-byte row segments. (Written straight from the fragments, each warp store hit 8
-// rows x 16 bytes, and the kernel took twice as long as the Triton dequantize of the AWQ layout.)
+// DQ_STEPS k steps (128 columns); warp w unpacks tile w % 4 of k quad w / 4 (one 16-byte load) into shared
+// memory, then the block writes whole 256-byte row segments. (Written straight from the fragments, each warp
+// store hit 8 rows x 16 bytes, and the kernel took twice as long as the Triton dequantize of the AWQ layout.)
 constexpr int DQ_STEPS = 8, DQ_COLS = 16 * DQ_STEPS, DQ_PITCH = DQ_COLS + 8;  // +8: rows g land on distinct banks
 
 template <bool SBF16>
@@ -297,25 +577,25 @@ __global__ void __launch_bounds__(32 * DQ_STEPS) w4_dequant_kernel(
     const uint4* __restrict__ qw, const uint2* __restrict__ sz, __nv_bfloat16* __restrict__ w, int K, int G,
     int stripe0) {
   __shared__ __align__(16) __nv_bfloat16 tile[64 * DQ_PITCH];
-  const int ksteps = K / 16, s = stripe0 + blockIdx.x, sl = blockIdx.x;
+  const int quads = K / 64, s = stripe0 + blockIdx.x, sl = blockIdx.x;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int kk = blockIdx.y * DQ_STEPS + warp;
-  if (kk < ksteps) {
-    const int gi = kk * 16 / G;
-    const uint4 v = qw[(static_cast<size_t>(s) * ksteps + kk) * 32 + lane];
+  const int q = warp >> 2, j = warp & 3, kq = blockIdx.y * (DQ_STEPS / 4) + q;  // warp: tile j of k quad kq
+  if (kq < quads) {
+    const int gi = kq * 64 / G;  // G is a multiple of 64: a quad lies in one group
+    const uint4 v = qw[((static_cast<size_t>(s) * quads + kq) * 4 + j) * 32 + lane];
     const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+    const uint2 z = sz[(static_cast<size_t>(s) * (K / G) + gi) * 32 + j * 8 + g];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint2 z = sz[(static_cast<size_t>(s) * (K / G) + gi) * 32 + j * 8 + g];
+    for (int h = 0; h < 2; ++h) {
+      const uint32_t zw = h ? z.y : z.x;
+      const float sc = scale_of<SBF16>(zw), zf = zero_of(zw);
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const uint32_t zw = h ? z.y : z.x;
-        const float sc = scale_of<SBF16>(zw), zf = zero_of(zw);
-        __nv_bfloat16* row = tile + (16 * j + 8 * h + g) * DQ_PITCH + warp * 16 + 2 * t;
+      for (int c = 0; c < 4; ++c) {
+        __nv_bfloat16* row = tile + (16 * j + 8 * h + g) * DQ_PITCH + (4 * q + c) * 16 + 2 * t;
 #pragma unroll
         for (int a = 0; a < 2; ++a) {
-          const float q0 = static_cast<float>((words[j] >> (8 * a + 4 * h)) & 0xF);
-          const float q1 = static_cast<float>((words[j] >> (16 + 8 * a + 4 * h)) & 0xF);
+          const float q0 = static_cast<float>((words[c] >> (8 * a + 4 * h)) & 0xF);
+          const float q1 = static_cast<float>((words[c] >> (16 + 8 * a + 4 * h)) & 0xF);
           *reinterpret_cast<__nv_bfloat162*>(row + 8 * a) = __floats2bfloat162_rn((q0 - zf) * sc, (q1 - zf) * sc);
         }
       }
@@ -388,6 +668,62 @@ void w4_mma(torch::Tensor x, torch::Tensor qw, torch::Tensor sz, c10::optional<t
 #undef W4MMA_ROWS
 }
 
+// Many rows on the warpgroup MMA (sm_90a builds only: has_wgmma()): bn rows a block (64 or 128), sp stripes a
+// warpgroup (1 or 2), nwg warpgroups a block (1 or 2).
+bool has_wgmma() {
+#ifdef W4MMA_SM90A
+  return true;
+#else
+  return false;
+#endif
+}
+
+template <bool SBF16, int BN, int SP, int NWG>
+void wgmma_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tensor& sz,
+             const c10::optional<torch::Tensor>& bias, torch::Tensor& out, torch::Tensor& part, torch::Tensor& locks,
+             int splits, int groups_per_split) {
+  using T = __nv_bfloat16;
+  using L = WgLayout<BN, SP, NWG>;
+  const int M = x.size(0), K = x.size(1), N = out.size(1);
+  const dim3 grid(N / L::COLS, splits, (M + BN - 1) / BN);
+  TORCH_CHECK(grid.x * grid.z <= locks.numel(), "w4_wgmma: more tiles than split counters");
+  auto kernel = w4_wgmma_kernel<SBF16, BN, SP, NWG>;
+  static const bool sized = [&] {  // once per instantiation, before any CUDA graph capture
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::SMEM));
+    return true;
+  }();
+  (void)sized;
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  kernel<<<grid, L::THREADS, L::SMEM, stream>>>(
+      reinterpret_cast<const T*>(x.data_ptr()), x.stride(0), reinterpret_cast<const uint4*>(qw.data_ptr()),
+      reinterpret_cast<const uint2*>(sz.data_ptr()), bias ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr,
+      reinterpret_cast<T*>(out.data_ptr()), part.data_ptr<float>(), locks.data_ptr<int>(), M, N, K,
+      groups_per_split);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void w4_wgmma(torch::Tensor x, torch::Tensor qw, torch::Tensor sz, c10::optional<torch::Tensor> bias,
+              torch::Tensor out, torch::Tensor part, torch::Tensor locks, int64_t group_size, bool scale_bf16,
+              int64_t splits, int64_t bn, int64_t sp, int64_t nwg) {
+  TORCH_CHECK(has_wgmma(), "w4_wgmma: this build has no sm_90a code");
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.scalar_type() == at::kBFloat16 && group_size == 128,
+              "w4_wgmma: bf16 x [M, K] with contiguous rows, group size 128");
+  TORCH_CHECK(out.size(1) % (64 * sp * nwg) == 0, "w4_wgmma: N must divide by 64 * sp * nwg");
+  const int groups = x.size(1) / group_size, gps = (groups + splits - 1) / splits;
+#define W4WG(SB, BN, SP, NWG) wgmma_t<SB, BN, SP, NWG>(x, qw, sz, bias, out, part, locks, splits, gps)
+#define W4WG_SB(BN, SP, NWG) \
+  if (scale_bf16) W4WG(true, BN, SP, NWG); else W4WG(false, BN, SP, NWG);
+  if (bn == 64 && sp == 1 && nwg == 1) { W4WG_SB(64, 1, 1) }
+  else if (bn == 64 && sp == 1 && nwg == 2) { W4WG_SB(64, 1, 2) }
+  else if (bn == 64 && sp == 2 && nwg == 1) { W4WG_SB(64, 2, 1) }
+  else if (bn == 64 && sp == 2 && nwg == 2) { W4WG_SB(64, 2, 2) }
+  else if (bn == 128 && sp == 1 && nwg == 1) { W4WG_SB(128, 1, 1) }
+  else if (bn == 128 && sp == 1 && nwg == 2) { W4WG_SB(128, 1, 2) }
+  else TORCH_CHECK(false, "w4_wgmma: (bn, sp, nwg) must be (64, 1 | 2, 1 | 2) or (128, 1, 1 | 2)");
+#undef W4WG_SB
+#undef W4WG
+}
+
 void w4_dequant(torch::Tensor qw, torch::Tensor sz, torch::Tensor w, int64_t group_size, bool scale_bf16,
                 int64_t stripe0) {
   TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.is_contiguous(), "w4_dequant: w contiguous bf16 [rows, K]");
@@ -408,5 +744,7 @@ void w4_dequant(torch::Tensor qw, torch::Tensor sz, torch::Tensor w, int64_t gro
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4_mma", &w4mma::w4_mma);
   m.def("w4_dequant", &w4mma::w4_dequant);
+  m.def("w4_wgmma", &w4mma::w4_wgmma);
+  m.def("has_wgmma", &w4mma::has_wgmma);
 }
 #endif
