@@ -6,7 +6,7 @@ Every wgmma configuration is checked against the AWQ reference first (rel_err: m
 engine's CUDA-graph timer over >= 256 MB of weight copies (every call reads HBM), median of 7 replays. Prints
 JSON; run on the GPU machine:
 
-    python3 ci/kernel_lab/wgmma_lab.py > lab7.json
+    python3 ci/kernel_lab/wgmma_lab.py [M ...] > lab7.json     (row counts; default 33 64 128 256)
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def configs(m: int, n: int, k: int):
 def main() -> int:
     dev = torch.device("cuda")
     torch.manual_seed(0)
+    row_counts = [int(a) for a in sys.argv[1:]] or list(ROWS)
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     assert w4_mma.has_wgmma(), "this build has no sm_90a code"
     rows = []
@@ -75,7 +76,7 @@ def main() -> int:
         wb = w.to(torch.bfloat16)
         dense = [wb.clone() for _ in range(max(2, (256 << 20) // wb.numel() // 2))]
         del w
-        for m in ROWS:
+        for m in row_counts:
             x = torch.randn(m, k, device=dev).to(torch.bfloat16)
             out = torch.empty(m, n, dtype=torch.bfloat16, device=dev)
             ref = w4a16_linear_ref(x, qweight, qzeros, scales, GROUP).float()

@@ -397,7 +397,7 @@ __device__ __forceinline__ uint2 lds64(uint32_t a) {
 #endif
 
 template <bool SBF16, int BN, int SP, int NWG>
-__global__ void __launch_bounds__(128 * NWG, NWG == 2 && SP == 1 ? 2 : 1) w4_wgmma_kernel(  // two blocks an SM
+__global__ void __launch_bounds__(128 * NWG, BN == 64 && SP == 1 && NWG == 2 ? 2 : 1) w4_wgmma_kernel(
     const __nv_bfloat16* __restrict__ x, int64_t ldx, const uint4* __restrict__ qw, const uint2* __restrict__ sz,
     const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ out, float* __restrict__ part,
     int* __restrict__ locks, int M, int N, int K, int groups_per_split) {
@@ -431,13 +431,13 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 2 && SP == 1 ? 2 : 1) w4_wgm
       sz + (static_cast<size_t>(stripe0 + ((tid & 127) >> 4)) * groups + g0) * 32) + (tid & 15) * 16;
   const uint32_t zdst = wg * L::WG + SP * 4096 + (tid & 127) * 16;
 
-  auto copy_x = [&](int stage, int step) {  // group g0 + step
-    const uint32_t sb = xbase + stage * L::X + xdst;
+  const int xrows = (M - row0 - xr + XR - 1) / XR;  // this thread's copies i < xrows are rows below M
+  const int64_t xstride = XR * ldx;
+  auto copy_x = [&](int stage, int step) {  // group g0 + step; one 64-bit add a chunk, no multiplies
+    uint32_t d = xbase + stage * L::X + xdst;
+    const __nv_bfloat16* p = xsrc + step * 128;
 #pragma unroll
-    for (int i = 0; i < BN / XR; ++i) {
-      const bool in = row0 + xr + XR * i < M;
-      cp_async16(sb + XR * i * 128, in ? xsrc + XR * i * ldx + step * 128 : x, in ? 16 : 0);
-    }
+    for (int i = 0; i < BN / XR; ++i, p += xstride, d += XR * 128) cp_async16(d, i < xrows ? p : x, i < xrows ? 16 : 0);
   };
   auto copy_w = [&](int stage, int step) {
     const uint32_t sb = wbase + stage * L::W;
