@@ -8,7 +8,7 @@ thread's A fragments of a 16x16 tile for four k steps, one LOP3 makes two bf16 w
 16 rows zero and scale are applied once per group in fp32: on an H200 the batch-1 linears of Qwen2.5-7B take
 49 µs a layer against 66 µs for the Triton GEMV, 2-32 rows run 1.5-2.9x faster than the Triton GEMM
 (kernel-lab-w4mma/README.md), and on Hopper 33-128 rows take a warpgroup-MMA kernel that at 64 rows runs a
-layer's linears in 148 µs against bf16's 142 and Triton's 191 (kernel-lab-wgmma/README.md).
+layer's linears in 137 µs against bf16's 143 and Triton's 190 (kernel-lab-wgmma/README.md).
 
 This file owns the layout (`repack`, its inverse and the torch reference of the kernel's arithmetic), the
 build (torch's cpp_extension, on first use, cached on disk; needs nvcc; sm_90a code on Hopper), the launch
