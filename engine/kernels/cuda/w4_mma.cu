@@ -172,6 +172,39 @@ __device__ __forceinline__ void load_group(uint4 (&w)[KS], uint2 (&zs)[4], const
   for (int j = 0; j < 4; ++j) zs[j] = __ldg(sq + j * 8);
 }
 
+// Split-K's end, once every thread of the block has stored its fp32 partials of rows [row0, row0 + rows) x
+// columns [n0, n0 + COLS) at part[split][row][col]: the block that arrives last at its tile's counter sums the
+// splits' partials in split order (deterministic; eight loads in flight, summed pairwise), adds the bias,
+// writes bf16 and puts the counter back to 0 for the next launch.
+template <int COLS>
+__device__ __forceinline__ void sum_splits_if_last(const float* __restrict__ part, int* __restrict__ counter,
+                                                   int splits, int M, int N, int row0, int rows, int n0,
+                                                   const __nv_bfloat16* __restrict__ bias,
+                                                   __nv_bfloat16* __restrict__ out) {
+  __threadfence();
+  __syncthreads();
+  __shared__ int last;
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == splits - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const size_t stride = static_cast<size_t>(M) * N;
+  for (int i = threadIdx.x; i < rows * COLS; i += blockDim.x) {
+    const int r = i / COLS, col = i % COLS;
+    const float* p = part + static_cast<size_t>(row0 + r) * N + n0 + col;
+    float v = 0.f;
+    for (int s0 = 0; s0 < splits; s0 += 8) {
+      float u[8];
+#pragma unroll
+      for (int q = 0; q < 8; ++q) u[q] = s0 + q < splits ? __ldcg(p + (s0 + q) * stride) : 0.f;
+      v += ((u[0] + u[1]) + (u[2] + u[3])) + ((u[4] + u[5]) + (u[6] + u[7]));
+    }
+    if (bias) v += __bfloat162float(bias[n0 + col]);
+    out[static_cast<size_t>(row0 + r) * N + n0 + col] = __float2bfloat16(v);
+  }
+  if (threadIdx.x == 0) *counter = 0;
+}
+
 // Grid (N / 64, splits); NW warps a block, all on one stripe of 64 output columns, each taking every NW-th
 // group of the block's K range, two groups an iteration (one computes while the other's loads fly). qw:
 // [N/64][K/64][4 tiles][32 lanes] uint4 (a group's load 4 q + j: tile j, k steps 4 q .. 4 q + 3); sz:
@@ -269,29 +302,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
       }
     }
   }
-  if (splits == 1) return;
-  __threadfence();
-  __syncthreads();
-  __shared__ int last;
-  if (threadIdx.x == 0) last = atomicAdd(locks + stripe, 1) == splits - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  const size_t stride = static_cast<size_t>(M) * N;
-  for (int i = threadIdx.x; i < M * 64; i += NW * 32) {  // eight splits' loads in flight, summed pairwise
-    const int m = i >> 6, nl = i & 63;
-    const float* p = part + static_cast<size_t>(m) * N + n0 + nl;
-    float v = 0.f;
-    for (int s0 = 0; s0 < splits; s0 += 8) {
-      float u[8];
-#pragma unroll
-      for (int q = 0; q < 8; ++q) u[q] = s0 + q < splits ? __ldcg(p + (s0 + q) * stride) : 0.f;
-      v += ((u[0] + u[1]) + (u[2] + u[3])) + ((u[4] + u[5]) + (u[6] + u[7]));
-    }
-    if (bias) v += __bfloat162float(bias[n0 + nl]);
-    out[static_cast<size_t>(m) * N + n0 + nl] = __float2bfloat16(v);
-  }
-  if (threadIdx.x == 0) locks[stripe] = 0;
+  if (splits > 1) sum_splits_if_last<64>(part, locks + stripe, splits, M, N, 0, M, n0, bias, out);
 }
 
 // ---- 33-128 rows on Hopper's warpgroup MMA (sm_90a; reports/examples/h200/kernel-lab-wgmma/): wgmma.m64nBNk16
@@ -538,30 +549,8 @@ __global__ void __launch_bounds__(128 * NWG, BN == 64 && SP == 1 && NWG == 2 ? 2
       __stcg(part + (static_cast<size_t>(split) * M + row0 + r) * N + n0 + col, v);
     }
   }
-  if (splits == 1) return;
-  __threadfence();
-  __syncthreads();
-  __shared__ int last;
   const int lock = blockIdx.z * gridDim.x + blockIdx.x;
-  if (tid == 0) last = atomicAdd(locks + lock, 1) == splits - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  const size_t stride = static_cast<size_t>(M) * N;
-  for (int i = tid; i < rows * COLS; i += L::THREADS) {  // eight splits' loads in flight, summed pairwise
-    const int r = i / COLS, col = i % COLS;
-    const float* p = part + static_cast<size_t>(row0 + r) * N + n0 + col;
-    float v = 0.f;
-    for (int s0 = 0; s0 < splits; s0 += 8) {
-      float u[8];
-#pragma unroll
-      for (int q = 0; q < 8; ++q) u[q] = s0 + q < splits ? __ldcg(p + (s0 + q) * stride) : 0.f;
-      v += ((u[0] + u[1]) + (u[2] + u[3])) + ((u[4] + u[5]) + (u[6] + u[7]));
-    }
-    if (bias) v += __bfloat162float(bias[n0 + col]);
-    out[static_cast<size_t>(row0 + r) * N + n0 + col] = __float2bfloat16(v);
-  }
-  if (tid == 0) locks[lock] = 0;
+  if (splits > 1) sum_splits_if_last<COLS>(part, locks + lock, splits, M, N, row0, rows, n0, bias, out);
 #endif
 }
 
