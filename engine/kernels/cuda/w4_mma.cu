@@ -125,17 +125,30 @@ __device__ __forceinline__ uint32_t bf16x2_of(float v) {
   return *reinterpret_cast<uint32_t*>(&h);
 }
 
+// The 17-128-row paths' dequantization, in bf16 as the torch reference: a group's (zero, scale) word of rows g
+// and g + 8 as bf16 pairs (128 + z, s), then each pair of codes (128 + q) - (128 + z), exact, times s rounded
+// once, into an MMA A fragment (a0, a2: row g; a1, a3: row g + 8).
+template <bool SBF16>
+__device__ __forceinline__ void direct_zero_scale(uint2 zs, uint32_t (&zp)[2], uint32_t (&sp)[2]) {
+  zp[0] = bf16x2_of(zero_of(zs.x) + BIAS);
+  zp[1] = bf16x2_of(zero_of(zs.y) + BIAS);
+  sp[0] = SBF16 ? __byte_perm(zs.x, 0, 0x1010) : bf16x2_of(scale_of<SBF16>(zs.x));
+  sp[1] = SBF16 ? __byte_perm(zs.y, 0, 0x1010) : bf16x2_of(scale_of<SBF16>(zs.y));
+}
+__device__ __forceinline__ void direct_fragment(uint32_t word, const uint32_t (&zp)[2], const uint32_t (&sp)[2],
+                                                uint32_t (&a)[4]) {
+  a[0] = bf16x2_mul(bf16x2_sub(and_or(word, LOW, MAGIC), zp[0]), sp[0]);
+  a[1] = bf16x2_mul(bf16x2_sub(and_or(word >> 4, LOW, MAGIC), zp[1]), sp[1]);
+  a[2] = bf16x2_mul(bf16x2_sub(and_or(word >> 8, LOW, MAGIC), zp[0]), sp[0]);
+  a[3] = bf16x2_mul(bf16x2_sub(and_or(word >> 12, LOW, MAGIC), zp[1]), sp[1]);
+}
+
 template <bool SBF16, int MT, int KS>
 __device__ __forceinline__ void group_step_direct(float (&res)[4][MT][4], const uint4 (&w)[KS], const uint2 (&zs)[4],
                                                   const uint32_t* const (&xg)[MT]) {
   uint32_t zp[4][2], sp[4][2];
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    zp[j][0] = bf16x2_of(zero_of(zs[j].x) + BIAS);
-    zp[j][1] = bf16x2_of(zero_of(zs[j].y) + BIAS);
-    sp[j][0] = SBF16 ? __byte_perm(zs[j].x, 0, 0x1010) : bf16x2_of(scale_of<SBF16>(zs[j].x));
-    sp[j][1] = SBF16 ? __byte_perm(zs[j].y, 0, 0x1010) : bf16x2_of(scale_of<SBF16>(zs[j].y));
-  }
+  for (int j = 0; j < 4; ++j) direct_zero_scale<SBF16>(zs[j], zp[j], sp[j]);
 #pragma unroll
   for (int kk = 0; kk < KS; ++kk) {
     uint32_t b0[MT], b1[MT];
@@ -145,14 +158,11 @@ __device__ __forceinline__ void group_step_direct(float (&res)[4][MT][4], const 
       b1[mt] = __ldg(xg[mt] + kk * 8 + 4);
     }
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {  // a0, a2: row g; a1, a3: row g + 8
-      const uint32_t word = word_of<KS>(w, kk, j);
-      const uint32_t a0 = bf16x2_mul(bf16x2_sub(and_or(word, LOW, MAGIC), zp[j][0]), sp[j][0]);
-      const uint32_t a1 = bf16x2_mul(bf16x2_sub(and_or(word >> 4, LOW, MAGIC), zp[j][1]), sp[j][1]);
-      const uint32_t a2 = bf16x2_mul(bf16x2_sub(and_or(word >> 8, LOW, MAGIC), zp[j][0]), sp[j][0]);
-      const uint32_t a3 = bf16x2_mul(bf16x2_sub(and_or(word >> 12, LOW, MAGIC), zp[j][1]), sp[j][1]);
+    for (int j = 0; j < 4; ++j) {
+      uint32_t a[4];
+      direct_fragment(word_of<KS>(w, kk, j), zp[j], sp[j], a);
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) mma(res[j][mt], a0, a1, a2, a3, b0[mt], b1[mt]);
+      for (int mt = 0; mt < MT; ++mt) mma(res[j][mt], a[0], a[1], a[2], a[3], b0[mt], b1[mt]);
     }
   }
 }
@@ -486,22 +496,14 @@ __global__ void __launch_bounds__(128 * NWG, BN == 64 && SP == 1 && NWG == 2 ? 2
     const uint32_t xs = xbase + (it % L::XSTAGES) * L::X, ws = wbase + (it % L::WSTAGES) * L::W + wg * L::WG;
 #pragma unroll
     for (int sp = 0; sp < SP; ++sp) {
-      const uint2 z = lds64(ws + SP * 4096 + sp * 256 + (warp * 8 + g) * 8);
-      const uint32_t zp0 = bf16x2_of(zero_of(z.x) + BIAS), zp1 = bf16x2_of(zero_of(z.y) + BIAS);
-      const uint32_t sp0 = SBF16 ? __byte_perm(z.x, 0, 0x1010) : bf16x2_of(scale_of<SBF16>(z.x));
-      const uint32_t sp1 = SBF16 ? __byte_perm(z.y, 0, 0x1010) : bf16x2_of(scale_of<SBF16>(z.y));
+      uint32_t zp[2], scl[2];
+      direct_zero_scale<SBF16>(lds64(ws + SP * 4096 + sp * 256 + (warp * 8 + g) * 8), zp, scl);
 #pragma unroll
       for (int q = 0; q < 2; ++q) {
         const uint4 v = lds128(ws + (sp * 2 + q) * 2048 + warp * 512 + lane * 16);
         const uint32_t words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const uint32_t word = words[c];
-          a[sp][4 * q + c][0] = bf16x2_mul(bf16x2_sub(and_or(word, LOW, MAGIC), zp0), sp0);
-          a[sp][4 * q + c][1] = bf16x2_mul(bf16x2_sub(and_or(word >> 4, LOW, MAGIC), zp1), sp1);
-          a[sp][4 * q + c][2] = bf16x2_mul(bf16x2_sub(and_or(word >> 8, LOW, MAGIC), zp0), sp0);
-          a[sp][4 * q + c][3] = bf16x2_mul(bf16x2_sub(and_or(word >> 12, LOW, MAGIC), zp1), sp1);
-        }
+        for (int c = 0; c < 4; ++c) direct_fragment(words[c], zp, scl, a[sp][4 * q + c]);
       }
     }
     wg_fence();  // the group's eight k steps dequantized: one fence, then the MMAs back to back
