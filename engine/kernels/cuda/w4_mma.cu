@@ -110,14 +110,24 @@ __device__ __forceinline__ void group_step(float (&res)[4][MT][4], const uint4 (
 // The same group for many rows (MT > 2): each weight pair dequantized once in bf16, (128 + q) - (128 + z)
 // exact, times s rounded once, as the reference's dequantized weight, then MT MMAs accumulate straight into res
 // (no per-group sums: their registers are what many rows cannot afford).
+// sub / mul.rn.bf16x2 need sm_90; before it (Ampere, Ada: the 24 GB cards) the same single rounding is an FMA:
+// a - b = fma(b, -1, a), a * b = fma(a, b, -0).
 __device__ __forceinline__ uint32_t bf16x2_sub(uint32_t a, uint32_t b) {
   uint32_t d;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(b), "r"(0xBF80BF80u), "r"(a));
+#else
   asm("sub.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+#endif
   return d;
 }
 __device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
   uint32_t d;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(0x80008000u));
+#else
   asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+#endif
   return d;
 }
 __device__ __forceinline__ uint32_t bf16x2_of(float v) {
