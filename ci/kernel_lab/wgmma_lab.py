@@ -17,26 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from engine.kernels import w4_mma
-from engine.kernels.quant_gemm import _dense_product, w4a16_linear, w4a16_linear_ref
+from engine.kernels.quant_gemm import w4a16_linear, w4a16_linear_ref
 from engine.kernels.timing import graph_time_ms
 from engine.quant.int4_pack import pack_awq
 
 SHAPES = {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584), "down": (3584, 18944)}
 ROWS = (33, 64, 128, 256)
 SWEEP_ROWS = (64, 128)
-GROUP = 128
-
-
-def shipped(x, qw, sz, out):
-    """The CUDA path before the warpgroup kernel: 32-row launches up to 64 rows, else dense + cuBLAS."""
-    m, k = x.shape
-    if m <= w4_mma.CHUNK_MAX_ROWS:
-        for r0 in range(0, m, w4_mma.MAX_ROWS):
-            w4_mma.launch(x[r0:r0 + w4_mma.MAX_ROWS], qw, sz, None, out[r0:r0 + w4_mma.MAX_ROWS], True)
-        return out
-    ext = w4_mma.extension()
-    return _dense_product(x, None, out, k, lambda n0, nc, buf: ext.w4_dequant(qw, sz, buf, GROUP, True, n0 // 64),
-                          k_major=False)
+GROUP = w4_mma.GROUP
 
 
 def configs(m: int, n: int, k: int):
@@ -86,12 +74,14 @@ def main() -> int:
             record(name, m, "bf16", us, None, None, n, k)
             us = graph_time_ms([lambda a=a: w4a16_linear(x, *a, GROUP) for a in awq], calls) * 1000
             record(name, m, "triton", us, None, None, n, k)
-            shipped(x, qw, sz, out)
+            # "shipped": the CUDA path before the warpgroup kernel (32-row launches, or dense + cuBLAS)
+            w4_mma.few_rows_or_dense(x, qw, sz, None, out, True)
             err = (out.float() - ref).abs().max().item() / scale
-            us = graph_time_ms([lambda r=r: shipped(x, r[0], r[1], out) for r in rep], calls) * 1000
+            us = graph_time_ms([lambda r=r: w4_mma.few_rows_or_dense(x, r[0], r[1], None, out, True) for r in rep],
+                               calls) * 1000
             record(name, m, "shipped", us, err, None, n, k)
-            sweep = list(configs(m, n, k)) if m in SWEEP_ROWS else [w4_mma.wgmma_config(m, n, k, sms)]
             default = w4_mma.wgmma_config(m, n, k, sms)
+            sweep = list(configs(m, n, k)) if m in SWEEP_ROWS else []
             if default not in sweep:
                 sweep.append(default)
             parts = torch.empty(max(c[3] for c in sweep) * m * n, dtype=torch.float32, device=dev)

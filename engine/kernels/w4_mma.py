@@ -174,9 +174,16 @@ def _arch_flags() -> list[str]:
     return [f"-gencode=arch=compute_{major}{minor},code=sm_{major}{minor}"]
 
 
+_HAS_WGMMA: bool | None = None
+
+
 def has_wgmma() -> bool:
-    """Whether the built kernel carries the warpgroup-MMA path (Hopper, sm_90a)."""
-    return bool(extension().has_wgmma())
+    """Whether the built kernel carries the warpgroup-MMA path (Hopper, sm_90a); asked of the build once, not
+    on every linear call."""
+    global _HAS_WGMMA
+    if _HAS_WGMMA is None:
+        _HAS_WGMMA = bool(extension().has_wgmma())
+    return _HAS_WGMMA
 
 
 # ----------------------------------------------------------------------------------------- launch
@@ -256,6 +263,13 @@ def w4_mma_linear(x: torch.Tensor, qw: torch.Tensor, sz: torch.Tensor, scale_dty
     if MAX_ROWS < m <= WGMMA_MAX_ROWS and has_wgmma():
         launch_wgmma(x, qw, sz, bias, out, scale_bf16)
         return out
+    return few_rows_or_dense(x, qw, sz, bias, out, scale_bf16)
+
+
+def few_rows_or_dense(x, qw, sz, bias, out, scale_bf16: bool) -> torch.Tensor:
+    """The path without the warpgroup kernel, into out: up to CHUNK_MAX_ROWS rows in 32-row launches, more
+    through the dense dequantized weight and cuBLAS (lab 7 times it as the earlier CUDA path)."""
+    m, k = x.shape
     if m <= CHUNK_MAX_ROWS:
         for r0 in range(0, m, MAX_ROWS):
             launch(x[r0:r0 + MAX_ROWS], qw, sz, bias, out[r0:r0 + MAX_ROWS], scale_bf16)
