@@ -2,7 +2,7 @@
   ncu --kernel-name regex:NAME --launch-skip 3 --launch-count 1 --section ... python3 ci/kernel_lab/ncu_probe.py
       KIND SHAPE M [config ...]
 KIND: w4-fold, w4-shipped, w8-shipped, bf16-triton, w4-wgmma. config: TileConfig fields (w4-fold); rows a block,
-stripes a warpgroup, warpgroups a block, splits (w4-wgmma)."""
+stripes a warpgroup, warpgroups a block side by side, splits, warpgroups on alternate groups (w4-wgmma)."""
 from pathlib import Path
 import sys
 
@@ -34,7 +34,7 @@ for _ in range(6):
         q = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda", generator=gen)
         qg.w8a16_linear(x, q, torch.rand(n, device="cuda") * 0.01)
     elif kind == "w4-wgmma":
-        w4_mma.launch_wgmma(x, qw, sz, None, out, True, tuple(int(v) for v in sys.argv[4:8]))
+        w4_mma.launch_wgmma(x, qw, sz, None, out, True, tuple(int(v) for v in sys.argv[4:9]))
     elif kind == "bf16-triton":
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=gen)
         gl2.triton_bf16(x, w, None, *[int(v) for v in sys.argv[4:9]])

@@ -30,11 +30,13 @@ GROUP = w4_mma.GROUP
 def configs(m: int, n: int, k: int):
     groups = k // GROUP
     splits = [d for d in range(1, groups + 1) if groups % d == 0 and groups // d >= 4][:5]
-    for bn, sp, nwg in ((64, 1, 1), (64, 1, 2), (64, 2, 1), (64, 2, 2), (128, 1, 1), (128, 1, 2)):
+    for bn, sp, nwg, kwg in ((64, 1, 1, 1), (64, 1, 2, 1), (64, 2, 1, 1), (64, 2, 2, 1), (128, 1, 1, 1),
+                             (128, 1, 2, 1), (64, 1, 1, 2)):
         if (n // 64) % (sp * nwg) or (bn == 128 and m <= 64):
             continue
         for s in splits:
-            yield bn, sp, nwg, s
+            if groups // s % kwg == 0:
+                yield bn, sp, nwg, s, kwg
 
 
 def main() -> int:

@@ -221,27 +221,32 @@ def launch(x, qw, sz, bias, out, scale_bf16: bool, config: tuple | None = None,
                        pipe)
 
 
-def wgmma_config(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, int, int]:
-    """(rows a block, stripes a warpgroup, warpgroups a block, splits) for the warpgroup kernel, from lab 7's
-    sweeps on an H200 (kernel-lab-wgmma/): 64-row blocks at every row count (more rows: more row tiles); two
-    warpgroups a block only where the stripes fill two blocks an SM (gate_up); K split only for long K, into
-    the fewest splits of <= 40 groups (down: four)."""
-    stripes, groups = n // STRIPE, k // GROUP
+def wgmma_config(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, int, int, int]:
+    """(rows a block, stripes a warpgroup, warpgroups a block side by side, splits, warpgroups on alternate
+    groups) for the warpgroup kernel, from lab 7's sweeps on an H200 (kernel-lab-wgmma/): 64-row blocks at
+    every row count (more rows: more row tiles); two warpgroups side by side only where the stripes fill two
+    blocks an SM (gate_up); K split only for long K, into the fewest splits of <= 40 groups a row tile (down:
+    four at 64 rows, two at 128); two warpgroups on alternate groups where the blocks are fewer than the SMs
+    (qkv at 64 rows, o at 64 and 128), so that each SM runs eight warps without a split-K reduction."""
+    stripes, groups, row_tiles = n // STRIPE, k // GROUP, -(-m // 64)
     nwg = 2 if stripes % 2 == 0 and stripes >= 4 * num_sms else 1
-    splits = next(d for d in range(1, groups + 1) if groups % d == 0 and groups // d <= 40)
-    return 64, 1, nwg, splits
+    splits = next(d for d in range(1, groups + 1) if groups % d == 0 and groups // d <= 40 * row_tiles)
+    blocks = stripes * splits * row_tiles
+    kwg = 2 if nwg == 1 and blocks < num_sms and groups // splits % 2 == 0 else 1
+    return 64, 1, nwg, splits, kwg
 
 
 def launch_wgmma(x, qw, sz, bias, out, scale_bf16: bool, config: tuple | None = None,
                  part: torch.Tensor | None = None) -> None:
     """One launch of the warpgroup kernel for all of x's rows. config: (rows a block, stripes a warpgroup,
-    warpgroups a block, splits), default wgmma_config's; part and the split counters as in `launch`."""
+    warpgroups a block side by side, splits, warpgroups on alternate groups), default wgmma_config's; part and
+    the split counters as in `launch`."""
     m, k = x.shape
     n = out.shape[1]
-    bn, sp, nwg, splits = config or wgmma_config(m, n, k, _num_sms(x.device))
+    bn, sp, nwg, splits, kwg = config or wgmma_config(m, n, k, _num_sms(x.device))
     if part is None:
         part = torch.empty(splits * m * n if splits > 1 else 1, dtype=torch.float32, device=x.device)
-    extension().w4_wgmma(x, qw, sz, bias, out, part, _locks(x.device), GROUP, scale_bf16, splits, bn, sp, nwg)
+    extension().w4_wgmma(x, qw, sz, bias, out, part, _locks(x.device), GROUP, scale_bf16, splits, bn, sp, nwg, kwg)
 
 
 def w4_mma_linear(x: torch.Tensor, qw: torch.Tensor, sz: torch.Tensor, scale_dtype: torch.dtype,

@@ -90,6 +90,23 @@ def test_launch_choices_are_variants_the_build_carries(m, n, k):
     assert (warps, min_blocks, pipe) in carried
 
 
+@pytest.mark.parametrize("m,name,expected", [
+    (64, "qkv", (64, 1, 1, 1, 2)), (64, "o", (64, 1, 1, 1, 2)), (64, "gate_up", (64, 1, 2, 1, 1)),
+    (64, "down", (64, 1, 1, 4, 1)), (128, "qkv", (64, 1, 1, 1, 1)), (128, "o", (64, 1, 1, 1, 2)),
+    (128, "gate_up", (64, 1, 2, 1, 1)), (128, "down", (64, 1, 1, 2, 1)), (33, "o", (64, 1, 1, 1, 2))])
+def test_warpgroup_choices_on_qwen_shapes_are_lab_7s_winners(m, name, expected):
+    """Qwen2.5-7B's linears on a 132-SM H200, as lab 7 timed them (kernel-lab-wgmma/README.md): alternate-group
+    warpgroups only while the blocks are fewer than the SMs, splits fewer as row tiles add blocks; and every
+    choice is a variant the build carries with each split's groups dividing by its K warpgroups."""
+    n, k = {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584), "down": (3584, 18944)}[name]
+    config = w4_mma.wgmma_config(m, n, k, 132)
+    assert config == expected
+    bn, sp, nwg, splits, kwg = config
+    carried = {(64, 1, 1, 1), (64, 1, 2, 1), (64, 2, 1, 1), (64, 2, 2, 1), (128, 1, 1, 1), (128, 1, 2, 1),
+               (64, 1, 1, 2)}
+    assert (bn, sp, nwg, kwg) in carried and (k // w4_mma.GROUP) % (splits * kwg) == 0
+
+
 # ---- the compiled kernel (GPU with nvcc)
 
 def _gpu_ready():
@@ -122,12 +139,12 @@ def test_the_compiled_kernel_matches_the_awq_reference(m, scale_dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("config", [(64, 1, 1, 1), (64, 1, 2, 2), (64, 2, 1, 4), (64, 2, 2, 1), (128, 1, 1, 2),
-                                    (128, 1, 2, 1)])
+@pytest.mark.parametrize("config", [(64, 1, 1, 1, 1), (64, 1, 2, 2, 1), (64, 2, 1, 4, 1), (64, 2, 2, 1, 1),
+                                    (128, 1, 1, 2, 1), (128, 1, 2, 1, 1), (64, 1, 1, 1, 2), (64, 1, 1, 2, 2)])
 @pytest.mark.parametrize("m", [33, 64, 100])
 def test_every_warpgroup_variant_matches_the_awq_reference(m, config):
     """The Hopper kernel (33-128 rows) in each build variant (rows a block, stripes a warpgroup, warpgroups a
-    block, splits), rows past M and row tiles included, against the AWQ reference; repeat calls identical."""
+    block side by side, splits, warpgroups on alternate groups), rows past M and row tiles included, against the AWQ reference; repeat calls identical."""
     why = _gpu_ready() or (None if w4_mma.has_wgmma() else "no sm_90a build (not a Hopper GPU)")
     if why:
         pytest.skip(why)

@@ -327,24 +327,28 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
 
 // ---- 33-128 rows on Hopper's warpgroup MMA (sm_90a; reports/examples/h200/kernel-lab-wgmma/): wgmma.m64nBNk16
 // with the weights as operand A from registers and a BN-row tile of x as operand B in shared memory. A block is
-// NWG warpgroups, each on SP stripes of its own: warp w of a warpgroup dequantizes tile w of each stripe (its
+// NWG x KWG warpgroups: NWG side by side on SP stripes each, KWG on alternate groups of the same stripes (narrow
+// layers: more warps an SM to hide the dequantization's latency without more blocks or a split-K reduction;
+// their sums meet in the epilogue, added in warpgroup order). Warp w of a warpgroup dequantizes tile w of each stripe (its
 // 16-byte words are exactly that tile's fragments for four k steps) in bf16 as the 17-32-row path does, and
 // one wgmma per stripe and k step multiplies all 64 of the stripe's columns by the BN rows. Every group (128 k)
 // of x, weight words and (scale, zero) words is copied with cp.async: x XPRE groups ahead of the MMAs into
 // XPRE + 2 buffers (a group's MMAs run while the next group is dequantized: wgmma.wait_group 1, the A
 // registers alternating between two sets), the weights WPRE ahead into WPRE + 1 (read into registers at the
-// start of a group); x in the 128-byte-swizzled K-major layout wgmma reads (two 64-k atoms of BN rows x 128
-// bytes; 16-byte chunk c of row r at c ^ (r % 8)), rows past M zero-filled. Grid (N / (64 SP NWG), splits,
-// row tiles); split-K partials are summed by the last block to arrive, as in w4_mma_kernel.
-template <int BN, int SP, int NWG>
+// start of a group; a block step is KWG groups); x in the 128-byte-swizzled K-major layout wgmma reads (two
+// 64-k atoms a group of BN rows x 128 bytes; 16-byte chunk c of row r at c ^ (r % 8)), rows past M zero-filled.
+// Grid (N / (64 SP NWG), splits, row tiles); split-K partials are summed by the last block to arrive, as in
+// w4_mma_kernel. The host keeps each split's group count a multiple of KWG.
+template <int BN, int SP, int NWG, int KWG>
 struct WgLayout {
-  static constexpr int THREADS = 128 * NWG, XPRE = 2, XSTAGES = XPRE + 2, WPRE = 4, WSTAGES = WPRE + 1;
-  static constexpr uint32_t ATOM = BN * 128, X = 2 * ATOM;      // a multiple of 1024: x atoms stay aligned
-  static constexpr uint32_t WG = SP * 4096 + SP * 256, W = NWG * WG;  // a warpgroup's weight words, then its
-                                                                       // (scale, zero) words
+  static constexpr int THREADS = 128 * NWG * KWG, XPRE = 2, XSTAGES = XPRE + 2, WPRE = 4, WSTAGES = WPRE + 1;
+  static constexpr uint32_t ATOM = BN * 128, X = KWG * 2 * ATOM;  // a multiple of 1024: x atoms stay aligned
+  static constexpr uint32_t WG = SP * 4096 + SP * 256, W = NWG * KWG * WG;  // a warpgroup's weight words, then
+                                                                             // its (scale, zero) words
   static constexpr int SMEM = XSTAGES * X + WSTAGES * W + 1024;
   static constexpr int COLS = 64 * SP * NWG, PITCH = COLS + 4;  // the epilogue's fp32 tile, in the buffers
   static_assert(BN * PITCH * 4 <= XSTAGES * X + WSTAGES * W, "the output tile fits in the copy buffers");
+  static_assert(SMEM <= 227 * 1024, "the copy buffers fit an SM's shared memory");
 };
 
 #if defined(W4MMA_SM90A) && defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -427,13 +431,14 @@ __device__ __forceinline__ uint2 lds64(uint32_t a) {
 }
 #endif
 
-template <bool SBF16, int BN, int SP, int NWG>
-__global__ void __launch_bounds__(128 * NWG, BN == 64 && SP == 1 && NWG == 2 ? 2 : 1) w4_wgmma_kernel(
+template <bool SBF16, int BN, int SP, int NWG, int KWG>
+__global__ void __launch_bounds__(128 * NWG * KWG, BN == 64 && SP == 1 && NWG == 2 && KWG == 1 ? 2 : 1)
+w4_wgmma_kernel(
     const __nv_bfloat16* __restrict__ x, int64_t ldx, const uint4* __restrict__ qw, const uint2* __restrict__ sz,
     const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ out, float* __restrict__ part,
     int* __restrict__ locks, int M, int N, int K, int groups_per_split) {
 #ifdef W4MMA_WGMMA_BODY
-  using L = WgLayout<BN, SP, NWG>;
+  using L = WgLayout<BN, SP, NWG, KWG>;
   extern __shared__ uint8_t wg_smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem_raw));
   const uint32_t base = (raw + 1023) & ~1023u;  // swizzle atoms start on 1024-byte boundaries
@@ -442,31 +447,34 @@ __global__ void __launch_bounds__(128 * NWG, BN == 64 && SP == 1 && NWG == 2 ? 2
 
   const int split = blockIdx.y, splits = gridDim.y, row0 = blockIdx.z * BN;
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  // this warpgroup's stripes and its group within a block step (constants 0 where a direction has one)
+  const int wn = NWG == 1 ? 0 : wg % NWG, wk = KWG == 1 ? 0 : wg / NWG;
   const int groups = K / 128, quads = K / 64;
   const int g0 = split * groups_per_split, g1 = min(groups, g0 + groups_per_split);
-  const int stripe0 = (blockIdx.x * NWG + wg) * SP;  // this warpgroup's first stripe
+  const int stripe0 = (blockIdx.x * NWG + wn) * SP;  // this warpgroup's first stripe
 
-  // Copy addresses, fixed but for the group: x chunk `tid % 16` of rows tid / 16 + XR i (i < BN / XR); the
-  // weight words of tile `warp`, k quads 2 gi, 2 gi + 1; 16 bytes of the (scale, zero) words.
-  constexpr int XR = L::THREADS / 16;
-  const int xr = tid >> 4, chunk = tid & 15;
+  // Copy addresses, fixed but for the step: x chunk `tid % CH` (16 a group) of rows tid / CH + XR i
+  // (i < BN / XR); the weight words of tile `warp`, k quads 2 gi, 2 gi + 1 of group gi = g0 + KWG step + wk;
+  // 16 bytes of that group's (scale, zero) words.
+  constexpr int CH = 16 * KWG, XR = L::THREADS / CH;
+  const int xr = threadIdx.x / CH, chunk = threadIdx.x % CH;  // unsigned: shifts and masks
   const __nv_bfloat16* xsrc = x + static_cast<int64_t>(row0 + xr) * ldx + chunk * 8 + g0 * 128;
   const uint32_t xdst = (chunk >> 3) * L::ATOM + xr * 128 + (((chunk & 7) ^ (xr & 7)) << 4);
   const uint4* wsrc[SP];
 #pragma unroll
   for (int sp = 0; sp < SP; ++sp)
-    wsrc[sp] = qw + ((static_cast<size_t>(stripe0 + sp) * quads + 2 * g0) * 4 + warp) * 32 + lane;
+    wsrc[sp] = qw + ((static_cast<size_t>(stripe0 + sp) * quads + 2 * (g0 + wk)) * 4 + warp) * 32 + lane;
   const uint32_t wdst = wg * L::WG + warp * 512 + lane * 16;
   const bool zcopy = (tid & 127) < 16 * SP;
   const uint8_t* zsrc = reinterpret_cast<const uint8_t*>(
-      sz + (static_cast<size_t>(stripe0 + ((tid & 127) >> 4)) * groups + g0) * 32) + (tid & 15) * 16;
+      sz + (static_cast<size_t>(stripe0 + ((tid & 127) >> 4)) * groups + g0 + wk) * 32) + (tid & 15) * 16;
   const uint32_t zdst = wg * L::WG + SP * 4096 + (tid & 127) * 16;
 
   const int xrows = (M - row0 - xr + XR - 1) / XR;  // this thread's copies i < xrows are rows below M
   const int64_t xstride = XR * ldx;
-  auto copy_x = [&](int stage, int step) {  // group g0 + step; one 64-bit add a chunk, no multiplies
+  auto copy_x = [&](int stage, int step) {  // groups g0 + KWG step ..; one 64-bit add a chunk, no multiplies
     uint32_t d = xbase + stage * L::X + xdst;
-    const __nv_bfloat16* p = xsrc + step * 128;
+    const __nv_bfloat16* p = xsrc + step * (128 * KWG);
 #pragma unroll
     for (int i = 0; i < BN / XR; ++i, p += xstride, d += XR * 128) cp_async16(d, i < xrows ? p : x, i < xrows ? 16 : 0);
   };
@@ -475,8 +483,9 @@ __global__ void __launch_bounds__(128 * NWG, BN == 64 && SP == 1 && NWG == 2 ? 2
 #pragma unroll
     for (int sp = 0; sp < SP; ++sp)
 #pragma unroll
-      for (int q = 0; q < 2; ++q) cp_async16(sb + wdst + (sp * 2 + q) * 2048, wsrc[sp] + step * 256 + q * 128, 16);
-    if (zcopy) cp_async16(sb + zdst, zsrc + step * 256, 16);
+      for (int q = 0; q < 2; ++q)
+        cp_async16(sb + wdst + (sp * 2 + q) * 2048, wsrc[sp] + step * (256 * KWG) + q * 128, 16);
+    if (zcopy) cp_async16(sb + zdst, zsrc + step * (256 * KWG), 16);
   };
 
   float acc[SP][BN / 2];
@@ -487,7 +496,7 @@ __global__ void __launch_bounds__(128 * NWG, BN == 64 && SP == 1 && NWG == 2 ? 2
 
   // Prologue: the weights of steps 0 .. WPRE - 1, x of 0 .. XPRE - 1 in the last XPRE of those commit groups,
   // so that before step j's MMAs `cp.async.wait_group XPRE - 1` means: its x and weights have landed.
-  const int steps = g1 - g0;
+  const int steps = (g1 - g0) / KWG;
 #pragma unroll
   for (int s = 0; s < L::WPRE; ++s) {
     if (s < steps) copy_w(s, s);
@@ -503,7 +512,8 @@ __global__ void __launch_bounds__(128 * NWG, BN == 64 && SP == 1 && NWG == 2 ? 2
     if (it + L::WPRE < steps) copy_w((it + L::WPRE) % L::WSTAGES, it + L::WPRE);
     if (it + L::XPRE < steps) copy_x((it + L::XPRE) % L::XSTAGES, it + L::XPRE);
     cp_commit();
-    const uint32_t xs = xbase + (it % L::XSTAGES) * L::X, ws = wbase + (it % L::WSTAGES) * L::W + wg * L::WG;
+    const uint32_t xs = xbase + (it % L::XSTAGES) * L::X + wk * 2 * L::ATOM;
+    const uint32_t ws = wbase + (it % L::WSTAGES) * L::W + wg * L::WG;
 #pragma unroll
     for (int sp = 0; sp < SP; ++sp) {
       uint32_t zp[2], scl[2];
@@ -543,13 +553,19 @@ __global__ void __launch_bounds__(128 * NWG, BN == 64 && SP == 1 && NWG == 2 ? 2
   constexpr int COLS = L::COLS, PITCH = L::PITCH;
   float* const tile = reinterpret_cast<float*>(smem);
 #pragma unroll
-  for (int sp = 0; sp < SP; ++sp)
+  for (int k = 0; k < KWG; ++k) {  // the K warpgroups' sums added in warpgroup order (deterministic)
+    if (wk == k) {
 #pragma unroll
-    for (int i = 0; i < BN / 2; ++i) {
-      const int nb = i >> 2, c = i & 3;
-      tile[(8 * nb + 2 * t + (c & 1)) * PITCH + 64 * (wg * SP + sp) + 16 * warp + g + 8 * (c >> 1)] = acc[sp][i];
+      for (int sp = 0; sp < SP; ++sp)
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) {
+          const int nb = i >> 2, c = i & 3;
+          float& v = tile[(8 * nb + 2 * t + (c & 1)) * PITCH + 64 * (wn * SP + sp) + 16 * warp + g + 8 * (c >> 1)];
+          v = k == 0 ? acc[sp][i] : v + acc[sp][i];
+        }
     }
-  __syncthreads();
+    __syncthreads();
+  }
   const int rows = min(BN, M - row0), n0 = blockIdx.x * COLS;
   for (int i = tid; i < rows * COLS; i += L::THREADS) {
     const int r = i / COLS, col = i % COLS;
@@ -670,7 +686,7 @@ void w4_mma(torch::Tensor x, torch::Tensor qw, torch::Tensor sz, c10::optional<t
 }
 
 // Many rows on the warpgroup MMA (sm_90a builds only: has_wgmma()): bn rows a block (64 or 128), sp stripes a
-// warpgroup (1 or 2), nwg warpgroups a block (1 or 2).
+// warpgroup (1 or 2), nwg warpgroups a block side by side (1 or 2), kwg on alternate groups (1 or 2).
 bool has_wgmma() {
 #ifdef W4MMA_SM90A
   return true;
@@ -679,16 +695,16 @@ bool has_wgmma() {
 #endif
 }
 
-template <bool SBF16, int BN, int SP, int NWG>
+template <bool SBF16, int BN, int SP, int NWG, int KWG>
 void wgmma_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tensor& sz,
              const c10::optional<torch::Tensor>& bias, torch::Tensor& out, torch::Tensor& part, torch::Tensor& locks,
              int splits, int groups_per_split) {
   using T = __nv_bfloat16;
-  using L = WgLayout<BN, SP, NWG>;
+  using L = WgLayout<BN, SP, NWG, KWG>;
   const int M = x.size(0), K = x.size(1), N = out.size(1);
   const dim3 grid(N / L::COLS, splits, (M + BN - 1) / BN);
   TORCH_CHECK(grid.x * grid.z <= locks.numel(), "w4_wgmma: more tiles than split counters");
-  auto kernel = w4_wgmma_kernel<SBF16, BN, SP, NWG>;
+  auto kernel = w4_wgmma_kernel<SBF16, BN, SP, NWG, KWG>;
   static const bool sized = [&] {  // once per instantiation, before any CUDA graph capture
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::SMEM));
     return true;
@@ -705,22 +721,26 @@ void wgmma_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tenso
 
 void w4_wgmma(torch::Tensor x, torch::Tensor qw, torch::Tensor sz, c10::optional<torch::Tensor> bias,
               torch::Tensor out, torch::Tensor part, torch::Tensor locks, int64_t group_size, bool scale_bf16,
-              int64_t splits, int64_t bn, int64_t sp, int64_t nwg) {
+              int64_t splits, int64_t bn, int64_t sp, int64_t nwg, int64_t kwg) {
   TORCH_CHECK(has_wgmma(), "w4_wgmma: this build has no sm_90a code");
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.scalar_type() == at::kBFloat16 && group_size == 128,
               "w4_wgmma: bf16 x [M, K] with contiguous rows, group size 128");
   TORCH_CHECK(out.size(1) % (64 * sp * nwg) == 0, "w4_wgmma: N must divide by 64 * sp * nwg");
   const int groups = x.size(1) / group_size, gps = (groups + splits - 1) / splits;
-#define W4WG(SB, BN, SP, NWG) wgmma_t<SB, BN, SP, NWG>(x, qw, sz, bias, out, part, locks, splits, gps)
-#define W4WG_SB(BN, SP, NWG) \
-  if (scale_bf16) W4WG(true, BN, SP, NWG); else W4WG(false, BN, SP, NWG);
-  if (bn == 64 && sp == 1 && nwg == 1) { W4WG_SB(64, 1, 1) }
-  else if (bn == 64 && sp == 1 && nwg == 2) { W4WG_SB(64, 1, 2) }
-  else if (bn == 64 && sp == 2 && nwg == 1) { W4WG_SB(64, 2, 1) }
-  else if (bn == 64 && sp == 2 && nwg == 2) { W4WG_SB(64, 2, 2) }
-  else if (bn == 128 && sp == 1 && nwg == 1) { W4WG_SB(128, 1, 1) }
-  else if (bn == 128 && sp == 1 && nwg == 2) { W4WG_SB(128, 1, 2) }
-  else TORCH_CHECK(false, "w4_wgmma: (bn, sp, nwg) must be (64, 1 | 2, 1 | 2) or (128, 1, 1 | 2)");
+  TORCH_CHECK(kwg == 1 || (groups % splits == 0 && gps % kwg == 0),
+              "w4_wgmma: with kwg warpgroups on alternate groups, each split's groups must divide by kwg");
+#define W4WG(SB, BN, SP, NWG, KWG) wgmma_t<SB, BN, SP, NWG, KWG>(x, qw, sz, bias, out, part, locks, splits, gps)
+#define W4WG_SB(BN, SP, NWG, KWG) \
+  if (scale_bf16) W4WG(true, BN, SP, NWG, KWG); else W4WG(false, BN, SP, NWG, KWG);
+  if (bn == 64 && sp == 1 && nwg == 1 && kwg == 1) { W4WG_SB(64, 1, 1, 1) }
+  else if (bn == 64 && sp == 1 && nwg == 2 && kwg == 1) { W4WG_SB(64, 1, 2, 1) }
+  else if (bn == 64 && sp == 2 && nwg == 1 && kwg == 1) { W4WG_SB(64, 2, 1, 1) }
+  else if (bn == 64 && sp == 2 && nwg == 2 && kwg == 1) { W4WG_SB(64, 2, 2, 1) }
+  else if (bn == 128 && sp == 1 && nwg == 1 && kwg == 1) { W4WG_SB(128, 1, 1, 1) }
+  else if (bn == 128 && sp == 1 && nwg == 2 && kwg == 1) { W4WG_SB(128, 1, 2, 1) }
+  else if (bn == 64 && sp == 1 && nwg == 1 && kwg == 2) { W4WG_SB(64, 1, 1, 2) }
+  else TORCH_CHECK(false, "w4_wgmma: (bn, sp, nwg, kwg) must be (64, 1 | 2, 1 | 2, 1), (128, 1, 1 | 2, 1) or "
+                          "(64, 1, 1, 2)");
 #undef W4WG_SB
 #undef W4WG
 }
