@@ -48,7 +48,8 @@ def lab_decode(q, k_cache, v_cache, tables, lens, scale, k_scale, v_scale, varia
     if num_splits > 1:
         da._decode_reduce_kernel[(batch, num_heads)](
             part_out, part_lse, out, num_splits, out.stride(0), out.stride(1), NUM_HEADS=num_heads,
-            HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4 if head_dim >= 128 else 2)
+            HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(num_splits), EARLY_LAUNCH=False,
+            num_warps=4 if head_dim >= 128 else 2)
     return out
 
 

@@ -35,6 +35,7 @@ import triton.language as tl
 
 from . import inline_ptx_ok
 from .kv_write import check_kv_scales, kv_code_plane, load_kv_codes
+from .pdl import early_launch
 
 _LOG2E = 1.0 / math.log(2.0)
 # Split heuristic, from `python -m engine.kernels.bench --sweep` on an H100 (Qwen2.5-7B heads, bf16,
@@ -314,7 +315,10 @@ def _decode_attention_int8_kernel(
 
 @triton.jit
 def _decode_reduce_kernel(part_out_ptr, part_lse_ptr, out_ptr, num_splits, stride_ob, stride_oh,
-                          NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
+                          NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+                          EARLY_LAUNCH: tl.constexpr):
+    if EARLY_LAUNCH:  # engine/kernels/pdl.py: the o projection may start loading its weights
+        tl.extra.cuda.gdc_launch_dependents()
     b = tl.program_id(0)
     head = tl.program_id(1)
     s = tl.arange(0, BLOCK_S)
@@ -446,7 +450,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         _decode_reduce_kernel[(batch, num_heads)](
             part_out, part_lse, out, num_splits, out.stride(0), out.stride(1),
             NUM_HEADS=num_heads, HEAD_DIM=head_dim,
-            BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4 if head_dim >= 128 else 2)
+            BLOCK_S=triton.next_power_of_2(num_splits), EARLY_LAUNCH=early_launch(out),
+            num_warps=4 if head_dim >= 128 else 2)
     return out
 
 

@@ -12,7 +12,9 @@ layer's linears in 137 µs against bf16's 143 and Triton's 190 (kernel-lab-wgmma
 
 This file owns the layout (`repack`, its inverse and the torch reference of the kernel's arithmetic), the
 build (torch's cpp_extension, on first use, cached on disk; needs nvcc; sm_90a code on Hopper), the launch
-choices and the checks. Rows: up to 32 one launch; 33 to WGMMA_MAX_ROWS on Hopper one warpgroup-kernel
+choices and the checks. On 9.0+ GPUs the kernels are launched early (programmatic dependent launch,
+engine/kernels/pdl.py): they load their first weights while the kernel before them finishes, and wait for it
+before they read x. Rows: up to 32 one launch; 33 to WGMMA_MAX_ROWS on Hopper one warpgroup-kernel
 launch, elsewhere up to CHUNK_MAX_ROWS in 32-row launches (each re-reads the weight); more (prefill)
 dequantize the layout to a dense bf16 weight in column chunks and multiply with cuBLAS.
 

@@ -144,7 +144,8 @@ def test_the_compiled_kernel_matches_the_awq_reference(m, scale_dtype):
 @pytest.mark.parametrize("m", [33, 64, 100])
 def test_every_warpgroup_variant_matches_the_awq_reference(m, config):
     """The Hopper kernel (33-128 rows) in each build variant (rows a block, stripes a warpgroup, warpgroups a
-    block side by side, splits, warpgroups on alternate groups), rows past M and row tiles included, against the AWQ reference; repeat calls identical."""
+    block side by side, splits, warpgroups on alternate groups), rows past M and row tiles included, against
+    the AWQ reference; repeat calls identical."""
     why = _gpu_ready() or (None if w4_mma.has_wgmma() else "no sm_90a build (not a Hopper GPU)")
     if why:
         pytest.skip(why)
@@ -161,3 +162,52 @@ def test_every_warpgroup_variant_matches_the_awq_reference(m, config):
     again = torch.empty_like(out)
     w4_mma.launch_wgmma(x, packed, sz, bias, again, True, config)
     assert torch.equal(again, out)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 24, 64])
+def test_an_early_launched_linear_reads_the_norms_output_not_what_was_there(m):
+    """Programmatic dependent launch (engine/kernels/pdl.py): in a CUDA graph, x is poisoned with NaN, an RMSNorm
+    writes it and signals early, the linear starts early and must wait before reading x. Every replay equals the
+    eager result without early launch, bit for bit (a linear that read x before its wait would see NaN or a
+    half-written x)."""
+    why = _gpu_ready()
+    if why:
+        pytest.skip(why)
+    from engine.kernels import pdl
+    from engine.kernels.norm import rms_norm
+
+    n, k = 4608, 3584
+    qw, qz, s = _awq(n, k, 128, m, torch.bfloat16, "cuda")
+    packed, sz = w4_mma.repack(qw, qz, s, 128)
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    src = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    weight = torch.rand(k, device="cuda", generator=gen).to(torch.bfloat16)
+    x = torch.empty(m, k, device="cuda", dtype=torch.bfloat16)
+    try:
+        pdl.set_enabled(False)
+        w4_mma.extension().set_pdl(False)
+        expected = w4_mma.w4_mma_linear(rms_norm(src, weight, 1e-6, out=x), packed, sz, torch.bfloat16).clone()
+        pdl.set_enabled(True)
+        w4_mma.extension().set_pdl(True)
+
+        def chain():
+            x.fill_(float("nan"))
+            rms_norm(src, weight, 1e-6, out=x)
+            return w4_mma.w4_mma_linear(x, packed, sz, torch.bfloat16)
+
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            chain()  # compiles the early-launch variants outside the capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = chain()
+        for _ in range(20):
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(out, expected)
+    finally:
+        pdl.set_enabled(True)
+        w4_mma.extension().set_pdl(True)

@@ -45,6 +45,27 @@ __device__ __forceinline__ float scale_of(uint32_t w) {
 }
 __device__ __forceinline__ float zero_of(uint32_t w) { return __uint_as_float(w & 0xFFFF0000u); }
 
+// Programmatic dependent launch (Hopper; the host launches with it where the GPU has it): a kernel may start
+// while the kernel before it in the stream finishes, so it loads its weights (which no kernel writes) first and
+// waits here before it reads x or writes anything; once its main loop is done it lets the next kernel start.
+// Without the launch attribute (or below sm_90) both are no-ops.
+__device__ __forceinline__ void wait_for_producer() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// x is the kernel before's output, and under programmatic dependent launch that kernel may still be running
+// when this one starts: a plain coherent load, which the compiler keeps after wait_for_producer's memory
+// clobber. (__ldg's read-only path counts as invariant and was hoisted above the wait: NaN from a poisoned x
+// in tests/kernels/test_w4_mma.py's early-launch test.) x is not __restrict__ in the kernel for the same reason.
+__device__ __forceinline__ uint32_t load_x(const uint32_t* p) { return *p; }
+
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {
   uint4 v;
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
@@ -80,8 +101,8 @@ __device__ __forceinline__ void group_step(float (&res)[4][MT][4], const uint4 (
     uint32_t b0[MT], b1[MT];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {  // x[m][k0 + 2t, +1] and x[m][k0 + 2t + 8, +9]
-      b0[mt] = __ldg(xg[mt] + kk * 8);
-      b1[mt] = __ldg(xg[mt] + kk * 8 + 4);
+      b0[mt] = load_x(xg[mt] + kk * 8);
+      b1[mt] = load_x(xg[mt] + kk * 8 + 4);
       mma(xs[mt], one, one, one, one, b0[mt], b1[mt]);  // the group's sum of x, per batch row
     }
 #pragma unroll
@@ -164,8 +185,8 @@ __device__ __forceinline__ void group_step_direct(float (&res)[4][MT][4], const 
     uint32_t b0[MT], b1[MT];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      b0[mt] = __ldg(xg[mt] + kk * 8);
-      b1[mt] = __ldg(xg[mt] + kk * 8 + 4);
+      b0[mt] = load_x(xg[mt] + kk * 8);
+      b1[mt] = load_x(xg[mt] + kk * 8 + 4);
     }
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -233,7 +254,7 @@ __device__ __forceinline__ void sum_splits_if_last(const float* __restrict__ par
 // to arrive sums them in split order (deterministic) and puts its counter back to 0.
 template <bool SBF16, int MT, int KS, int NW, int MINB, bool PIPE>
 __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
-    const __nv_bfloat16* __restrict__ x, int64_t ldx, const uint4* __restrict__ qw, const uint2* __restrict__ sz,
+    const __nv_bfloat16* x, int64_t ldx, const uint4* __restrict__ qw, const uint2* __restrict__ sz,
     const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ out, float* __restrict__ part,
     int* __restrict__ locks,
     int M, int N, int K, int groups_per_split) {
@@ -263,15 +284,20 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
 
   uint4 wa[KS], wb[KS];
   uint2 za[4], zb[4];
+  // The first group's weights are loaded before x is ready (wait_for_producer); every thread waits before it
+  // reads x or writes anything, those without a group too.
   if constexpr (!PIPE) {  // one group's loads at a time: fewer registers, more warps to hide the latency
     for (; gi < g1; gi += NW, wq += W_STEP, sq += S_STEP) {
       load_group<KS>(wa, za, wq, sq);
+      if (gi < g0 + NW) wait_for_producer();
       step<SBF16, MT, KS>(res, wa, za, xg, one);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) xg[mt] += X_STEP;
     }
+  } else if (gi < g1) {
+    load_group<KS>(wa, za, wq, sq);
   }
-  if (PIPE && gi < g1) load_group<KS>(wa, za, wq, sq);
+  wait_for_producer();  // after the first wait: returns at once
   while (PIPE && gi < g1) {
     const bool second = gi + NW < g1;
     if (second) load_group<KS>(wb, zb, wq + W_STEP, sq + S_STEP);
@@ -288,6 +314,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
     wq += 2 * W_STEP;
     sq += 2 * S_STEP;
   }
+  allow_dependents();
 
   // The block's warps summed in warp order through shared memory, RR batch rows at a time (a [NW][64][64]
   // array for MT = 8 would pass the 48 KB static limit); written as the output or as this split's partials.
@@ -501,6 +528,7 @@ w4_wgmma_kernel(
   for (int s = 0; s < L::WPRE; ++s) {
     if (s < steps) copy_w(s, s);
     const int xs = s - (L::WPRE - L::XPRE);
+    if (xs == 0) wait_for_producer();  // the first weights are on their way; x is the kernel before's output
     if (xs >= 0 && xs < steps) copy_x(xs, xs);
     cp_commit();
   }
@@ -544,6 +572,7 @@ w4_wgmma_kernel(
   }
   if (it < steps) step(it, a0);
   wg_wait<0>();
+  allow_dependents();
 #pragma unroll
   for (int sp = 0; sp < SP; ++sp) wg_keep<BN>(acc[sp]);
   cp_wait<0>();
@@ -639,6 +668,32 @@ __global__ void __launch_bounds__(32 * DQ_STEPS) w4_dequant_kernel(
 
 namespace w4mma {
 
+// Launches with programmatic dependent launch where the GPU has it (9.0+) and it is switched on (set_pdl: the
+// lab's A / B); the kernels wait for the kernel before them before they read x (wait_for_producer).
+static bool g_pdl = true;
+void set_pdl(bool on) { g_pdl = on; }
+
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                   Args... args) {
+  static const bool hopper = [] {  // the process's first device decides (one GPU model a process)
+    int major = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, c10::cuda::current_device()));
+    return major >= 9;
+  }();
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = attr;
+  config.numAttrs = hopper && g_pdl ? 1 : 0;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...));
+}
+
 // The variants the engine launches (lab 5's winners): few rows (MT <= 2) 8 warps two blocks an SM with one
 // group's loads at a time, or pipelined 4 / 8-warp blocks; many rows (MT = 4) unpipelined 4 / 8-warp blocks.
 template <bool SBF16, int MT>
@@ -651,7 +706,7 @@ void launch_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tens
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const T* b = bias ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
 #define W4MMA_GO(NW, MINB, PIPE)                                                                          \
-  w4_mma_kernel<SBF16, MT, 8, NW, MINB, PIPE><<<grid, NW * 32, 0, stream>>>(                   \
+  launch_kernel(w4_mma_kernel<SBF16, MT, 8, NW, MINB, PIPE>, grid, dim3(NW * 32), 0, stream,                \
       reinterpret_cast<const T*>(x.data_ptr()), x.stride(0), reinterpret_cast<const uint4*>(qw.data_ptr()), \
       reinterpret_cast<const uint2*>(sz.data_ptr()), b, reinterpret_cast<T*>(out.data_ptr()),          \
       part.data_ptr<float>(), locks.data_ptr<int>(), M, N, K, groups_per_split)
@@ -711,7 +766,7 @@ void wgmma_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tenso
   }();
   (void)sized;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  kernel<<<grid, L::THREADS, L::SMEM, stream>>>(
+  launch_kernel(kernel, grid, dim3(L::THREADS), L::SMEM, stream,
       reinterpret_cast<const T*>(x.data_ptr()), x.stride(0), reinterpret_cast<const uint4*>(qw.data_ptr()),
       reinterpret_cast<const uint2*>(sz.data_ptr()), bias ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr,
       reinterpret_cast<T*>(out.data_ptr()), part.data_ptr<float>(), locks.data_ptr<int>(), M, N, K,
@@ -767,5 +822,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4_dequant", &w4mma::w4_dequant);
   m.def("w4_wgmma", &w4mma::w4_wgmma);
   m.def("has_wgmma", &w4mma::has_wgmma);
+  m.def("set_pdl", &w4mma::set_pdl);
 }
 #endif
