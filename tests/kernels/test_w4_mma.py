@@ -164,20 +164,19 @@ def test_every_warpgroup_variant_matches_the_awq_reference(m, config):
     assert torch.equal(again, out)
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("m", [1, 24, 64])
-def test_an_early_launched_linear_reads_the_norms_output_not_what_was_there(m):
-    """Programmatic dependent launch (engine/kernels/pdl.py): in a CUDA graph, x is poisoned with NaN, an RMSNorm
-    writes it and signals early, the linear starts early and must wait before reading x. Every replay equals the
-    eager result without early launch, bit for bit (a linear that read x before its wait would see NaN or a
-    half-written x)."""
-    why = _gpu_ready()
-    if why:
-        pytest.skip(why)
+def poisoned_x_replays(m: int, linear_attribute: bool = True, norm_signal: bool = True, poison: bool = True,
+                      n: int = 4608, k: int = 3584, replays: int = 20) -> list[tuple[int, int, int]]:
+    """In a CUDA graph: x poisoned with NaN, an RMSNorm writes x, w4_mma_linear reads it; each replay against the
+    eager result with early launch off. linear_attribute / norm_signal: the two sides of programmatic dependent
+    launch (the linear's launch attribute, the norm's early signal). Returns (replay, NaN outputs, differing
+    outputs) of each wrong replay (ci/kernel_lab/pdl_check.py prints them for every combination)."""
     from engine.kernels import pdl
     from engine.kernels.norm import rms_norm
 
-    n, k = 4608, 3584
+    def switch(attribute: bool, signal: bool) -> None:
+        pdl.set_enabled(signal)
+        w4_mma.extension().set_pdl(attribute)
+
     qw, qz, s = _awq(n, k, 128, m, torch.bfloat16, "cuda")
     packed, sz = w4_mma.repack(qw, qz, s, 128)
     gen = torch.Generator(device="cuda").manual_seed(m)
@@ -185,14 +184,13 @@ def test_an_early_launched_linear_reads_the_norms_output_not_what_was_there(m):
     weight = torch.rand(k, device="cuda", generator=gen).to(torch.bfloat16)
     x = torch.empty(m, k, device="cuda", dtype=torch.bfloat16)
     try:
-        pdl.set_enabled(False)
-        w4_mma.extension().set_pdl(False)
+        switch(False, False)
         expected = w4_mma.w4_mma_linear(rms_norm(src, weight, 1e-6, out=x), packed, sz, torch.bfloat16).clone()
-        pdl.set_enabled(True)
-        w4_mma.extension().set_pdl(True)
+        switch(linear_attribute, norm_signal)
 
         def chain():
-            x.fill_(float("nan"))
+            if poison:
+                x.fill_(float("nan"))
             rms_norm(src, weight, 1e-6, out=x)
             return w4_mma.w4_mma_linear(x, packed, sz, torch.bfloat16)
 
@@ -204,10 +202,25 @@ def test_an_early_launched_linear_reads_the_norms_output_not_what_was_there(m):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = chain()
-        for _ in range(20):
+        bad = []
+        for i in range(replays):
             graph.replay()
             torch.cuda.synchronize()
-            assert torch.equal(out, expected)
+            if not torch.equal(out, expected):
+                bad.append((i, int(torch.isnan(out).sum()), int((out != expected).sum())))
+        return bad
     finally:
-        pdl.set_enabled(True)
-        w4_mma.extension().set_pdl(True)
+        switch(True, True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 24, 64])
+def test_an_early_launched_linear_reads_the_norms_output_not_what_was_there(m):
+    """Programmatic dependent launch (engine/kernels/pdl.py): in a CUDA graph, x is poisoned with NaN, an RMSNorm
+    writes it and signals early, the linear starts early and must wait before reading x. Every replay equals the
+    eager result without early launch, bit for bit (a linear that read x before its wait would see NaN or a
+    half-written x: the first version did, at 1 row, 20 replays of 20)."""
+    why = _gpu_ready()
+    if why:
+        pytest.skip(why)
+    assert poisoned_x_replays(m) == []
