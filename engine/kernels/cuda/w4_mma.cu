@@ -356,8 +356,9 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
 // with the weights as operand A from registers and a BN-row tile of x as operand B in shared memory. A block is
 // NWG x KWG warpgroups: NWG side by side on SP stripes each, KWG on alternate groups of the same stripes (narrow
 // layers: more warps an SM to hide the dequantization's latency without more blocks or a split-K reduction;
-// their sums meet in the epilogue, added in warpgroup order). Warp w of a warpgroup dequantizes tile w of each stripe (its
-// 16-byte words are exactly that tile's fragments for four k steps) in bf16 as the 17-32-row path does, and
+// their sums meet in the epilogue, added in warpgroup order). Warp w of a warpgroup dequantizes tile w of each
+// stripe (its 16-byte words are exactly that tile's fragments for four k steps) in bf16 as the 17-32-row path
+// does, and
 // one wgmma per stripe and k step multiplies all 64 of the stripe's columns by the BN rows. Every group (128 k)
 // of x, weight words and (scale, zero) words is copied with cp.async: x XPRE groups ahead of the MMAs into
 // XPRE + 2 buffers (a group's MMAs run while the next group is dequantized: wgmma.wait_group 1, the A
