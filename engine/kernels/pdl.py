@@ -19,6 +19,18 @@ import torch
 _enabled = True
 
 
+def _triton_has_gdc() -> bool:
+    # A Triton from before gdc_launch_dependents keeps the plain launch (pyproject allows triton >= 3.0).
+    try:
+        from triton.language.extra import cuda
+    except ImportError:
+        return False
+    return hasattr(cuda, "gdc_launch_dependents")
+
+
+_HAS_GDC = _triton_has_gdc()
+
+
 def set_enabled(on: bool) -> None:
     """Switch the early-launch signal off or on (for A / B timing; the kernels compile one variant each way)."""
     global _enabled
@@ -31,8 +43,8 @@ def _capable(index: int) -> bool:
 
 
 def early_launch(t: torch.Tensor) -> bool:
-    """Whether a Triton kernel writing t signals the next kernel to start early: on a 9.0+ GPU, not under the
-    Triton interpreter (CPU tests), unless switched off."""
-    if not _enabled or t.device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    """Whether a Triton kernel writing t signals the next kernel to start early: on a 9.0+ GPU with a Triton
+    that has the signal, not under the Triton interpreter (CPU tests), unless switched off."""
+    if not (_enabled and _HAS_GDC) or t.device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return False
     return _capable(t.device.index if t.device.index is not None else torch.cuda.current_device())
