@@ -18,7 +18,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from engine.kernels import pdl, w4_mma
+from engine.kernels import w4_mma
 from engine.kernels.activation import silu_and_mul
 from engine.kernels.norm import rms_norm
 from engine.kernels.quant_gemm import w4a16_linear_ref
@@ -27,11 +27,6 @@ from engine.quant.int4_pack import pack_awq
 
 SHAPES = {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584), "down": (3584, 18944)}
 GROUP = w4_mma.GROUP
-
-
-def set_pdl(on: bool) -> None:
-    pdl.set_enabled(on)
-    w4_mma.extension().set_pdl(on)
 
 
 def main() -> int:
@@ -66,13 +61,13 @@ def main() -> int:
             ref = w4a16_linear_ref(feed, qweight, qzeros, scales.to(torch.bfloat16), GROUP).float()
             row = {"shape": name, "m": m}
             for label, on in (("pdl_off", False), ("pdl_on", True)):
-                set_pdl(on)
+                w4_mma.set_early_launch(on)
                 got = w4_mma.w4_mma_linear(feed, qw, sz, torch.bfloat16).float()
                 row[f"rel_err_{label}"] = ((got - ref).abs().max() / ref.abs().max()).item()
                 row[label] = graph_time_ms(
                     [lambda r=r: (before(), w4_mma.w4_mma_linear(feed, r[0], r[1], torch.bfloat16)) for r in rep],
                     4 * copies) * 1000
-            set_pdl(True)
+            w4_mma.set_early_launch(True)
             row["bf16"] = graph_time_ms([lambda d=d: (before(), F.linear(feed, d)) for d in dense],
                                         4 * len(dense)) * 1000
             row["norm_alone"] = graph_time_ms([before], 64) * 1000

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from ..quant.int4_pack import unpack_columns
+from . import pdl
 from .quant_gemm import _dense_product, _locks, _num_sms
 
 STRIPE = 64  # output columns a block takes (four 16-row MMA tiles)
@@ -174,6 +175,13 @@ def _arch_flags() -> list[str]:
     if (major, minor) == (9, 0):
         return ["-gencode=arch=compute_90a,code=sm_90a", "-DW4MMA_SM90A"]
     return [f"-gencode=arch=compute_{major}{minor},code=sm_{major}{minor}"]
+
+
+def set_early_launch(attribute: bool, signal: bool | None = None) -> None:
+    """Switch programmatic dependent launch (engine/kernels/pdl.py) for A / B timing and the race check: the
+    kernels' launch attribute, and the feeding Triton kernels' early signal (default: the same)."""
+    pdl.set_enabled(attribute if signal is None else signal)
+    extension().set_pdl(attribute)
 
 
 _HAS_WGMMA: bool | None = None

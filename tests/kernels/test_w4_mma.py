@@ -170,12 +170,7 @@ def poisoned_x_replays(m: int, linear_attribute: bool = True, norm_signal: bool 
     eager result with early launch off. linear_attribute / norm_signal: the two sides of programmatic dependent
     launch (the linear's launch attribute, the norm's early signal). Returns (replay, NaN outputs, differing
     outputs) of each wrong replay (ci/kernel_lab/pdl_check.py prints them for every combination)."""
-    from engine.kernels import pdl
     from engine.kernels.norm import rms_norm
-
-    def switch(attribute: bool, signal: bool) -> None:
-        pdl.set_enabled(signal)
-        w4_mma.extension().set_pdl(attribute)
 
     qw, qz, s = _awq(n, k, 128, m, torch.bfloat16, "cuda")
     packed, sz = w4_mma.repack(qw, qz, s, 128)
@@ -184,9 +179,9 @@ def poisoned_x_replays(m: int, linear_attribute: bool = True, norm_signal: bool 
     weight = torch.rand(k, device="cuda", generator=gen).to(torch.bfloat16)
     x = torch.empty(m, k, device="cuda", dtype=torch.bfloat16)
     try:
-        switch(False, False)
+        w4_mma.set_early_launch(False)
         expected = w4_mma.w4_mma_linear(rms_norm(src, weight, 1e-6, out=x), packed, sz, torch.bfloat16).clone()
-        switch(linear_attribute, norm_signal)
+        w4_mma.set_early_launch(linear_attribute, norm_signal)
 
         def chain():
             if poison:
@@ -210,7 +205,7 @@ def poisoned_x_replays(m: int, linear_attribute: bool = True, norm_signal: bool 
                 bad.append((i, int(torch.isnan(out).sum()), int((out != expected).sum())))
         return bad
     finally:
-        switch(True, True)
+        w4_mma.set_early_launch(True)
 
 
 @pytest.mark.gpu
