@@ -76,6 +76,10 @@ class EngineConfig:
         "triton", "AWQ weights' kernels: triton (AWQ layout: any batch) or cuda (repacked for the tensor cores, "
                   "built with nvcc on first use: 1.3x faster at batch 1, 2-3x at 2-32 rows, slower at 64; "
                   "bf16 models with group size 128).", choices=("triton", "cuda"))
+    w8_kernel: str = _setting(
+        "triton", "int8 weights' kernels: triton (any batch) or cuda (repacked for the tensor cores, built with nvcc "
+                  "on first use: the AWQ CUDA kernels' int8 variants, at 33-128 rows on Hopper 1.2x the Triton ones; "
+                  "bf16 models, layer sizes multiples of 64 x 128).", choices=("triton", "cuda"))
     dtype: str = _setting("auto", "auto, float32, bfloat16 or float16.", choices=_DTYPES)
     device: str = _setting("auto", "auto, cpu, cuda or cuda:N.")
     eager_mode: bool = _setting(False, "Run every step eagerly (no CUDA graphs).", flags=("--eager", "--eager-mode"))
@@ -127,6 +131,8 @@ class EngineConfig:
             bad("quant_policy", "must be 0, 4 or 8")
         if self.w4_kernel not in ("triton", "cuda"):
             bad("w4_kernel", "must be triton or cuda")
+        if self.w8_kernel not in ("triton", "cuda"):
+            bad("w8_kernel", "must be triton or cuda")
         if self.dtype not in _DTYPES:
             bad("dtype", f"must be one of {_DTYPES}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

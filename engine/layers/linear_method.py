@@ -8,7 +8,8 @@ them once after loading, and runs the forward on the kernel path chosen for the 
 - UnquantizedMethod: W [N, K] as loaded; the fixed-tile GEMM in deterministic mode, the Triton GEMV
   for one row with kernels on, cuBLAS otherwise; on CPU packed once for oneDNN.
 - Int8Method: per-output-channel int8 codes and scales (engine/quant/int8.py), quantized from the
-  16-bit checkpoint as each tensor loads (the full-precision weight is never held), W8A16 kernel.
+  16-bit checkpoint as each tensor loads (the full-precision weight is never held), W8A16 kernel; with
+  w8_kernel "cuda" repacked after loading for the CUDA kernels (engine/kernels/w8_mma.py).
 - AWQMethod: an AutoAWQ GEMM checkpoint (engine/quant/int4_pack.py: qweight/qzeros/scales), W4A16
   kernel.
 Both quantized methods compute on the CPU (and on CUDA with --no-kernels) from the dequantized codes,
@@ -103,6 +104,12 @@ class Int8Method(LinearMethod):
     columns then share the scale of their whole row, so every tp gives the same quantized weight."""
 
     def create_weights(self, layer, in_features, out_features, bias):
+        if self._cuda_kernel():  # this rank's part: a clear error before any weight is read
+            from ..kernels.w8_mma import unsupported
+
+            why = unsupported(out_features, in_features)
+            if why:
+                raise ValueError(f"--w8-kernel cuda: the CUDA W8A16 kernel {why}")
         layer.qweight = _param(out_features, in_features, dtype=torch.int8, derived=True)
         layer.weight_scale = _param(out_features, dtype=torch.float32, derived=True)
         layer.weight = _param(out_features, in_features, device="meta")
@@ -126,6 +133,9 @@ class Int8Method(LinearMethod):
             layer.weight_scale.data[offset:offset + size].copy_(scales)
         return load
 
+    def _cuda_kernel(self) -> bool:
+        return self.options.w8_kernel == "cuda" and self.options.device_type == "cuda" and self.options.use_kernels
+
     def after_loading(self, layer):
         del layer.weight  # the placeholder: every row is in qweight now
         layer.weight = None
@@ -133,10 +143,21 @@ class Int8Method(LinearMethod):
             from ..quant.int8 import dequantize_per_channel
 
             self._cpu_weight(layer, dequantize_per_channel(layer.qweight.data, layer.weight_scale.data))
+        elif self._cuda_kernel():  # one layout in memory: the kernels' fragment order
+            from ..kernels.w8_mma import repack
+
+            layer.w8_qw = repack(layer.qweight.data)
+            layer.qweight = None
+            if layer.bias is not None:
+                layer.bias.data = layer.bias.data.to(torch.bfloat16)
 
     def apply(self, layer, x):
         if getattr(layer, "cpu_weight", None) is not None:
             return layer.cpu_weight.apply(x)
+        if getattr(layer, "w8_qw", None) is not None:
+            from ..kernels.w8_mma import w8_mma_linear
+
+            return w8_mma_linear(x, layer.w8_qw, layer.weight_scale, layer.bias)
         if self.options.use_kernels:
             from ..kernels.quant_gemm import w8a16_linear
 

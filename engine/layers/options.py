@@ -27,6 +27,8 @@ class LayerOptions:
         of each split layer it holds (engine/layers/partition.py).
     w4_kernel: EngineConfig.w4_kernel: AWQ weights through the Triton kernels in AutoAWQ's layout, or
         repacked after loading for the CUDA tensor-core kernel (engine/kernels/w4_mma.py).
+    w8_kernel: EngineConfig.w8_kernel: int8 weights through the Triton kernels, or repacked after loading for
+        the CUDA kernels' int8 variants (engine/kernels/w8_mma.py).
     """
 
     use_kernels: bool = False
@@ -38,6 +40,7 @@ class LayerOptions:
     tp_rank: int = 0
     tp_size: int = 1
     w4_kernel: str = "triton"
+    w8_kernel: str = "triton"
 
     def __post_init__(self):
         if self.weight_format not in WEIGHT_FORMATS:

@@ -47,6 +47,7 @@ SAMPLES = {
     "model_format": "awq",
     "quant_policy": 4,
     "w4_kernel": "cuda",
+    "w8_kernel": "cuda",
     "dtype": "bfloat16",
     "device": "cuda:1",
     "eager_mode": True,

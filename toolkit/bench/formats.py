@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 
 WEIGHT_FORMATS = {"bf16": {}, "int8": {"model_format": "int8"}, "awq": {"model_format": "awq"},
-                  "awq-cuda": {"model_format": "awq", "w4_kernel": "cuda"}}  # the CUDA tensor-core W4A16 kernel
+                  "awq-cuda": {"model_format": "awq", "w4_kernel": "cuda"},  # the CUDA tensor-core W4A16 kernel
+                  "int8-cuda": {"model_format": "int8", "w8_kernel": "cuda"}}  # its int8 variants
 KV_FORMATS = {"kv16": {}, "kv8": {"quant_policy": 8}}
 WEIGHT_WORKLOADS = (("decode-b1", None), ("throughput", 64))
 KV_WORKLOAD = ("throughput", 256)

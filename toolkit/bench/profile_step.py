@@ -49,7 +49,7 @@ def _generation(max_new_tokens: int):
 
 
 def profile(model: str, batch: int, context: int, steps: int, model_format: str | None = None,
-            prefill_tokens: int = 0, w4_kernel: str | None = None) -> dict:
+            prefill_tokens: int = 0, w4_kernel: str | None = None, w8_kernel: str | None = None) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
@@ -59,6 +59,8 @@ def profile(model: str, batch: int, context: int, steps: int, model_format: str 
     fmt = {"model_format": model_format} if model_format else {}
     if w4_kernel:
         fmt["w4_kernel"] = w4_kernel
+    if w8_kernel:
+        fmt["w8_kernel"] = w8_kernel
     if prefill_tokens:  # the mixed steps are run one at a time (_timed_step): no step left in flight
         fmt.update(overlap="off", max_prefill_token_num=max(8192, prefill_tokens + batch))
     engine = LLMEngine(model, EngineConfig(max_batch_size=max(1, batch + bool(prefill_tokens)),
@@ -98,7 +100,8 @@ def profile(model: str, batch: int, context: int, steps: int, model_format: str 
             gpu_total += t
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
     return {
-        "model": model, "model_format": model_format or "hf", "w4_kernel": w4_kernel, "batch": batch,
+        "model": model, "model_format": model_format or "hf", "w4_kernel": w4_kernel, "w8_kernel": w8_kernel,
+        "batch": batch,
         "context": context, "prefill_tokens": prefill_tokens, "steps": steps,
         "device": torch.cuda.get_device_name(0),
         "wall_ms_per_step": wall * 1000, "tokens_per_s": (batch + prefill_tokens) / wall,
@@ -121,6 +124,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--model-format", help="weight format (EngineConfig.model_format: int8, awq, ...)")
     parser.add_argument("--w4-kernel", help="AWQ kernels: triton or cuda (EngineConfig.w4_kernel)")
+    parser.add_argument("--w8-kernel", help="int8 kernels: triton or cuda (EngineConfig.w8_kernel)")
     parser.add_argument("--prefill-tokens", type=int, default=0,
                         help="every measured step also prefills a new prompt of this many tokens")
     parser.add_argument("--json")
@@ -130,7 +134,8 @@ def main(argv=None) -> int:
         return 0
     results = []
     for b in args.batch:
-        r = profile(args.model, b, args.context, args.steps, args.model_format, args.prefill_tokens, args.w4_kernel)
+        r = profile(args.model, b, args.context, args.steps, args.model_format, args.prefill_tokens, args.w4_kernel,
+                    args.w8_kernel)
         results.append(r)
         print(json.dumps(r, indent=1))
         torch.cuda.empty_cache()

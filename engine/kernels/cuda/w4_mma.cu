@@ -174,6 +174,21 @@ __device__ __forceinline__ void direct_fragment(uint32_t word, const uint32_t (&
   a[3] = bf16x2_mul(bf16x2_sub(and_or(word >> 12, LOW, MAGIC), zp[1]), sp[1]);
 }
 
+// int8 codes q (two's complement) at bits 0-7 and 16-23 of w -> the bf16 pair (q, q), exactly: the low seven bits
+// l in the mantissa of 128 give 128 + l, the sign bit s in that of 128 gives 128 + 128 s, and q = l - 128 s; two
+// LOP3 and one packed subtract a pair.
+__device__ __forceinline__ uint32_t i8_pair(uint32_t w) {
+  return bf16x2_sub(and_or(w, 0x007F007Fu, MAGIC), and_or(w, 0x00800080u, MAGIC));
+}
+// One k step's A fragment from its two int8 words (w8_mma.py's layout: byte 2 e + h of word r is row g + 8 h,
+// k 8 r + 2 t + e): a0, a1 rows g, g + 8 at k 2t, 2t + 1; a2, a3 the same at k + 8.
+__device__ __forceinline__ void i8_fragment(uint32_t w0, uint32_t w1, uint32_t (&a)[4]) {
+  a[0] = i8_pair(w0);
+  a[1] = i8_pair(w0 >> 8);
+  a[2] = i8_pair(w1);
+  a[3] = i8_pair(w1 >> 8);
+}
+
 template <bool SBF16, int MT, int KS>
 __device__ __forceinline__ void group_step_direct(float (&res)[4][MT][4], const uint4 (&w)[KS], const uint2 (&zs)[4],
                                                   const uint32_t* const (&xg)[MT]) {
@@ -198,19 +213,47 @@ __device__ __forceinline__ void group_step_direct(float (&res)[4][MT][4], const 
   }
 }
 
-template <bool SBF16, int MT, int KS>
+// An int8 group (w8_mma.py's layout: load 4 d + j holds tile j's k steps 2 d, 2 d + 1): exact codes into the MMAs,
+// the column scale waits for the epilogue.
+template <int MT>
+__device__ __forceinline__ void group_step_i8(float (&res)[4][MT][4], const uint4 (&w)[16],
+                                              const uint32_t* const (&xg)[MT]) {
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+    uint32_t b0[MT], b1[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      b0[mt] = load_x(xg[mt] + kk * 8);
+      b1[mt] = load_x(xg[mt] + kk * 8 + 4);
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint4 v = w[(kk >> 1) * 4 + j];
+      uint32_t a[4];
+      if (kk & 1) i8_fragment(v.z, v.w, a);
+      else i8_fragment(v.x, v.y, a);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) mma(res[j][mt], a[0], a[1], a[2], a[3], b0[mt], b1[mt]);
+    }
+  }
+}
+
+template <bool SBF16, int MT, int KS, bool I8>
 __device__ __forceinline__ void step(float (&res)[4][MT][4], const uint4 (&w)[KS], const uint2 (&zs)[4],
                                      const uint32_t* const (&xg)[MT], uint32_t one) {
-  if constexpr (MT > 2) group_step_direct<SBF16, MT, KS>(res, w, zs, xg);
+  if constexpr (I8) group_step_i8<MT>(res, w, xg);
+  else if constexpr (MT > 2) group_step_direct<SBF16, MT, KS>(res, w, zs, xg);
   else group_step<SBF16, MT, KS>(res, w, zs, xg, one);
 }
 
-template <int KS>
+template <int KS, bool I8>
 __device__ __forceinline__ void load_group(uint4 (&w)[KS], uint2 (&zs)[4], const uint4* wq, const uint2* sq) {
 #pragma unroll
   for (int kk = 0; kk < KS; ++kk) w[kk] = load_stream(wq + kk * 32);
+  if constexpr (!I8) {
 #pragma unroll
-  for (int j = 0; j < 4; ++j) zs[j] = __ldg(sq + j * 8);
+    for (int j = 0; j < 4; ++j) zs[j] = __ldg(sq + j * 8);
+  }
 }
 
 // Split-K's end, once every thread of the block has stored its fp32 partials of rows [row0, row0 + rows) x
@@ -252,25 +295,27 @@ __device__ __forceinline__ void sum_splits_if_last(const float* __restrict__ par
 // [N/64][K/G][4 tiles][8] uint2 (rows g and g + 8 of a tile). Batch rows past M read row M - 1 (their outputs
 // are never stored). With splits > 1 each block writes fp32 partials [S][M][N] and the last block of a stripe
 // to arrive sums them in split order (deterministic) and puts its counter back to 0.
-template <bool SBF16, int MT, int KS, int NW, int MINB, bool PIPE>
+// I8 (KS = 16): int8 weights in w8_mma.py's layout, one fp32 scale an output column (cscale) applied to the sums;
+// sz unused. Otherwise int4 groups (KS = 8), cscale unused.
+template <bool SBF16, int MT, int KS, int NW, int MINB, bool PIPE, bool I8 = false>
 __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
     const __nv_bfloat16* x, int64_t ldx, const uint4* __restrict__ qw, const uint2* __restrict__ sz,
-    const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ out, float* __restrict__ part,
+    const float* __restrict__ cscale, const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ out, float* __restrict__ part,
     int* __restrict__ locks,
     int M, int N, int K, int groups_per_split) {
   const int stripe = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int groups = K / (16 * KS);
+  const int groups = K / 128;
   const int g0 = split * groups_per_split, g1 = min(groups, g0 + groups_per_split);
   int gi = g0 + warp;
-  const uint4* wq = qw + (static_cast<size_t>(stripe) * (K / 16) + static_cast<size_t>(gi) * KS) * 32 + lane;
+  const uint4* wq = qw + (static_cast<size_t>(stripe) * groups + gi) * KS * 32 + lane;
   const uint2* sq = sz + (static_cast<size_t>(stripe) * groups + gi) * 32 + g;
   const uint32_t* xg[MT];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
-    xg[mt] = reinterpret_cast<const uint32_t*>(x + min(mt * 8 + g, M - 1) * ldx) + t + gi * KS * 8;
+    xg[mt] = reinterpret_cast<const uint32_t*>(x + min(mt * 8 + g, M - 1) * ldx) + t + gi * 64;
   constexpr size_t W_STEP = static_cast<size_t>(NW) * KS * 32, S_STEP = static_cast<size_t>(NW) * 32;
-  constexpr int X_STEP = NW * KS * 8;
+  constexpr int X_STEP = NW * 64;  // a group is 128 k: 64 bf16 pairs
   uint32_t one;  // a register, not an immediate the compiler would rematerialize before every MMA
   asm volatile("mov.b32 %0, %1;" : "=r"(one) : "n"(ONE));
 
@@ -288,26 +333,26 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
   // reads x or writes anything, those without a group too.
   if constexpr (!PIPE) {  // one group's loads at a time: fewer registers, more warps to hide the latency
     for (; gi < g1; gi += NW, wq += W_STEP, sq += S_STEP) {
-      load_group<KS>(wa, za, wq, sq);
+      load_group<KS, I8>(wa, za, wq, sq);
       if (gi < g0 + NW) wait_for_producer();
-      step<SBF16, MT, KS>(res, wa, za, xg, one);
+      step<SBF16, MT, KS, I8>(res, wa, za, xg, one);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) xg[mt] += X_STEP;
     }
   } else if (gi < g1) {
-    load_group<KS>(wa, za, wq, sq);
+    load_group<KS, I8>(wa, za, wq, sq);
   }
   wait_for_producer();  // after the first wait: returns at once
   while (PIPE && gi < g1) {
     const bool second = gi + NW < g1;
-    if (second) load_group<KS>(wb, zb, wq + W_STEP, sq + S_STEP);
-    step<SBF16, MT, KS>(res, wa, za, xg, one);
+    if (second) load_group<KS, I8>(wb, zb, wq + W_STEP, sq + S_STEP);
+    step<SBF16, MT, KS, I8>(res, wa, za, xg, one);
     if (!second) break;
     const bool third = gi + 2 * NW < g1;
-    if (third) load_group<KS>(wa, za, wq + 2 * W_STEP, sq + 2 * S_STEP);
+    if (third) load_group<KS, I8>(wa, za, wq + 2 * W_STEP, sq + 2 * S_STEP);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) xg[mt] += X_STEP;
-    step<SBF16, MT, KS>(res, wb, zb, xg, one);
+    step<SBF16, MT, KS, I8>(res, wb, zb, xg, one);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) xg[mt] += X_STEP;
     gi += 2 * NW;
@@ -341,6 +386,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
       float v = 0.f;
 #pragma unroll
       for (int w2 = 0; w2 < NW; ++w2) v += red[w2][m][nl];
+      if constexpr (I8) v *= cscale[n0 + nl];  // before the split-K sum, as the warpgroup kernel
       if (splits == 1) {
         if (bias) v += __bfloat162float(bias[n0 + nl]);
         out[static_cast<size_t>(r0 + m) * N + n0 + nl] = __float2bfloat16(v);
@@ -367,12 +413,17 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
 // 64-k atoms a group of BN rows x 128 bytes; 16-byte chunk c of row r at c ^ (r % 8)), rows past M zero-filled.
 // Grid (N / (64 SP NWG), splits, row tiles); split-K partials are summed by the last block to arrive, as in
 // w4_mma_kernel. The host keeps each split's group count a multiple of KWG.
-template <int BN, int SP, int NWG, int KWG>
+// I8: int8 weights (W8A16, one scale an output column) instead of int4 groups: a group's words of a stripe are
+// twice as many (8 KB) and carry no (scale, zero) words, so half as many groups are prefetched (the same bytes in
+// flight) and two blocks of two warpgroups still fit an SM.
+template <int BN, int SP, int NWG, int KWG, bool I8 = false>
 struct WgLayout {
-  static constexpr int THREADS = 128 * NWG * KWG, XPRE = 2, XSTAGES = XPRE + 2, WPRE = 4, WSTAGES = WPRE + 1;
+  static constexpr int THREADS = 128 * NWG * KWG, XPRE = 2, XSTAGES = XPRE + 2, WPRE = I8 ? 2 : 4,
+                       WSTAGES = WPRE + 1;
   static constexpr uint32_t ATOM = BN * 128, X = KWG * 2 * ATOM;  // a multiple of 1024: x atoms stay aligned
-  static constexpr uint32_t WG = SP * 4096 + SP * 256, W = NWG * KWG * WG;  // a warpgroup's weight words, then
-                                                                             // its (scale, zero) words
+  static constexpr uint32_t WG = I8 ? SP * 8192 : SP * 4096 + SP * 256;  // a warpgroup's weight words, then
+                                                                          // its (scale, zero) words (int4)
+  static constexpr uint32_t W = NWG * KWG * WG;
   static constexpr int SMEM = XSTAGES * X + WSTAGES * W + 1024;
   static constexpr int COLS = 64 * SP * NWG, PITCH = COLS + 4;  // the epilogue's fp32 tile, in the buffers
   static_assert(BN * PITCH * 4 <= XSTAGES * X + WSTAGES * W, "the output tile fits in the copy buffers");
@@ -459,14 +510,16 @@ __device__ __forceinline__ uint2 lds64(uint32_t a) {
 }
 #endif
 
-template <bool SBF16, int BN, int SP, int NWG, int KWG>
+// I8: int8 weights in w8_mma.py's layout (qw), one fp32 scale an output column (cscale) applied to the sums;
+// sz unused. Otherwise int4 groups (qw, sz), cscale unused.
+template <bool SBF16, int BN, int SP, int NWG, int KWG, bool I8 = false>
 __global__ void __launch_bounds__(128 * NWG * KWG, BN == 64 && SP == 1 && NWG == 2 && KWG == 1 ? 2 : 1)
 w4_wgmma_kernel(
     const __nv_bfloat16* __restrict__ x, int64_t ldx, const uint4* __restrict__ qw, const uint2* __restrict__ sz,
-    const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ out, float* __restrict__ part,
-    int* __restrict__ locks, int M, int N, int K, int groups_per_split) {
+    const float* __restrict__ cscale, const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ out,
+    float* __restrict__ part, int* __restrict__ locks, int M, int N, int K, int groups_per_split) {
 #ifdef W4MMA_WGMMA_BODY
-  using L = WgLayout<BN, SP, NWG, KWG>;
+  using L = WgLayout<BN, SP, NWG, KWG, I8>;
   extern __shared__ uint8_t wg_smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem_raw));
   const uint32_t base = (raw + 1023) & ~1023u;  // swizzle atoms start on 1024-byte boundaries
@@ -477,7 +530,9 @@ w4_wgmma_kernel(
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
   // this warpgroup's stripes and its group within a block step (constants 0 where a direction has one)
   const int wn = NWG == 1 ? 0 : wg % NWG, wk = KWG == 1 ? 0 : wg / NWG;
-  const int groups = K / 128, quads = K / 64;
+  // a group's 16-byte units of a stripe's tile a lane: int4 two k quads (64 k each), int8 four k duos (32 k)
+  constexpr int UPG = I8 ? 4 : 2;
+  const int groups = K / 128, units = K / (128 / UPG);
   const int g0 = split * groups_per_split, g1 = min(groups, g0 + groups_per_split);
   const int stripe0 = (blockIdx.x * NWG + wn) * SP;  // this warpgroup's first stripe
 
@@ -491,9 +546,9 @@ w4_wgmma_kernel(
   const uint4* wsrc[SP];
 #pragma unroll
   for (int sp = 0; sp < SP; ++sp)
-    wsrc[sp] = qw + ((static_cast<size_t>(stripe0 + sp) * quads + 2 * (g0 + wk)) * 4 + warp) * 32 + lane;
+    wsrc[sp] = qw + ((static_cast<size_t>(stripe0 + sp) * units + UPG * (g0 + wk)) * 4 + warp) * 32 + lane;
   const uint32_t wdst = wg * L::WG + warp * 512 + lane * 16;
-  const bool zcopy = (tid & 127) < 16 * SP;
+  const bool zcopy = !I8 && (tid & 127) < 16 * SP;
   const uint8_t* zsrc = reinterpret_cast<const uint8_t*>(
       sz + (static_cast<size_t>(stripe0 + ((tid & 127) >> 4)) * groups + g0 + wk) * 32) + (tid & 15) * 16;
   const uint32_t zdst = wg * L::WG + SP * 4096 + (tid & 127) * 16;
@@ -511,8 +566,8 @@ w4_wgmma_kernel(
 #pragma unroll
     for (int sp = 0; sp < SP; ++sp)
 #pragma unroll
-      for (int q = 0; q < 2; ++q)
-        cp_async16(sb + wdst + (sp * 2 + q) * 2048, wsrc[sp] + step * (256 * KWG) + q * 128, 16);
+      for (int q = 0; q < UPG; ++q)
+        cp_async16(sb + wdst + (sp * UPG + q) * 2048, wsrc[sp] + step * (128 * UPG * KWG) + q * 128, 16);
     if (zcopy) cp_async16(sb + zdst, zsrc + step * (256 * KWG), 16);
   };
 
@@ -545,14 +600,23 @@ w4_wgmma_kernel(
     const uint32_t ws = wbase + (it % L::WSTAGES) * L::W + wg * L::WG;
 #pragma unroll
     for (int sp = 0; sp < SP; ++sp) {
-      uint32_t zp[2], scl[2];
-      direct_zero_scale<SBF16>(lds64(ws + SP * 4096 + sp * 256 + (warp * 8 + g) * 8), zp, scl);
+      if constexpr (I8) {  // unit q: k steps 2 q, 2 q + 1
 #pragma unroll
-      for (int q = 0; q < 2; ++q) {
-        const uint4 v = lds128(ws + (sp * 2 + q) * 2048 + warp * 512 + lane * 16);
-        const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+        for (int q = 0; q < 4; ++q) {
+          const uint4 v = lds128(ws + (sp * 4 + q) * 2048 + warp * 512 + lane * 16);
+          i8_fragment(v.x, v.y, a[sp][2 * q]);
+          i8_fragment(v.z, v.w, a[sp][2 * q + 1]);
+        }
+      } else {
+        uint32_t zp[2], scl[2];
+        direct_zero_scale<SBF16>(lds64(ws + SP * 4096 + sp * 256 + (warp * 8 + g) * 8), zp, scl);
 #pragma unroll
-        for (int c = 0; c < 4; ++c) direct_fragment(words[c], zp, scl, a[sp][4 * q + c]);
+        for (int q = 0; q < 2; ++q) {
+          const uint4 v = lds128(ws + (sp * 2 + q) * 2048 + warp * 512 + lane * 16);
+          const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+          for (int c = 0; c < 4; ++c) direct_fragment(words[c], zp, scl, a[sp][4 * q + c]);
+        }
       }
     }
     wg_fence();  // the group's eight k steps dequantized: one fence, then the MMAs back to back
@@ -600,6 +664,7 @@ w4_wgmma_kernel(
   for (int i = tid; i < rows * COLS; i += L::THREADS) {
     const int r = i / COLS, col = i % COLS;
     float v = tile[r * PITCH + col];
+    if constexpr (I8) v *= cscale[n0 + col];  // before the split-K sum: each split's partials scaled alike
     if (splits == 1) {
       if (bias) v += __bfloat162float(bias[n0 + col]);
       out[static_cast<size_t>(row0 + r) * N + n0 + col] = __float2bfloat16(v);
@@ -697,7 +762,8 @@ void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem
 
 // The variants the engine launches (lab 5's winners): few rows (MT <= 2) 8 warps two blocks an SM with one
 // group's loads at a time, or pipelined 4 / 8-warp blocks; many rows (MT = 4) unpipelined 4 / 8-warp blocks.
-template <bool SBF16, int MT>
+// I8: int8 weights (w8_mma.py's layout) with fp32 column scales in sz's place.
+template <bool SBF16, int MT, bool I8 = false>
 void launch_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tensor& sz,
               const c10::optional<torch::Tensor>& bias, torch::Tensor& out, torch::Tensor& part,
               torch::Tensor& locks, int splits, int warps, int min_blocks, bool pipe, int groups_per_split) {
@@ -707,11 +773,17 @@ void launch_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tens
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const T* b = bias ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
 #define W4MMA_GO(NW, MINB, PIPE)                                                                          \
-  launch_kernel(w4_mma_kernel<SBF16, MT, 8, NW, MINB, PIPE>, grid, dim3(NW * 32), 0, stream,                \
+  launch_kernel(w4_mma_kernel<SBF16, MT, I8 ? 16 : 8, NW, MINB, PIPE, I8>, grid, dim3(NW * 32), 0, stream,   \
       reinterpret_cast<const T*>(x.data_ptr()), x.stride(0), reinterpret_cast<const uint4*>(qw.data_ptr()), \
-      reinterpret_cast<const uint2*>(sz.data_ptr()), b, reinterpret_cast<T*>(out.data_ptr()),          \
+      I8 ? nullptr : reinterpret_cast<const uint2*>(sz.data_ptr()), I8 ? sz.data_ptr<float>() : nullptr, b,  \
+      reinterpret_cast<T*>(out.data_ptr()),                                                                   \
       part.data_ptr<float>(), locks.data_ptr<int>(), M, N, K, groups_per_split)
-  if constexpr (MT > 2) {
+  if constexpr (I8) {  // a group's sixteen loads a thread: no second set in flight (registers)
+    if (warps == 8 && min_blocks == 2 && !pipe && MT <= 2) W4MMA_GO(8, 2, false);
+    else if (warps == 8 && min_blocks == 1 && !pipe) W4MMA_GO(8, 1, false);
+    else if (warps == 4 && min_blocks == 1 && !pipe) W4MMA_GO(4, 1, false);
+    else TORCH_CHECK(false, "w8_mma: (warps, min_blocks, pipe) (8, 2, 0) up to 16 rows, (8, 1, 0) or (4, 1, 0)");
+  } else if constexpr (MT > 2) {
     if (warps == 4 && min_blocks == 1 && !pipe) W4MMA_GO(4, 1, false);
     else if (warps == 8 && min_blocks == 1 && !pipe) W4MMA_GO(8, 1, false);
     else TORCH_CHECK(false, "w4_mma: 17-32 rows run (warps, min_blocks, pipe) (4, 1, 0) or (8, 1, 0)");
@@ -741,6 +813,21 @@ void w4_mma(torch::Tensor x, torch::Tensor qw, torch::Tensor sz, c10::optional<t
 #undef W4MMA_ROWS
 }
 
+// int8 weights (w8_mma.py's layout), fp32 column scales [N], up to 32 rows; checked by the Python caller too.
+void w8_mma(torch::Tensor x, torch::Tensor qw, torch::Tensor scales, c10::optional<torch::Tensor> bias,
+            torch::Tensor out, torch::Tensor part, torch::Tensor locks, int64_t splits, int64_t warps,
+            int64_t min_blocks, bool pipe) {
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.size(0) >= 1 && x.size(0) <= 32 && x.size(1) % 128 == 0,
+              "w8_mma: x [M <= 32, K], K a multiple of 128");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && scales.scalar_type() == at::kFloat && scales.is_contiguous(),
+              "w8_mma: bf16 x, fp32 scales");
+  const int M = x.size(0), groups = x.size(1) / 128;
+  const int gps = (groups + splits - 1) / splits;
+  if (M <= 8) launch_t<false, 1, true>(x, qw, scales, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);
+  else if (M <= 16) launch_t<false, 2, true>(x, qw, scales, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);
+  else launch_t<false, 4, true>(x, qw, scales, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);
+}
+
 // Many rows on the warpgroup MMA (sm_90a builds only: has_wgmma()): bn rows a block (64 or 128), sp stripes a
 // warpgroup (1 or 2), nwg warpgroups a block side by side (1 or 2), kwg on alternate groups (1 or 2).
 bool has_wgmma() {
@@ -751,16 +838,16 @@ bool has_wgmma() {
 #endif
 }
 
-template <bool SBF16, int BN, int SP, int NWG, int KWG>
+template <bool SBF16, int BN, int SP, int NWG, int KWG, bool I8 = false>
 void wgmma_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tensor& sz,
              const c10::optional<torch::Tensor>& bias, torch::Tensor& out, torch::Tensor& part, torch::Tensor& locks,
              int splits, int groups_per_split) {
   using T = __nv_bfloat16;
-  using L = WgLayout<BN, SP, NWG, KWG>;
+  using L = WgLayout<BN, SP, NWG, KWG, I8>;
   const int M = x.size(0), K = x.size(1), N = out.size(1);
   const dim3 grid(N / L::COLS, splits, (M + BN - 1) / BN);
   TORCH_CHECK(grid.x * grid.z <= locks.numel(), "w4_wgmma: more tiles than split counters");
-  auto kernel = w4_wgmma_kernel<SBF16, BN, SP, NWG, KWG>;
+  auto kernel = w4_wgmma_kernel<SBF16, BN, SP, NWG, KWG, I8>;
   static const bool sized = [&] {  // once per instantiation, before any CUDA graph capture
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::SMEM));
     return true;
@@ -769,7 +856,8 @@ void wgmma_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tenso
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   launch_kernel(kernel, grid, dim3(L::THREADS), L::SMEM, stream,
       reinterpret_cast<const T*>(x.data_ptr()), x.stride(0), reinterpret_cast<const uint4*>(qw.data_ptr()),
-      reinterpret_cast<const uint2*>(sz.data_ptr()), bias ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr,
+      I8 ? nullptr : reinterpret_cast<const uint2*>(sz.data_ptr()), I8 ? sz.data_ptr<float>() : nullptr,
+      bias ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr,
       reinterpret_cast<T*>(out.data_ptr()), part.data_ptr<float>(), locks.data_ptr<int>(), M, N, K,
       groups_per_split);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -801,6 +889,24 @@ void w4_wgmma(torch::Tensor x, torch::Tensor qw, torch::Tensor sz, c10::optional
 #undef W4WG
 }
 
+// int8 weights (w8_mma.py's layout) with fp32 scales [N], same launch choices; the configurations w8_mma.py picks.
+void w8_wgmma(torch::Tensor x, torch::Tensor qw, torch::Tensor scales, c10::optional<torch::Tensor> bias,
+              torch::Tensor out, torch::Tensor part, torch::Tensor locks, int64_t splits, int64_t nwg, int64_t kwg) {
+  TORCH_CHECK(has_wgmma(), "w8_wgmma: this build has no sm_90a code");
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.scalar_type() == at::kBFloat16 && x.size(1) % 128 == 0,
+              "w8_wgmma: bf16 x [M, K] with contiguous rows, K a multiple of 128");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.numel() == out.size(1),
+              "w8_wgmma: fp32 scales [N]");
+  TORCH_CHECK(out.size(1) % (64 * nwg) == 0, "w8_wgmma: N must divide by 64 * nwg");
+  const int groups = x.size(1) / 128, gps = (groups + splits - 1) / splits;
+  TORCH_CHECK(kwg == 1 || (groups % splits == 0 && gps % kwg == 0),
+              "w8_wgmma: with kwg warpgroups on alternate groups, each split's groups must divide by kwg");
+  if (nwg == 1 && kwg == 1) wgmma_t<false, 64, 1, 1, 1, true>(x, qw, scales, bias, out, part, locks, splits, gps);
+  else if (nwg == 2 && kwg == 1) wgmma_t<false, 64, 1, 2, 1, true>(x, qw, scales, bias, out, part, locks, splits, gps);
+  else if (nwg == 1 && kwg == 2) wgmma_t<false, 64, 1, 1, 2, true>(x, qw, scales, bias, out, part, locks, splits, gps);
+  else TORCH_CHECK(false, "w8_wgmma: (nwg, kwg) must be (1, 1), (2, 1) or (1, 2)");
+}
+
 void w4_dequant(torch::Tensor qw, torch::Tensor sz, torch::Tensor w, int64_t group_size, bool scale_bf16,
                 int64_t stripe0) {
   TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.is_contiguous(), "w4_dequant: w contiguous bf16 [rows, K]");
@@ -822,6 +928,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4_mma", &w4mma::w4_mma);
   m.def("w4_dequant", &w4mma::w4_dequant);
   m.def("w4_wgmma", &w4mma::w4_wgmma);
+  m.def("w8_wgmma", &w4mma::w8_wgmma);
+  m.def("w8_mma", &w4mma::w8_mma);
   m.def("has_wgmma", &w4mma::has_wgmma);
   m.def("set_pdl", &w4mma::set_pdl);
 }

@@ -1,0 +1,103 @@
+"""Lab 10: the int8 warpgroup kernel (engine/kernels/w8_mma.py) at 33-128 rows against bf16 cuBLAS, the shipped
+Triton W8A16 path and the AWQ warpgroup kernel, on Qwen2.5-7B's four linear shapes; every int8 variant
+(warpgroups side by side, splits, warpgroups on alternate groups) checked against the reference, then timed.
+Timing: engine/kernels/timing.py (one CUDA graph over >= 256 MB of weight copies, median of 7 replays).
+
+    python3 ci/kernel_lab/w8_wgmma_lab.py OUT.json [M ...]
+"""
+import json
+from pathlib import Path
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from engine.kernels import quant_gemm as qg  # noqa: E402
+from engine.kernels import w4_mma, w8_mma  # noqa: E402
+from engine.kernels.quant_gemm import _num_sms  # noqa: E402
+from engine.kernels.timing import graph_time_ms  # noqa: E402
+
+SHAPES = [("qkv", 4608, 3584, True), ("o", 3584, 3584, False), ("gate_up", 37888, 3584, False),
+          ("down", 3584, 18944, False)]
+
+
+def variants(m: int, n: int, k: int) -> list[tuple[int, int, int]]:
+    groups, stripes = k // 128, n // 64
+    out = []
+    for nwg in (1, 2):
+        if stripes % nwg:
+            continue
+        for kwg in (1, 2):
+            if nwg == 2 and kwg == 2:
+                continue
+            for splits in (1, 2, 4, 8):
+                if groups % splits or (kwg == 2 and (groups // splits) % 2):
+                    continue
+                out.append((nwg, splits, kwg))
+    return out
+
+
+def main() -> None:
+    out_path = sys.argv[1]
+    ms = [int(a) for a in sys.argv[2:]] or [64, 128]
+    rows = []
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    sms = _num_sms(torch.device("cuda"))
+
+    def record(shape, m, name, fns, nbytes, check=None, ref=None):
+        row = {"shape": shape, "m": m, "kernel": name}
+        try:
+            if check is not None:
+                y = check().float()
+                row["rel_err"] = ((y - ref).abs().max() / ref.abs().max()).item()
+                if not row["rel_err"] < 1e-2:
+                    raise AssertionError(f"rel_err {row['rel_err']:.2e}")
+            us = graph_time_ms(fns, 60) * 1e3
+            row.update(us=us, gb_s=nbytes / us / 1e3)
+            print(f"{shape:8} m={m:<4} {name:36} {us:8.2f} us {row['gb_s']:6.0f} GB/s", flush=True)
+        except Exception as e:  # noqa: BLE001
+            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            print(f"{shape:8} m={m:<4} {name:36} FAILED {row['error'][:200]}", flush=True)
+        rows.append(row)
+        json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, open(out_path, "w"), indent=1)
+
+    t0 = time.monotonic()
+    for shape, n, k, has_bias in SHAPES:
+        bias = torch.randn(n, device="cuda", dtype=torch.bfloat16, generator=gen) if has_bias else None
+        n16 = max(2, int(256e6 // (n * k * 2)))
+        n8 = max(2, int(256e6 // (n * k)))
+        dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=gen) * 0.02 for _ in range(n16)]
+        q8 = [(torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda", generator=gen),
+               torch.rand(n, device="cuda", generator=gen) * 0.01 + 0.001) for _ in range(n8)]
+        packed = [(w8_mma.repack(q), s) for q, s in q8]
+        awq = []
+        for _ in range(max(2, int(256e6 // (n * k // 2)))):
+            qw = torch.randint(-2**31, 2**31 - 1, (k, n // 8), dtype=torch.int32, device="cuda", generator=gen)
+            qz = torch.randint(-2**31, 2**31 - 1, (k // 128, n // 8), dtype=torch.int32, device="cuda", generator=gen)
+            sc = (torch.rand(k // 128, n, device="cuda", generator=gen) * 0.01 + 0.001).to(torch.bfloat16)
+            awq.append(w4_mma.repack(qw, qz, sc, 128))
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+            record(shape, m, "bf16 cuBLAS F.linear", [lambda w=w: F.linear(x, w, bias) for w in dense], n * k * 2)
+            ref = qg.w8a16_linear_ref(x, *q8[0], bias).float()
+            record(shape, m, "int8 Triton (shipped)", [lambda q=q: qg.w8a16_linear(x, *q, bias) for q in q8],
+                   n * k + 4 * n, lambda: qg.w8a16_linear(x, *q8[0], bias), ref)
+            record(shape, m, "awq warpgroup (shipped)",
+                   [lambda a=a: w4_mma.w4_mma_linear(x, *a, torch.bfloat16, bias) for a in awq], n * k // 2 * 1.0625)
+            default = w4_mma.wgmma_config(m, n, k, sms)
+            record(shape, m, f"int8 warpgroup default {default[2:]}",
+                   [lambda p=p: w8_mma.w8_mma_linear(x, *p, bias) for p in packed], n * k + 4 * n,
+                   lambda: w8_mma.w8_mma_linear(x, *packed[0], bias), ref)
+            for cfg in variants(m, n, k):
+                record(shape, m, f"int8 warpgroup {cfg}",
+                       [lambda p=p: w8_mma.w8_mma_linear(x, *p, bias, cfg) for p in packed], n * k + 4 * n,
+                       lambda: w8_mma.w8_mma_linear(x, *packed[0], bias, cfg), ref)
+        del dense, q8, packed, awq
+        torch.cuda.empty_cache()
+    print(f"lab 10 done in {time.monotonic() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The CUDA W8A16 path (engine/kernels/w8_mma.py, the `I8` kernels of engine/kernels/cuda/w4_mma.cu):
+the repacked layout puts every code in the slot of the MMA fragment that multiplies it (PTX's m16n8k16 A
+layout), the kernel's two-LOP3 unpacking gives every int8 code exactly, bad shapes fail before anything is
+repacked; on a Hopper GPU (`-m gpu`, needs nvcc) the compiled kernels against the int8 reference at every
+row count and warpgroup variant, repeat calls identical."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.kernels import w4_mma, w8_mma
+from engine.kernels.quant_gemm import w8a16_linear_ref
+
+
+def _int8(n: int, k: int, seed: int, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
+    s = torch.rand(n, generator=gen) * 0.01 + 0.001
+    return q.to(device), s.to(device)
+
+
+@pytest.mark.parametrize("n,k", [(64, 128), (192, 384)])
+def test_repack_round_trips(n, k):
+    q, _ = _int8(n, k, n + k)
+    packed = w8_mma.repack(q)
+    assert packed.shape == (n // 64, k // 32, 4, 32, 4) and packed.dtype == torch.int32
+    assert torch.equal(w8_mma.unpack(packed), q)
+
+
+def test_every_fragment_register_holds_the_codes_ptx_puts_there():
+    """A fragment of m16n8k16 (bf16): lane (g, t)'s a0 holds rows g, columns 2t, 2t + 1 of the 16 x 16 tile; a1
+    rows g + 8; a2, a3 columns + 8. The kernel builds a0 from bytes 0 and 2 of a k step's first word, a1 from
+    bytes 1 and 3, a2 / a3 the same from the second word (i8_fragment); checked for every slot of two stripes."""
+    n, k = 128, 256
+    q, _ = _int8(n, k, 3)
+    words = w8_mma.repack(q).view(torch.uint8).view(n // 64, k // 32, 4, 32, 4, 4).long()  # ..., word, byte
+    for s in range(n // 64):
+        for kd in range(k // 32):
+            for j in range(4):
+                for lane in range(32):
+                    g, t = lane // 4, lane % 4
+                    for kk1 in range(2):
+                        w0, w1 = words[s, kd, j, lane, 2 * kk1], words[s, kd, j, lane, 2 * kk1 + 1]
+                        regs = {(0, 0): w0[[0, 2]], (1, 0): w0[[1, 3]], (0, 8): w1[[0, 2]], (1, 8): w1[[1, 3]]}
+                        for (h, dk), pair in regs.items():
+                            row, col = 64 * s + 16 * j + 8 * h + g, 32 * kd + 16 * kk1 + dk + 2 * t
+                            want = q[row, col:col + 2].view(torch.uint8).long()
+                            assert torch.equal(pair, want), (s, kd, j, lane, kk1, h, dk)
+
+
+def _bf16_value(bits: torch.Tensor) -> torch.Tensor:
+    return bits.to(torch.int32).to(torch.int16).view(torch.bfloat16).float()
+
+
+def test_two_lop3_and_a_subtract_give_every_int8_code_exactly():
+    """i8_pair on one lane half: (l | bf16 128) - ((b & 0x80) | bf16 128) in bf16 is the code b as a signed byte,
+    for all 256 bytes (and the subtraction is exact: both operands and the result are bf16 numbers)."""
+    b = torch.arange(256, dtype=torch.int64)
+    low = _bf16_value((b & 0x7F) | 0x4300)
+    sign = _bf16_value((b & 0x80) | 0x4300)
+    assert torch.equal(low - sign, b.to(torch.uint8).view(torch.int8).float())
+    assert torch.equal((low - sign).to(torch.bfloat16).float(), low - sign)
+
+
+def test_bad_shapes_fail_before_anything_is_repacked():
+    with pytest.raises(ValueError, match="divisible by 64"):
+        w8_mma.repack(torch.zeros(96, 128, dtype=torch.int8))
+    with pytest.raises(ValueError, match="by 128"):
+        w8_mma.repack(torch.zeros(64, 96, dtype=torch.int8))
+    with pytest.raises(ValueError, match="int8 codes"):
+        w8_mma.repack(torch.zeros(64, 128, dtype=torch.int32))
+    assert w8_mma.unsupported(3584, 18944) is None and w8_mma.unsupported(4608, 3584) is None
+
+
+def _gpu_ready() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    why = w4_mma.unavailable_reason(torch.device("cuda"))
+    if why is None and not w4_mma.has_wgmma():
+        why = "no sm_90a build (not a Hopper GPU)"
+    return why
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", [None, (1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (1, 2, 2), (2, 4, 1)])
+@pytest.mark.parametrize("m", [33, 64, 100, 128])
+def test_every_warpgroup_variant_matches_the_int8_reference(m, config):
+    """Every (warpgroups side by side, splits, warpgroups on alternate groups) variant, rows past M and a second
+    row tile included, against w8a16_linear_ref (bf16 output); the same call twice gives the same bits."""
+    why = _gpu_ready()
+    if why:
+        pytest.skip(why)
+    n, k = 512, 2048  # 8 stripes, 16 groups of 128
+    q, s = _int8(n, k, m, "cuda")
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    bias = torch.randn(n, device="cuda", generator=gen).to(torch.bfloat16)
+    packed = w8_mma.repack(q)
+    ref = w8a16_linear_ref(x, q, s, bias).float()
+    got = w8_mma.w8_mma_linear(x, packed, s, bias, config).float()
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-2
+    assert torch.equal(w8_mma.w8_mma_linear(x, packed, s, bias, config).float(), got)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 5, 8, 9, 16, 17, 32, 200])
+def test_few_rows_and_many_rows_match_the_int8_reference(m):
+    """The few-row kernel (1-32 rows: one, two and four 8-row MMA tiles, split K) and the dense path (more than
+    128 rows: column chunks dequantized for cuBLAS); repeat calls identical."""
+    why = _gpu_ready()
+    if why:
+        pytest.skip(why)
+    n, k = 640, 2048  # 10 stripes, 16 groups: split-K at every few-row count
+    q, s = _int8(n, k, m, "cuda")
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    bias = torch.randn(n, device="cuda", generator=gen).to(torch.bfloat16)
+    packed = w8_mma.repack(q)
+    ref = w8a16_linear_ref(x, q, s, bias).float()
+    got = w8_mma.w8_mma_linear(x, packed, s, bias).float()
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-2
+    assert torch.equal(w8_mma.w8_mma_linear(x, packed, s, bias).float(), got)
+
+
+@pytest.mark.gpu
+def test_a_qwen_shaped_layer_without_bias_matches_the_reference():
+    why = _gpu_ready()
+    if why:
+        pytest.skip(why)
+    q, s = _int8(3584, 18944, 5, "cuda")  # down_proj: long K, split by the default choice
+    x = torch.randn(64, 18944, device="cuda").to(torch.bfloat16)
+    ref = w8a16_linear_ref(x, q, s).float()
+    got = w8_mma.w8_mma_linear(x, w8_mma.repack(q), s).float()
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-2
