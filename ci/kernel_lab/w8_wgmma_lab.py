@@ -1,5 +1,6 @@
-"""Lab 10: the int8 warpgroup kernel (engine/kernels/w8_mma.py) at 33-128 rows against bf16 cuBLAS, the shipped
-Triton W8A16 path and the AWQ warpgroup kernel, on Qwen2.5-7B's four linear shapes; every int8 variant
+"""Lab 10: the int8 CUDA kernels (engine/kernels/w8_mma.py: few-row up to 32 rows, warpgroup at 33-128) against
+bf16 cuBLAS, the shipped Triton W8A16 path and the AWQ warpgroup kernel, on Qwen2.5-7B's four linear shapes; every
+int8 warpgroup variant
 (warpgroups side by side, splits, warpgroups on alternate groups) checked against the reference, then timed.
 Timing: engine/kernels/timing.py (one CUDA graph over >= 256 MB of weight copies, median of 7 replays).
 
@@ -86,11 +87,12 @@ def main() -> None:
                    n * k + 4 * n, lambda: qg.w8a16_linear(x, *q8[0], bias), ref)
             record(shape, m, "awq warpgroup (shipped)",
                    [lambda a=a: w4_mma.w4_mma_linear(x, *a, torch.bfloat16, bias) for a in awq], n * k // 2 * 1.0625)
-            default = w4_mma.wgmma_config(m, n, k, sms)
-            record(shape, m, f"int8 warpgroup default {default[2:]}",
+            default = (0, 0) + w8_mma.wgmma_config_int8(m, n, k, sms)
+            name = "int8 few-row kernel (default)" if m <= w8_mma.FEW_ROWS else f"int8 warpgroup default {default[2:]}"
+            record(shape, m, name,
                    [lambda p=p: w8_mma.w8_mma_linear(x, *p, bias) for p in packed], n * k + 4 * n,
                    lambda: w8_mma.w8_mma_linear(x, *packed[0], bias), ref)
-            for cfg in variants(m, n, k):
+            for cfg in variants(m, n, k) if m > w8_mma.FEW_ROWS else ():
                 record(shape, m, f"int8 warpgroup {cfg}",
                        [lambda p=p: w8_mma.w8_mma_linear(x, *p, bias, cfg) for p in packed], n * k + 4 * n,
                        lambda: w8_mma.w8_mma_linear(x, *packed[0], bias, cfg), ref)

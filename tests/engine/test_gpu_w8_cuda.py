@@ -51,15 +51,15 @@ def test_cuda_kernels_decode_like_the_triton_kernels():
     assert engine.kv.num_free_blocks == engine.kv.num_blocks
 
 
-@pytest.mark.gpu
-def test_a_layer_the_kernels_cannot_take_is_refused_before_loading(default_model_dir):
-    from engine.engine import LLMEngine
+def test_a_layer_the_kernels_cannot_take_is_refused_when_it_is_built():
+    """Before any weight is read: the layer is refused where its parameters would be made (SmolLM2's 576 inputs)."""
+    from engine.layers.linear import Linear
+    from engine.layers.options import LayerOptions
 
-    if _ready():
-        pytest.skip(_ready())
+    options = LayerOptions(use_kernels=True, weight_format="int8", device_type="cuda", w8_kernel="cuda")
     with pytest.raises(ValueError, match=r"--w8-kernel cuda: the CUDA W8A16 kernel needs .* K \(576\) by 128"):
-        LLMEngine(default_model_dir, EngineConfig(device="cuda", model_format="int8", w8_kernel="cuda",
-                                                  dtype="bfloat16"))
+        Linear(576, 960, options=options)
+    assert Linear(1024, 4096, options=options).qweight.shape == (4096, 1024)
 
 
 def test_cuda_kernels_refuse_what_they_cannot_run(default_model_dir):

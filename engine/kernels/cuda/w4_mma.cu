@@ -300,7 +300,8 @@ __device__ __forceinline__ void sum_splits_if_last(const float* __restrict__ par
 template <bool SBF16, int MT, int KS, int NW, int MINB, bool PIPE, bool I8 = false>
 __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
     const __nv_bfloat16* x, int64_t ldx, const uint4* __restrict__ qw, const uint2* __restrict__ sz,
-    const float* __restrict__ cscale, const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ out, float* __restrict__ part,
+    const float* __restrict__ cscale, const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ out,
+    float* __restrict__ part,
     int* __restrict__ locks,
     int M, int N, int K, int groups_per_split) {
   const int stripe = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
@@ -823,9 +824,12 @@ void w8_mma(torch::Tensor x, torch::Tensor qw, torch::Tensor scales, c10::option
               "w8_mma: bf16 x, fp32 scales");
   const int M = x.size(0), groups = x.size(1) / 128;
   const int gps = (groups + splits - 1) / splits;
-  if (M <= 8) launch_t<false, 1, true>(x, qw, scales, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);
-  else if (M <= 16) launch_t<false, 2, true>(x, qw, scales, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);
-  else launch_t<false, 4, true>(x, qw, scales, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);
+#define W8MMA_ROWS(MT) \
+  launch_t<false, MT, true>(x, qw, scales, bias, out, part, locks, splits, warps, min_blocks, pipe, gps)
+  if (M <= 8) W8MMA_ROWS(1);
+  else if (M <= 16) W8MMA_ROWS(2);
+  else W8MMA_ROWS(4);
+#undef W8MMA_ROWS
 }
 
 // Many rows on the warpgroup MMA (sm_90a builds only: has_wgmma()): bn rows a block (64 or 128), sp stripes a
