@@ -18,6 +18,8 @@ load is its tile's fragments for two k steps; a 128-k group is four such loads.
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
 from .quant_gemm import _dense_product, _locks, _num_sms
 from .w4_mma import STRIPE, extension, has_wgmma, launch_config, wgmma_config
@@ -54,6 +56,33 @@ def unpack(qw: torch.Tensor) -> torch.Tensor:
     s, kd = qw.shape[:2]
     c = qw.contiguous().view(torch.int8).view(s, kd, 4, 8, 4, 2, 2, 2, 2)  # s, kd, j, g, t, kk1, r, e, h
     return c.permute(0, 2, 8, 3, 1, 5, 6, 4, 7).reshape(s * STRIPE, kd * DUO_K)
+
+
+@triton.jit
+def _dequant_kernel(qw_ptr, s_ptr, out_ptr, K, stripe0, UNITS: tl.constexpr):
+    """out[n - 64 stripe0, k] = q[n, k] * s[n] (fp32, one rounding) for one stripe and UNITS k duos a program:
+    each word's four bytes go to their (row, k) by the layout's definition (module docstring)."""
+    s = stripe0 + tl.program_id(0)
+    kd = tl.program_id(1) * UNITS + tl.arange(0, UNITS)[:, None]  # [UNITS, 1]
+    w = tl.arange(0, 512)[None, :]  # word of a unit: ((j * 8 + g) * 4 + t) * 4 + c
+    c, t, g, j = w & 3, (w >> 2) & 3, (w >> 4) & 7, w >> 7
+    words = tl.load(qw_ptr + (s.to(tl.int64) * (K // 32) + kd) * 512 + w)
+    k0 = 32 * kd + 16 * (c >> 1) + 8 * (c & 1) + 2 * t
+    for b in tl.static_range(4):  # byte 2 e + h: row g + 8 h, k + e; (word << (24 - 8 b)) >> 24: the signed code
+        n = 16 * j + 8 * (b & 1) + g
+        code = ((words << (24 - 8 * b)) >> 24).to(tl.float32)
+        scale = tl.load(s_ptr + 64 * s + n)
+        row = 64 * tl.program_id(0) + n
+        tl.store(out_ptr + row.to(tl.int64) * K + k0 + (b >> 1), (code * scale).to(out_ptr.dtype.element_ty))
+
+
+def dequantize_into(qw: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, stripe0: int = 0) -> torch.Tensor:
+    """Rows [64 stripe0, 64 stripe0 + out.shape[0]) of W = q * s (fp32 products, one rounding to out's dtype)
+    into out [rows, K], straight from the layout (the dense path's column chunks)."""
+    rows, k = out.shape
+    units = 4 if k % 128 == 0 else 1
+    _dequant_kernel[(rows // STRIPE, k // DUO_K // units)](qw, scales, out, k, stripe0, UNITS=units, num_warps=4)
+    return out
 
 
 def launch_few(x, qw, scales, bias, out, config: tuple | None = None, part: torch.Tensor | None = None) -> None:
@@ -113,8 +142,8 @@ def w8_mma_linear(x: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor,
         for r0 in range(0, m, FEW_ROWS):
             launch_few(x[r0:r0 + FEW_ROWS], qw, scales, bias, out[r0:r0 + FEW_ROWS])
     else:
-        def write_chunk(n0: int, nc: int, buf: torch.Tensor) -> None:  # q * s in fp32, one rounding
-            buf.copy_(unpack(qw[n0 // STRIPE:(n0 + nc) // STRIPE])).mul_(scales[n0:n0 + nc, None])
+        def write_chunk(n0: int, nc: int, buf: torch.Tensor) -> None:
+            dequantize_into(qw, scales, buf, n0 // STRIPE)
 
         _dense_product(x, bias, out, k, write_chunk, k_major=False)
     return out

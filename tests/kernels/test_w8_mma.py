@@ -62,6 +62,26 @@ def test_two_lop3_and_a_subtract_give_every_int8_code_exactly():
     assert torch.equal((low - sign).to(torch.bfloat16).float(), low - sign)
 
 
+@pytest.mark.parametrize("n,k,stripe0", [(128, 256, 1), (192, 384, 0), (192, 96, 1)])
+def test_the_dense_paths_dequantization_reads_the_layout(n, k, stripe0):
+    """dequantize_into (the Triton kernel behind more than 128 rows), fp32 out: q * s exactly, rows from stripe0 on,
+    four k duos a program (K a multiple of 128) or one."""
+    from tests.kernels.conftest import DEVICE
+
+    q, s = _int8(n, k, k)
+    packed = w8_mma.repack(q) if k % 128 == 0 else _repack_any_k(q)
+    out = torch.full((n - 64 * stripe0, k), float("nan"), device=DEVICE)
+    w8_mma.dequantize_into(packed.to(DEVICE), s.to(DEVICE), out, stripe0)
+    assert torch.equal(out.cpu(), (q.float() * s[:, None])[64 * stripe0:])
+
+
+def _repack_any_k(q: torch.Tensor) -> torch.Tensor:
+    """The layout for K a multiple of 32 only (repack refuses it: the matmul kernels walk 128 k a group)."""
+    n, k = q.shape
+    c = q.view(n // 64, 4, 2, 8, k // 32, 2, 2, 4, 2).permute(0, 4, 1, 3, 7, 5, 6, 8, 2)
+    return c.contiguous().view(n // 64, k // 32, 4, 32, 4, 4).view(torch.int32).view(n // 64, k // 32, 4, 32, 4)
+
+
 def test_bad_shapes_fail_before_anything_is_repacked():
     with pytest.raises(ValueError, match="divisible by 64"):
         w8_mma.repack(torch.zeros(96, 128, dtype=torch.int8))
@@ -120,6 +140,9 @@ def test_few_rows_and_many_rows_match_the_int8_reference(m):
     got = w8_mma.w8_mma_linear(x, packed, s, bias).float()
     assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-2
     assert torch.equal(w8_mma.w8_mma_linear(x, packed, s, bias).float(), got)
+    if m > w8_mma.MAX_ROWS:  # the dense path's weight: q * s rounded once to bf16, as torch rounds it
+        dense = w8_mma.dequantize_into(packed, s, torch.empty(n, k, device="cuda", dtype=torch.bfloat16))
+        assert torch.equal(dense, (q.float() * s[:, None]).to(torch.bfloat16))
 
 
 @pytest.mark.gpu
