@@ -5,7 +5,7 @@ on Hopper the warpgroup kernel, more rows the layout dequantized in column chunk
 
 Why: at 64 rows the Triton W8A16 GEMM dequantizes each tile through shared memory and runs the int8 model at
 0.92x the bf16 one (issue 13); lab 10 (ci/kernel_lab/w8_wgmma_lab.py, H200, 64 rows) times Qwen2.5-7B's four
-linears at 129 µs a layer here against 156 for the Triton kernels and 135 for bf16 cuBLAS. Each thread's 16-byte
+linears at 130 µs a layer here against 156 for the Triton kernels and 135 for bf16 cuBLAS. Each thread's 16-byte
 copy is its A fragments for two k steps, and two LOP3 and one packed subtract turn a pair of int8 codes into an
 exact bf16 pair (q = l - 128 s: the low seven bits and the sign each put in the mantissa of 128), so the weights
 go from memory to the tensor cores without a dequantized tile; the scale multiplies the fp32 sums.

@@ -331,3 +331,42 @@ def test_the_awq_kernel_is_a_choice_only_where_awq_weights_are():
     # an AWQ checkpoint loads AWQ with model_format unset: the kernel applies to the default format
     assert Space("bf16", {}, awq_values=("awq", None)).applies({"w4_kernel": "cuda"}, EngineConfig())
     assert not Space("bf16", {}).applies({"w4_kernel": "cuda"}, EngineConfig())
+
+
+def test_the_int8_kernel_is_a_choice_only_where_int8_weights_are():
+    """w8_kernel (engine/kernels/w8_mma.py): offered with int8 on offer, pruned with its reason where the CUDA
+    kernels cannot run (no build, a layer size they refuse, an fp16 model); int8's step of the search tries
+    both kernels, and the CUDA one is never paired with other weights."""
+    from engine.models.presets import preset_config
+
+    work = TuneWorkload(name="chat", input_len=512, output_len=128)
+
+    def space(why=None, preset="qwen2.5-7b", **change):
+        config = preset_config(preset)
+        for key, value in change.items():
+            setattr(config, key, value)
+        return build_space(config, get_profile("h200"), work, cpu=False, weight_format="bf16",
+                           session_len=4096, model_kind="preset", w4_cuda_unavailable=why)
+
+    assert space().axes["w8_kernel"] == ["triton", "cuda"]
+    for pruned, words in ((space(why="... needs nvcc"), "needs nvcc"),
+                          (space(preset="tiny-qwen2"), "the CUDA W8A16 kernel needs N"),
+                          (space(torch_dtype="float16"), "run bf16 models")):
+        assert pruned.axes["w8_kernel"] == ["triton"]
+        assert any(words in p.reason for p in pruned.pruned if p.engine == {"w8_kernel": "cuda"})
+    assert "w8_kernel" not in build_space(preset_config("qwen2.5-7b"), get_profile("h200"), work, cpu=False,
+                                          weight_format="bf16", session_len=4096, model_kind="awq").axes
+
+    axes = {"model_format": [None, "int8", "awq"], "w4_kernel": ["triton", "cuda"], "w8_kernel": ["triton", "cuda"]}
+    grid = Space("bf16", dict(axes)).grid(EngineConfig())
+    assert {"model_format": "int8", "w4_kernel": "triton", "w8_kernel": "cuda"} in grid
+    assert len(grid) == 5  # 3 formats with the Triton kernels, AWQ with its CUDA kernel, int8 with its own
+    assert not Space("bf16", {}).applies({"model_format": "awq", "w8_kernel": "cuda"}, EngineConfig())
+    # int8 that wins only with the CUDA kernels (64 requests): its format step measures both
+    runner = _Runner(lambda e: 1100.0 if e.get("w8_kernel") == "cuda" else
+                     {"awq": 900.0, "int8": 950.0}.get(e.get("model_format"), 1000.0))
+    result = _result()
+    CoordinateSearch(Space("bf16", dict(axes)), EngineConfig(), result, runner, lambda: None, Budget()).run_search()
+    assert {"model_format": "int8", "w8_kernel": "cuda"} in runner.ran
+    assert all(e.get("model_format") == "int8" for e in runner.ran if e.get("w8_kernel") == "cuda")
+    assert result.trial(result.chosen).engine == {"model_format": "int8", "w8_kernel": "cuda"}

@@ -2,7 +2,9 @@
 
 Axes (EngineConfig fields): tp (tensor-parallel cards), model_format (the weights: as stored, int8,
 AWQ), quant_policy (KV cache: 16-bit or int8), w4_kernel (AWQ's kernels: Triton, or the CUDA one that is
-faster up to 32 rows and slower at 64; offered only where AWQ weights are, tried only with them),
+faster up to 32 rows and slower at 64; offered only where AWQ weights are, tried only with them), w8_kernel
+(int8's kernels: Triton, or the CUDA ones, level with bf16 at 64 requests where Triton is 0.93x; offered and
+tried only with int8 weights),
 max_batch_size, cache_max_entry_count,
 max_prefill_token_num, enable_prefix_caching; on a GPU tp and the formats come first, since they
 decide what the other axes can hold (and change what a server must load: a restart, where the later
@@ -28,9 +30,10 @@ from toolkit.profiles import HardwareProfile
 
 from .schema import Prediction, Pruned, TuneWorkload
 
-AXES = ("tp", "model_format", "quant_policy", "w4_kernel", "max_batch_size", "cache_max_entry_count",
+AXES = ("tp", "model_format", "quant_policy", "w4_kernel", "w8_kernel", "max_batch_size", "cache_max_entry_count",
         "max_prefill_token_num", "enable_prefix_caching")
 GPU_VALUES = {"model_format": [None, "int8", "awq"], "quant_policy": [0, 8], "w4_kernel": ["triton", "cuda"],
+              "w8_kernel": ["triton", "cuda"],
               "max_batch_size": [32, 64, 128, 256], "cache_max_entry_count": [0.7, 0.8, 0.9, 0.95],
               "max_prefill_token_num": [2048, 4096, 8192, 16384], "enable_prefix_caching": [False, True]}
 # tp is not in the tables: build_space offers 1 .. the profile's card count. The CPU space has
@@ -41,6 +44,7 @@ GPU_VALUES = {"model_format": [None, "int8", "awq"], "quant_policy": [0, 8], "w4
 CPU_VALUES = {"max_batch_size": [2, 4], "cache_max_entry_count": [0.8], "max_prefill_token_num": [128],
               "enable_prefix_caching": [False]}
 FORMATS_AVAILABLE = ("bf16", "fp16", "float32")
+KERNEL_AXES = ("w4_kernel", "w8_kernel")  # a weight format's kernels (Space.kernel_formats: which format each is for)
 
 
 @dataclass
@@ -51,24 +55,31 @@ class Space:
     kv_tokens: dict[float, int] = field(default_factory=dict)  # planner KV tokens by cache ratio
     awq_values: tuple = ("awq",)  # the model_format values that load AWQ weights (None too for an AWQ checkpoint)
 
+    def kernel_formats(self, axis: str) -> tuple:
+        """The model_format values a kernel axis means something with: AWQ's for w4_kernel, int8 for w8_kernel."""
+        return self.awq_values if axis == "w4_kernel" else ("int8",)
+
     def applies(self, engine: dict, base) -> bool:
-        """Whether a configuration means something: the AWQ kernel choice (w4_kernel cuda) only with AWQ
-        weights. The searches skip the rest instead of running a trial the engine would refuse."""
-        if engine.get("w4_kernel", getattr(base, "w4_kernel", "triton")) != "cuda":
-            return True
-        return engine.get("model_format", getattr(base, "model_format", None)) in self.awq_values
+        """Whether a configuration means something: a CUDA kernel choice (w4_kernel / w8_kernel cuda) only with
+        the weights it is for. The searches skip the rest instead of running a trial the engine would refuse."""
+        fmt = engine.get("model_format", getattr(base, "model_format", None))
+        return all(engine.get(axis, getattr(base, axis, "triton")) != "cuda" or fmt in self.kernel_formats(axis)
+                   for axis in KERNEL_AXES)
 
     def with_kernels(self, engine: dict, base) -> list[dict]:
-        """`engine` and, where it switches to AWQ weights, the same with each other AWQ kernel on offer.
+        """`engine` and, where it switches to weights with a kernel choice, the same with each other kernel on
+        offer for them.
 
-        The coordinate search takes these in one step: the kernel axis means something only with AWQ
-        weights, so searched on its own it would be tried only after AWQ with the incumbent kernel had won
-        the format axis, and AWQ that wins only with the other kernel would never be measured with it."""
-        kernels = self.axes.get("w4_kernel", [])
-        if "model_format" not in engine or engine["model_format"] not in self.awq_values:
+        The coordinate search takes these in one step: the kernel axis means something only with those
+        weights, so searched on its own it would be tried only after the format with the incumbent kernel had
+        won the format axis, and a format that wins only with the other kernel would never be measured with it."""
+        if "model_format" not in engine:
             return [engine]
-        current = engine.get("w4_kernel", getattr(base, "w4_kernel", "triton"))
-        return [engine, *({**engine, "w4_kernel": k} for k in kernels if k != current)]
+        for axis in KERNEL_AXES:
+            if engine["model_format"] in self.kernel_formats(axis):
+                current = engine.get(axis, getattr(base, axis, "triton"))
+                return [engine, *({**engine, axis: k} for k in self.axes.get(axis, []) if k != current)]
+        return [engine]
 
     def grid_axes(self, base=None) -> dict[str, list]:
         """The axes with, given `base` (an EngineConfig), the base's own value first where a list lacks it
@@ -102,7 +113,7 @@ def parse_axis(text: str) -> tuple[str, list]:
             if v.lower() not in ("hf", "none", "int8", "awq"):
                 raise ValueError(f"--axis {text!r}: {v!r} is not hf, int8 or awq")
             out.append(None if v.lower() in ("hf", "none") else v.lower())
-        elif name == "w4_kernel":
+        elif name in KERNEL_AXES:
             if v.lower() not in ("triton", "cuda"):
                 raise ValueError(f"--axis {text!r}: {v!r} is not triton or cuda")
             out.append(v.lower())
@@ -135,6 +146,8 @@ def build_space(hf_config, profile: HardwareProfile, workload: TuneWorkload, *, 
         _prune_formats(axes, pruned, model_kind)
     if "w4_kernel" in axes:
         _prune_w4_kernel(axes, pruned, hf_config, w4_cuda_unavailable, model_kind)
+    if "w8_kernel" in axes:
+        _prune_w8_kernel(axes, pruned, hf_config, w4_cuda_unavailable)
     if not cpu:
         axes = {"tp": list(range(1, profile.gpu_count + 1)), **axes}
     space = Space(weight_format, axes, pruned, awq_values=("awq", None) if model_kind == "awq" else ("awq",))
@@ -274,6 +287,32 @@ def _prune_w4_kernel(axes: dict, pruned: list[Pruned], hf_config, unavailable: s
     if why:
         axes["w4_kernel"] = ["triton"]
         pruned.append(Pruned(engine={"w4_kernel": "cuda"}, weight_format="awq", reason=why))
+
+
+def _prune_w8_kernel(axes: dict, pruned: list[Pruned], hf_config, unavailable: str | None) -> None:
+    """int8's kernel choice (engine/kernels/w8_mma.py): offered where int8 weights are and the CUDA kernels can
+    run (the same build as AWQ's: `unavailable`); the axis goes away where int8 is not offered."""
+    if "int8" not in axes.get("model_format", []):
+        del axes["w8_kernel"]
+        return
+    from engine.kernels.w8_mma import unsupported
+
+    why = unavailable
+    if why is None and hf_config is not None:
+        hidden, inter = getattr(hf_config, "hidden_size", 0), getattr(hf_config, "intermediate_size", 0)
+        heads = getattr(hf_config, "num_attention_heads", 1)
+        kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
+        head_dim = getattr(hf_config, "head_dim", None) or hidden // heads
+        # (N, K) of qkv, o, gate_up and down: the layers the engine would refuse when it builds them
+        shapes = [((heads + 2 * kv_heads) * head_dim, hidden), (hidden, heads * head_dim), (2 * inter, hidden),
+                  (hidden, inter)]
+        why = next((f"the CUDA W8A16 kernel {refused}" for n, k in shapes if (refused := unsupported(n, k))), None)
+        dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+        if why is None and str(dtype).removeprefix("torch.") == "float16":
+            why = "the CUDA W8A16 kernels run bf16 models (this one runs in float16)"
+    if why:
+        axes["w8_kernel"] = ["triton"]
+        pruned.append(Pruned(engine={"w8_kernel": "cuda"}, weight_format="int8", reason=why))
 
 
 def predict(hf_config, profile: HardwareProfile, *, weight_format: str, batch: int, workload: TuneWorkload,
