@@ -40,6 +40,19 @@ def variants(m: int, n: int, k: int) -> list[tuple[int, int, int]]:
     return out
 
 
+def few_row_variants(m: int, k: int) -> list[tuple[int, int, bool, int]]:
+    """(warps, min blocks an SM, pipelined, splits) the few-row int8 kernel is built in, splits dividing the groups."""
+    groups = k // 128
+    blocks = [(8, 2), (8, 1), (4, 1)] if m <= 16 else [(8, 1), (4, 1)]
+    return [(w, b, False, s) for w, b in blocks for s in (1, 2, 4, 7, 8, 14, 16, 28) if groups % s == 0]
+
+
+def few(x, qw, scales, bias, cfg):
+    out = torch.empty(x.shape[0], qw.shape[0] * 64, dtype=x.dtype, device=x.device)
+    w8_mma.launch_few(x, qw, scales, bias, out, cfg)
+    return out
+
+
 def main() -> None:
     out_path = sys.argv[1]
     ms = [int(a) for a in sys.argv[2:]] or [64, 128]
@@ -96,6 +109,9 @@ def main() -> None:
                 record(shape, m, f"int8 warpgroup {cfg}",
                        [lambda p=p: w8_mma.w8_mma_linear(x, *p, bias, cfg) for p in packed], n * k + 4 * n,
                        lambda: w8_mma.w8_mma_linear(x, *packed[0], bias, cfg), ref)
+            for cfg in few_row_variants(m, k) if m <= w8_mma.FEW_ROWS else ():
+                record(shape, m, f"int8 few-row {cfg}", [lambda p=p: few(x, *p, bias, cfg) for p in packed],
+                       n * k + 4 * n, lambda: few(x, *packed[0], bias, cfg), ref)
         del dense, q8, packed, awq
         torch.cuda.empty_cache()
     print(f"lab 10 done in {time.monotonic() - t0:.0f} s", flush=True)
