@@ -415,8 +415,9 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
 // Grid (N / (64 SP NWG), splits, row tiles); split-K partials are summed by the last block to arrive, as in
 // w4_mma_kernel. The host keeps each split's group count a multiple of KWG.
 // I8: int8 weights (W8A16, one scale an output column) instead of int4 groups: a group's words of a stripe are
-// twice as many (8 KB) and carry no (scale, zero) words, so half as many groups are prefetched (the same bytes in
-// flight) and two blocks of two warpgroups still fit an SM.
+// twice as many (8 KB) and carry no (scale, zero) words, so half as many groups are prefetched (about the same
+// bytes in flight); a block of two warpgroups side by side then takes 113 KB, one too many for two an SM (lab 10:
+// w8_mma.py picks one warpgroup a block up to 64 rows).
 template <int BN, int SP, int NWG, int KWG, bool I8 = false>
 struct WgLayout {
   static constexpr int THREADS = 128 * NWG * KWG, XPRE = 2, XSTAGES = XPRE + 2, WPRE = I8 ? 2 : 4,
