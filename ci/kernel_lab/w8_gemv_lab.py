@@ -11,7 +11,6 @@ engine/kernels/timing.py (one CUDA graph over >= 256 MB of weight copies, median
 
     python3 ci/kernel_lab/w8_gemv_lab.py OUT.json [--quick]
 """
-import json
 from pathlib import Path
 import sys
 import time
@@ -22,11 +21,11 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lab_rows import LabRows  # noqa: E402
 from engine.kernels import quant_gemm as qg  # noqa: E402
-from engine.kernels import quant_kernels as qk  # noqa: E402
 from engine.kernels.gemv import gemv  # noqa: E402
 from engine.kernels.quant_gemm import TileConfig  # noqa: E402
-from engine.kernels.timing import graph_time_ms  # noqa: E402
 
 SHAPES = [("qkv", 4608, 3584, True), ("o", 3584, 3584, False), ("gate_up", 37888, 3584, False),
           ("down", 3584, 18944, False)]
@@ -86,42 +85,27 @@ def x4(x, qw, s, bias, bn, bk, warps, stages, pdl):
 def main() -> None:
     out_path = sys.argv[1]
     quick = "--quick" in sys.argv
-    rows = []
     gen = torch.Generator(device="cuda").manual_seed(0)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
 
-    def record(shape, name, fns, nbytes, check=None, ref=None):
-        row = {"shape": shape, "kernel": name}
-        try:
-            if check is not None:
-                y = check().float()
-                row["rel_err"] = ((y - ref).abs().max() / ref.abs().max()).item()
-                if not row["rel_err"] < 2e-2:
-                    raise AssertionError(f"rel_err {row['rel_err']:.2e}")
-            us = graph_time_ms(fns, 60) * 1e3
-            row.update(us=us, gb_s=nbytes / us / 1e3)
-            print(f"{shape:8} {name:44} {us:8.2f} us {row['gb_s']:6.0f} GB/s", flush=True)
-        except Exception as e:  # noqa: BLE001
-            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-            print(f"{shape:8} {name:44} FAILED {row['error'][:160]}", flush=True)
-        rows.append(row)
-        json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, open(out_path, "w"), indent=1)
+    lab = LabRows(out_path, tolerance=2e-2)
 
     t0 = time.monotonic()
     for shape, n, k, has_bias in SHAPES:
+        at = {"shape": shape}
         bias = torch.randn(n, device="cuda", dtype=torch.bfloat16, generator=gen) if has_bias else None
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16, generator=gen)
         n16 = max(2, int(256e6 // (n * k * 2)))
         dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=gen) * 0.02 for _ in range(n16)]
-        record(shape, "bf16 cuBLAS F.linear", [lambda w=w: F.linear(x, w, bias) for w in dense], n * k * 2)
-        record(shape, "bf16 engine gemv", [lambda w=w: gemv(x, w, bias) for w in dense], n * k * 2)
+        lab.record(at, "bf16 cuBLAS F.linear", [lambda w=w: F.linear(x, w, bias) for w in dense], n * k * 2)
+        lab.record(at, "bf16 engine gemv", [lambda w=w: gemv(x, w, bias) for w in dense], n * k * 2)
         del dense
         n8 = max(2, int(256e6 // (n * k)))
         qws = [(torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda", generator=gen),
                 (torch.rand(n, device="cuda", generator=gen) * 0.01 + 0.001).to(torch.bfloat16)) for _ in range(n8)]
         nb = n * k + n * 2
         ref = qg.w8a16_linear_ref(x.float(), qws[0][0], qws[0][1].float(), bias).float()
-        record(shape, "int8 shipped", [lambda q=q: qg.w8a16_linear(x, *q, bias) for q in qws], nb,
+        lab.record(at, "int8 shipped", [lambda q=q: qg.w8a16_linear(x, *q, bias) for q in qws], nb,
                lambda: qg.w8a16_linear(x, *qws[0], bias), ref)
         steps_of = lambda bk: triton.cdiv(k, bk)  # noqa: E731
         grid = [(bn, bk, 4, st) for bn in (4, 8, 16) for bk in (1024, 2048) for st in (1, 3, 4)]
@@ -131,11 +115,11 @@ def main() -> None:
             tiles = triton.cdiv(n, bn)
             for split in sorted({1, max(1, min(steps_of(bk), -(-2 * sms // tiles)))}):
                 cfg = TileConfig(1, bn, bk, split, warps, st, True)
-                record(shape, f"int8 word-gemv {tuple(cfg)[1:6]}",
+                lab.record(at, f"int8 word-gemv {tuple(cfg)[1:6]}",
                        [lambda q=q: qg.w8a16_linear(x, *q, bias, config=cfg, path="gemv") for q in qws], nb,
                        lambda: qg.w8a16_linear(x, *qws[0], bias, config=cfg, path="gemv"), ref)
             for pdl in (False, True):
-                record(shape, f"int8 x4 bn{bn} bk{bk} w{warps} st{st}{' pdl' if pdl else ''}",
+                lab.record(at, f"int8 x4 bn{bn} bk{bk} w{warps} st{st}{' pdl' if pdl else ''}",
                        [lambda q=q: x4(x, *q, bias, bn, bk, warps, st, pdl) for q in qws], nb,
                        lambda: x4(x, *qws[0], bias, bn, bk, warps, st, pdl), ref)
         del qws

@@ -6,7 +6,6 @@ Timing: engine/kernels/timing.py (one CUDA graph over >= 256 MB of weight copies
 
     python3 ci/kernel_lab/w8_wgmma_lab.py OUT.json [M ...]
 """
-import json
 from pathlib import Path
 import sys
 import time
@@ -15,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lab_rows import LabRows  # noqa: E402
 from engine.kernels import quant_gemm as qg  # noqa: E402
 from engine.kernels import w4_mma, w8_mma  # noqa: E402
 from engine.kernels.quant_gemm import _num_sms  # noqa: E402
-from engine.kernels.timing import graph_time_ms  # noqa: E402
 
 SHAPES = [("qkv", 4608, 3584, True), ("o", 3584, 3584, False), ("gate_up", 37888, 3584, False),
           ("down", 3584, 18944, False)]
@@ -56,26 +56,10 @@ def few(x, qw, scales, bias, cfg):
 def main() -> None:
     out_path = sys.argv[1]
     ms = [int(a) for a in sys.argv[2:]] or [64, 128]
-    rows = []
     gen = torch.Generator(device="cuda").manual_seed(0)
     sms = _num_sms(torch.device("cuda"))
 
-    def record(shape, m, name, fns, nbytes, check=None, ref=None):
-        row = {"shape": shape, "m": m, "kernel": name}
-        try:
-            if check is not None:
-                y = check().float()
-                row["rel_err"] = ((y - ref).abs().max() / ref.abs().max()).item()
-                if not row["rel_err"] < 1e-2:
-                    raise AssertionError(f"rel_err {row['rel_err']:.2e}")
-            us = graph_time_ms(fns, 60) * 1e3
-            row.update(us=us, gb_s=nbytes / us / 1e3)
-            print(f"{shape:8} m={m:<4} {name:36} {us:8.2f} us {row['gb_s']:6.0f} GB/s", flush=True)
-        except Exception as e:  # noqa: BLE001
-            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-            print(f"{shape:8} m={m:<4} {name:36} FAILED {row['error'][:200]}", flush=True)
-        rows.append(row)
-        json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, open(out_path, "w"), indent=1)
+    lab = LabRows(out_path, tolerance=1e-2)
 
     t0 = time.monotonic()
     for shape, n, k, has_bias in SHAPES:
@@ -93,24 +77,25 @@ def main() -> None:
             sc = (torch.rand(k // 128, n, device="cuda", generator=gen) * 0.01 + 0.001).to(torch.bfloat16)
             awq.append(w4_mma.repack(qw, qz, sc, 128))
         for m in ms:
+            at = {"shape": shape, "m": m}
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
-            record(shape, m, "bf16 cuBLAS F.linear", [lambda w=w: F.linear(x, w, bias) for w in dense], n * k * 2)
+            lab.record(at, "bf16 cuBLAS F.linear", [lambda w=w: F.linear(x, w, bias) for w in dense], n * k * 2)
             ref = qg.w8a16_linear_ref(x, *q8[0], bias).float()
-            record(shape, m, "int8 Triton (shipped)", [lambda q=q: qg.w8a16_linear(x, *q, bias) for q in q8],
+            lab.record(at, "int8 Triton (shipped)", [lambda q=q: qg.w8a16_linear(x, *q, bias) for q in q8],
                    n * k + 4 * n, lambda: qg.w8a16_linear(x, *q8[0], bias), ref)
-            record(shape, m, "awq warpgroup (shipped)",
+            lab.record(at, "awq warpgroup (shipped)",
                    [lambda a=a: w4_mma.w4_mma_linear(x, *a, torch.bfloat16, bias) for a in awq], n * k // 2 * 1.0625)
             default = (0, 0) + w8_mma.wgmma_config_int8(m, n, k, sms)
             name = "int8 few-row kernel (default)" if m <= w8_mma.FEW_ROWS else f"int8 warpgroup default {default[2:]}"
-            record(shape, m, name,
+            lab.record(at, name,
                    [lambda p=p: w8_mma.w8_mma_linear(x, *p, bias) for p in packed], n * k + 4 * n,
                    lambda: w8_mma.w8_mma_linear(x, *packed[0], bias), ref)
             for cfg in variants(m, n, k) if m > w8_mma.FEW_ROWS else ():
-                record(shape, m, f"int8 warpgroup {cfg}",
+                lab.record(at, f"int8 warpgroup {cfg}",
                        [lambda p=p: w8_mma.w8_mma_linear(x, *p, bias, cfg) for p in packed], n * k + 4 * n,
                        lambda: w8_mma.w8_mma_linear(x, *packed[0], bias, cfg), ref)
             for cfg in few_row_variants(m, k) if m <= w8_mma.FEW_ROWS else ():
-                record(shape, m, f"int8 few-row {cfg}", [lambda p=p: few(x, *p, bias, cfg) for p in packed],
+                lab.record(at, f"int8 few-row {cfg}", [lambda p=p: few(x, *p, bias, cfg) for p in packed],
                        n * k + 4 * n, lambda: few(x, *packed[0], bias, cfg), ref)
         del dense, q8, packed, awq
         torch.cuda.empty_cache()

@@ -101,16 +101,12 @@ def _gpu_ready() -> str | None:
     return why
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("config", [None, (1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (1, 2, 2), (2, 4, 1)])
-@pytest.mark.parametrize("m", [33, 64, 100, 128])
-def test_every_warpgroup_variant_matches_the_int8_reference(m, config):
-    """Every (warpgroups side by side, splits, warpgroups on alternate groups) variant, rows past M and a second
-    row tile included, against w8a16_linear_ref (bf16 output); the same call twice gives the same bits."""
+def _check_against_the_reference(m: int, n: int, k: int, config=None):
+    """w8_mma_linear on random codes and x (with a bias) against w8a16_linear_ref, and a repeat call bit-identical;
+    returns (codes, scales, repacked codes)."""
     why = _gpu_ready()
     if why:
         pytest.skip(why)
-    n, k = 512, 2048  # 8 stripes, 16 groups of 128
     q, s = _int8(n, k, m, "cuda")
     gen = torch.Generator(device="cuda").manual_seed(m)
     x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
@@ -120,6 +116,16 @@ def test_every_warpgroup_variant_matches_the_int8_reference(m, config):
     got = w8_mma.w8_mma_linear(x, packed, s, bias, config).float()
     assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-2
     assert torch.equal(w8_mma.w8_mma_linear(x, packed, s, bias, config).float(), got)
+    return q, s, packed
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", [None, (1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (1, 2, 2), (2, 4, 1)])
+@pytest.mark.parametrize("m", [33, 64, 100, 128])
+def test_every_warpgroup_variant_matches_the_int8_reference(m, config):
+    """Every (warpgroups side by side, splits, warpgroups on alternate groups) variant, rows past M and a second
+    row tile included, against w8a16_linear_ref (bf16 output); the same call twice gives the same bits."""
+    _check_against_the_reference(m, 512, 2048, config)  # 8 stripes, 16 groups of 128
 
 
 @pytest.mark.gpu
@@ -127,19 +133,8 @@ def test_every_warpgroup_variant_matches_the_int8_reference(m, config):
 def test_few_rows_and_many_rows_match_the_int8_reference(m):
     """The few-row kernel (1-32 rows: one, two and four 8-row MMA tiles, split K) and the dense path (more than
     128 rows: column chunks dequantized for cuBLAS); repeat calls identical."""
-    why = _gpu_ready()
-    if why:
-        pytest.skip(why)
     n, k = 640, 2048  # 10 stripes, 16 groups: split-K at every few-row count
-    q, s = _int8(n, k, m, "cuda")
-    gen = torch.Generator(device="cuda").manual_seed(m)
-    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
-    bias = torch.randn(n, device="cuda", generator=gen).to(torch.bfloat16)
-    packed = w8_mma.repack(q)
-    ref = w8a16_linear_ref(x, q, s, bias).float()
-    got = w8_mma.w8_mma_linear(x, packed, s, bias).float()
-    assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-2
-    assert torch.equal(w8_mma.w8_mma_linear(x, packed, s, bias).float(), got)
+    q, s, packed = _check_against_the_reference(m, n, k)
     if m > w8_mma.MAX_ROWS:  # the dense path's weight: q * s rounded once to bf16, as torch rounds it
         dense = w8_mma.dequantize_into(packed, s, torch.empty(n, k, device="cuda", dtype=torch.bfloat16))
         assert torch.equal(dense, (q.float() * s[:, None]).to(torch.bfloat16))

@@ -189,6 +189,17 @@ __device__ __forceinline__ void i8_fragment(uint32_t w0, uint32_t w1, uint32_t (
   a[3] = i8_pair(w1 >> 8);
 }
 
+// The B fragments of k step kk for each 8-row tile of x: x[m][k0 + 2t, +1] and x[m][k0 + 2t + 8, +9].
+template <int MT>
+__device__ __forceinline__ void x_fragments(const uint32_t* const (&xg)[MT], int kk, uint32_t (&b0)[MT],
+                                            uint32_t (&b1)[MT]) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    b0[mt] = load_x(xg[mt] + kk * 8);
+    b1[mt] = load_x(xg[mt] + kk * 8 + 4);
+  }
+}
+
 template <bool SBF16, int MT, int KS>
 __device__ __forceinline__ void group_step_direct(float (&res)[4][MT][4], const uint4 (&w)[KS], const uint2 (&zs)[4],
                                                   const uint32_t* const (&xg)[MT]) {
@@ -198,11 +209,7 @@ __device__ __forceinline__ void group_step_direct(float (&res)[4][MT][4], const 
 #pragma unroll
   for (int kk = 0; kk < KS; ++kk) {
     uint32_t b0[MT], b1[MT];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      b0[mt] = load_x(xg[mt] + kk * 8);
-      b1[mt] = load_x(xg[mt] + kk * 8 + 4);
-    }
+    x_fragments<MT>(xg, kk, b0, b1);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       uint32_t a[4];
@@ -221,11 +228,7 @@ __device__ __forceinline__ void group_step_i8(float (&res)[4][MT][4], const uint
 #pragma unroll
   for (int kk = 0; kk < 8; ++kk) {
     uint32_t b0[MT], b1[MT];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      b0[mt] = load_x(xg[mt] + kk * 8);
-      b1[mt] = load_x(xg[mt] + kk * 8 + 4);
-    }
+    x_fragments<MT>(xg, kk, b0, b1);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const uint4 v = w[(kk >> 1) * 4 + j];
