@@ -16,13 +16,20 @@ PROMPTS = ["The history of the Roman empire begins with", "def fibonacci(n):", "
            " ".join(["A long prompt, so its prefill takes more than sixty-four rows."] * 12)]
 
 
-def _tokens(w4_kernel: str, prompts: list[str], new_tokens: int) -> tuple[list[list[int]], object]:
+def greedy_tokens(prompts: list[str], new_tokens: int, **settings) -> tuple[list[list[int]], object]:
+    """Greedy tokens of preset qwen3-0.6b on the GPU with these EngineConfig settings, and the engine."""
     from engine.engine import LLMEngine
 
-    engine = LLMEngine("preset:qwen3-0.6b", EngineConfig(device="cuda", model_format="awq", w4_kernel=w4_kernel,
-                                                         session_len=2048))
+    engine = LLMEngine("preset:qwen3-0.6b", EngineConfig(device="cuda", session_len=2048, **settings))
     gen = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, ignore_eos=True)
     return [r.output_token_ids for r in engine.generate(prompts, gen)], engine
+
+
+def assert_decodes_alike(cuda: list[list[int]], triton: list[list[int]]) -> None:
+    """Random weights, different summation orders: a near-tie may flip a token late; the start must agree."""
+    assert [t[:4] for t in cuda] == [t[:4] for t in triton]
+    same = sum(a == b for x, y in zip(cuda, triton) for a, b in zip(x, y))
+    assert same >= 0.9 * sum(len(t) for t in triton)
 
 
 @pytest.mark.gpu
@@ -32,14 +39,10 @@ def test_cuda_kernel_decodes_like_the_triton_kernels():
     if not torch.cuda.is_available() or w4_mma.unavailable_reason(torch.device("cuda")):
         pytest.skip("needs a CUDA GPU with nvcc")
     prompts = PROMPTS * 12  # 48 requests: decode batches of 33-48 rows (32-row launches), then fewer
-    cuda, engine = _tokens("cuda", prompts, 24)
+    cuda, engine = greedy_tokens(prompts, 24, model_format="awq", w4_kernel="cuda")
     layer = engine.runner.model.layers[0].mlp.gate_up_proj
     assert layer.qweight is None and layer.w4_qw is not None  # one layout in memory
-    triton, _ = _tokens("triton", prompts, 24)
-    # Random weights, different summation orders: a near-tie may flip a token late; the start must agree.
-    assert [t[:4] for t in cuda] == [t[:4] for t in triton]
-    same = sum(a == b for x, y in zip(cuda, triton) for a, b in zip(x, y))
-    assert same >= 0.9 * sum(len(t) for t in triton)
+    assert_decodes_alike(cuda, greedy_tokens(prompts, 24, model_format="awq", w4_kernel="triton")[0])
     assert engine.kv.num_free_blocks == engine.kv.num_blocks
 
 
