@@ -223,3 +223,6 @@ def test_a_mixed_step_profile_says_its_weights_and_prompt():
     assert converted.tables[1].title == "Batch 16 + a 512-token prompt: GPU kernels, ms per step"
     command = converted.result.command
     assert "--model-format awq --w4-kernel cuda --prefill-tokens 512" in command
+    int8 = convert([{**entry, "model_format": "int8", "w4_kernel": None, "w8_kernel": "cuda"}], "int8")
+    assert int8.headline.startswith("int8 (cuda kernel), batch 16")
+    assert "--model-format int8 --w8-kernel cuda" in int8.result.command

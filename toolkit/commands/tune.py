@@ -40,7 +40,7 @@ def tune(
     resume: Annotated[Optional[str], typer.Option(help="Continue the tune reports/RUN-ID; finished trials are kept.")] = None,
     axis: Annotated[Optional[list[str]], typer.Option(
         help="Replace an axis's values: NAME=V1,V2 (tp, model_format: hf/int8/awq, quant_policy: 0/8, "
-             "w4_kernel: triton/cuda, max_batch_size, cache_max_entry_count, max_prefill_token_num, "
+             "w4_kernel / w8_kernel: triton/cuda, max_batch_size, cache_max_entry_count, max_prefill_token_num, "
              "enable_prefix_caching); repeatable.")] = None,
     search: Annotated[str, typer.Option(help="coordinate (the tuner) or grid (every configuration, to check it).")] = "coordinate",
     max_streams: Annotated[Optional[int], typer.Option(help="Most concurrent streams a load search tries "

@@ -260,14 +260,15 @@ def _profile_step(data: list[dict], name: str) -> Converted:
 
 
 def _format_of(entry: dict) -> str:
-    """The profiled weights as the engine's flags name them: hf, int8, awq, awq with --w4-kernel cuda."""
+    """The profiled weights as the engine's flags name them: hf, int8, awq, with --w4-kernel / --w8-kernel cuda."""
     fmt = str(entry.get("model_format") or "hf")
-    return fmt + (f" ({entry['w4_kernel']} kernel)" if entry.get("w4_kernel") else "")
+    kernel = entry.get("w4_kernel") or entry.get("w8_kernel")
+    return fmt + (f" ({kernel} kernel)" if kernel else "")
 
 
 def _profile_options(entry: dict) -> list[str]:
     options = []
-    for key in ("model_format", "w4_kernel", "prefill_tokens"):
+    for key in ("model_format", "w4_kernel", "w8_kernel", "prefill_tokens"):
         if entry.get(key) and entry.get(key) != "hf":
             options += ["--" + key.replace("_", "-"), str(entry[key])]
     return options
