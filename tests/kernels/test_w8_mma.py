@@ -92,6 +92,20 @@ def test_bad_shapes_fail_before_anything_is_repacked():
     assert w8_mma.unsupported(3584, 18944) is None and w8_mma.unsupported(4608, 3584) is None
 
 
+@pytest.mark.parametrize("m,name,expected", [
+    (64, "qkv", (1, 1, 2)), (64, "o", (1, 1, 2)), (64, "gate_up", (1, 1, 1)), (64, "down", (1, 4, 1)),
+    (128, "gate_up", (2, 1, 1)), (128, "down", (1, 2, 1))])
+def test_warpgroup_choices_on_qwen_shapes_are_lab_10s(m, name, expected):
+    """Qwen2.5-7B's linears on a 132-SM H200 as lab 10 timed them (kernel-lab-w8/): the AWQ kernel's choices but one
+    warpgroup a block up to 64 rows (gate_up 59.0 µs against 66.0 with two); every choice a variant the build
+    carries (w8_wgmma: (1, 1), (2, 1), (1, 2)) with each split's groups dividing by its K warpgroups."""
+    n, k = {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584), "down": (3584, 18944)}[name]
+    config = w8_mma.wgmma_config_int8(m, n, k, 132)
+    assert config == expected
+    nwg, splits, kwg = config
+    assert (nwg, kwg) in {(1, 1), (2, 1), (1, 2)} and (k // 128) % (splits * kwg) == 0
+
+
 def _gpu_ready() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA GPU"
