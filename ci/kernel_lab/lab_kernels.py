@@ -3,7 +3,7 @@ import triton
 import triton.language as tl
 from engine.kernels.int4_unpack import awq_codes_minus_zeros
 from engine.kernels.quant_kernels import (_k_range, _reduce_if_last, _tile_ids, _store_tile, _gemv_nibble_rows,
-                                          _gemv_nibble_group, _gemv_nibble_store)
+                                          _gemv_nibble_group, _gemv_nibble_store, w8_word_products)
 from engine.kernels.int4_unpack import X_SHIFT
 from engine.kernels.matmul import _dot
 
@@ -80,21 +80,12 @@ def w4_gemm_swapped(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, final_ptr, 
 
 @triton.jit
 def _w8_step(acc, acc_x, p, x_ptr, c, c_mask):
-    X_LO: tl.constexpr = 2.0 ** 64
-    X_HI: tl.constexpr = 2.0 ** 56
-    u = p ^ -2139062144
-    u_hi = u >> 16
     xk = x_ptr + 4 * c
     x0 = tl.load(xk, mask=c_mask, other=0.0).to(tl.float32)
     x1 = tl.load(xk + 1, mask=c_mask, other=0.0).to(tl.float32)
     x2 = tl.load(xk + 2, mask=c_mask, other=0.0).to(tl.float32)
     x3 = tl.load(xk + 3, mask=c_mask, other=0.0).to(tl.float32)
-    acc_x += (x0 + x1) + (x2 + x3)
-    acc += (u & 0xFF).to(tl.float32, bitcast=True) * (x0 * X_LO)[None, :]
-    acc += (u & 0xFF00).to(tl.float32, bitcast=True) * (x1 * X_HI)[None, :]
-    acc += (u_hi & 0xFF).to(tl.float32, bitcast=True) * (x2 * X_LO)[None, :]
-    acc += (u_hi & 0xFF00).to(tl.float32, bitcast=True) * (x3 * X_HI)[None, :]
-    return acc, acc_x
+    return w8_word_products(acc, acc_x, p, x0, x1, x2, x3)
 
 
 @triton.jit

@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lab_rows import LabRows  # noqa: E402
 from engine.kernels import quant_gemm as qg  # noqa: E402
 from engine.kernels.gemv import gemv  # noqa: E402
+from engine.kernels.int4_unpack import X_SHIFT  # noqa: E402
 from engine.kernels.quant_gemm import TileConfig  # noqa: E402
+from engine.kernels.quant_kernels import w8_word_products  # noqa: E402
 
 SHAPES = [("qkv", 4608, 3584, True), ("o", 3584, 3584, False), ("gate_up", 37888, 3584, False),
           ("down", 3584, 18944, False)]
@@ -36,9 +38,6 @@ def w8_gemv_x4(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, N, KW,
                HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     # As _w8a16_gemv_kernel without split-K, x read as one [words, 4] tile (8 contiguous bytes a word).
     BKW: tl.constexpr = BLOCK_K // 4
-    X_SHIFT: tl.constexpr = 64  # as engine/kernels/int4_unpack.X_SHIFT
-    X_LO: tl.constexpr = 2.0 ** X_SHIFT
-    X_HI: tl.constexpr = 2.0 ** (X_SHIFT - 8)
     UNDO: tl.constexpr = 2.0 ** (149 - X_SHIFT)
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
@@ -54,17 +53,11 @@ def w8_gemv_x4(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, N, KW,
         c = t + words
         c_mask = c < KW
         p = tl.load(w_rows + c[None, :], mask=row_mask[:, None] & c_mask[None, :], other=0)
-        u = p ^ -2139062144
-        u_hi = u >> 16
         xv = tl.load(x_ptr + 4 * c[:, None] + tl.arange(0, 4)[None, :], mask=c_mask[:, None], other=0.0)
         xa, xb = tl.split(xv.to(tl.float32).reshape(BKW, 2, 2))  # [w, i]: x[4w + 2i] and x[4w + 2i + 1]
         x0, x2 = tl.split(xa)
         x1, x3 = tl.split(xb)
-        acc_x += (x0 + x1) + (x2 + x3)
-        acc += (u & 0xFF).to(tl.float32, bitcast=True) * (x0 * X_LO)[None, :]
-        acc += (u & 0xFF00).to(tl.float32, bitcast=True) * (x1 * X_HI)[None, :]
-        acc += (u_hi & 0xFF).to(tl.float32, bitcast=True) * (x2 * X_LO)[None, :]
-        acc += (u_hi & 0xFF00).to(tl.float32, bitcast=True) * (x3 * X_HI)[None, :]
+        acc, acc_x = w8_word_products(acc, acc_x, p, x0, x1, x2, x3)
     y = UNDO * tl.sum(acc, axis=1) - 128.0 * tl.sum(acc_x, axis=0)
     y *= tl.load(s_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
     if HAS_BIAS:

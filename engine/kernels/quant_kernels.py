@@ -244,15 +244,11 @@ def _w4a16_gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, bias_ptr, out_ptr, final_pt
 def _w8a16_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, final_ptr, lock_ptr, N, K, KW, steps_per_split,
                        HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, FUSED_REDUCE: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # x [1, K] @ (q * s)^T on CUDA cores, W read as int32 words of four codes (w_ptr: [N, KW = K / 4]).
-    # XOR 0x80 per byte makes each code u = q + 128 (unsigned), and a byte masked in place is an fp32
-    # subnormal u * 2^(8b - 149): one LOP3 per weight, one shift per two, one XOR per four, then the
-    # FFMA with x pre-scaled per byte position so every product carries the same 2^(X_SHIFT - 149).
+    # x [1, K] @ (q * s)^T on CUDA cores, W read as int32 words of four codes (w_ptr: [N, KW = K / 4]):
+    # w8_word_products' byte planes, one LOP3 per weight, one shift per two, one XOR per four, then the FFMA.
     # Elementwise fp32 accumulator [BLOCK_N, BLOCK_K / 4], reduced once at the end; the scale is per
     # output row, applied to the sum: y = s * (2^(149 - X_SHIFT) * sum x u - 128 * sum x).
     BKW: tl.constexpr = BLOCK_K // 4
-    X_LO: tl.constexpr = 2.0 ** X_SHIFT  # bytes 0 and 2 (bits 0..7 of the word or of word >> 16)
-    X_HI: tl.constexpr = 2.0 ** (X_SHIFT - 8)  # bytes 1 and 3 (bits 8..15)
     UNDO: tl.constexpr = 2.0 ** (149 - X_SHIFT)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
@@ -265,18 +261,12 @@ def _w8a16_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, final_ptr, lock_p
         c = t * BKW + words
         c_mask = c < KW
         p = tl.load(w_rows + c[None, :], mask=row_mask[:, None] & c_mask[None, :], other=0)
-        u = p ^ -2139062144  # 0x80808080 as an int32
-        u_hi = u >> 16
         xk = x_ptr + 4 * c  # four strided loads: x is small and stays in L1 / L2
         x0 = tl.load(xk, mask=c_mask, other=0.0).to(tl.float32)
         x1 = tl.load(xk + 1, mask=c_mask, other=0.0).to(tl.float32)
         x2 = tl.load(xk + 2, mask=c_mask, other=0.0).to(tl.float32)
         x3 = tl.load(xk + 3, mask=c_mask, other=0.0).to(tl.float32)
-        acc_x += (x0 + x1) + (x2 + x3)
-        acc += (u & 0xFF).to(tl.float32, bitcast=True) * (x0 * X_LO)[None, :]
-        acc += (u & 0xFF00).to(tl.float32, bitcast=True) * (x1 * X_HI)[None, :]
-        acc += (u_hi & 0xFF).to(tl.float32, bitcast=True) * (x2 * X_LO)[None, :]
-        acc += (u_hi & 0xFF00).to(tl.float32, bitcast=True) * (x3 * X_HI)[None, :]
+        acc, acc_x = w8_word_products(acc, acc_x, p, x0, x1, x2, x3)
     y = UNDO * tl.sum(acc, axis=1) - 128.0 * tl.sum(acc_x, axis=0)
     y *= tl.load(s_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
     if PARTIAL:
@@ -287,6 +277,24 @@ def _w8a16_gemv_kernel(x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, final_ptr, lock_p
         if HAS_BIAS:
             y += tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
         tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=row_mask)
+
+
+@triton.jit
+def w8_word_products(acc, acc_x, p, x0, x1, x2, x3):
+    """One K step of the W8A16 GEMV: p [rows, words] holds four int8 codes a word (byte b is K element 4 c + b),
+    x0..x3 [words] the matching x. XOR 0x80 per byte makes each code u = q + 128, and a byte masked in place is
+    an fp32 subnormal u * 2^(8b - 149) (bytes 2, 3 from word >> 16), so x pre-scaled per byte position gives
+    every product the same 2^(X_SHIFT - 149); acc_x gathers sum x for the - 128 sum x term."""
+    X_LO: tl.constexpr = 2.0 ** X_SHIFT  # bytes 0 and 2 (bits 0..7 of the word or of word >> 16)
+    X_HI: tl.constexpr = 2.0 ** (X_SHIFT - 8)  # bytes 1 and 3 (bits 8..15)
+    u = p ^ -2139062144  # 0x80808080 as an int32
+    u_hi = u >> 16
+    acc_x += (x0 + x1) + (x2 + x3)
+    acc += (u & 0xFF).to(tl.float32, bitcast=True) * (x0 * X_LO)[None, :]
+    acc += (u & 0xFF00).to(tl.float32, bitcast=True) * (x1 * X_HI)[None, :]
+    acc += (u_hi & 0xFF).to(tl.float32, bitcast=True) * (x2 * X_LO)[None, :]
+    acc += (u_hi & 0xFF00).to(tl.float32, bitcast=True) * (x3 * X_HI)[None, :]
+    return acc, acc_x
 
 
 @triton.jit
