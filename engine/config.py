@@ -73,13 +73,16 @@ class EngineConfig:
               "quantized at load) or gguf (default: detected).", choices=_MODEL_FORMATS[1:])
     quant_policy: int = _setting(0, "KV-cache quantization: 0 (off), 4 or 8.", choices=(0, 4, 8))
     w4_kernel: str = _setting(
-        "triton", "AWQ weights' kernels: triton (AWQ layout: any batch) or cuda (repacked for the tensor cores, "
-                  "built with nvcc on first use: 1.3x faster at batch 1, 2-3x at 2-32 rows, slower at 64; "
-                  "bf16 models with group size 128).", choices=("triton", "cuda"))
+        "auto", "AWQ weights' kernels: triton (AWQ layout: any GPU, any batch), cuda (repacked for the tensor cores, "
+                "built with nvcc on first use; bf16 models with group size 128; H200, Qwen2.5-7B: 1.2x the Triton "
+                "kernels at batch 1 and at 64 requests) or auto (cuda on Hopper where it can run, else triton).",
+        choices=("auto", "triton", "cuda"))
     w8_kernel: str = _setting(
-        "triton", "int8 weights' kernels: triton (any batch) or cuda (repacked for the tensor cores, built with nvcc "
-                  "on first use: the AWQ CUDA kernels' int8 variants, at 33-128 rows on Hopper 1.2x the Triton ones; "
-                  "bf16 models, layer sizes multiples of 64 x 128).", choices=("triton", "cuda"))
+        "auto", "int8 weights' kernels: triton (any GPU, any batch), cuda (the AWQ CUDA kernels' int8 variants, "
+                "built with nvcc on first use; bf16 models, layer sizes multiples of 64 x 128; H200, Qwen2.5-7B: "
+                "1.08x the Triton ones at 64 requests, level at batch 1) or auto (cuda on Hopper where it can run, "
+                "else triton).",
+        choices=("auto", "triton", "cuda"))
     dtype: str = _setting("auto", "auto, float32, bfloat16 or float16.", choices=_DTYPES)
     device: str = _setting("auto", "auto, cpu, cuda or cuda:N.")
     eager_mode: bool = _setting(False, "Run every step eagerly (no CUDA graphs).", flags=("--eager", "--eager-mode"))
@@ -129,10 +132,10 @@ class EngineConfig:
             bad("model_format", f"must be one of {_MODEL_FORMATS[1:]}")
         if self.quant_policy not in (0, 4, 8):
             bad("quant_policy", "must be 0, 4 or 8")
-        if self.w4_kernel not in ("triton", "cuda"):
-            bad("w4_kernel", "must be triton or cuda")
-        if self.w8_kernel not in ("triton", "cuda"):
-            bad("w8_kernel", "must be triton or cuda")
+        if self.w4_kernel not in ("auto", "triton", "cuda"):
+            bad("w4_kernel", "must be auto, triton or cuda")
+        if self.w8_kernel not in ("auto", "triton", "cuda"):
+            bad("w8_kernel", "must be auto, triton or cuda")
         if self.dtype not in _DTYPES:
             bad("dtype", f"must be one of {_DTYPES}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

@@ -62,13 +62,21 @@ def unsupported(group_size: int, dtype: str) -> str | None:
     return None
 
 
+def shape_unsupported(n: int, k: int, group_size: int) -> str | None:
+    """Why a linear of N outputs and K inputs cannot take the kernel (None: it can), ending the sentence "the
+    CUDA W4A16 kernel ..."."""
+    if group_size != GROUP:
+        return f"is built for group size {GROUP}, not {group_size}"
+    if n % STRIPE or k % group_size:
+        return f"needs N ({n}) divisible by {STRIPE} and K ({k}) by the group size ({group_size})"
+    return None
+
+
 def check_shape(n: int, k: int, group_size: int) -> None:
     """A clear error for a linear the kernel cannot take, before anything is repacked."""
-    if group_size != GROUP:
-        raise ValueError(f"the CUDA W4A16 kernel is built for group size {GROUP}, not {group_size}")
-    if n % STRIPE or k % group_size:
-        raise ValueError(f"the CUDA W4A16 kernel needs N ({n}) divisible by {STRIPE} and K ({k}) by the group "
-                         f"size ({group_size})")
+    why = shape_unsupported(n, k, group_size)
+    if why:
+        raise ValueError(f"the CUDA W4A16 kernel {why}")
 
 
 def repack(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int):

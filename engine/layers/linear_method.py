@@ -56,6 +56,7 @@ class LinearMethod:
 
     def __init__(self, options: LayerOptions):
         self.options = options
+        self.cuda = False  # the quantized methods: this layer runs the CUDA kernels (decided in create_weights)
 
     def create_weights(self, layer: nn.Module, in_features: int, out_features: int, bias: bool) -> None:
         raise NotImplementedError
@@ -69,6 +70,16 @@ class LinearMethod:
     def _add_bias(self, layer: nn.Module, out_features: int, bias: bool) -> None:
         layer.compute_dtype = torch.get_default_dtype()  # the model's dtype while it is being built
         layer.bias = _param(out_features) if bias else None
+
+    def _takes_cuda(self, kernel: str, shape_problem: str | None, refusal: str) -> bool:
+        """Whether this layer runs the CUDA kernels: chosen for the model (`kernel`, on a GPU with kernels on) and
+        its shape fits (`shape_problem` None). Where it does not fit, a choice made explicitly is an error now,
+        before any weight is read; auto's (options.kernel_fallback) leaves this layer on the Triton kernels."""
+        if not (kernel == "cuda" and self.options.device_type == "cuda" and self.options.use_kernels):
+            return False
+        if shape_problem and not self.options.kernel_fallback:
+            raise ValueError(f"{refusal} {shape_problem}")
+        return shape_problem is None
 
     def _cpu_weight(self, layer: nn.Module, weight: torch.Tensor) -> None:
         """A dequantized weight packed for CPU GEMMs: the quantized numbers at oneDNN's speed."""
@@ -104,12 +115,11 @@ class Int8Method(LinearMethod):
     columns then share the scale of their whole row, so every tp gives the same quantized weight."""
 
     def create_weights(self, layer, in_features, out_features, bias):
-        if self._cuda_kernel():  # this rank's part: a clear error before any weight is read
-            from ..kernels.w8_mma import unsupported
+        from ..kernels.w8_mma import unsupported
 
-            why = unsupported(out_features, in_features)
-            if why:
-                raise ValueError(f"--w8-kernel cuda: the CUDA W8A16 kernel {why}")
+        # this rank's part of the layer
+        self.cuda = self._takes_cuda(self.options.w8_kernel, unsupported(out_features, in_features),
+                                     "--w8-kernel cuda: the CUDA W8A16 kernel")
         layer.qweight = _param(out_features, in_features, dtype=torch.int8, derived=True)
         layer.weight_scale = _param(out_features, dtype=torch.float32, derived=True)
         layer.weight = _param(out_features, in_features, device="meta")
@@ -133,9 +143,6 @@ class Int8Method(LinearMethod):
             layer.weight_scale.data[offset:offset + size].copy_(scales)
         return load
 
-    def _cuda_kernel(self) -> bool:
-        return self.options.w8_kernel == "cuda" and self.options.device_type == "cuda" and self.options.use_kernels
-
     def after_loading(self, layer):
         del layer.weight  # the placeholder: every row is in qweight now
         layer.weight = None
@@ -143,7 +150,7 @@ class Int8Method(LinearMethod):
             from ..quant.int8 import dequantize_per_channel
 
             self._cpu_weight(layer, dequantize_per_channel(layer.qweight.data, layer.weight_scale.data))
-        elif self._cuda_kernel():  # one layout in memory: the kernels' fragment order
+        elif self.cuda:  # one layout in memory: the kernels' fragment order
             from ..kernels.w8_mma import repack
 
             layer.w8_qw = repack(layer.qweight.data)
@@ -179,10 +186,10 @@ class AWQMethod(LinearMethod):
 
         g = self.options.group_size
         check_group_size(in_features, g)
-        if self._cuda_kernel():
-            from ..kernels.w4_mma import check_shape
+        from ..kernels.w4_mma import shape_unsupported
 
-            check_shape(out_features, in_features, g)  # this rank's part: before any weight is read
+        self.cuda = self._takes_cuda(self.options.w4_kernel, shape_unsupported(out_features, in_features, g),
+                                     "--w4-kernel cuda: the CUDA W4A16 kernel")  # this rank's part
         if out_features % PACK or any(size % PACK for _, size in layer.shards.values()):
             raise ValueError(f"AWQ: output sizes must be multiples of {PACK} (got {out_features})")
         layer.qweight = _param(in_features, out_features // PACK, dtype=torch.int32, output_dim=1, pack=PACK,
@@ -198,14 +205,11 @@ class AWQMethod(LinearMethod):
 
         return dequantize_awq(layer.qweight, layer.qzeros, layer.scales, self.options.group_size)
 
-    def _cuda_kernel(self) -> bool:
-        return self.options.w4_kernel == "cuda" and self.options.device_type == "cuda" and self.options.use_kernels
-
     def after_loading(self, layer):
         if self.options.device_type == "cpu":
             self._cpu_weight(layer, self._dequantized(layer))
             layer.qweight = layer.qzeros = layer.scales = None
-        elif self._cuda_kernel():
+        elif self.cuda:
             from ..kernels.w4_mma import repack
 
             layer.w4_qw, layer.w4_sz = repack(layer.qweight.data, layer.qzeros.data, layer.scales.data,

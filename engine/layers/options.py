@@ -28,7 +28,10 @@ class LayerOptions:
     w4_kernel: EngineConfig.w4_kernel: AWQ weights through the Triton kernels in AutoAWQ's layout, or
         repacked after loading for the CUDA tensor-core kernel (engine/kernels/w4_mma.py).
     w8_kernel: EngineConfig.w8_kernel: int8 weights through the Triton kernels, or repacked after loading for
-        the CUDA kernels' int8 variants (engine/kernels/w8_mma.py).
+        the CUDA kernels' int8 variants (engine/kernels/w8_mma.py). Both come resolved ("triton" or "cuda";
+        EngineConfig's "auto" is decided in engine/runner/weight_kernels.py).
+    kernel_fallback: "cuda" was auto's choice: a layer whose shape the CUDA kernels cannot take runs the
+        Triton ones (asked for explicitly, such a layer is an error when it is built).
     """
 
     use_kernels: bool = False
@@ -41,6 +44,7 @@ class LayerOptions:
     tp_size: int = 1
     w4_kernel: str = "triton"
     w8_kernel: str = "triton"
+    kernel_fallback: bool = False
 
     def __post_init__(self):
         if self.weight_format not in WEIGHT_FORMATS:

@@ -34,6 +34,7 @@ from .cuda_graph import DecodeGraphs
 from .input_batch import InputBuffers
 from .sampler import Sampler
 from .sampling_inputs import build_sampling_metadata
+from . import weight_kernels
 
 log = logging.getLogger(__name__)
 
@@ -185,48 +186,12 @@ class ModelRunner:
         if self.config.deterministic and fmt.name != "hf":
             raise InvalidRequestError(
                 f"deterministic mode runs 16-bit weights only (this model loads as {fmt.name})", "deterministic")
-        if self.config.w4_kernel == "cuda":
-            self._check_w4_cuda(fmt)
-        if self.config.w8_kernel == "cuda":
-            self._check_w8_cuda(fmt)
+        kernels = weight_kernels.choose(self.config, fmt, use_kernels=self.use_kernels,
+                                        dtype=str(self.dtype).removeprefix("torch."), device=self.device)
         return LayerOptions(use_kernels=self.use_kernels, batch_invariant=self.config.deterministic,
                             weight_format=fmt.name, group_size=fmt.group_size, device_type=self.device.type,
-                            w4_kernel=self.config.w4_kernel, w8_kernel=self.config.w8_kernel,
+                            w4_kernel=kernels.w4, w8_kernel=kernels.w8, kernel_fallback=kernels.fallback,
                             kv_quant=self.config.quant_policy, tp_rank=self.tp_rank, tp_size=self.tp_size)
-
-    def _check_w4_cuda(self, fmt) -> None:
-        """--w4-kernel cuda: one clear error, before any weight is read, where the kernel cannot run."""
-        from ..kernels import w4_mma
-
-        if fmt.name != "awq":
-            why = f"applies to AWQ weights (this model loads as {fmt.name})"
-        elif not self.use_kernels:
-            why = "needs the GPU kernels (CUDA, without --no-kernels)"
-        else:
-            why = w4_mma.unsupported(fmt.group_size, str(self.dtype).removeprefix("torch."))
-        if not why:
-            reason = w4_mma.unavailable_reason(self.device)
-            why = reason and reason.removeprefix("the CUDA W4A16 kernel ")
-        if why:
-            raise InvalidRequestError(f"--w4-kernel cuda {why}", "w4_kernel")
-
-    def _check_w8_cuda(self, fmt) -> None:
-        """--w8-kernel cuda: one clear error, before any weight is read, where the kernels cannot run (a layer
-        whose shape they cannot take is refused when it is built, engine/layers/linear_method.py)."""
-        from ..kernels import w4_mma
-
-        dtype = str(self.dtype).removeprefix("torch.")
-        if fmt.name != "int8":
-            why = f"applies to int8 weights (this model loads as {fmt.name})"
-        elif not self.use_kernels:
-            why = "needs the GPU kernels (CUDA, without --no-kernels)"
-        elif dtype != "bfloat16":
-            why = f"runs bf16 models (this one runs in {dtype})"
-        else:
-            reason = w4_mma.unavailable_reason(self.device)
-            why = reason and reason.removeprefix("the CUDA W4A16 kernel ")
-        if why:
-            raise InvalidRequestError(f"--w8-kernel cuda {why}", "w8_kernel")
 
     @property
     def block_bytes(self) -> int:

@@ -53,5 +53,5 @@ def test_cuda_kernel_refuses_what_it_cannot_run(default_model_dir):
         LLMEngine(default_model_dir, EngineConfig(device="cpu", w4_kernel="cuda"))
     with pytest.raises(InvalidRequestError, match="--w4-kernel cuda needs the GPU kernels"):
         LLMEngine("preset:qwen3-0.6b", EngineConfig(device="cpu", model_format="awq", w4_kernel="cuda"))
-    with pytest.raises(InvalidRequestError, match="w4_kernel: must be triton or cuda"):
+    with pytest.raises(InvalidRequestError, match="w4_kernel: must be auto, triton or cuda"):
         EngineConfig(w4_kernel="marlin")

@@ -57,5 +57,5 @@ def test_cuda_kernels_refuse_what_they_cannot_run(default_model_dir):
         LLMEngine(default_model_dir, EngineConfig(device="cpu", w8_kernel="cuda"))
     with pytest.raises(InvalidRequestError, match="--w8-kernel cuda needs the GPU kernels"):
         LLMEngine(default_model_dir, EngineConfig(device="cpu", model_format="int8", w8_kernel="cuda"))
-    with pytest.raises(InvalidRequestError, match="w8_kernel: must be triton or cuda"):
+    with pytest.raises(InvalidRequestError, match="w8_kernel: must be auto, triton or cuda"):
         EngineConfig(w8_kernel="marlin")

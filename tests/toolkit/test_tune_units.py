@@ -15,7 +15,7 @@ from toolkit.tune.load_search import LoadSearch, attainment, requests_to_resolve
 from toolkit.tune.schema import LoadPoint, Slo, Trial, TuneResult, TuneWorkload
 from toolkit.tune.runner import explain_choice
 from toolkit.tune.search import Budget, CoordinateSearch, GridSearch, objective
-from toolkit.tune.space import Space, build_space, drop_default_batch, parse_axis
+from toolkit.tune.space import Space, build_space, drop_default_batch, parse_axis, pin_auto_kernels
 from toolkit.tune.workloads import apply_slo_override, resolve_workload
 
 SLO = Slo(ttft_ms=100, tpot_ms=10, percentile=95, attainment=0.95)
@@ -271,6 +271,25 @@ def test_stored_trials_are_not_rerun():
     assert math.isclose(result.trial(result.chosen).best.output_tok_s, max(t.best.output_tok_s for t in result.trials))
 
 
+# The base the tune hands its search on a card where auto runs the Triton kernels (toolkit/tune/runner.py).
+PINNED = EngineConfig(w4_kernel="triton", w8_kernel="triton")
+
+
+def test_auto_kernels_are_pinned_to_what_auto_runs_on_the_measuring_card():
+    """The engine's default kernel choice (auto) is one of the two kernels; the search measures them by name, so
+    the base takes auto's pick where the space searches the axis, and keeps auto where it does not."""
+    axes = {"model_format": [None, "int8", "awq"], "w4_kernel": ["triton", "cuda"], "w8_kernel": ["triton", "cuda"]}
+    space = Space("bf16", dict(axes))
+    assert pin_auto_kernels(space, EngineConfig(), "triton") == PINNED
+    on_hopper = pin_auto_kernels(space, EngineConfig(), "cuda")
+    assert (on_hopper.w4_kernel, on_hopper.w8_kernel) == ("cuda", "cuda")
+    assert len(space.grid(on_hopper)) == len(space.grid(PINNED)) == 5  # auto is never a third value
+    pruned = Space("bf16", {"model_format": [None, "awq"], "w4_kernel": ["triton"]})
+    assert pin_auto_kernels(pruned, EngineConfig(), "cuda").w4_kernel == "triton"  # not on offer: the axis's own
+    assert pin_auto_kernels(pruned, EngineConfig(), "cuda").w8_kernel == "auto"  # not searched: left alone
+    assert pin_auto_kernels(space, EngineConfig(w4_kernel="triton"), "cuda").w4_kernel == "triton"  # the user's
+
+
 def test_the_awq_kernel_is_a_choice_only_where_awq_weights_are():
     """w4_kernel (engine/kernels/w4_mma.py): offered with AWQ formats (a preset, an AWQ checkpoint), absent for a
     16-bit checkpoint, pruned with its reason where the CUDA kernel cannot run; the search never pairs the
@@ -303,13 +322,13 @@ def test_the_awq_kernel_is_a_choice_only_where_awq_weights_are():
         assert pruned.axes["w4_kernel"] == ["triton"] and any(words in p.reason for p in pruned.pruned)
 
     axes = {"model_format": [None, "int8", "awq"], "w4_kernel": ["triton", "cuda"]}
-    grid = Space("bf16", dict(axes)).grid(EngineConfig())
+    grid = Space("bf16", dict(axes)).grid(PINNED)
     assert {"model_format": "awq", "w4_kernel": "cuda"} in grid and len(grid) == 4  # 3 formats x triton + AWQ x cuda
     # the ascent: AWQ wins the format axis, then the CUDA kernel is tried with it (and only with it)
     runner = _Runner(lambda e: {"awq": 1200.0}.get(e.get("model_format"), 1000.0)
                      * (1.2 if e.get("w4_kernel") == "cuda" else 1.0))
     result = _result()
-    CoordinateSearch(Space("bf16", dict(axes)), EngineConfig(), result, runner, lambda: None, Budget()).run_search()
+    CoordinateSearch(Space("bf16", dict(axes)), PINNED, result, runner, lambda: None, Budget()).run_search()
     assert runner.ran == [{}, {"model_format": "int8"}, {"model_format": "awq"},
                           {"model_format": "awq", "w4_kernel": "cuda"}]
     assert result.trial(result.chosen).engine == {"model_format": "awq", "w4_kernel": "cuda"}
@@ -318,14 +337,14 @@ def test_the_awq_kernel_is_a_choice_only_where_awq_weights_are():
     runner = _Runner(lambda e: 1100.0 if e.get("w4_kernel") == "cuda" else
                      {"awq": 900.0, "int8": 1020.0}.get(e.get("model_format"), 1000.0))
     result = _result()
-    CoordinateSearch(Space("bf16", dict(axes)), EngineConfig(), result, runner, lambda: None, Budget()).run_search()
+    CoordinateSearch(Space("bf16", dict(axes)), PINNED, result, runner, lambda: None, Budget()).run_search()
     assert runner.ran == [{}, {"model_format": "int8"}, {"model_format": "awq"},
                           {"model_format": "awq", "w4_kernel": "cuda"}]  # and the kernel axis re-runs nothing
     assert result.trial(result.chosen).engine == {"model_format": "awq", "w4_kernel": "cuda"}
     # int8 winning the format axis: the CUDA kernel is tried with AWQ only, never paired with int8
     runner = _Runner(lambda e: 1500.0 if e.get("model_format") == "int8" else 1000.0)
     result = _result()
-    CoordinateSearch(Space("bf16", dict(axes)), EngineConfig(), result, runner, lambda: None, Budget()).run_search()
+    CoordinateSearch(Space("bf16", dict(axes)), PINNED, result, runner, lambda: None, Budget()).run_search()
     assert all(e.get("model_format") == "awq" for e in runner.ran if e.get("w4_kernel") == "cuda")
     assert result.trial(result.chosen).engine == {"model_format": "int8"}
     # an AWQ checkpoint loads AWQ with model_format unset: the kernel applies to the default format
@@ -358,7 +377,7 @@ def test_the_int8_kernel_is_a_choice_only_where_int8_weights_are():
                                           weight_format="bf16", session_len=4096, model_kind="awq").axes
 
     axes = {"model_format": [None, "int8", "awq"], "w4_kernel": ["triton", "cuda"], "w8_kernel": ["triton", "cuda"]}
-    grid = Space("bf16", dict(axes)).grid(EngineConfig())
+    grid = Space("bf16", dict(axes)).grid(PINNED)
     assert {"model_format": "int8", "w4_kernel": "triton", "w8_kernel": "cuda"} in grid
     assert len(grid) == 5  # 3 formats with the Triton kernels, AWQ with its CUDA kernel, int8 with its own
     assert not Space("bf16", {}).applies({"model_format": "awq", "w8_kernel": "cuda"}, EngineConfig())
@@ -366,7 +385,7 @@ def test_the_int8_kernel_is_a_choice_only_where_int8_weights_are():
     runner = _Runner(lambda e: 1100.0 if e.get("w8_kernel") == "cuda" else
                      {"awq": 900.0, "int8": 950.0}.get(e.get("model_format"), 1000.0))
     result = _result()
-    CoordinateSearch(Space("bf16", dict(axes)), EngineConfig(), result, runner, lambda: None, Budget()).run_search()
+    CoordinateSearch(Space("bf16", dict(axes)), PINNED, result, runner, lambda: None, Budget()).run_search()
     assert {"model_format": "int8", "w8_kernel": "cuda"} in runner.ran
     assert all(e.get("model_format") == "int8" for e in runner.ran if e.get("w8_kernel") == "cuda")
     assert result.trial(result.chosen).engine == {"model_format": "int8", "w8_kernel": "cuda"}

@@ -17,7 +17,10 @@ import gc
 import json
 from pathlib import Path
 
-WEIGHT_FORMATS = {"bf16": {}, "int8": {"model_format": "int8"}, "awq": {"model_format": "awq"},
+# Each quantized entry names its kernels: the engine's default (auto) takes the CUDA ones on Hopper, the
+# Triton ones elsewhere, and a figure must say which it measured.
+WEIGHT_FORMATS = {"bf16": {}, "int8": {"model_format": "int8", "w8_kernel": "triton"},
+                  "awq": {"model_format": "awq", "w4_kernel": "triton"},
                   "awq-cuda": {"model_format": "awq", "w4_kernel": "cuda"},  # the CUDA tensor-core W4A16 kernel
                   "int8-cuda": {"model_format": "int8", "w8_kernel": "cuda"}}  # its int8 variants
 KV_FORMATS = {"kv16": {}, "kv8": {"quant_policy": 8}}

@@ -123,8 +123,8 @@ def main(argv=None) -> int:
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--model-format", help="weight format (EngineConfig.model_format: int8, awq, ...)")
-    parser.add_argument("--w4-kernel", help="AWQ kernels: triton or cuda (EngineConfig.w4_kernel)")
-    parser.add_argument("--w8-kernel", help="int8 kernels: triton or cuda (EngineConfig.w8_kernel)")
+    parser.add_argument("--w4-kernel", help="AWQ kernels: auto (default), triton or cuda (EngineConfig.w4_kernel)")
+    parser.add_argument("--w8-kernel", help="int8 kernels: auto (default), triton or cuda (EngineConfig.w8_kernel)")
     parser.add_argument("--prefill-tokens", type=int, default=0,
                         help="every measured step also prefills a new prompt of this many tokens")
     parser.add_argument("--json")

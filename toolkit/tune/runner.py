@@ -25,7 +25,7 @@ from toolkit.system_info import command_line, device_info, git_commit, versions
 
 from .schema import Slo, Trial, TuneResult, TuneWorkload
 from .search import NOISE, Budget, CoordinateSearch, GridSearch, objective
-from .space import build_space, drop_default_batch, predict
+from .space import build_space, drop_default_batch, pin_auto_kernels, predict
 from .live_server import LiveServer
 from .quality import score_formats
 from .trial import TrialSettings, run_trial
@@ -147,6 +147,17 @@ def run_lock(out_dir: Path):
             path.unlink(missing_ok=True)
 
 
+def _auto_kernel() -> str:
+    """What the engine's --w4-kernel / --w8-kernel auto runs on this machine's first GPU, where the model can take
+    the CUDA kernels (the space prunes them where it cannot)."""
+    import torch
+
+    from engine.runner.weight_kernels import not_measured_here
+
+    cuda = _w4_cuda_unavailable() is None and not_measured_here(torch.device("cuda"), "") is None
+    return "cuda" if cuda else "triton"
+
+
 def _w4_cuda_unavailable() -> str | None:
     """Why the CUDA AWQ kernel cannot run on this machine's first GPU (None: it can; built on first use)."""
     import torch
@@ -187,6 +198,7 @@ def _run_locked(options: TuneOptions, console: Console, where, hf_config, sessio
                         overrides=options.axes, usable_gib=where.emulate_gib, model_kind=model_kind,
                         local_gpus=None if where.cpu else len(detect_local_gpus()[0]),
                         w4_cuda_unavailable=None if where.cpu else _w4_cuda_unavailable())
+    options.base = pin_auto_kernels(space, options.base, "triton" if where.cpu else _auto_kernel())
     drop_default_batch(space, options.base, where.default_batch)
     searched = json.loads(json.dumps({"weight_format": weight_format, **space.axes}))  # as tune.json holds it
     if options.resume:

@@ -196,6 +196,18 @@ def build_space(hf_config, profile: HardwareProfile, workload: TuneWorkload, *, 
     return space
 
 
+def pin_auto_kernels(space: Space, base, auto_kernel: str):
+    """`base` with each kernel axis the space searches set, where the base leaves it "auto" (the engine's default),
+    to what auto runs on the card that measures (`auto_kernel`: "cuda" on a Hopper GPU that can build them, else
+    "triton"; engine/runner/weight_kernels.py), or the axis's first value where it does not offer that one.
+    The search then measures the kernels by name, never auto beside the kernel it picks (the same configuration
+    twice, noise alone choosing between them). The launch command is built on the user's base: it names a
+    kernel where the winner switched to one, and leaves auto (the same pick on the same kind of card) where not."""
+    pins = {axis: auto_kernel if auto_kernel in space.axes[axis] else space.axes[axis][0]
+            for axis in KERNEL_AXES if axis in space.axes and getattr(base, axis, None) == "auto"}
+    return base.replace(**pins) if pins else base
+
+
 def drop_default_batch(space: Space, base, default_batch: int) -> None:
     """Where the base leaves max_batch_size unset, the engine picks `default_batch` on the card that
     measures (engine.config.default_max_batch_size), so that value on the axis is the default
