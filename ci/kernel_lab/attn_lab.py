@@ -37,7 +37,8 @@ def lab_decode(q, k_cache, v_cache, tables, lens, scale, k_scale, v_scale, varia
     # planes: the engine's byte-plane kernel (lab 4 measured its lab copy, identical but for fp32 q)
     kernel = {"planes": da._decode_attention_int8_kernel, "cast": da._decode_attention_kernel,
               "prmt": ak.decode_attention_int8_lab}[variant]
-    extra = {"ASM": asm} if variant == "planes" else {"KV_BITS": 8} if variant == "cast" else {"KV_BITS": 8, "ASM": asm}
+    extra = ({"ASM": asm, "EARLY_LAUNCH": False} if variant == "planes" else
+             {"KV_BITS": 8, "EARLY_LAUNCH": False} if variant == "cast" else {"KV_BITS": 8, "ASM": asm})
     kernel[(batch, num_kv_heads, num_splits)](
         q, kc, vc, tables, lens, out, part_out, part_lse, k_scale, v_scale, scale * da._LOG2E, num_splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), *kc.stride()[:3], *vc.stride()[:3], tables.stride(0),

@@ -9,14 +9,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .pdl import early_launch
+from .pdl import enter, launch_options
 
 
 @triton.jit
 def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, inter, BLOCK: tl.constexpr,
                          EARLY_LAUNCH: tl.constexpr):
-    if EARLY_LAUNCH:  # engine/kernels/pdl.py: the down projection may start loading its weights
-        tl.extra.cuda.gdc_launch_dependents()
+    enter(EARLY_LAUNCH)  # engine/kernels/pdl.py
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inter
@@ -40,5 +39,5 @@ def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
     # 1024 elements per program: 8 per thread at 4 warps, 16-byte loads of bf16.
     block = min(1024, triton.next_power_of_2(inter))
     _silu_and_mul_kernel[(num_tokens, triton.cdiv(inter, block))](
-        x, out, x.stride(0), out.stride(0), inter, BLOCK=block, EARLY_LAUNCH=early_launch(out), num_warps=4)
+        x, out, x.stride(0), out.stride(0), inter, BLOCK=block, num_warps=4, **launch_options(out))
     return out

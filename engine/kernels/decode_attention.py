@@ -35,7 +35,7 @@ import triton.language as tl
 
 from . import inline_ptx_ok
 from .kv_write import check_kv_scales, kv_code_plane, load_kv_codes
-from .pdl import early_launch
+from .pdl import enter, launch_options
 
 _LOG2E = 1.0 / math.log(2.0)
 # Split heuristic, from `python -m engine.kernels.bench --sweep` on an H100 (Qwen2.5-7B heads, bf16,
@@ -148,7 +148,8 @@ def _decode_attention_kernel(
         stride_sb, stride_ss, stride_sh,
         NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DIRECT: tl.constexpr,
-        UPCAST: tl.constexpr, IEEE: tl.constexpr, KV_BITS: tl.constexpr):
+        UPCAST: tl.constexpr, IEEE: tl.constexpr, KV_BITS: tl.constexpr, EARLY_LAUNCH: tl.constexpr):
+    enter(EARLY_LAUNCH)  # engine/kernels/pdl.py
     # num_splits is a runtime argument (one compiled kernel serves every split count); DIRECT marks
     # num_splits == 1, where the program normalises and writes `out` itself and no reduce runs.
     b = tl.program_id(0)
@@ -224,7 +225,8 @@ def _decode_attention_int8_kernel(
         stride_sb, stride_ss, stride_sh,
         NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DIRECT: tl.constexpr,
-        UPCAST: tl.constexpr, IEEE: tl.constexpr, ASM: tl.constexpr):
+        UPCAST: tl.constexpr, IEEE: tl.constexpr, ASM: tl.constexpr, EARLY_LAUNCH: tl.constexpr):
+    enter(EARLY_LAUNCH)  # engine/kernels/pdl.py
     # _decode_attention_kernel for an 8-bit cache read as int32 words (k/v_words_ptr: [num_blocks,
     # block_size, Hkv, D / 4] views, strides in words), HEAD_DIM >= 64. Dim 4w + j is byte j of word w, so
     # every product runs over four byte planes of D / 4 dims (kv_code_plane: two codes per PRMT + LOP3
@@ -317,8 +319,7 @@ def _decode_attention_int8_kernel(
 def _decode_reduce_kernel(part_out_ptr, part_lse_ptr, out_ptr, num_splits, stride_ob, stride_oh,
                           NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
                           EARLY_LAUNCH: tl.constexpr):
-    if EARLY_LAUNCH:  # engine/kernels/pdl.py: the o projection may start loading its weights
-        tl.extra.cuda.gdc_launch_dependents()
+    enter(EARLY_LAUNCH)  # engine/kernels/pdl.py
     b = tl.program_id(0)
     head = tl.program_id(1)
     s = tl.arange(0, BLOCK_S)
@@ -431,7 +432,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     common = dict(NUM_HEADS=num_heads, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
                   BLOCK_SIZE=block_size, BLOCK_N=block_n, DIRECT=num_splits == 1,
                   UPCAST=on_cpu and q.dtype != torch.float32, IEEE=q.dtype == torch.float32, num_warps=num_warps,
-                  num_stages=num_stages)
+                  num_stages=num_stages, **launch_options(out))
     if bits == 8 and head_dim >= 64:  # four byte planes of >= 16 dims: tl.dot's smallest K
         kernel, k_cache, v_cache = _decode_attention_int8_kernel, k_cache.view(torch.int32), v_cache.view(torch.int32)
         common["ASM"] = q.dtype != torch.float32 and inline_ptx_ok(q.device)
@@ -450,8 +451,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         _decode_reduce_kernel[(batch, num_heads)](
             part_out, part_lse, out, num_splits, out.stride(0), out.stride(1),
             NUM_HEADS=num_heads, HEAD_DIM=head_dim,
-            BLOCK_S=triton.next_power_of_2(num_splits), EARLY_LAUNCH=early_launch(out),
-            num_warps=4 if head_dim >= 128 else 2)
+            BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4 if head_dim >= 128 else 2,
+            **launch_options(out))
     return out
 
 

@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import enter, launch_options
+
 
 @triton.jit
 def load_kv_codes(row_ptr, mask, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, KV_BITS: tl.constexpr,
@@ -131,7 +133,8 @@ def _write_kv_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr, k
                      stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
                      stride_sb, stride_ss, stride_sh,
                      NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, KV_BITS: tl.constexpr):
+                     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, KV_BITS: tl.constexpr, EARLY_LAUNCH: tl.constexpr):
+    enter(EARLY_LAUNCH)  # engine/kernels/pdl.py
     token = tl.program_id(0)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)  # int32 slot mappings work too
     heads = tl.arange(0, BLOCK_H)[:, None]
@@ -226,4 +229,4 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), *scale_strides,
         NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=k_cache.shape[1],
         BLOCK_H=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),
-        KV_BITS=bits, num_warps=4 if num_kv_heads * head_dim >= 1024 else 1)
+        KV_BITS=bits, num_warps=4 if num_kv_heads * head_dim >= 1024 else 1, **launch_options(k_cache))

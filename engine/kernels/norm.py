@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .pdl import early_launch
+from .pdl import enter, launch_options
 
 _MAX_N = 65536
 
@@ -20,8 +20,7 @@ _MAX_N = 65536
 def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr,
                      stride_x, stride_r, stride_o, stride_ro, n_cols, eps,
                      HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, EARLY_LAUNCH: tl.constexpr):
-    if EARLY_LAUNCH:  # engine/kernels/pdl.py: the next linear may start loading its weights
-        tl.extra.cuda.gdc_launch_dependents()
+    enter(EARLY_LAUNCH)  # engine/kernels/pdl.py
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -50,7 +49,7 @@ def _launch(x, residual, weight, eps, out, residual_out) -> None:
         x, residual if has_residual else x, weight, out, residual_out if has_residual else out,
         x.stride(0), residual.stride(0) if has_residual else 0, out.stride(0),
         residual_out.stride(0) if has_residual else 0, n_cols, eps,
-        HAS_RESIDUAL=has_residual, BLOCK=block, EARLY_LAUNCH=early_launch(out), num_warps=num_warps)
+        HAS_RESIDUAL=has_residual, BLOCK=block, num_warps=num_warps, **launch_options(out))
 
 
 def _check_2d(name: str, t: torch.Tensor, shape: tuple[int, int]) -> None:

@@ -1,13 +1,23 @@
-"""Early launch of the next kernel (programmatic dependent launch, Hopper and newer) from the Triton kernels
-whose output feeds a CUDA W4A16 kernel: the RMSNorms (-> qkv, gate_up), SiLU-and-mul (-> down) and the decode
-attention's split reduction (-> o).
+"""Early launch (programmatic dependent launch, Hopper and newer) for the kernels of a decode step.
 
-The CUDA kernels (engine/kernels/cuda/w4_mma.cu) are launched with the programmatic-serialization attribute:
-they may start as soon as every program of the kernel before them has signalled (gdc_launch_dependents, first
-thing in these kernels), load their weights, which no kernel writes, and wait (griddepcontrol.wait: the
-earlier kernel complete, its writes visible) before they read x or write anything. So the weight loads of a
-linear overlap the small kernel before it instead of starting after it. The signal is a no-op when the next
-kernel is an ordinary launch (cuBLAS, another Triton kernel), so it is safe whatever follows.
+A step at batch 1 is ~340 kernels of a few microseconds each, and the gap between two of them (the next one's
+launch and ramp, after the last program of the one before has finished) costs ~0.2 ms a step on an H200
+(reports/examples/h200/kernel-lab-w8, "Where batch-1 decode's time goes"). With early launch a kernel may be
+launched while the one before it finishes; its programs then wait (griddepcontrol.wait: the kernel before
+complete, its writes visible) before they touch memory, so only the launch and the ramp overlap, never a
+read or a write.
+
+- The Triton kernels of the step (the RMSNorms, rotary, the KV write, decode attention and its split
+  reduction, SiLU-and-mul, the batch-1 GEMV) are launched with `launch_options(out)` and begin with
+  `enter(EARLY_LAUNCH)`: wait for the kernel before, then let the next one launch. Waiting first keeps at
+  most one kernel waiting at a time (a signal before the wait let chains of early kernels pile up on the SMs:
+  lab 9's GEMVs lost up to 3 µs that way). The order holds transitively: a kernel completes only after its
+  own wait returned, so whatever waits for it also sees the writes of every kernel before.
+- The CUDA W4A16 / W8A16 kernels (engine/kernels/cuda/w4_mma.cu) are launched with the same attribute, load
+  their first weights (which no kernel writes) before their wait, and signal after their main loop.
+- A kernel launched the ordinary way (cuBLAS, torch's own) starts after the one before it has completed, and
+  the signal of the one before does nothing to it, so the scheme is safe whatever comes next.
+OPSCTL_PDL=0 in the environment switches it off (A / B timing; a suspected race).
 """
 from __future__ import annotations
 
@@ -15,8 +25,10 @@ import functools
 import os
 
 import torch
+import triton
+import triton.language as tl
 
-_enabled = True
+_enabled = os.environ.get("OPSCTL_PDL", "1") != "0"
 
 
 def _triton_has_gdc() -> bool:
@@ -48,3 +60,20 @@ def early_launch(t: torch.Tensor) -> bool:
     if not (_enabled and _HAS_GDC) or t.device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return False
     return _capable(t.device.index if t.device.index is not None else torch.cuda.current_device())
+
+
+def launch_options(t: torch.Tensor) -> dict:
+    """The keyword arguments a Triton kernel writing t and beginning with `enter` is launched with: its
+    EARLY_LAUNCH constexpr and, where that is on, the launch option (the interpreter and older Triton versions
+    know no such option)."""
+    on = early_launch(t)
+    return {"EARLY_LAUNCH": on, "launch_pdl": True} if on else {"EARLY_LAUNCH": False}
+
+
+@triton.jit
+def enter(EARLY_LAUNCH: tl.constexpr):
+    """First thing in a kernel launched with launch_options: wait for the kernel before it (its writes visible),
+    then let the next kernel launch."""
+    if EARLY_LAUNCH:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import enter, launch_options
+
 
 @triton.jit
 def _rotate_heads(x_ptr, stride_h, c1, c2, s1, s2, num_heads,
@@ -30,7 +32,9 @@ def _rotate_heads(x_ptr, stride_h, c1, c2, s1, s2, num_heads,
 def _rotary_kernel(q_ptr, k_ptr, positions_ptr, cos_ptr, sin_ptr,
                    stride_qt, stride_qh, stride_kt, stride_kh, stride_cos, stride_sin,
                    num_heads, num_kv_heads,
-                   HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_KH: tl.constexpr, BLOCK_HALF: tl.constexpr):
+                   HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_KH: tl.constexpr, BLOCK_HALF: tl.constexpr,
+                   EARLY_LAUNCH: tl.constexpr):
+    enter(EARLY_LAUNCH)  # engine/kernels/pdl.py
     token = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions_ptr + token).to(tl.int64)
     j = tl.arange(0, BLOCK_HALF)[None, :]
@@ -74,5 +78,5 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos:
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0),
         num_heads, k.shape[1],
         HALF=half, BLOCK_H=block_h, BLOCK_KH=triton.next_power_of_2(k.shape[1]), BLOCK_HALF=block_half,
-        num_warps=4 if block_h * block_half >= 1024 else 2)
+        num_warps=4 if block_h * block_half >= 1024 else 2, **launch_options(q))
     return q, k
