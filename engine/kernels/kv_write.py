@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from .pdl import enter, launch_options
+from .rotary import check_rotary, rotate_token
 
 
 @triton.jit
@@ -132,10 +133,19 @@ def _write_kv_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr, k
                      stride_kt, stride_kh, stride_vt, stride_vh,
                      stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
                      stride_sb, stride_ss, stride_sh,
+                     q_ptr, positions_ptr, cos_ptr, sin_ptr, stride_qt, stride_qh, stride_cos, stride_sin, num_heads,
                      NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, KV_BITS: tl.constexpr, EARLY_LAUNCH: tl.constexpr):
+                     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, KV_BITS: tl.constexpr, EARLY_LAUNCH: tl.constexpr,
+                     ROTATE: tl.constexpr, HALF: tl.constexpr, BLOCK_QH: tl.constexpr, BLOCK_HALF: tl.constexpr):
     enter(EARLY_LAUNCH)  # engine/kernels/pdl.py
     token = tl.program_id(0)
+    if ROTATE:
+        # rotary.py's kernel for this token first (q and k rotated in place), then the barrier: every thread's
+        # rotated k is in memory before any thread reads it back below to write (or quantize) it.
+        rotate_token(q_ptr, k_ptr, positions_ptr, cos_ptr, sin_ptr, token.to(tl.int64), stride_qt, stride_qh,
+                     stride_kt, stride_kh, stride_cos, stride_sin, num_heads, NUM_KV_HEADS,
+                     HALF, BLOCK_QH, BLOCK_H, BLOCK_HALF)
+        tl.debug_barrier()
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)  # int32 slot mappings work too
     heads = tl.arange(0, BLOCK_H)[:, None]
     dims = tl.arange(0, BLOCK_D)[None, :]
@@ -195,14 +205,19 @@ def check_kv_scales(k_cache: torch.Tensor, k_scale, v_scale, head_dim: int) -> i
 
 def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor, k_scale: torch.Tensor | None = None,
-             v_scale: torch.Tensor | None = None) -> None:
+             v_scale: torch.Tensor | None = None, rotary: tuple | None = None) -> None:
     """Store k, v [T, Hkv, D] into k_cache, v_cache [num_blocks, block_size, Hkv, D] at slot_mapping [T].
 
     slot_mapping is int64 (int32 works too): block * block_size + offset; slots < 0 are skipped.
     k and v may be strided views (e.g. slices of a fused qkv output) with a contiguous last dim.
     Quantized caches (uint8, last dim D or D // 2, see the module docstring) take k_scale, v_scale
     [num_blocks, block_size, Hkv, 2] fp32: each row is quantized here and its (scale, min) stored.
+    rotary: (q, positions, cos, sin) as rotary.apply_rotary takes them: q and k are rotated in place first, in
+    the same kernel (one launch a layer fewer than apply_rotary then write_kv; the cache gets the rotated k).
     """
+    if rotary is not None:
+        q, positions, cos, sin = rotary
+        check_rotary(q, k, positions, cos, sin)
     if k.dim() != 3 or v.shape != k.shape:
         raise ValueError(f"k and v must be [T, Hkv, D] of one shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     num_tokens, num_kv_heads, head_dim = k.shape
@@ -221,12 +236,22 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     if num_tokens == 0:
         return
     scale_strides = k_scale.stride()[:3] if bits else (0, 0, 0)
+    if rotary is None:  # unused pointers and sizes
+        rope = (k, slot_mapping, k, k, 0, 0, 0, 0, 0)
+        rope_sizes = dict(HALF=1, BLOCK_QH=1, BLOCK_HALF=1)
+    else:
+        rope = (q, positions, cos, sin, q.stride(0), q.stride(1), cos.stride(0), sin.stride(0), q.shape[1])
+        half = cos.shape[-1] // 2
+        rope_sizes = dict(HALF=half, BLOCK_QH=triton.next_power_of_2(q.shape[1]),
+                          BLOCK_HALF=triton.next_power_of_2(half))
+    width = num_kv_heads * head_dim if rotary is None else max(num_kv_heads * head_dim, q.shape[1] * head_dim // 2)
     _write_kv_kernel[(num_tokens,)](
         k, v, k_cache, v_cache, slot_mapping,
         k_scale if bits else k_cache, v_scale if bits else v_cache,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), *scale_strides,
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), *scale_strides, *rope,
         NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=k_cache.shape[1],
         BLOCK_H=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),
-        KV_BITS=bits, num_warps=4 if num_kv_heads * head_dim >= 1024 else 1, **launch_options(k_cache))
+        KV_BITS=bits, ROTATE=rotary is not None, **rope_sizes, num_warps=4 if width >= 1024 else 1,
+        **launch_options(k_cache))

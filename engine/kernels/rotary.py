@@ -29,13 +29,10 @@ def _rotate_heads(x_ptr, stride_h, c1, c2, s1, s2, num_heads,
 
 
 @triton.jit
-def _rotary_kernel(q_ptr, k_ptr, positions_ptr, cos_ptr, sin_ptr,
-                   stride_qt, stride_qh, stride_kt, stride_kh, stride_cos, stride_sin,
-                   num_heads, num_kv_heads,
-                   HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_KH: tl.constexpr, BLOCK_HALF: tl.constexpr,
-                   EARLY_LAUNCH: tl.constexpr):
-    enter(EARLY_LAUNCH)  # engine/kernels/pdl.py
-    token = tl.program_id(0).to(tl.int64)
+def rotate_token(q_ptr, k_ptr, positions_ptr, cos_ptr, sin_ptr, token, stride_qt, stride_qh, stride_kt, stride_kh,
+                 stride_cos, stride_sin, num_heads, num_kv_heads,
+                 HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_KH: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """Rotate all query and key heads of one token in place (this kernel's program, or kv_write's fused one)."""
     pos = tl.load(positions_ptr + token).to(tl.int64)
     j = tl.arange(0, BLOCK_HALF)[None, :]
     jm = j < HALF
@@ -48,6 +45,18 @@ def _rotary_kernel(q_ptr, k_ptr, positions_ptr, cos_ptr, sin_ptr,
     _rotate_heads(k_ptr + token * stride_kt, stride_kh, c1, c2, s1, s2, num_kv_heads, HALF, BLOCK_KH, BLOCK_HALF)
 
 
+@triton.jit
+def _rotary_kernel(q_ptr, k_ptr, positions_ptr, cos_ptr, sin_ptr,
+                   stride_qt, stride_qh, stride_kt, stride_kh, stride_cos, stride_sin,
+                   num_heads, num_kv_heads,
+                   HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_KH: tl.constexpr, BLOCK_HALF: tl.constexpr,
+                   EARLY_LAUNCH: tl.constexpr):
+    enter(EARLY_LAUNCH)  # engine/kernels/pdl.py
+    rotate_token(q_ptr, k_ptr, positions_ptr, cos_ptr, sin_ptr, tl.program_id(0).to(tl.int64), stride_qt, stride_qh,
+                 stride_kt, stride_kh, stride_cos, stride_sin, num_heads, num_kv_heads,
+                 HALF, BLOCK_H, BLOCK_KH, BLOCK_HALF)
+
+
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
                  sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q [T, H, D] and k [T, Hkv, D] in place at positions [T] (int64); returns (q, k).
@@ -56,6 +65,25 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos:
     rot_dim <= D and even: dims past rot_dim pass through. q and k may be strided views (slices of
     a fused qkv output) with a contiguous last dim.
     """
+    check_rotary(q, k, positions, cos, sin)
+    num_tokens, num_heads, head_dim = q.shape
+    if num_tokens == 0:
+        return q, k
+    half = cos.shape[-1] // 2
+    block_h = triton.next_power_of_2(num_heads)
+    block_half = triton.next_power_of_2(half)
+    _rotary_kernel[(num_tokens,)](
+        q, k, positions, cos, sin,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0),
+        num_heads, k.shape[1],
+        HALF=half, BLOCK_H=block_h, BLOCK_KH=triton.next_power_of_2(k.shape[1]), BLOCK_HALF=block_half,
+        num_warps=4 if block_h * block_half >= 1024 else 2, **launch_options(q))
+    return q, k
+
+
+def check_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
+                 sin: torch.Tensor) -> None:
+    """apply_rotary's argument checks (kv_write.write_kv's fused rotation takes the same arguments)."""
     if q.dim() != 3 or k.dim() != 3 or k.shape[0] != q.shape[0] or k.shape[2] != q.shape[2]:
         raise ValueError(f"expected q [T, H, D] and k [T, Hkv, D], got {tuple(q.shape)} and {tuple(k.shape)}")
     num_tokens, num_heads, head_dim = q.shape
@@ -68,15 +96,3 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos:
     for name, t in (("q", q), ("k", k), ("cos", cos), ("sin", sin)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last dim")
-    if num_tokens == 0:
-        return q, k
-    half = rot_dim // 2
-    block_h = triton.next_power_of_2(num_heads)
-    block_half = triton.next_power_of_2(half)
-    _rotary_kernel[(num_tokens,)](
-        q, k, positions, cos, sin,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0),
-        num_heads, k.shape[1],
-        HALF=half, BLOCK_H=block_h, BLOCK_KH=triton.next_power_of_2(k.shape[1]), BLOCK_HALF=block_half,
-        num_warps=4 if block_h * block_half >= 1024 else 2, **launch_options(q))
-    return q, k

@@ -30,16 +30,21 @@ class PagedAttention(nn.Module):
         self.k_cache = self.v_cache = None  # set by the model runner once the pool is allocated
         self.k_scale = self.v_scale = None  # likewise, with kv_quant only
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q [T, H, D], k/v [T, Hkv, D] -> [T, H, D]."""
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor | None = None,
+                rotary: nn.Module | None = None) -> torch.Tensor:
+        """q [T, H, D], k/v [T, Hkv, D] -> [T, H, D]. rotary (a RotaryEmbedding, with positions [T]): q and k are
+        rotated first; with the kernels on, inside the KV write's kernel (one launch a layer fewer)."""
         ctx = get_forward_context()
+        if rotary is not None and not self.use_kernels:
+            q, k = rotary(positions, q, k)
         if self.use_kernels:
             from ..kernels.decode_attention import paged_decode_attention
             from ..kernels.kv_write import write_kv
             from ..kernels.prefill_attention import paged_prefill_attention
 
             scales = {"k_scale": self.k_scale, "v_scale": self.v_scale}
-            write_kv(k, v, self.k_cache, self.v_cache, ctx.slot_mapping, **scales)
+            rope = None if rotary is None else (q, positions, rotary.cos, rotary.sin)
+            write_kv(k, v, self.k_cache, self.v_cache, ctx.slot_mapping, **scales, rotary=rope)
             if ctx.is_decode_only and not self.batch_invariant:
                 return paged_decode_attention(q, self.k_cache, self.v_cache, ctx.block_tables, ctx.seq_lens,
                                               self.scale, **scales)

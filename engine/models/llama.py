@@ -59,8 +59,7 @@ class LlamaAttention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
-        out = self.attn(q, k, v)
+        out = self.attn(q, k, v, positions, self.rotary)  # rotary applied there (fused into the KV write)
         return self.o_proj(out.flatten(1))
 
 
