@@ -90,6 +90,15 @@ def test_launch_choices_are_variants_the_build_carries(m, n, k):
     assert (warps, min_blocks, pipe) in carried
 
 
+@pytest.mark.parametrize("m,n,k,splits", [
+    (1, 4608, 3584, 1), (16, 4608, 3584, 1), (1, 3584, 3584, 4), (16, 3584, 3584, 4), (1, 3584, 18944, 4),
+    (1, 37888, 3584, 1), (32, 3584, 3584, 2), (24, 3584, 18944, 2)])
+def test_few_row_splits_on_qwen_shapes_are_the_labs_winners(m, n, k, splits):
+    """Qwen2.5-7B on a 132-SM H200 (labs 5d and 10c): qkv (72 stripes) and gate_up unsplit, o and down in 4 at
+    up to 16 rows; more rows split less."""
+    assert w4_mma.launch_config(m, n, k, 132)[3] == splits
+
+
 @pytest.mark.parametrize("m,name,expected", [
     (64, "qkv", (64, 1, 1, 1, 2)), (64, "o", (64, 1, 1, 1, 2)), (64, "gate_up", (64, 1, 2, 1, 1)),
     (64, "down", (64, 1, 1, 4, 1)), (128, "qkv", (64, 1, 1, 1, 1)), (128, "o", (64, 1, 1, 1, 2)),
