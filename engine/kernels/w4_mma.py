@@ -207,16 +207,21 @@ def has_wgmma() -> bool:
 # ----------------------------------------------------------------------------------------- launch
 
 def launch_config(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, bool, int]:
-    """(warps, min blocks an SM, pipelined, splits) for m <= 32 rows, from lab 5's sweeps on an H200: layers of
-    at least half as many stripes as SMs (gate_up, qkv) run one block a stripe; narrower ones (o, down) split K
-    until about 1.5 (<= 16 rows) or 0.5 (more rows) waves of blocks, keeping >= 4 groups a split.
-    qkv's 72 stripes on 132 SMs ran fastest unsplit at 1-16 rows in both formats (lab 5d, AWQ: 1 row 6.93 µs
-    against 7.70 in 4 splits, 16 rows 11.24 against 14.69; lab 10c, int8: 8.78 against 9.39, 10.76 against
-    13.56), while o's 56 ran best in 4 (5.96 µs against 6.26 in 2)."""
+    """(warps, min blocks an SM, pipelined, splits) for m <= 32 rows, from lab 5's sweeps on an H200: from two
+    rows on, layers of at least half as many stripes as SMs (gate_up, qkv) run one block a stripe; narrower ones
+    (o, down), and every layer at one row, split K until about 1.5 (<= 16 rows) or 0.5 (more rows) waves of
+    blocks, keeping >= 4 groups a split.
+    qkv's 72 stripes on 132 SMs ran fastest unsplit at 1-16 rows in both formats in the labs, one kernel at a
+    time (lab 5d, AWQ: 1 row 6.93 µs against 7.70 in 4 splits, 16 rows 11.24 against 14.69; lab 10c, int8:
+    8.78 against 9.39, 10.76 against 13.56), while o's 56 ran best in 4 (5.96 µs against 6.26 in 2). In the
+    engine, where each kernel is launched early behind the one before, the decode step (H200, Qwen2.5-7B, 512
+    tokens of context; reports/examples/h200/early-launch) took AWQ at 8 and 16 rows 2.69 / 3.84 ms unsplit
+    against 2.99 / 4.11, int8 3.49 / 4.06 against 3.59 / 4.16, but AWQ at one row 2.27 against 2.18 ms: at one
+    row, presumably, the 288 blocks of the split have more weights in flight while they wait than 72 would."""
     stripes, groups = n // STRIPE, k // GROUP
     target = (1.5 if m <= 16 else 0.5) * num_sms
     splits = 1
-    for d in range(1, groups + 1) if 2 * stripes < num_sms else ():
+    for d in range(1, groups + 1) if m == 1 or 2 * stripes < num_sms else ():
         if groups % d or groups // d < 4:
             continue
         splits = d

@@ -91,11 +91,11 @@ def test_launch_choices_are_variants_the_build_carries(m, n, k):
 
 
 @pytest.mark.parametrize("m,n,k,splits", [
-    (1, 4608, 3584, 1), (16, 4608, 3584, 1), (1, 3584, 3584, 4), (16, 3584, 3584, 4), (1, 3584, 18944, 4),
+    (1, 4608, 3584, 4), (2, 4608, 3584, 1), (16, 4608, 3584, 1), (1, 3584, 3584, 4), (16, 3584, 3584, 4), (1, 3584, 18944, 4),
     (1, 37888, 3584, 1), (32, 3584, 3584, 2), (24, 3584, 18944, 2)])
 def test_few_row_splits_on_qwen_shapes_are_the_labs_winners(m, n, k, splits):
-    """Qwen2.5-7B on a 132-SM H200 (labs 5d and 10c): qkv (72 stripes) and gate_up unsplit, o and down in 4 at
-    up to 16 rows; more rows split less."""
+    """Qwen2.5-7B on a 132-SM H200 (labs 5d and 10c, the engine's decode steps): from two rows qkv (72 stripes)
+    unsplit, at one row in 4; gate_up unsplit, o and down in 4 at up to 16 rows; more rows split less."""
     assert w4_mma.launch_config(m, n, k, 132)[3] == splits
 
 
