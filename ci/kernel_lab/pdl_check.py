@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[2] / "tests" / "kernels"))
-from test_w4_mma import poisoned_x_replays  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parents[2]))
+from tests.kernels.test_w4_mma import poisoned_x_replays  # noqa: E402
 
 CASES = [dict(m=m, linear_attribute=a, norm_signal=s) for m in (1, 8)
          for a, s in ((True, True), (True, False), (False, True), (False, False))]

@@ -59,6 +59,27 @@ def test_the_environment_switches_it_off():
         assert out.stdout.strip() == expected
 
 
+def wrong_replays(chain, expected: torch.Tensor, replays: int) -> list[tuple[int, int, int]]:
+    """chain() captured in a CUDA graph (run once outside the capture first, which compiles the early-launch
+    variants) and replayed `replays` times: (replay, NaN outputs, wrong outputs) of each replay whose output is
+    not `expected`."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        chain()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = chain()
+    wrong = []
+    for i in range(replays):
+        graph.replay()
+        torch.cuda.synchronize()
+        if not torch.equal(out, expected):
+            wrong.append((i, int(torch.isnan(out).sum()), int((out != expected).sum())))
+    return wrong
+
+
 def _chain(src, norm_w, w1, w2, bufs):
     """RMSNorm -> GEMV -> SiLU-and-mul -> GEMV into bufs, each reading what the one before wrote."""
     x, h, a, y = bufs
@@ -93,20 +114,7 @@ def test_a_chain_of_early_launched_kernels_never_reads_before_the_kernel_before_
                 b.fill_(float("nan"))
             return _chain(src, norm_w, w1, w2, bufs)
 
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            poisoned()  # compiles the early-launch variants outside the capture
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = poisoned()
-        wrong = []
-        for i in range(50):
-            graph.replay()
-            torch.cuda.synchronize()
-            if not torch.equal(out, expected):
-                wrong.append((i, int(torch.isnan(out).sum())))
-        assert not wrong, f"replays (index, NaN outputs) that read early: {wrong}"
+        wrong = wrong_replays(poisoned, expected, 50)
+        assert not wrong, f"replays (index, NaN outputs, wrong outputs) that read early: {wrong}"
     finally:
         pdl.set_enabled(True)

@@ -10,6 +10,7 @@ import torch
 from engine.kernels import w4_mma
 from engine.kernels.quant_gemm import w4a16_linear_ref
 from engine.quant.int4_pack import unpack_columns
+from tests.kernels.test_pdl import wrong_replays
 
 
 def _awq(n: int, k: int, group: int, seed: int, scale_dtype=torch.bfloat16, device="cpu"):
@@ -198,21 +199,7 @@ def poisoned_x_replays(m: int, linear_attribute: bool = True, norm_signal: bool 
             rms_norm(src, weight, 1e-6, out=x)
             return w4_mma.w4_mma_linear(x, packed, sz, torch.bfloat16)
 
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            chain()  # compiles the early-launch variants outside the capture
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = chain()
-        bad = []
-        for i in range(replays):
-            graph.replay()
-            torch.cuda.synchronize()
-            if not torch.equal(out, expected):
-                bad.append((i, int(torch.isnan(out).sum()), int((out != expected).sum())))
-        return bad
+        return wrong_replays(chain, expected, replays)
     finally:
         w4_mma.set_early_launch(True)
 
