@@ -11,7 +11,6 @@ import torch
 
 from engine.config import EngineConfig
 from engine.errors import InvalidRequestError
-from engine.kernels import w4_mma
 from engine.models.weight_format import WeightFormat
 from engine.runner import weight_kernels
 
@@ -23,6 +22,10 @@ GPU = torch.device("cuda")
 def gpu(monkeypatch):
     """A GPU that could build and run the kernels, of the capability the test sets (default Hopper); `built`
     counts builds, `fail` makes the build raise."""
+    # imported here, not at the top: a kernel module imported while the engine tests are collected, before
+    # tests/kernels/conftest.py turns on Triton's interpreter, would break the CPU kernel tests
+    from engine.kernels import w4_mma
+
     facts = {"capability": (9, 0), "fail": None, "built": 0}
 
     def build():
