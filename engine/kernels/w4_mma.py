@@ -187,7 +187,7 @@ def _arch_flags() -> list[str]:
 
 def set_early_launch(attribute: bool, signal: bool | None = None) -> None:
     """Switch programmatic dependent launch (engine/kernels/pdl.py) for A / B timing and the race check: the
-    kernels' launch attribute, and the feeding Triton kernels' early signal (default: the same)."""
+    kernels' launch attribute, and the Triton kernels' early launch (their wait and signal; default: the same)."""
     pdl.set_enabled(attribute if signal is None else signal)
     extension().set_pdl(attribute)
 
