@@ -56,10 +56,11 @@ def _obstacle(fmt, kind: str, use_kernels: bool, dtype: str, device: torch.devic
 
 
 def not_measured_here(device: torch.device, flag: str) -> str | None:
-    """Why auto keeps weights the CUDA kernels could run on Triton on this GPU (None: it does not)."""
+    """Why auto keeps weights the CUDA kernels could run on Triton on this GPU (None: it does not), completing
+    "the CUDA kernels ..." as _obstacle's reasons do."""
     if torch.cuda.get_device_capability(device) != MEASURED_CAPABILITY:
-        return ("takes the CUDA kernels only on Hopper, where they are measured level with Triton or faster at "
-                f"every batch size (set {flag} cuda to use them here)")
+        return ("are measured level with Triton or faster at every batch size only on Hopper (set "
+                f"{flag} cuda to use them here)")
     return None
 
 
@@ -75,9 +76,9 @@ def _auto(fmt, kind: str, flag: str, use_kernels: bool, dtype: str, device: torc
             w4_mma.extension()
         except Exception as exc:  # a broken toolkit must not stop a model that Triton can run
             first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-            why = f"could not build the CUDA kernels ({type(exc).__name__}: {first_line})"
+            why = f"could not be built ({type(exc).__name__}: {first_line})"
     if why:
-        log.info("%s auto: the Triton kernels (%s would: %s)", flag, f"{flag} cuda", why)
+        log.info("%s auto: the Triton kernels; the CUDA ones %s", flag, why)
         return "triton"
     log.info("%s auto: the CUDA tensor-core kernels (%s triton for the Triton ones)", flag, flag)
     return "cuda"
