@@ -290,6 +290,24 @@ def test_auto_kernels_are_pinned_to_what_auto_runs_on_the_measuring_card():
     assert pin_auto_kernels(space, EngineConfig(w4_kernel="triton"), "cuda").w4_kernel == "triton"  # the user's
 
 
+def test_auto_kernel_is_what_the_target_cards_default_would_run(monkeypatch):
+    """The CUDA kernels only for a Hopper target measured on a Hopper GPU that can build them: an RTX 4090 tuned on
+    an H200 starts from Triton, as a 4090's auto would."""
+    import torch
+
+    from toolkit.tune import runner
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(runner, "_w4_cuda_unavailable", lambda: None)
+    assert runner.auto_kernel(get_profile("h200")) == "cuda"
+    assert runner.auto_kernel(get_profile("rtx4090")) == "triton"
+    monkeypatch.setattr(runner, "_w4_cuda_unavailable", lambda: "the CUDA W4A16 kernel ... needs nvcc")
+    assert runner.auto_kernel(get_profile("h200")) == "triton"
+    monkeypatch.setattr(runner, "_w4_cuda_unavailable", lambda: None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    assert runner.auto_kernel(get_profile("h200")) == "triton"
+
+
 def test_the_awq_kernel_is_a_choice_only_where_awq_weights_are():
     """w4_kernel (engine/kernels/w4_mma.py): offered with AWQ formats (a preset, an AWQ checkpoint), absent for a
     16-bit checkpoint, pruned with its reason where the CUDA kernel cannot run; the search never pairs the

@@ -147,14 +147,18 @@ def run_lock(out_dir: Path):
             path.unlink(missing_ok=True)
 
 
-def _auto_kernel() -> str:
-    """What the engine's --w4-kernel / --w8-kernel auto runs on this machine's first GPU, where the model can take
-    the CUDA kernels (the space prunes them where it cannot)."""
+def auto_kernel(profile: HardwareProfile) -> str:
+    """What the engine's --w4-kernel / --w8-kernel auto would run on the target card, where the model can take the
+    CUDA kernels (the space prunes them where it cannot): "cuda" on Hopper (engine/runner/weight_kernels.py) when
+    this machine is a Hopper GPU that can build them, else "triton". An RTX 4090 tuned on an H200 gets Triton,
+    what a 4090's default runs; the CUDA kernels are then the choice the search measures beside it."""
     import torch
 
-    from engine.runner.weight_kernels import not_measured_here
+    from engine.runner.weight_kernels import MEASURED_CAPABILITY
 
-    cuda = _w4_cuda_unavailable() is None and not_measured_here(torch.device("cuda"), "") is None
+    hopper = "sm_{}{}".format(*MEASURED_CAPABILITY)
+    cuda = (profile.arch == hopper and torch.cuda.get_device_capability() == MEASURED_CAPABILITY
+            and _w4_cuda_unavailable() is None)
     return "cuda" if cuda else "triton"
 
 
@@ -198,7 +202,7 @@ def _run_locked(options: TuneOptions, console: Console, where, hf_config, sessio
                         overrides=options.axes, usable_gib=where.emulate_gib, model_kind=model_kind,
                         local_gpus=None if where.cpu else len(detect_local_gpus()[0]),
                         w4_cuda_unavailable=None if where.cpu else _w4_cuda_unavailable())
-    options.base = pin_auto_kernels(space, options.base, "triton" if where.cpu else _auto_kernel())
+    options.base = pin_auto_kernels(space, options.base, "triton" if where.cpu else auto_kernel(options.profile))
     drop_default_batch(space, options.base, where.default_batch)
     searched = json.loads(json.dumps({"weight_format": weight_format, **space.axes}))  # as tune.json holds it
     if options.resume:

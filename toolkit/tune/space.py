@@ -198,8 +198,8 @@ def build_space(hf_config, profile: HardwareProfile, workload: TuneWorkload, *, 
 
 def pin_auto_kernels(space: Space, base, auto_kernel: str):
     """`base` with each kernel axis the space searches set, where the base leaves it "auto" (the engine's default),
-    to what auto runs on the card that measures (`auto_kernel`: "cuda" on a Hopper GPU that can build them, else
-    "triton"; engine/runner/weight_kernels.py), or the axis's first value where it does not offer that one.
+    to what auto would run on the target card (`auto_kernel`: toolkit/tune/runner.auto_kernel), or the axis's
+    first value where it does not offer that one.
     The search then measures the kernels by name, never auto beside the kernel it picks (the same configuration
     twice, noise alone choosing between them). The launch command is built on the user's base: it names a
     kernel where the winner switched to one, and leaves auto (the same pick on the same kind of card) where not."""
