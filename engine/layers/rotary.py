@@ -28,10 +28,8 @@ def rope_inv_freq(hf_config, head_dim: int) -> tuple[torch.Tensor, float]:
 
 
 class RotaryEmbedding(nn.Module):
-    def __init__(self, head_dim: int, max_position: int, inv_freq: torch.Tensor, scaling: float = 1.0, *,
-                 use_kernels: bool = False):
+    def __init__(self, head_dim: int, max_position: int, inv_freq: torch.Tensor, scaling: float = 1.0):
         super().__init__()
-        self.use_kernels = use_kernels
         self.head_dim = head_dim
         self.rotary_dim = inv_freq.numel() * 2
         t = torch.arange(max_position, dtype=torch.float32)
@@ -69,10 +67,7 @@ class RotaryEmbedding(nn.Module):
         return cache[key]
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """q [T, H, D], k [T, Hkv, D], positions [T] -> rotated (q, k) in the input dtype."""
-        if self.use_kernels:
-            from ..kernels.rotary import apply_rotary
-
-            return apply_rotary(q, k, positions, self.cos, self.sin)  # in place
+        """q [T, H, D], k [T, Hkv, D], positions [T] -> rotated (q, k) in the input dtype: the torch path. With the
+        kernels on, the attention rotates inside the KV write instead (kernels/kv_write.py, from cos and sin)."""
         cos, signed_sin = self._cos_sin(positions, q.dtype)
         return self._rotate(q, cos, signed_sin), self._rotate(k, cos, signed_sin)

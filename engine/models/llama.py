@@ -115,7 +115,7 @@ class LlamaForCausalLM(nn.Module):
         head_dim = head_dim_of(cfg)
         inv_freq, scaling = rope_inv_freq(cfg, head_dim)
         max_pos = getattr(cfg, "max_position_embeddings", 8192)
-        self.rotary = RotaryEmbedding(head_dim, max_pos, inv_freq, scaling, use_kernels=options.use_kernels)
+        self.rotary = RotaryEmbedding(head_dim, max_pos, inv_freq, scaling)
         self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size, options)
         self.layers = nn.ModuleList(self.layer_cls(cfg, self.rotary, options) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, use_kernels=options.use_kernels)
