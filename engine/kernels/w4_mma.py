@@ -72,13 +72,6 @@ def shape_unsupported(n: int, k: int, group_size: int) -> str | None:
     return None
 
 
-def check_shape(n: int, k: int, group_size: int) -> None:
-    """A clear error for a linear the kernel cannot take, before anything is repacked."""
-    why = shape_unsupported(n, k, group_size)
-    if why:
-        raise ValueError(f"the CUDA W4A16 kernel {why}")
-
-
 def repack(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int):
     """AWQ (qweight [K, N/8], qzeros [K/G, N/8], scales [K/G, N] fp16/bf16) -> (qw int32 [N/64, K/64, 4, 32, 4],
     sz int32 [N/64, K/G, 4, 8, 2]) in the kernel's fragment order (on the tensors' device)."""
