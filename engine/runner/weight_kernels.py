@@ -55,7 +55,7 @@ def _obstacle(fmt, kind: str, use_kernels: bool, dtype: str, device: torch.devic
     return reason and reason.removeprefix("the CUDA W4A16 kernel ")
 
 
-def not_measured_here(device: torch.device, flag: str) -> str | None:
+def _not_measured_here(device: torch.device, flag: str) -> str | None:
     """Why auto keeps weights the CUDA kernels could run on Triton on this GPU (None: it does not), completing
     "the CUDA kernels ..." as _obstacle's reasons do."""
     if torch.cuda.get_device_capability(device) != MEASURED_CAPABILITY:
@@ -68,7 +68,7 @@ def _auto(fmt, kind: str, flag: str, use_kernels: bool, dtype: str, device: torc
     """auto's choice for the weights of `kind`, logged with its reason."""
     if fmt.name != kind:
         return "triton"  # nothing runs these kernels
-    why = _obstacle(fmt, kind, use_kernels, dtype, device) or not_measured_here(device, flag)
+    why = _obstacle(fmt, kind, use_kernels, dtype, device) or _not_measured_here(device, flag)
     if why is None:
         from ..kernels import w4_mma
 

@@ -271,11 +271,11 @@ def test_stored_trials_are_not_rerun():
     assert math.isclose(result.trial(result.chosen).best.output_tok_s, max(t.best.output_tok_s for t in result.trials))
 
 
-# The base the tune hands its search on a card where auto runs the Triton kernels (toolkit/tune/runner.py).
+# The base the tune hands its search for a card where auto runs the Triton kernels (toolkit/tune/runner.py).
 PINNED = EngineConfig(w4_kernel="triton", w8_kernel="triton")
 
 
-def test_auto_kernels_are_pinned_to_what_auto_runs_on_the_measuring_card():
+def test_auto_kernels_are_pinned_to_what_auto_would_run_on_the_target_card():
     """The engine's default kernel choice (auto) is one of the two kernels; the search measures them by name, so
     the base takes auto's pick where the space searches the axis, and keeps auto where it does not."""
     axes = {"model_format": [None, "int8", "awq"], "w4_kernel": ["triton", "cuda"], "w8_kernel": ["triton", "cuda"]}
@@ -298,14 +298,11 @@ def test_auto_kernel_is_what_the_target_cards_default_would_run(monkeypatch):
     from toolkit.tune import runner
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    monkeypatch.setattr(runner, "_w4_cuda_unavailable", lambda: None)
-    assert runner.auto_kernel(get_profile("h200")) == "cuda"
-    assert runner.auto_kernel(get_profile("rtx4090")) == "triton"
-    monkeypatch.setattr(runner, "_w4_cuda_unavailable", lambda: "the CUDA W4A16 kernel ... needs nvcc")
-    assert runner.auto_kernel(get_profile("h200")) == "triton"
-    monkeypatch.setattr(runner, "_w4_cuda_unavailable", lambda: None)
+    assert runner.auto_kernel(get_profile("h200"), None) == "cuda"
+    assert runner.auto_kernel(get_profile("rtx4090"), None) == "triton"
+    assert runner.auto_kernel(get_profile("h200"), "the CUDA W4A16 kernel ... needs nvcc") == "triton"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
-    assert runner.auto_kernel(get_profile("h200")) == "triton"
+    assert runner.auto_kernel(get_profile("h200"), None) == "triton"
 
 
 def test_the_awq_kernel_is_a_choice_only_where_awq_weights_are():

@@ -147,18 +147,19 @@ def run_lock(out_dir: Path):
             path.unlink(missing_ok=True)
 
 
-def auto_kernel(profile: HardwareProfile) -> str:
+def auto_kernel(profile: HardwareProfile, cuda_unavailable: str | None) -> str:
     """What the engine's --w4-kernel / --w8-kernel auto would run on the target card, where the model can take the
     CUDA kernels (the space prunes them where it cannot): "cuda" on Hopper (engine/runner/weight_kernels.py) when
-    this machine is a Hopper GPU that can build them, else "triton". An RTX 4090 tuned on an H200 gets Triton,
+    this machine is a Hopper GPU that can build them (`cuda_unavailable` None: _w4_cuda_unavailable's answer),
+    else "triton". An RTX 4090 tuned on an H200 gets Triton,
     what a 4090's default runs; the CUDA kernels are then the choice the search measures beside it."""
     import torch
 
     from engine.runner.weight_kernels import MEASURED_CAPABILITY
 
     hopper = "sm_{}{}".format(*MEASURED_CAPABILITY)
-    cuda = (profile.arch == hopper and torch.cuda.get_device_capability() == MEASURED_CAPABILITY
-            and _w4_cuda_unavailable() is None)
+    cuda = (profile.arch == hopper and cuda_unavailable is None
+            and torch.cuda.get_device_capability() == MEASURED_CAPABILITY)
     return "cuda" if cuda else "triton"
 
 
@@ -197,12 +198,14 @@ def _run_locked(options: TuneOptions, console: Console, where, hf_config, sessio
                             measured_on=where.device, emulated=where.emulate_gib is not None, versions=versions(),
                             workload=options.workload, slo=options.slo, strategy=options.search,
                             notes=list(where.notes))
+    cuda_unavailable = None if where.cpu else _w4_cuda_unavailable()
     space = build_space(hf_config, options.profile, result.workload, cpu=where.cpu, weight_format=weight_format,
                         session_len=session_len, block_size=options.base.cache_block_seq_len,
                         overrides=options.axes, usable_gib=where.emulate_gib, model_kind=model_kind,
                         local_gpus=None if where.cpu else len(detect_local_gpus()[0]),
-                        w4_cuda_unavailable=None if where.cpu else _w4_cuda_unavailable())
-    options.base = pin_auto_kernels(space, options.base, "triton" if where.cpu else auto_kernel(options.profile))
+                        w4_cuda_unavailable=cuda_unavailable)
+    options.base = pin_auto_kernels(space, options.base,
+                                    "triton" if where.cpu else auto_kernel(options.profile, cuda_unavailable))
     drop_default_batch(space, options.base, where.default_batch)
     searched = json.loads(json.dumps({"weight_format": weight_format, **space.axes}))  # as tune.json holds it
     if options.resume:

@@ -1,10 +1,11 @@
 """The configurations a tune may try: axes from the profile, pruned by the planner before anything runs.
 
 Axes (EngineConfig fields): tp (tensor-parallel cards), model_format (the weights: as stored, int8,
-AWQ), quant_policy (KV cache: 16-bit or int8), w4_kernel (AWQ's kernels: Triton, or the CUDA one that is
-faster up to 32 rows and slower at 64; offered only where AWQ weights are, tried only with them), w8_kernel
-(int8's kernels: Triton, or the CUDA ones, level with bf16 at 64 requests where Triton is 0.93x; offered and
-tried only with int8 weights),
+AWQ), quant_policy (KV cache: 16-bit or int8), w4_kernel (AWQ's kernels: Triton, or the CUDA ones, on an
+H200 1.2x Triton at batch 1 and at 64 requests; offered only where AWQ weights are, tried only with them),
+w8_kernel (int8's kernels: Triton, or the CUDA ones, level with bf16 at 64 requests where Triton is 0.93x;
+offered and tried only with int8 weights); the engine's default for both, auto, is pinned to one of them
+(pin_auto_kernels),
 max_batch_size, cache_max_entry_count,
 max_prefill_token_num, enable_prefix_caching; on a GPU tp and the formats come first, since they
 decide what the other axes can hold (and change what a server must load: a restart, where the later
