@@ -30,6 +30,12 @@ FEW_ROWS = 32  # rows the few-row (mma.sync) kernel takes a launch
 MAX_ROWS = 128  # rows the warpgroup kernel takes (Hopper); more: dequantized column chunks and cuBLAS
 
 
+def dtype_unsupported(dtype: str) -> str | None:
+    """Why a model running in `dtype` ("bfloat16", "float16", ...) cannot take the kernels (None: it can),
+    ending the sentence "the CUDA W8A16 kernel ...": the engine's refusal and the tuner's pruning say the same."""
+    return None if dtype == "bfloat16" else f"runs bf16 models (this one runs in {dtype})"
+
+
 def unsupported(n: int, k: int) -> str | None:
     """Why a linear of N outputs and K inputs cannot take the kernel (None: it can)."""
     if n % STRIPE or k % K_MULTIPLE:

@@ -48,7 +48,9 @@ def _obstacle(fmt, kind: str, use_kernels: bool, dtype: str, device: torch.devic
     if kind == "awq":
         why = w4_mma.unsupported(fmt.group_size, dtype)
     else:
-        why = None if dtype == "bfloat16" else f"runs bf16 models (this one runs in {dtype})"
+        from ..kernels import w8_mma
+
+        why = w8_mma.dtype_unsupported(dtype)
     if why:
         return why
     reason = w4_mma.unavailable_reason(device)  # the int8 kernels are variants in the same build

@@ -385,7 +385,8 @@ def test_the_int8_kernel_is_a_choice_only_where_int8_weights_are():
     assert space().axes["w8_kernel"] == ["triton", "cuda"]
     for pruned, words in ((space(why="... needs nvcc"), "needs nvcc"),
                           (space(preset="tiny-qwen2"), "the CUDA W8A16 kernel needs N"),
-                          (space(torch_dtype="float16"), "run bf16 models")):
+                          (space(torch_dtype="float16"),
+                           "the CUDA W8A16 kernel runs bf16 models (this one runs in float16)")):
         assert pruned.axes["w8_kernel"] == ["triton"]
         assert any(words in p.reason for p in pruned.pruned if p.engine == {"w8_kernel": "cuda"})
     assert "w8_kernel" not in build_space(preset_config("qwen2.5-7b"), get_profile("h200"), work, cpu=False,

@@ -308,7 +308,7 @@ def _prune_w8_kernel(axes: dict, pruned: list[Pruned], hf_config, unavailable: s
     if "int8" not in axes.get("model_format", []):
         del axes["w8_kernel"]
         return
-    from engine.kernels.w8_mma import unsupported
+    from engine.kernels.w8_mma import dtype_unsupported, unsupported
 
     why = unavailable
     if why is None and hf_config is not None:
@@ -321,8 +321,9 @@ def _prune_w8_kernel(axes: dict, pruned: list[Pruned], hf_config, unavailable: s
                   (hidden, inter)]
         why = next((f"the CUDA W8A16 kernel {refused}" for n, k in shapes if (refused := unsupported(n, k))), None)
         dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
-        if why is None and str(dtype).removeprefix("torch.") == "float16":
-            why = "the CUDA W8A16 kernels run bf16 models (this one runs in float16)"
+        # pick_dtype on a GPU: float16 stays, anything else runs bf16 (as for AWQ above)
+        refused = dtype_unsupported("float16" if str(dtype).removeprefix("torch.") == "float16" else "bfloat16")
+        why = why or (refused and f"the CUDA W8A16 kernel {refused}")
     if why:
         axes["w8_kernel"] = ["triton"]
         pruned.append(Pruned(engine={"w8_kernel": "cuda"}, weight_format="int8", reason=why))
