@@ -159,3 +159,28 @@ def test_lab_int8_kv_decode_attention_matches_the_reference(variant, splits):
     # cast kernel's V in bf16; q and p * v_scale pass through fp16 (2^-11) in the other two
     assert _rel_err(y, ref) < 1.5e-2
 
+
+
+def test_lab11_prefetch_reads_every_word_it_is_given(device):
+    """Lab 11's L2 prefetch (ci/kernel_lab/l2_prefetch_lab.py) must read the bytes it is asked for, no fewer: each
+    program's stored xor is that of the words at its blocks (a range cut short, or blocks skipped, changes it)."""
+    import functools
+
+    from l2_prefetch_lab import _prefetch_kernel, prefetch
+
+    gen = torch.Generator().manual_seed(11)
+    words = torch.randint(-2**31, 2**31 - 1, (3 * 64 + 5,), dtype=torch.int32, generator=gen)
+    sink = torch.zeros(4, dtype=torch.int32, device=device)
+    _prefetch_kernel[(3,)](words.to(device), words.numel(), sink, BLOCK=64)
+    expected = []
+    for pid in range(3):
+        acc = torch.zeros(64, dtype=torch.int32)
+        for start in range(pid * 64, words.numel(), 3 * 64):
+            block = words[start:start + 64]
+            acc[:block.numel()] ^= block
+        expected.append(functools.reduce(lambda a, b: a ^ b, acc.tolist()))
+    assert sink[:3].cpu().tolist() == expected
+    # the wrapper takes bytes: a prefix of 10 words is words [0, 10)
+    sink.zero_()
+    prefetch([(words.to(device), 40)], sink, programs=1)
+    assert sink[0].item() == functools.reduce(lambda a, b: a ^ b, words[:10].tolist())
