@@ -3,7 +3,8 @@ kernels, results in reports/examples/h200/gemv-lab-*) compute the same products 
 so a lab figure is never the speed of a wrong kernel: the register-prefetching int4 GEMVs (8 and 16 rows a
 slab), the int4 GEMV on a tile-major repacked qweight, the swapped-operand AWQ GEMM, the prefetching
 int8 GEMV and gemm_kernels.py's W4A16 tiles (scale folded into the weight, swapped, pointer increments,
-clamped rows), on small odd shapes with split-K (interpreter on the CPU, natively on a GPU)."""
+clamped rows), on small odd shapes with split-K (interpreter on the CPU, natively on a GPU); and lab 11's
+L2 prefetch reads exactly the words it is given."""
 from __future__ import annotations
 
 import sys
