@@ -1,0 +1,24 @@
+# Same-lease A / B of source trees: `toolkit.bench.formats` (bf16 the peer of every ratio) from each tree given,
+# then each tree's GPU tests named in $TESTS, results under $OUT (logs and summary JSON only: many files there
+# do not come back). Prepare the trees here first, e.g. for branches:
+#     for b in attn-fused-reduce silu-into-down; do mkdir -p _ab/$b && git archive $b engine toolkit ci tests | tar -x -C _ab/$b; done
+# then on the GPU machine, after the .whl prefix (which sets PYTHONPATH=$PWD:/tmp/site):
+#     FORMATS=bf16,awq-cuda,int8-cuda TESTS="tests/engine/test_gpu_silu_input.py" bash ci/kernel_lab/trees_ab.sh . _ab/*
+# A tree's name in the results is its path with "/" as "-" ("." is "main"). ENV_<name>="VAR=value ..." sets variables for one tree.
+set -u
+FORMATS=${FORMATS:-bf16,awq-cuda,int8-cuda}
+for tree in "$@"; do
+  name=$(echo "$tree" | sed 's#^\./*##; s#/#-#g'); name=${name:-main}; [ "$tree" = . ] && name=main
+  env_var="ENV_$(echo "$name" | tr -c 'A-Za-z0-9\n' '_')"
+  extra=${!env_var:-}
+  start=$SECONDS
+  (cd "$tree" && env $extra PYTHONPATH="$PWD:/tmp/site" python3 -m toolkit.bench.formats preset:qwen2.5-7b \
+      --formats "$FORMATS" --no-kv --out "/tmp/ab-$name" > "$OUT/formats-$name.log" 2>&1)
+  echo "$name ($extra): rc=$? in $((SECONDS - start)) s"
+  cp "/tmp/ab-$name/summary.json" "$OUT/summary-$name.json" 2>/dev/null
+  tail -4 "$OUT/formats-$name.log"
+  if [ -n "${TESTS:-}" ]; then
+    (cd "$tree" && env $extra PYTHONPATH="$PWD:/tmp/site" python3 -m pytest -m gpu -q $TESTS > "$OUT/pytest-$name.log" 2>&1)
+    echo "$name tests: $(tail -1 "$OUT/pytest-$name.log")"
+  fi
+done
