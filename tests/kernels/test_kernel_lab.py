@@ -161,7 +161,6 @@ def test_lab_int8_kv_decode_attention_matches_the_reference(variant, splits):
     assert _rel_err(y, ref) < 1.5e-2
 
 
-
 def test_lab11_prefetch_reads_every_word_it_is_given(device):
     """Lab 11's L2 prefetch (ci/kernel_lab/l2_prefetch_lab.py) must read the bytes it is asked for, no fewer: each
     program's stored xor is that of the words at its blocks (a range cut short, or blocks skipped, changes it)."""
