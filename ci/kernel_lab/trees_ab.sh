@@ -1,4 +1,5 @@
-# Same-lease A / B of source trees: `toolkit.bench.formats` (bf16 the peer of every ratio) from each tree given,
+# Same-lease A / B of source trees (e.g. main against ci/kernel_lab/pending/'s patches applied, README there):
+# `toolkit.bench.formats` (bf16 the peer of every ratio) from each tree given,
 # then each tree's GPU tests named in $TESTS, results under $OUT (logs and summary JSON only: many files there
 # do not come back). Prepare the trees here first, e.g. for branches:
 #     for b in attn-fused-reduce silu-into-down; do mkdir -p _ab/$b && git archive $b engine toolkit ci tests | tar -x -C _ab/$b; done
