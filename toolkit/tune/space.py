@@ -290,16 +290,22 @@ def _prune_w4_kernel(axes: dict, pruned: list[Pruned], hf_config, unavailable: s
     sizes = [] if hf_config is None else [getattr(hf_config, name, 0) for name in ("hidden_size", "intermediate_size")]
     quant = getattr(hf_config, "quantization_config", None) or {}
     group = (quant if isinstance(quant, dict) else quant.to_dict()).get("group_size", GROUP)
-    dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
     why = unavailable or next((f"the CUDA AWQ kernel takes layers in multiples of {STRIPE} with groups of {GROUP} "
                                f"(this model has a size {size})" for size in sizes if size % GROUP), None)
-    # the engine's own refusal, before any trial (pick_dtype on a GPU: float16 stays, anything else runs bf16)
-    runs = "float16" if str(dtype).removeprefix("torch.") == "float16" else "bfloat16"
-    refused = unsupported(group, runs)
+    refused = unsupported(group, _gpu_dtype(hf_config))  # the engine's own refusal, before any trial
     why = why or (refused and f"the CUDA AWQ kernel {refused}")
     if why:
         axes["w4_kernel"] = ["triton"]
         pruned.append(Pruned(engine={"w4_kernel": "cuda"}, weight_format="awq", reason=why))
+
+
+def _gpu_dtype(hf_config) -> str:
+    """What the engine runs this checkpoint in on a GPU ("bfloat16", "float16"): its own pick_dtype's answer."""
+    import torch
+
+    from engine.runner.model_runner import pick_dtype
+
+    return str(pick_dtype("auto", torch.device("cuda"), hf_config)).removeprefix("torch.")
 
 
 def _prune_w8_kernel(axes: dict, pruned: list[Pruned], hf_config, unavailable: str | None) -> None:
@@ -320,9 +326,7 @@ def _prune_w8_kernel(axes: dict, pruned: list[Pruned], hf_config, unavailable: s
         shapes = [((heads + 2 * kv_heads) * head_dim, hidden), (hidden, heads * head_dim), (2 * inter, hidden),
                   (hidden, inter)]
         why = next((f"the CUDA W8A16 kernel {refused}" for n, k in shapes if (refused := unsupported(n, k))), None)
-        dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
-        # pick_dtype on a GPU: float16 stays, anything else runs bf16 (as for AWQ above)
-        refused = dtype_unsupported("float16" if str(dtype).removeprefix("torch.") == "float16" else "bfloat16")
+        refused = dtype_unsupported(_gpu_dtype(hf_config))
         why = why or (refused and f"the CUDA W8A16 kernel {refused}")
     if why:
         axes["w8_kernel"] = ["triton"]
