@@ -1,4 +1,5 @@
-"""Lab 11 (written without a GPU, 2026-12-04; not yet run): can the weights of the next linears be pulled into L2
+"""Lab 11 (written 2026-12-04 without a GPU; run 2026-12-05 on an H200, reports/examples/h200/pending-ab-2026-12-05:
+no, the prefetch never pays, see the end of this docstring): can the weights of the next linears be pulled into L2
 while a decode step's bandwidth-light kernels run?
 
 Why: at batch 1 the AWQ decode step on an H200 reads its weights at ~45% of the 4.8 TB/s limit
@@ -15,15 +16,22 @@ bytes. The floor a prefetch could reach is `hot`.
 Part B, a layer-like chain at one row in one CUDA graph over >= 4 layer copies (cold weights): RMSNorm -> qkv ->
 [stand-in for the attention: torch.cuda._sleep of T µs, one block, no HBM traffic] -> o -> RMSNorm -> gate_up
 -> SiLU-and-mul -> down, µs per layer. Variants: `plain`; `prefetch` forks a side stream when the stand-in
-starts, where one kernel reads o's weights and the first P MB of gate_up's (whole stripes, with their scales)
-through L2 (ld.global.cg, evict_last) and the graph joins it at the end of the layer. bf16 (cuBLAS) runs the
-same chain with the same prefetch of its own weights: the ratio that issue 13 measures is AWQ's layer against
+starts, where one kernel reads o's weights and the first P MB of gate_up's (whole stripes, with their scales,
+evict_last) and the graph joins it at the end of the layer. bf16 (cuBLAS) runs the same chain with the same prefetch of its own weights: the ratio that issue 13 measures is AWQ's layer against
 bf16's, so the lab reports both. If `prefetch` at T = 10 saves ~P / 4 TB/s of gate_up's time on AWQ and less
 on bf16, the engine's version (a side stream in the decode graph, started at each layer's attention) is worth
 building; if the side kernel slows the linears it overlaps, it is not.
 
     python3 ci/kernel_lab/l2_prefetch_lab.py > lab11.json          (on the GPU machine; JSON on stdout)
     options: --idle-us 0 10 20  --prefetch-mb 0 16 32  --programs 32 132
+
+What it found (H200, 2026-12-05, lab11.json there): L2 is not what the linears wait for. Part A: a weight read
+from L2 (`hot`) is only 3-13% faster than from HBM (`cold`: qkv 7.05 / 6.38 µs, o 5.23 / 4.58, gate_up 23.85 /
+21.63, down 13.53 / 13.06), so a perfect prefetch could save ~3 µs of a ~50 µs layer; the small linears run at
+~25% of 4.8 TB/s cold (qkv 1.19 TB/s, o 1.24) and barely faster hot, i.e. they are held by a fixed ~4 µs a
+kernel, not by bandwidth. Part B: the prefetch lost or tied in every cell (AWQ layer 52.3 µs plain at T = 0,
+57.5 / 64.9 µs with 16 / 32 MB over 132 programs; at T = 20 75.9 plain against 74.4 at best), bf16 likewise.
+The engine's version (a side stream in the decode graph) lost as well: batch-1 AWQ 464.2 -> 388.3 tok/s.
 """
 from __future__ import annotations
 
@@ -43,14 +51,14 @@ COLD_BYTES = 256 << 20  # weight copies cycled so that every call reads HBM (the
 
 @triton.jit
 def _prefetch_kernel(words_ptr, n_words, sink_ptr, BLOCK: tl.constexpr):
-    """Read words [0, n_words) of an int32 view through L2 (.cg: not L1), asking L2 to keep them (evict_last);
+    """Read words [0, n_words) of an int32 view asking L2 to keep them (evict_last; not
+    with .cg, which ptxas refuses to combine with it);
     one xor a program is stored so that the loads are not removed."""
     pid = tl.program_id(0)
     acc = tl.zeros([BLOCK], dtype=tl.int32)
     for start in range(pid * BLOCK, n_words, tl.num_programs(0) * BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        acc ^= tl.load(words_ptr + offs, mask=offs < n_words, other=0, cache_modifier=".cg",
-                       eviction_policy="evict_last")
+        acc ^= tl.load(words_ptr + offs, mask=offs < n_words, other=0, eviction_policy="evict_last")
     tl.store(sink_ptr + pid, tl.xor_sum(acc, 0))
 
 

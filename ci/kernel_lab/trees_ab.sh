@@ -1,4 +1,5 @@
-# Same-lease A / B of source trees (e.g. main against ci/kernel_lab/pending/'s patches applied, README there):
+# Same-lease A / B of source trees (e.g. main against branches or patches applied to it; the last use:
+# reports/examples/h200/pending-ab-2026-12-05):
 # `toolkit.bench.formats` (bf16 the peer of every ratio) from each tree given,
 # then each tree's GPU tests named in $TESTS, results under $OUT (logs and summary JSON only: many files there
 # do not come back). Prepare the trees here first, e.g. for branches:
