@@ -1,6 +1,6 @@
-"""Lab 11 (written 2026-12-04 without a GPU; run 2026-12-05 on an H200, reports/examples/h200/pending-ab-2026-12-05:
-no, the prefetch never pays, see the end of this docstring): can the weights of the next linears be pulled into L2
-while a decode step's bandwidth-light kernels run?
+"""Lab 11 (written 2026-12-04 without a GPU; run 2026-12-05 on an H200, reports/examples/h200/
+pending-ab-2026-12-05: no, the prefetch never pays, see the end of this docstring): can the weights of the
+next linears be pulled into L2 while a decode step's bandwidth-light kernels run?
 
 Why: at batch 1 the AWQ decode step on an H200 reads its weights at ~45% of the 4.8 TB/s limit
 (reports/examples/h200/early-launch). The int4 linears of a layer take ~49 µs for ~121 MB (lab 5d) and between
@@ -17,8 +17,8 @@ Part B, a layer-like chain at one row in one CUDA graph over >= 4 layer copies (
 [stand-in for the attention: torch.cuda._sleep of T µs, one block, no HBM traffic] -> o -> RMSNorm -> gate_up
 -> SiLU-and-mul -> down, µs per layer. Variants: `plain`; `prefetch` forks a side stream when the stand-in
 starts, where one kernel reads o's weights and the first P MB of gate_up's (whole stripes, with their scales,
-evict_last) and the graph joins it at the end of the layer. bf16 (cuBLAS) runs the same chain with the same prefetch of its own weights: the ratio that issue 13 measures is AWQ's layer against
-bf16's, so the lab reports both. If `prefetch` at T = 10 saves ~P / 4 TB/s of gate_up's time on AWQ and less
+evict_last) and the graph joins it at the end of the layer. bf16 (cuBLAS) runs the same chain with the same
+prefetch of its own weights: the ratio that issue 13 measures is AWQ's layer against bf16's, so the lab reports both. If `prefetch` at T = 10 saves ~P / 4 TB/s of gate_up's time on AWQ and less
 on bf16, the engine's version (a side stream in the decode graph, started at each layer's attention) is worth
 building; if the side kernel slows the linears it overlaps, it is not.
 
