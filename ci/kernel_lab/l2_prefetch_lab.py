@@ -18,9 +18,10 @@ Part B, a layer-like chain at one row in one CUDA graph over >= 4 layer copies (
 -> SiLU-and-mul -> down, µs per layer. Variants: `plain`; `prefetch` forks a side stream when the stand-in
 starts, where one kernel reads o's weights and the first P MB of gate_up's (whole stripes, with their scales,
 evict_last) and the graph joins it at the end of the layer. bf16 (cuBLAS) runs the same chain with the same
-prefetch of its own weights: the ratio that issue 13 measures is AWQ's layer against bf16's, so the lab reports both. If `prefetch` at T = 10 saves ~P / 4 TB/s of gate_up's time on AWQ and less
-on bf16, the engine's version (a side stream in the decode graph, started at each layer's attention) is worth
-building; if the side kernel slows the linears it overlaps, it is not.
+prefetch of its own weights: the ratio that issue 13 measures is AWQ's layer against bf16's, so the lab reports
+both. If `prefetch` at T = 10 saves ~P / 4 TB/s of gate_up's time on AWQ and less on bf16, the engine's version
+(a side stream in the decode graph, started at each layer's attention) is worth building; if the side kernel
+slows the linears it overlaps, it is not.
 
     python3 ci/kernel_lab/l2_prefetch_lab.py > lab11.json          (on the GPU machine; JSON on stdout)
     options: --idle-us 0 10 20  --prefetch-mb 0 16 32  --programs 32 132
