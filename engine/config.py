@@ -83,6 +83,12 @@ class EngineConfig:
                 "1.08x the Triton ones at 64 requests, level at batch 1) or auto (cuda on Hopper where it can run, "
                 "else triton).",
         choices=("auto", "triton", "cuda"))
+    lm_head_int8: str = _setting(
+        "off", "The output head (lm_head) in per-row int8, quantized at load: on, off, or auto (on where the "
+               "linear layers are int8 or AWQ on the CUDA kernels). AutoAWQ and LMDeploy keep it 16-bit. "
+               "SmolLM2 perplexity: int8 1.0011x -> 1.0018x, AWQ 1.1119x -> 1.1126x; its speed is not measured "
+               "yet (ci/kernel_lab/head_lab.py), hence off by default.",
+        choices=("auto", "on", "off"))
     dtype: str = _setting("auto", "auto, float32, bfloat16 or float16.", choices=_DTYPES)
     device: str = _setting("auto", "auto, cpu, cuda or cuda:N.")
     eager_mode: bool = _setting(False, "Run every step eagerly (no CUDA graphs).", flags=("--eager", "--eager-mode"))
@@ -148,6 +154,10 @@ class EngineConfig:
             bad("debug_step_delay_ms", "must be >= 0")
         if self.overlap not in ("auto", "on", "off"):
             bad("overlap", "must be auto, on or off")
+        if self.lm_head_int8 not in ("auto", "on", "off"):
+            bad("lm_head_int8", "must be auto, on or off")
+        if self.deterministic and self.lm_head_int8 == "on":
+            bad("lm_head_int8", "deterministic mode runs 16-bit weights only")
 
     def replace(self, **changes) -> "EngineConfig":
         return dataclasses.replace(self, **changes)

@@ -32,6 +32,7 @@ class LayerOptions:
         EngineConfig's "auto" is decided in engine/runner/weight_kernels.py).
     kernel_fallback: "cuda" was auto's choice: a layer whose shape the CUDA kernels cannot take runs the
         Triton ones (asked for explicitly, such a layer is an error when it is built).
+    head_int8: EngineConfig.lm_head_int8, resolved: the LM head in per-row int8 (engine/layers/embedding.py).
     """
 
     use_kernels: bool = False
@@ -45,6 +46,7 @@ class LayerOptions:
     w4_kernel: str = "triton"
     w8_kernel: str = "triton"
     kernel_fallback: bool = False
+    head_int8: bool = False
 
     def __post_init__(self):
         if self.weight_format not in WEIGHT_FORMATS:

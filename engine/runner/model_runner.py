@@ -191,6 +191,7 @@ class ModelRunner:
         return LayerOptions(use_kernels=self.use_kernels, batch_invariant=self.config.deterministic,
                             weight_format=fmt.name, group_size=fmt.group_size, device_type=self.device.type,
                             w4_kernel=kernels.w4, w8_kernel=kernels.w8, kernel_fallback=kernels.fallback,
+                            head_int8=weight_kernels.head_int8(self.config, fmt, kernels),
                             kv_quant=self.config.quant_policy, tp_rank=self.tp_rank, tp_size=self.tp_size)
 
     @property

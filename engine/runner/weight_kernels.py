@@ -101,3 +101,13 @@ def choose(config, fmt, *, use_kernels: bool, dtype: str, device: torch.device) 
         chosen[field] = _auto(fmt, kind, flag, use_kernels, dtype, device) if requested == "auto" else requested
     auto_cuda = any(getattr(config, f) == "auto" and chosen[f] == "cuda" for f in chosen)
     return WeightKernels(w4=chosen["w4_kernel"], w8=chosen["w8_kernel"], fallback=auto_cuda)
+
+
+def head_int8(config, fmt, kernels: WeightKernels) -> bool:
+    """EngineConfig.lm_head_int8 resolved: on / off as asked; auto on where the linear layers run the CUDA
+    kernels of their quantized format (int8 or AWQ): there the head's int8 codes are read by the same build's
+    W8A16 kernel, expected to read the head's 1 GB (Qwen2.5-7B) in about 0.6x the bf16 GEMV's time at batch 1
+    (not measured yet: ci/kernel_lab/head_lab.py; the default stays off until it is)."""
+    if config.lm_head_int8 != "auto":
+        return config.lm_head_int8 == "on"
+    return (fmt.name == "awq" and kernels.w4 == "cuda") or (fmt.name == "int8" and kernels.w8 == "cuda")

@@ -1,6 +1,6 @@
 """Quantization's quality acceptance on the CPU: held-out perplexity of the embedded SmolLM2 through the
 engine, side by side: the unquantized baseline, round-to-nearest int4, AWQ int4, int8 weights and an
-int8 KV cache (issue 13).
+int8 KV cache (issue 13), and int8 / AWQ with the int8 LM head that --lm-head-int8 auto adds on the GPU.
 
 Text: `opsctl eval ppl --text builtin`'s held-out half of the standard library's docstrings, never the
 calibration half. Group size 64, not LMDeploy's 128: SmolLM2's hidden size (576) does not divide by 128.
@@ -17,6 +17,7 @@ TOKENS = 8192  # scored tokens of held-out text: 8 windows of 1024
 GROUP = 64
 # The issue's goals, against the unquantized baseline.
 INT8_GOAL = KV_INT8_GOAL = 1.01
+HEAD_INT8_COST = 1.005  # the int8 LM head (--lm-head-int8) on top of a format's own perplexity
 AWQ_GOAL = 1.10
 # What AWQ reaches here: 1.111x (18.75 against 16.88, measured 2026-12-04 with the clipping search's
 # statistic over every calibration token; 1.114x before, 18.81), short of AWQ_GOAL; RTN is 1.29x. The test
@@ -64,7 +65,10 @@ def perplexities(default_model_dir, tmp_path_factory):
     text = load_text("builtin")
     runs = {"baseline": (default_model_dir, {}), "rtn": (str(rtn), {}), "awq": (str(awq), {}),
             "int8": (default_model_dir, {"model_format": "int8"}),
-            "kv_int8": (default_model_dir, {"quant_policy": 8})}
+            "kv_int8": (default_model_dir, {"quant_policy": 8}),
+            # what --lm-head-int8 auto gives these formats on the CUDA kernels: the head in int8 too
+            "int8_head8": (default_model_dir, {"model_format": "int8", "lm_head_int8": "on"}),
+            "awq_head8": (str(awq), {"lm_head_int8": "on"})}
     out = {}
     for name, (model, settings) in runs.items():
         engine = LLMEngine(model, EngineConfig(device="cpu", dtype="float32", **settings))
@@ -81,6 +85,12 @@ def test_int8_weights_and_int8_kv_cache_within_one_percent(perplexities):
     base = perplexities["baseline"]
     assert perplexities["int8"] <= INT8_GOAL * base
     assert perplexities["kv_int8"] <= KV_INT8_GOAL * base
+    assert perplexities["int8_head8"] <= INT8_GOAL * base  # int8 linears and an int8 head together
+
+
+@pytest.mark.slow
+def test_an_int8_head_costs_awq_at_most_half_a_percent(perplexities):
+    assert perplexities["awq_head8"] <= HEAD_INT8_COST * perplexities["awq"]
 
 
 @pytest.mark.slow

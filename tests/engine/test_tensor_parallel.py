@@ -181,10 +181,11 @@ def tiny_tp2_closed(tiny_tp2):
 @pytest.mark.slow
 def test_tp2_int8_weights_equal_tp1(one_thread, tiny_tp2_closed):
     """int8 quantizes each whole checkpoint tensor before a rank keeps its part: a row-parallel rank's
-    columns keep their whole row's scale, so tp=2 holds the very same quantized weights as tp=1."""
-    with pipeline(TINY, model_format="int8", **SMALL) as pipe:
+    columns keep their whole row's scale, so tp=2 holds the very same quantized weights as tp=1. The int8
+    LM head too: each rank quantizes its vocab rows (the last rank's padding rows among them), row by row."""
+    with pipeline(TINY, model_format="int8", lm_head_int8="on", **SMALL) as pipe:
         expected = _greedy_ids(pipe, RAW_PROMPTS[:2], do_preprocess=False)
-    with pipeline(TINY, tp=2, model_format="int8", **SMALL) as pipe:
+    with pipeline(TINY, tp=2, model_format="int8", lm_head_int8="on", **SMALL) as pipe:
         pids = _worker_pids(pipe)
         assert _greedy_ids(pipe, RAW_PROMPTS[:2], do_preprocess=False) == expected
     assert not any(_alive(pid) for pid in pids)  # close() stopped them

@@ -48,6 +48,7 @@ SAMPLES = {
     "quant_policy": 4,
     "w4_kernel": "cuda",
     "w8_kernel": "cuda",
+    "lm_head_int8": "auto",
     "dtype": "bfloat16",
     "device": "cuda:1",
     "eager_mode": True,

@@ -18,11 +18,15 @@ import json
 from pathlib import Path
 
 # Each quantized entry names its kernels: the engine's default (auto) takes the CUDA ones on Hopper, the
-# Triton ones elsewhere, and a figure must say which it measured.
+# Triton ones elsewhere, and a figure must say which it measured (the LM head is 16-bit unless named).
 WEIGHT_FORMATS = {"bf16": {}, "int8": {"model_format": "int8", "w8_kernel": "triton"},
                   "awq": {"model_format": "awq", "w4_kernel": "triton"},
                   "awq-cuda": {"model_format": "awq", "w4_kernel": "cuda"},  # the CUDA tensor-core W4A16 kernel
-                  "int8-cuda": {"model_format": "int8", "w8_kernel": "cuda"}}  # its int8 variants
+                  "int8-cuda": {"model_format": "int8", "w8_kernel": "cuda"},  # its int8 variants
+                  # and with the LM head in int8 too (--lm-head-int8 on), through the same build's W8A16 kernel
+                  "awq-cuda-head8": {"model_format": "awq", "w4_kernel": "cuda", "lm_head_int8": "on"},
+                  "int8-cuda-head8": {"model_format": "int8", "w8_kernel": "cuda", "lm_head_int8": "on"}}
+
 KV_FORMATS = {"kv16": {}, "kv8": {"quant_policy": 8}}
 WEIGHT_WORKLOADS = (("decode-b1", None), ("throughput", 64))
 KV_WORKLOAD = ("throughput", 256)

@@ -332,6 +332,7 @@ LMDEPLOY_MAP: dict[str, Translate] = {
     "quant_policy": _flag("--quant-policy"),
     "w4_kernel": _missing("LMDeploy's TurboMind runs AWQ weights through its own CUDA kernels: no kernel to choose"),
     "w8_kernel": _missing("LMDeploy has no switch for the kernels of 8-bit weights"),
+    "lm_head_int8": _missing("LMDeploy keeps the output head (lm_head) 16-bit in every weight format"),
     "dtype": _lmdeploy_dtype,
     "device": _lmdeploy_device,
     "eager_mode": _lmdeploy_eager,
@@ -361,6 +362,8 @@ VLLM_MAP: dict[str, Translate] = {
     "quant_policy": _vllm_kv_quant,
     "w4_kernel": _missing("vLLM chooses its AWQ kernel itself (awq_marlin on compute capability 8.0 and newer)"),
     "w8_kernel": _missing("vLLM has no switch for the kernels of 8-bit weights: it picks them itself"),
+    "lm_head_int8": _missing("vLLM keeps the output head (lm_head) 16-bit unless the checkpoint quantized it "
+                             "(GPTQ's lm_head): no switch to quantize it at load"),
     "dtype": _vllm_dtype,
     "device": _vllm_device,
     "eager_mode": _switch("--enforce-eager"),
