@@ -26,13 +26,13 @@ slows the linears it overlaps, it is not.
     python3 ci/kernel_lab/l2_prefetch_lab.py > lab11.json          (on the GPU machine; JSON on stdout)
     options: --idle-us 0 10 20  --prefetch-mb 0 16 32  --programs 32 132
 
-What it found (H200, 2026-12-05, lab11.json there): L2 is not what the linears wait for. Part A: a weight read
-from L2 (`hot`) is only 3-13% faster than from HBM (`cold`: qkv 7.05 / 6.38 µs, o 5.23 / 4.58, gate_up 23.85 /
-21.63, down 13.53 / 13.06), so a perfect prefetch could save ~3 µs of a ~50 µs layer; the small linears run at
-~25% of 4.8 TB/s cold (qkv 1.19 TB/s, o 1.24) and barely faster hot, i.e. they are held by a fixed ~4 µs a
-kernel, not by bandwidth. Part B: the prefetch lost or tied in every cell (AWQ layer 52.3 µs plain at T = 0,
-57.5 / 64.9 µs with 16 / 32 MB over 132 programs; at T = 20 75.9 plain against 74.4 at best), bf16 likewise.
-The engine's version (a side stream in the decode graph) lost as well: batch-1 AWQ 464.2 -> 388.3 tok/s.
+What it found (H200, 2026-12-05, lab11-stdout.log there: the JSON): L2 is not what the linears wait for. Part A: a
+weight read from L2 (`hot`) is only 3-13% faster than from HBM (`cold`: qkv 7.05 / 6.38 µs, o 5.23 / 4.58, gate_up
+23.85 / 21.63, down 13.53 / 13.06), so a perfect prefetch could save ~3 µs of a ~50 µs layer; the small linears run
+at ~25% of 4.8 TB/s cold (qkv 1.19 TB/s, o 1.24) and barely faster hot, i.e. they are held by a fixed ~4 µs a
+kernel, not by bandwidth. Part B: the prefetch lost or tied in every cell (AWQ layer 52.3 µs plain at T = 0, 57.5 /
+64.9 µs with 16 / 32 MB over 132 programs; at T = 20 75.9 plain against 74.4 at best), bf16 likewise. The engine's
+version (a side stream in the decode graph) lost as well: batch-1 AWQ 464.2 -> 388.3 tok/s.
 """
 from __future__ import annotations
 

@@ -26,7 +26,6 @@ WEIGHT_FORMATS = {"bf16": {}, "int8": {"model_format": "int8", "w8_kernel": "tri
                   # and with the LM head in int8 too (--lm-head-int8 on), through the same build's W8A16 kernel
                   "awq-cuda-head8": {"model_format": "awq", "w4_kernel": "cuda", "lm_head_int8": "on"},
                   "int8-cuda-head8": {"model_format": "int8", "w8_kernel": "cuda", "lm_head_int8": "on"}}
-
 KV_FORMATS = {"kv16": {}, "kv8": {"quant_policy": 8}}
 WEIGHT_WORKLOADS = (("decode-b1", None), ("throughput", 64))
 KV_WORKLOAD = ("throughput", 256)
