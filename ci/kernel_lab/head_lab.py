@@ -11,6 +11,9 @@ Each head is larger than L2, so one copy is read from HBM on every call. Random 
 quantized output is checked against its own dequantized weight first (rel_err).
 
     python3 ci/kernel_lab/head_lab.py > lab12.json          (on the GPU machine; JSON on stdout)
+
+Written 2026-12-05, not yet run (no device time was left). `ci/kernel_lab/head_run.sh` runs it with the engine's
+A / B of --lm-head-int8 in one device call.
 """
 from __future__ import annotations
 
