@@ -6,6 +6,8 @@ the LM head computes its rows' logits and rank 0 gathers them (it alone samples)
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,32 +58,36 @@ class LMHead(nn.Module, _VocabRows):
     through the Triton GEMV when kernels are on (9% faster than cuBLAS for Qwen2.5-7B's 152k x 3584).
     Under tensor parallelism only rank 0 gets the logits (the other ranks get None).
 
-    With options.head_int8 the head is per-row int8 (engine/quant/int8.py): an untied head is quantized row
-    by row as it loads (the 16-bit weight is never held); a tied one is quantized from the embedding after
-    loading (the embedding keeps its 16-bit rows for lookups). On CUDA the codes run through the CUDA W8A16
-    kernel where the extension is in use (w4_kernel or w8_kernel "cuda") and the shape fits it, else the
-    Triton W8A16 kernels; on the CPU and without kernels, through the dequantized codes."""
+    With options.head_int8 the head is per-row int8, held and computed by the int8 linear layers' own method
+    (linear_method.Int8Method: codes and scales, the CPU's dequantized copy, the CUDA W8A16 kernel or the
+    Triton ones). Only the rows' arrival is the head's: an untied head is quantized row by row as its vocab
+    rows load (the 16-bit weight is never held); a tied one is quantized from the embedding after loading
+    (the embedding keeps its 16-bit rows for lookups). The CUDA kernel runs it wherever the extension is in
+    use (w4_kernel or w8_kernel "cuda") and the shape fits; a shape it cannot take runs on Triton."""
 
     def __init__(self, vocab_size: int, hidden_size: int, tied_to: VocabEmbedding | None = None,
                  options: LayerOptions = PLAIN):
         super().__init__()
         self.options = options
         self.tied = tied_to is not None
-        self.compute_dtype = torch.get_default_dtype()  # the model's dtype while it is being built
         if tied_to is not None:
             self.vocab_size, self.tp = vocab_size, options.tp_size
             self.row_start, self.real_rows = tied_to.row_start, tied_to.real_rows
             self.weight = tied_to.weight
         else:
             self.weight = self._init_rows(vocab_size, hidden_size, options)
-        self.cpu_weight = self.w8_qw = None
+        self.cpu_weight = self.int8 = None
         if options.head_int8:
-            rows = self.weight.shape[0]
-            self.qweight = nn.Parameter(torch.empty(rows, hidden_size, dtype=torch.int8), requires_grad=False)
-            self.weight_scale = nn.Parameter(torch.empty(rows, dtype=torch.float32), requires_grad=False)
-            self.qweight.derived = self.weight_scale.derived = True  # made from lm_head.weight (or the embedding)
-            if tied_to is None:  # quantized as it loads: the 16-bit rows only pass through
-                self.weight = nn.Parameter(torch.empty(rows, hidden_size, device="meta"), requires_grad=False)
+            from .linear_method import Int8Method
+
+            cuda = "cuda" in (options.w4_kernel, options.w8_kernel)  # the extension is built, the model bf16
+            self.int8 = Int8Method(replace(options, w8_kernel="cuda" if cuda else options.w8_kernel,
+                                           kernel_fallback=True))
+            tied_weight = self.weight
+            self.int8.create_weights(self, hidden_size, self.weight.shape[0], bias=False)
+            if self.tied:
+                self.weight = tied_weight  # quantized in after_loading
+            else:
                 self.weight.weight_loader = self._load_quantized
 
     def _load_quantized(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
@@ -104,37 +110,21 @@ class LMHead(nn.Module, _VocabRows):
     def after_loading(self) -> None:
         """On CPU, a packed copy for oneDNN GEMMs (engine/layers/cpu_gemm.py): 22 -> 6.6 ms for
         SmolLM2's head at 16 rows. The tied embedding keeps its own weight for lookups. An int8 head is
-        quantized from a tied embedding here and prepared for its kernel."""
-        if self.options.head_int8:
-            self._int8_after_loading()
+        quantized from a tied embedding here, then prepared by its method."""
+        if self.int8 is not None:
+            if self.tied:
+                self._quantize(self.weight.data)
+            self.int8.after_loading(self)
         elif self.options.device_type == "cpu":
             from .cpu_gemm import CpuWeight
 
             self.cpu_weight = CpuWeight(self.weight.data)
 
-    def _int8_after_loading(self) -> None:
-        if self.tied:  # self.weight is the embedding's
-            self._quantize(self.weight.data)
-        else:
-            self.weight = None  # the meta placeholder: every row is in qweight
-        if self.options.device_type == "cpu":  # the quantized numbers at oneDNN's speed
-            from ..quant.int8 import dequantize_per_channel
-            from .cpu_gemm import CpuWeight
-
-            weight = dequantize_per_channel(self.qweight.data, self.weight_scale.data)
-            self.cpu_weight = CpuWeight(weight.to(self.compute_dtype))
-        elif self.options.use_kernels and "cuda" in (self.options.w4_kernel, self.options.w8_kernel):
-            from ..kernels import w8_mma  # the extension is built and the model is bf16 (weight_kernels.py)
-
-            if not w8_mma.unsupported(*self.qweight.shape):  # else the Triton W8A16 kernels
-                self.w8_qw = w8_mma.repack(self.qweight.data)
-                self.qweight = None
-
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        if self.cpu_weight is not None:
+        if self.int8 is not None:
+            logits = self.int8.apply(self, hidden).float()
+        elif self.cpu_weight is not None:
             logits = self.cpu_weight.apply(hidden).float()
-        elif self.options.head_int8:
-            logits = self._int8_logits(hidden)
         else:
             logits = linear(hidden, self.weight, None, use_kernels=self.options.use_kernels,
                             batch_invariant=self.options.batch_invariant).float()
@@ -144,16 +134,3 @@ class LMHead(nn.Module, _VocabRows):
 
         full = gather_last_dim(logits)
         return None if full is None else full[:, :self.vocab_size]
-
-    def _int8_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.w8_qw is not None:
-            from ..kernels.w8_mma import w8_mma_linear
-
-            return w8_mma_linear(hidden, self.w8_qw, self.weight_scale).float()
-        if self.options.use_kernels:
-            from ..kernels.quant_gemm import w8a16_linear
-
-            return w8a16_linear(hidden, self.qweight, self.weight_scale).float()
-        from ..quant.int8 import dequantize_per_channel
-
-        return F.linear(hidden, dequantize_per_channel(self.qweight, self.weight_scale).to(hidden.dtype)).float()

@@ -28,7 +28,8 @@ def test_int8_head_on_the_triton_kernels_gives_the_dequantized_logits(tied, rows
     else:
         head.weight.weight_loader(head.weight, weight.to(DEVICE))
     head.after_loading()
-    assert head.weight is (embedding.weight if tied else None) and head.qweight.dtype == torch.int8
+    assert head.weight is None and head.qweight.dtype == torch.int8  # the head holds codes only
+    assert not tied or torch.equal(embedding.weight.data, weight.to(DEVICE))  # the embedding keeps its rows
     hidden = torch.randn(rows, HIDDEN, generator=gen)
     expected = hidden @ dequantize_per_channel(*quantize_per_channel(weight)).t()
     logits = head(hidden.to(DEVICE))
