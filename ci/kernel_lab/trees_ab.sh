@@ -3,9 +3,10 @@
 # `toolkit.bench.formats` (bf16 the peer of every ratio) from each tree given,
 # then each tree's GPU tests named in $TESTS, results under $OUT (logs and summary JSON only: many files there
 # do not come back). Prepare the trees here first, e.g. for branches:
-#     for b in attn-fused-reduce silu-into-down; do mkdir -p _ab/$b && git archive $b engine toolkit ci tests | tar -x -C _ab/$b; done
-# then on the GPU machine, after the .whl prefix (which sets PYTHONPATH=$PWD:/tmp/site):
-#     FORMATS=bf16,awq-cuda,int8-cuda TESTS="tests/engine/test_gpu_silu_input.py" bash ci/kernel_lab/trees_ab.sh . _ab/*
+#     for b in my-branch other-branch; do mkdir -p _ab/$b && git archive $b engine toolkit ci tests | tar -x -C _ab/$b; done
+# (the folders travel with the working tree: 64 MiB in all, ~6.5 MB a tree) then on the GPU machine, after the
+# .whl prefix (which sets PYTHONPATH=$PWD:/tmp/site):
+#     FORMATS=bf16,awq-cuda,int8-cuda TESTS="tests/engine/test_gpu_w4_cuda.py" bash ci/kernel_lab/trees_ab.sh . _ab/*
 # A tree's name in the results is its path with "/" as "-" ("." is "main"). ENV_<name>="VAR=value ..." sets variables for one tree.
 set -u
 FORMATS=${FORMATS:-bf16,awq-cuda,int8-cuda}
