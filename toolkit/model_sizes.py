@@ -11,7 +11,10 @@ toolkit.predictions (the calibrated speeds) size models with these. The formulas
 - Weight bytes: bf16/fp16 2 bytes a parameter. int8 (weight-only): the layers' linear weights
   1 byte + one fp16 scale per output channel. awq (4-bit, AutoAWQ GEMM layout): linear weights
   0.5 byte + per group of 128 input channels an fp16 scale and a 4-bit zero per output channel.
-  Embedding, lm_head, biases and norms stay 16-bit in both, as AutoAWQ and LMDeploy leave them.
+  Embedding, lm_head, biases and norms stay 16-bit in both, as AutoAWQ and LMDeploy leave them,
+  except where the engine's --lm-head-int8 auto puts the head in int8 (head_int8_by_default: int8 and
+  AWQ on Hopper, where the CUDA weight kernels run): V x H codes + an fp32 scale a row, replacing an
+  untied head's 16-bit copy, beside a tied table (which the lookups still read) and read in its place.
 - KV bytes per token = 2 (K and V) x layers x kv_heads x head_dim x 2 (16-bit cache); with an
   int8 / int4 cache (quant_policy 8 / 4) head_dim x bits / 8 bytes of codes plus the engine's
   (scale, min) pair in fp32 per token, head and K/V (engine/runner/model_runner.py allocates both).
@@ -225,10 +228,22 @@ class WeightBytes:
     scales: int  # int8 / AWQ scales and zeros
     sixteen_bit: int  # embedding, lm_head, biases, norms (and the linears for bf16/fp16)
     tp: int = 1  # > 1: the bytes on one GPU of a tensor-parallel engine
+    head_int8: int = 0  # the int8 LM head's codes and scales (--lm-head-int8), 0 where the head is 16-bit
 
 
-def weight_bytes(shape: ModelShape, quant: str, tp: int = 1) -> WeightBytes:
-    """Weight bytes of `shape` stored as `quant` (bf16, fp16, int8 or awq); with tp > 1, one GPU's."""
+# Where the engine's --lm-head-int8 auto takes the int8 head: int8 / AWQ weights on the CUDA weight kernels,
+# which auto runs on Hopper only (engine/runner/weight_kernels.py, MEASURED_CAPABILITY (9, 0)).
+HEAD_INT8_ARCH = "sm_90"
+
+
+def head_int8_by_default(quant: str, arch: str | None) -> bool:
+    """Whether the engine's default (--lm-head-int8 auto) holds the LM head in int8 for `quant` on a card of `arch`."""
+    return quant in ("int8", "awq") and arch == HEAD_INT8_ARCH
+
+
+def weight_bytes(shape: ModelShape, quant: str, tp: int = 1, head_int8: bool = False) -> WeightBytes:
+    """Weight bytes of `shape` stored as `quant` (bf16, fp16, int8 or awq); with tp > 1, one GPU's. head_int8:
+    the LM head in per-row int8 as --lm-head-int8 holds it (int8 and awq only; head_int8_by_default says when)."""
     if quant not in QUANTS:
         raise PlanError(f"unknown weight format {quant!r}: choose from {', '.join(QUANTS)}")
     reason = tp_refusal(shape, tp, quant)
@@ -246,11 +261,17 @@ def weight_bytes(shape: ModelShape, quant: str, tp: int = 1) -> WeightBytes:
         scales = shape.num_layers * sum(math.ceil(l.in_features / AWQ_GROUP_SIZE) * l.out_features * 5 // 2
                                         for l in linears)
     sixteen_bit = 2 * (params.total - params.linear_weights)
-    total = linear + scales + sixteen_bit
+    head = 0
+    if head_int8 and quant in ("int8", "awq"):
+        rows = vocab_rows_per_rank(shape, tp)
+        head = rows * shape.hidden_size + 4 * rows  # codes + an fp32 scale a row (engine/layers/embedding.py)
+        sixteen_bit -= 2 * params.lm_head  # an untied head's 16-bit copy is replaced; a tied table stays
+    total = linear + scales + sixteen_bit + head
     embedding_bytes = 2 * params.embedding
-    decode = total - (0 if shape.tie_word_embeddings else embedding_bytes)
+    # A decode step reads every weight but the embedding table, unless a tied table is also the (16-bit) head.
+    decode = total - (0 if shape.tie_word_embeddings and not head else embedding_bytes)
     return WeightBytes(quant=quant, total=total, decode=decode, linear=linear, scales=scales,
-                       sixteen_bit=sixteen_bit, tp=tp)
+                       sixteen_bit=sixteen_bit, tp=tp, head_int8=head)
 
 
 KV_SCALE_BYTES = 8  # a quantized cache's (scale, min) in fp32 per token, head and K/V

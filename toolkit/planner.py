@@ -35,8 +35,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from .model_sizes import (AWQ_GROUP_SIZE, DEFAULT_RESERVE_GIB, FLAG_CACHE_RATIO, KV_DTYPE_BYTES, QUANTS, KvFit, Linear,
-                          ModelShape, ParamCounts, PlanError, WeightBytes, count_params, kv_bytes_per_token, kv_fit,
-                          layer_linears, tp_refusal, weight_bytes)
+                          ModelShape, ParamCounts, PlanError, WeightBytes, count_params, head_int8_by_default,
+                          kv_bytes_per_token, kv_fit, layer_linears, tp_refusal, weight_bytes)
 from .predictions import (DecodePrediction, PrefillPrediction, ServingPrediction, ThroughputPrediction, TpComm,
                           allreduce_seconds, decode_work, predict_decode, predict_prefill, predict_serving,
                           predict_throughput, prefill_flops, tp_comm)
@@ -343,7 +343,7 @@ def _quant_plan(shape, params, profile, quant, *, session_len, ratios, batches, 
                 block_size, bandwidth, tflops, efficiency, quant_policy=0, tp=1, link=None) -> QuantPlan:
     # One GPU's share at tp > 1: the speeds below are one rank's work plus the collectives over `link`.
     params = count_params(shape, tp) if tp > 1 else params
-    weights = weight_bytes(shape, quant, tp)
+    weights = weight_bytes(shape, quant, tp, head_int8=head_int8_by_default(quant, profile.arch))
     kv = kv_bytes_per_token(shape, quant_policy, tp)
     memory = profile.usable_memory_bytes
     free = memory - weights.total - reserve

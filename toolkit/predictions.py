@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .model_sizes import (DEFAULT_RESERVE_GIB, FLAG_CACHE_RATIO, ModelShape, ParamCounts, PlanError, WeightBytes,
-                          count_params, kv_bytes_per_token, kv_fit, vocab_rows_per_rank, weight_bytes)
+                          count_params, head_int8_by_default, kv_bytes_per_token, kv_fit, vocab_rows_per_rank,
+                          weight_bytes)
 from .profiles import Efficiency, HardwareProfile, TpLink, efficiency as profile_efficiency
 
 ACTIVATION_BYTES = 2  # hidden states are 16-bit in every weight format (int8 and AWQ are weight-only)
@@ -258,7 +259,8 @@ def predict_serving(config: Any, profile: HardwareProfile, *, quant: str, batch_
     is split over `tp` such cards (memory per GPU, collectives over profile.tp_link(tp)); a tp the
     engine refuses for the model is a PlanError with its reason."""
     shape = ModelShape.from_config(config)
-    params, weights = count_params(shape, tp), weight_bytes(shape, quant, tp)
+    params = count_params(shape, tp)
+    weights = weight_bytes(shape, quant, tp, head_int8=head_int8_by_default(quant, profile.arch))
     eff = efficiency if efficiency is not None else profile_efficiency(profile)
     free = profile.usable_memory_bytes - weights.total - int(reserve_gib * 2**30)
     kv = kv_fit(free, kv_bytes_per_token(shape, quant_policy, tp), cache_ratio, max(prompt_len + output_len, 1),

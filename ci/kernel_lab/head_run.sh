@@ -13,7 +13,7 @@ echo "formats rc=$?"
 cp /tmp/formats-head8/summary.json "$OUT/summary-head8.json" 2>/dev/null
 grep "x bf16" "$OUT/formats-head8.log"
 python3 -m pytest -m gpu -q tests/engine/test_int8_head.py > "$OUT/pytest-head8.log" 2>&1; tail -1 "$OUT/pytest-head8.log"
-for fmt in awq hf; do
+for fmt in awq; do
   OPSCTL_PDL=0 timeout 120 python3 -m toolkit.bench.profile_step preset:qwen2.5-7b --batch 1 --context 512 \
     --model-format $fmt --w4-kernel cuda --json "$OUT/profile_step-pdl0-$fmt.json" > /dev/null 2>&1
   echo "profile $fmt (OPSCTL_PDL=0) rc=$?"

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from engine.models.presets import preset_config
 from toolkit import planner
 from toolkit.cli import app
+from toolkit.model_sizes import ModelShape, weight_bytes
 from toolkit.planner import PlanError, make_plan
 from toolkit.profiles import get_profile
 
@@ -80,6 +81,29 @@ def test_quantized_weights_by_hand():
     assert by_quant["int8"].weights.total == int8 + sixteen_bit == 8_711_506_944
     assert by_quant["awq"].weights.total == awq + sixteen_bit == 5_570_747_392
     assert by_quant["fp16"].weights.total == by_quant["bf16"].weights.total
+
+
+def test_an_h200_plan_counts_the_int8_head_that_auto_gives_int8_and_awq():
+    """On Hopper the engine's --lm-head-int8 auto holds the head (152,064 x 3,584) as int8 codes + an fp32 scale a
+    row instead of 16 bits: the engine measured AWQ 5.19 -> 4.68 GiB (reports/examples/h200/int8-head/)."""
+    rtx, h200 = ({q.quant: q.weights for q in _qwen_plan(gpu).quants} for gpu in ("rtx4090", "h200"))
+    head16, head8 = 2 * 152_064 * 3_584, 152_064 * 3_584 + 4 * 152_064
+    for quant in ("int8", "awq"):
+        assert h200[quant].total == rtx[quant].total - head16 + head8
+        assert h200[quant].decode == rtx[quant].decode - head16 + head8  # the head is read every step
+        assert h200[quant].head_int8 == head8 and rtx[quant].head_int8 == 0
+    assert h200["awq"].total == 5_026_358_272  # 4.68 GiB
+    assert h200["bf16"] == rtx["bf16"]  # 16-bit formats keep a 16-bit head
+
+
+def test_a_tied_int8_head_is_held_beside_the_table_and_read_instead_of_it():
+    shape = ModelShape.from_config(dict(model_type="qwen2", vocab_size=1000, hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                        tie_word_embeddings=True))
+    plain, head8 = weight_bytes(shape, "awq"), weight_bytes(shape, "awq", head_int8=True)
+    assert head8.total == plain.total + 1000 * 64 + 4 * 1000  # the lookups still read the 16-bit table
+    assert head8.decode == plain.decode - 2 * 1000 * 64 + 1000 * 64 + 4 * 1000
+    assert weight_bytes(shape, "bf16", head_int8=True) == weight_bytes(shape, "bf16")
 
 
 def test_fp16_on_24gb_is_little_kv_and_awq_leaves_much_more():

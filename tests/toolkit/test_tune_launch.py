@@ -48,7 +48,7 @@ SAMPLES = {
     "quant_policy": 4,
     "w4_kernel": "cuda",
     "w8_kernel": "cuda",
-    "lm_head_int8": "auto",
+    "lm_head_int8": "off",
     "dtype": "bfloat16",
     "device": "cuda:1",
     "eager_mode": True,
@@ -62,6 +62,10 @@ SAMPLES = {
     "debug_invariants": True,
     "debug_step_delay_ms": 5.0,
 }
+
+# Fields whose sample differs from the default only beside another setting: --lm-head-int8 off matters (against
+# auto's int8 head) with int8 / AWQ weights. ("on", which needs no other setting, cannot go with SAMPLES' deterministic.)
+SHOWN_WITH = {"lm_head_int8": {"model_format": "awq"}}
 
 ROUND_TRIP_CONFIGS = [
     EngineConfig(),
@@ -106,8 +110,9 @@ def test_every_engine_config_field_has_a_mapping_entry(table):
 def test_no_setting_is_dropped_silently(command, name):
     """Each non-default value changes the command or adds a note naming the opsctl flag."""
     figures = {"weights_gib": 14.2, "memory_gib": 80.0}
-    base_argv, base_notes = command(MODEL, EngineConfig(), **figures)
-    argv, notes = command(MODEL, EngineConfig(**{name: SAMPLES[name]}), **figures)
+    base = SHOWN_WITH.get(name, {})
+    base_argv, base_notes = command(MODEL, EngineConfig(**base), **figures)
+    argv, notes = command(MODEL, EngineConfig(**base, **{name: SAMPLES[name]}), **figures)
     assert argv != base_argv or notes != base_notes
 
 
@@ -134,6 +139,17 @@ def test_lmdeploy_defaults_and_same_named_flags():
                           "--dtype", "float16", "--eager-mode"]
     assert any(n.startswith("--eager: ") and "PyTorch backend" in n for n in notes)
     assert any(n.startswith("--max-prefill-token-num 4096: ") for n in notes)
+
+
+@pytest.mark.parametrize("command", [E.lmdeploy_command, E.vllm_command], ids=["lmdeploy", "vllm"])
+def test_the_int8_head_is_noted_where_opsctl_would_hold_it(command):
+    def head_notes(**settings):
+        return [n for n in command(MODEL, EngineConfig(**settings))[1] if n.startswith("--lm-head-int8")]
+
+    assert head_notes() == head_notes(model_format="awq", lm_head_int8="off") == []  # 16-bit weights, or asked off
+    assert head_notes(model_format="int8", lm_head_int8="on")[0].startswith("--lm-head-int8 on: ")
+    (auto,) = head_notes(model_format="awq")  # the default with AWQ weights: int8 on Hopper
+    assert auto.startswith("--lm-head-int8 auto: ") and "Hopper" in auto
 
 
 def test_lmdeploy_has_no_float32_gguf_or_cpu():

@@ -79,6 +79,18 @@ def _missing(why: str) -> Translate:
     return translate
 
 
+def _head_note(why: str) -> Translate:
+    """--lm-head-int8: a note where opsctl holds the head in int8 and the other engine would not: on, or auto with
+    int8 / AWQ weights (auto's int8 head comes with the CUDA weight kernels, which auto runs on Hopper)."""
+    def translate(value, ctx: Context) -> Part:
+        if value == "on":
+            return Part(notes=[why])
+        if value == "auto" and ctx.config.model_format in ("int8", "awq"):
+            return Part(notes=[f"{why}; opsctl's default (auto) makes it int8 on Hopper for these weights"])
+        return Part()
+    return translate
+
+
 def _floor3(x: float) -> float:
     """Rounded down to 0.001: a converted fraction never gives the other engine more than opsctl used."""
     return math.floor(x * 1000 + 1e-9) / 1000  # + 1e-9: 0.835 computed as 0.83499... is still 0.835
@@ -332,7 +344,7 @@ LMDEPLOY_MAP: dict[str, Translate] = {
     "quant_policy": _flag("--quant-policy"),
     "w4_kernel": _missing("LMDeploy's TurboMind runs AWQ weights through its own CUDA kernels: no kernel to choose"),
     "w8_kernel": _missing("LMDeploy has no switch for the kernels of 8-bit weights"),
-    "lm_head_int8": _missing("LMDeploy keeps the output head (lm_head) 16-bit in every weight format"),
+    "lm_head_int8": _head_note("LMDeploy keeps the output head (lm_head) 16-bit in every weight format"),
     "dtype": _lmdeploy_dtype,
     "device": _lmdeploy_device,
     "eager_mode": _lmdeploy_eager,
@@ -362,7 +374,7 @@ VLLM_MAP: dict[str, Translate] = {
     "quant_policy": _vllm_kv_quant,
     "w4_kernel": _missing("vLLM chooses its AWQ kernel itself (awq_marlin on compute capability 8.0 and newer)"),
     "w8_kernel": _missing("vLLM has no switch for the kernels of 8-bit weights: it picks them itself"),
-    "lm_head_int8": _missing("vLLM keeps the output head (lm_head) 16-bit unless the checkpoint quantized it "
+    "lm_head_int8": _head_note("vLLM keeps the output head (lm_head) 16-bit unless the checkpoint quantized it "
                              "(GPTQ's lm_head): no switch to quantize it at load"),
     "dtype": _vllm_dtype,
     "device": _vllm_device,

@@ -24,8 +24,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from toolkit.model_sizes import (DEFAULT_RESERVE_GIB, FLAG_CACHE_RATIO, ModelShape, PlanError, kv_bytes_per_token,
-                                 kv_fit, tp_refusal, weight_bytes)
+from toolkit.model_sizes import (DEFAULT_RESERVE_GIB, FLAG_CACHE_RATIO, ModelShape, PlanError, head_int8_by_default,
+                                 kv_bytes_per_token, kv_fit, tp_refusal, weight_bytes)
 from toolkit.predictions import predict_serving
 from toolkit.profiles import HardwareProfile
 
@@ -164,7 +164,8 @@ def build_space(hf_config, profile: HardwareProfile, workload: TuneWorkload, *, 
         policies = axes.get("quant_policy", [0])
         per_tp = {}
         for tp in axes["tp"]:
-            weights = min(weight_bytes(shape, f, tp).total for f in sized if not tp_refusal(shape, tp, f))
+            weights = min(weight_bytes(shape, f, tp, head_int8=head_int8_by_default(f, profile.arch)).total
+                          for f in sized if not tp_refusal(shape, tp, f))
             per_tp[tp] = (memory - weights - DEFAULT_RESERVE_GIB * 2**30, weights,
                           min(kv_bytes_per_token(shape, policy or 0, tp) for policy in policies))
         _prune_tps_for_memory(axes, pruned, per_tp, memory, session_len, block_size, weight_format)
