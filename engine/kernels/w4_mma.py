@@ -240,6 +240,33 @@ def launch(x, qw, sz, bias, out, scale_bf16: bool, config: tuple | None = None,
                        pipe)
 
 
+STREAM_ROWS = 8  # rows the stream-K kernel takes (one 8-row MMA tile)
+# (warps a block, ring stages a warp) the build carries: int4 units are 4.25 KB, int8 ones 8 KB of shared memory
+STREAM_VARIANTS = ((4, 4), (4, 8), (8, 4), (8, 6), (16, 3))
+STREAM_VARIANTS_INT8 = ((4, 4), (4, 6), (8, 3))
+
+
+def stream_blocks(n: int, k: int, warps: int, blocks_per_sm: int, num_sms: int) -> int:
+    """The stream-K grid: blocks_per_sm an SM, fewer where the layer has fewer (stripe, group) units than warps."""
+    units = n // STRIPE * (k // GROUP)
+    return max(1, min(blocks_per_sm * num_sms, units // warps))
+
+
+def stream_part(m: int, n: int, warps: int, blocks: int, device) -> torch.Tensor:
+    """The stream-K kernel's fp32 partials: a [M, 64] piece per (warp, stripe) pair a warp may share."""
+    return torch.empty((blocks * warps + n // STRIPE) * m * STRIPE, dtype=torch.float32, device=device)
+
+
+def launch_stream(x, qw, sz, bias, out, scale_bf16: bool, config: tuple, part: torch.Tensor | None = None) -> None:
+    """One launch of the stream-K kernel (1-8 rows): config (warps a block, ring stages a warp, blocks)."""
+    m, k = x.shape
+    n = out.shape[1]
+    warps, stages, blocks = config
+    if part is None:
+        part = stream_part(m, n, warps, blocks, x.device)
+    extension().w4_stream(x, qw, sz, bias, out, part, _locks(x.device), scale_bf16, warps, stages, blocks)
+
+
 def wgmma_config(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, int, int, int]:
     """(rows a block, stripes a warpgroup, warpgroups a block side by side, splits, warpgroups on alternate
     groups) for the warpgroup kernel, from lab 7's sweeps on an H200 (kernel-lab-wgmma/): 64-row blocks at

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .quant_gemm import _dense_product, _locks, _num_sms
-from .w4_mma import STRIPE, extension, has_wgmma, launch_config, wgmma_config
+from .w4_mma import STRIPE, extension, has_wgmma, launch_config, stream_part, wgmma_config
 
 DUO_K = 32  # the k extent of one 16-byte load (two k steps of 16)
 K_MULTIPLE = 128  # the kernel walks K in groups of 128
@@ -101,6 +101,15 @@ def launch_few(x, qw, scales, bias, out, config: tuple | None = None, part: torc
     if part is None:
         part = torch.empty(splits * m * n if splits > 1 else 1, dtype=torch.float32, device=x.device)
     extension().w8_mma(x, qw, scales, bias, out, part, _locks(x.device), splits, warps, min_blocks, pipe)
+
+
+def launch_stream(x, qw, scales, bias, out, config: tuple, part: torch.Tensor | None = None) -> None:
+    """One launch of the stream-K kernel's int8 variant (1-8 rows): config (warps a block, ring stages, blocks)."""
+    m = x.shape[0]
+    warps, stages, blocks = config
+    if part is None:
+        part = stream_part(m, out.shape[1], warps, blocks, x.device)
+    extension().w8_stream(x, qw, scales, bias, out, part, _locks(x.device), warps, stages, blocks)
 
 
 def wgmma_config_int8(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, int]:
