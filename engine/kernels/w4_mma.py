@@ -27,6 +27,7 @@ tiles) at once, and the warpgroup kernel's warp j loads only its tile's, which w
 """
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -246,6 +247,17 @@ STREAM_VARIANTS = ((4, 4), (4, 8), (8, 4), (8, 6), (16, 3))
 STREAM_VARIANTS_INT8 = ((4, 4), (4, 6), (8, 3))
 
 
+# Lab 13's A / B switch: 1-8 rows through the stream-K kernel (OPSCTL_W4_STREAM=1) or the few-row kernel (0).
+STREAM = os.environ.get("OPSCTL_W4_STREAM", "0") == "1"
+
+
+def stream_config(n: int, k: int, num_sms: int, int8: bool = False) -> tuple[int, int, int]:
+    """(warps a block, ring stages a warp, blocks) of the stream-K kernel: one block of eight warps an SM, the
+    deepest ring that fits (six int4 units or three int8 ones in flight a warp less one)."""
+    warps, stages = (8, 3) if int8 else (8, 6)
+    return warps, stages, stream_blocks(n, k, warps, 1, num_sms)
+
+
 def stream_blocks(n: int, k: int, warps: int, blocks_per_sm: int, num_sms: int) -> int:
     """The stream-K grid: blocks_per_sm an SM, fewer where the layer has fewer (stripe, group) units than warps."""
     units = n // STRIPE * (k // GROUP)
@@ -321,6 +333,9 @@ def few_rows_or_dense(x, qw, sz, bias, out, scale_bf16: bool) -> torch.Tensor:
     """The path without the warpgroup kernel, into out: up to CHUNK_MAX_ROWS rows in 32-row launches, more
     through the dense dequantized weight and cuBLAS (lab 7 times it as the earlier CUDA path)."""
     m, k = x.shape
+    if STREAM and m <= STREAM_ROWS:
+        launch_stream(x, qw, sz, bias, out, scale_bf16, stream_config(out.shape[1], k, _num_sms(x.device)))
+        return out
     if m <= CHUNK_MAX_ROWS:
         for r0 in range(0, m, MAX_ROWS):
             launch(x[r0:r0 + MAX_ROWS], qw, sz, bias, out[r0:r0 + MAX_ROWS], scale_bf16)

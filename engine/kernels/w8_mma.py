@@ -22,7 +22,9 @@ import triton
 import triton.language as tl
 
 from .quant_gemm import _dense_product, _locks, _num_sms
-from .w4_mma import STRIPE, extension, has_wgmma, launch_config, stream_part, wgmma_config
+from . import w4_mma
+from .w4_mma import (STREAM_ROWS, STRIPE, extension, has_wgmma, launch_config, stream_config, stream_part,
+                     wgmma_config)
 
 DUO_K = 32  # the k extent of one 16-byte load (two k steps of 16)
 K_MULTIPLE = 128  # the kernel walks K in groups of 128
@@ -149,7 +151,9 @@ def w8_mma_linear(x: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor,
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    if m <= FEW_ROWS:
+    if w4_mma.STREAM and m <= STREAM_ROWS:
+        launch_stream(x, qw, scales, bias, out, stream_config(n, k, _num_sms(x.device), int8=True))
+    elif m <= FEW_ROWS:
         launch_few(x, qw, scales, bias, out)
     elif m <= MAX_ROWS and has_wgmma():
         launch(x, qw, scales, bias, out, config)
