@@ -11,6 +11,10 @@ Every row is checked against the dequantized weight first (rel_err); timed over 
 reads HBM (engine/kernels/timing.graph_time_ms: one CUDA graph, median of 7 replays).
 
     python3 ci/kernel_lab/stream_lab.py > lab13.json      (on the GPU machine; JSON on stdout, rows on stderr)
+
+Written 2026-12-05 and compiled for sm_90a without a GPU (128 registers, no spills); not yet run: no device
+machine could be started for the rest of that session. `ci/kernel_lab/stream_run.sh` runs it, the kernel's GPU
+tests and the engine A / B (OPSCTL_W4_STREAM=0 / 1) in one device call of ~7 minutes.
 """
 from __future__ import annotations
 

@@ -553,14 +553,31 @@ __global__ void __launch_bounds__(NW * 32) w4_stream_kernel(
     if (lane == 0) last = atomicAdd(locks + stripe, 1) == static_cast<int>(wl - wf);
     if (!__shfl_sync(0xFFFFFFFFu, last, 0)) return;
     __threadfence();
+    // The pieces in warp order, each element's sum a chain; the sixteen elements' loads (and, unrolled, those of
+    // the next pieces) in flight together, so a stripe shared by ~20 warps (down) costs a few L2 round trips.
+    float sum[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) sum[j][c] = 0.f;
+#pragma unroll 4
+    for (long w2 = wf; w2 <= wl; ++w2) {
+      const float* p = part + static_cast<size_t>(w2 + stripe) * M * 64;
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int m = 2 * t + (c & 1), n = 16 * j + g + 8 * (c >> 1);
+          if (m < M) sum[j][c] += __ldcg(p + m * 64 + n);
+        }
+    }
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         const int m = 2 * t + (c & 1), n = 16 * j + g + 8 * (c >> 1);
         if (m >= M) continue;
-        float v = 0.f;
-        for (long w2 = wf; w2 <= wl; ++w2) v += __ldcg(part + static_cast<size_t>(w2 + stripe) * M * 64 + m * 64 + n);
+        float v = sum[j][c];
         if (bias) v += __bfloat162float(bias[n0 + n]);
         out[static_cast<size_t>(m) * N + n0 + n] = __float2bfloat16(v);
       }
@@ -568,8 +585,9 @@ __global__ void __launch_bounds__(NW * 32) w4_stream_kernel(
   };
 
   clear();
-  long stripe = u0 / groups;
-  for (long u = u0; u < u1; ++u) {
+  long stripe = u0 / groups;  // the unit's stripe and group, counted on (no 64-bit division a unit)
+  int gi = static_cast<int>(u0 - stripe * groups);
+  for (long u = u0; u < u1; ++u, ++gi) {
     const int i = static_cast<int>(u - u0);
     if (u + STAGES - 1 < u1) issue(u + STAGES - 1, (i + STAGES - 1) % STAGES);
     cp_commit();
@@ -584,13 +602,13 @@ __global__ void __launch_bounds__(NW * 32) w4_stream_kernel(
 #pragma unroll
       for (int j = 0; j < 4; ++j) zs[j] = lds64(zring + (slot * UNIT_Z + j * 8 + g) * 8);
     }
-    const long s = u / groups;
-    if (s != stripe) {
+    if (gi == groups) {
       flush(stripe);
       clear();
-      stripe = s;
+      ++stripe;
+      gi = 0;
     }
-    const uint32_t* const xg[1] = {xrow + (u - s * groups) * 64};
+    const uint32_t* const xg[1] = {xrow + gi * 64};
     step<SBF16, 1, KS, I8>(res, wv, zs, xg, one);
     __syncwarp();  // every thread has read this slot before a later issue refills it
   }
