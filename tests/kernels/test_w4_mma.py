@@ -125,6 +125,16 @@ def _gpu_ready():
     return w4_mma.unavailable_reason(torch.device("cuda"))
 
 
+def _gpu_problem(m: int, scale_dtype, n: int = 640, k: int = 2048):
+    """Random AWQ weights repacked, x and a bias on the GPU (seeded by m), and the AWQ reference output."""
+    qw, qz, s = _awq(n, k, 128, m, scale_dtype, "cuda")
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    bias = torch.randn(n, device="cuda", generator=gen).to(torch.bfloat16)
+    packed, sz = w4_mma.repack(qw, qz, s, 128)
+    return x, bias, packed, sz, w4a16_linear_ref(x, qw, qz, s, 128, bias).float()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("m", [1, 5, 8, 9, 16, 17, 32, 33, 64, 65, 200])
 @pytest.mark.parametrize("scale_dtype", [torch.float16, torch.bfloat16])
@@ -132,13 +142,7 @@ def test_the_compiled_kernel_matches_the_awq_reference(m, scale_dtype):
     why = _gpu_ready()
     if why:
         pytest.skip(why)
-    n, k = 640, 2048  # 10 stripes, 16 groups: split-K on every row count
-    qw, qz, s = _awq(n, k, 128, m, scale_dtype, "cuda")
-    gen = torch.Generator(device="cuda").manual_seed(m)
-    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
-    bias = torch.randn(n, device="cuda", generator=gen).to(torch.bfloat16)
-    packed, sz = w4_mma.repack(qw, qz, s, 128)
-    ref = w4a16_linear_ref(x, qw, qz, s, 128, bias).float()
+    x, bias, packed, sz, ref = _gpu_problem(m, scale_dtype)  # 10 stripes, 16 groups: split-K on every row count
     got = w4_mma.w4_mma_linear(x, packed, sz, scale_dtype, bias).float()
     assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-2
     if m <= 16:  # the fold path is the torch reference's arithmetic up to summation order
@@ -228,14 +232,8 @@ def test_every_stream_variant_matches_the_awq_reference(m, config, scale_dtype):
     why = _gpu_ready()
     if why:
         pytest.skip(why)
-    warps, stages, blocks = config
-    n, k = 640, 2048
-    qw, qz, s = _awq(n, k, 128, m, scale_dtype, "cuda")
-    gen = torch.Generator(device="cuda").manual_seed(m)
-    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
-    bias = torch.randn(n, device="cuda", generator=gen).to(torch.bfloat16)
-    packed, sz = w4_mma.repack(qw, qz, s, 128)
-    ref = w4a16_linear_ref(x, qw, qz, s, 128, bias).float()
+    x, bias, packed, sz, ref = _gpu_problem(m, scale_dtype)
+    n = ref.shape[1]
     runs = []
     for _ in range(2):
         out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)

@@ -115,9 +115,8 @@ def _gpu_ready() -> str | None:
     return why
 
 
-def _check_against_the_reference(m: int, n: int, k: int, config=None):
-    """w8_mma_linear on random codes and x (with a bias) against w8a16_linear_ref, and a repeat call bit-identical;
-    returns (codes, scales, repacked codes)."""
+def _gpu_problem(m: int, n: int, k: int):
+    """Random int8 codes and scales (repacked too), x and a bias on the GPU (seeded by m), and the reference."""
     why = _gpu_ready()
     if why:
         pytest.skip(why)
@@ -125,8 +124,13 @@ def _check_against_the_reference(m: int, n: int, k: int, config=None):
     gen = torch.Generator(device="cuda").manual_seed(m)
     x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
     bias = torch.randn(n, device="cuda", generator=gen).to(torch.bfloat16)
-    packed = w8_mma.repack(q)
-    ref = w8a16_linear_ref(x, q, s, bias).float()
+    return q, s, w8_mma.repack(q), x, bias, w8a16_linear_ref(x, q, s, bias).float()
+
+
+def _check_against_the_reference(m: int, n: int, k: int, config=None):
+    """w8_mma_linear on random codes and x (with a bias) against w8a16_linear_ref, and a repeat call bit-identical;
+    returns (codes, scales, repacked codes)."""
+    q, s, packed, x, bias, ref = _gpu_problem(m, n, k)
     got = w8_mma.w8_mma_linear(x, packed, s, bias, config).float()
     assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-2
     assert torch.equal(w8_mma.w8_mma_linear(x, packed, s, bias, config).float(), got)
@@ -172,16 +176,8 @@ def test_a_qwen_shaped_layer_without_bias_matches_the_reference():
 def test_every_stream_variant_matches_the_int8_reference(m, config):
     """The stream-K kernel's int8 variant (1-8 rows) with stripes held whole and shared (10 stripes x 16 groups
     over 4-56 warps), a bias, NaN-filled outputs: the reference, the same bits twice, the counters back to 0."""
-    why = _gpu_ready()
-    if why:
-        pytest.skip(why)
-    n, k = 640, 2048
-    q, s = _int8(n, k, m, "cuda")
-    gen = torch.Generator(device="cuda").manual_seed(m)
-    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
-    bias = torch.randn(n, device="cuda", generator=gen).to(torch.bfloat16)
-    packed = w8_mma.repack(q)
-    ref = w8a16_linear_ref(x, q, s, bias).float()
+    n = 640
+    _, s, packed, x, bias, ref = _gpu_problem(m, n, 2048)
     runs = []
     for _ in range(2):
         out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)

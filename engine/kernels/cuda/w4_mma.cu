@@ -518,35 +518,35 @@ __global__ void __launch_bounds__(NW * 32) w4_stream_kernel(
 #pragma unroll
       for (int c = 0; c < 4; ++c) res[j][0][c] = 0.f;
   };
-  auto flush = [&](long stripe) {  // this warp's sums of `stripe` out: whole, or as a piece of a shared stripe
-    const long wf = stream_warp_of(stripe * groups, units, warps);
-    const long wl = stream_warp_of(stripe * groups + groups - 1, units, warps);
-    const int n0 = static_cast<int>(stripe) * 64;
-    if (wf == wl) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const int m = 2 * t + (c & 1), n = 16 * j + g + 8 * (c >> 1);
-          if (m >= M) continue;
-          float v = res[j][0][c];
-          if constexpr (I8) v *= cscale[n0 + n];
-          if (bias) v += __bfloat162float(bias[n0 + n]);
-          out[static_cast<size_t>(m) * N + n0 + n] = __float2bfloat16(v);
-        }
-      return;
-    }
-    float* piece = part + static_cast<size_t>(w + stripe) * M * 64;
+  // The thread's sixteen accumulator slots (tile j, fragment c) as (batch row m, column n of the stripe), rows
+  // past M skipped.
+  auto each_output = [&](auto&& fn) {
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         const int m = 2 * t + (c & 1), n = 16 * j + g + 8 * (c >> 1);
-        if (m >= M) continue;
-        float v = res[j][0][c];
-        if constexpr (I8) v *= cscale[n0 + n];  // before the sum, as the few-row kernel's splits
-        __stcg(piece + m * 64 + n, v);
+        if (m < M) fn(j, c, m, n);
       }
+  };
+  auto flush = [&](long stripe) {  // this warp's sums of `stripe` out: whole, or as a piece of a shared stripe
+    const long wf = stream_warp_of(stripe * groups, units, warps);
+    const long wl = stream_warp_of(stripe * groups + groups - 1, units, warps);
+    const int n0 = static_cast<int>(stripe) * 64;
+    auto column_scaled = [&](int j, int c, int n) {  // int8: the column scale before any sum, as the splits'
+      if constexpr (I8) return res[j][0][c] * cscale[n0 + n];
+      else return res[j][0][c];
+    };
+    auto store = [&](int m, int n, float v) {
+      if (bias) v += __bfloat162float(bias[n0 + n]);
+      out[static_cast<size_t>(m) * N + n0 + n] = __float2bfloat16(v);
+    };
+    if (wf == wl) {
+      each_output([&](int j, int c, int m, int n) { store(m, n, column_scaled(j, c, n)); });
+      return;
+    }
+    float* piece = part + static_cast<size_t>(w + stripe) * M * 64;
+    each_output([&](int j, int c, int m, int n) { __stcg(piece + m * 64 + n, column_scaled(j, c, n)); });
     __threadfence();
     __syncwarp();
     int last = 0;
@@ -555,32 +555,13 @@ __global__ void __launch_bounds__(NW * 32) w4_stream_kernel(
     __threadfence();
     // The pieces in warp order, each element's sum a chain; the sixteen elements' loads (and, unrolled, those of
     // the next pieces) in flight together, so a stripe shared by ~20 warps (down) costs a few L2 round trips.
-    float sum[4][4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) sum[j][c] = 0.f;
+    float sum[4][4] = {};
 #pragma unroll 4
     for (long w2 = wf; w2 <= wl; ++w2) {
       const float* p = part + static_cast<size_t>(w2 + stripe) * M * 64;
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const int m = 2 * t + (c & 1), n = 16 * j + g + 8 * (c >> 1);
-          if (m < M) sum[j][c] += __ldcg(p + m * 64 + n);
-        }
+      each_output([&](int j, int c, int m, int n) { sum[j][c] += __ldcg(p + m * 64 + n); });
     }
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int m = 2 * t + (c & 1), n = 16 * j + g + 8 * (c >> 1);
-        if (m >= M) continue;
-        float v = sum[j][c];
-        if (bias) v += __bfloat162float(bias[n0 + n]);
-        out[static_cast<size_t>(m) * N + n0 + n] = __float2bfloat16(v);
-      }
+    each_output([&](int j, int c, int m, int n) { store(m, n, sum[j][c]); });
     if (lane == 0) locks[stripe] = 0;
   };
 
