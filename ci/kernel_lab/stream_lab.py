@@ -119,6 +119,62 @@ def shape_rows(name: str, n: int, k: int, fmt: str, rows: list[int], dev) -> lis
     return out
 
 
+def layer_rows(fmt: str, rows: list[int], dev) -> list[dict]:
+    """A decoder layer's four linears back to back (qkv, o, gate_up, down), the engine's few-row kernel against the
+    stream kernel at its default config (w4_mma.stream_config): early launch overlaps a kernel's start with the
+    one before, which a persistent grid of large blocks may not allow, so the sum of the shapes is not the
+    answer alone."""
+    from engine.kernels import w4_mma, w8_mma
+    from engine.kernels.timing import graph_time_ms
+    from engine.quant.int4_pack import pack_awq
+    from engine.quant.int8 import quantize_per_channel
+
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    layer = []
+    for name in ("qkv", "o", "gate_up", "down"):
+        n, k = SHAPES[name]
+        w = (torch.randn(n, k, device=dev) * (2 / k ** 0.5)).to(torch.bfloat16)
+        if fmt == "int8":
+            q8, s8 = quantize_per_channel(w)
+            layer.append((n, k, (w8_mma.repack(q8), s8)))
+        else:
+            qweight, qzeros, scales = pack_awq(w.float(), w4_mma.GROUP)
+            layer.append((n, k, w4_mma.repack(qweight, qzeros, scales.to(torch.bfloat16), w4_mma.GROUP)))
+        del w
+    size = sum(_nbytes(*ws) for _, _, ws in layer)
+    copies = [layer] + [[(n, k, tuple(t.clone() for t in ws)) for n, k, ws in layer]
+                        for _ in range(max(1, int(256e6 // size)))]
+
+    def few(x, n, k, ws):
+        return w8_mma.w8_mma_linear(x, *ws) if fmt == "int8" else w4_mma.w4_mma_linear(x, *ws, torch.bfloat16)
+
+    def stream(x, n, k, ws):
+        out = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
+        cfg = w4_mma.stream_config(n, k, sms, int8=fmt == "int8")
+        if fmt == "int8":
+            w8_mma.launch_stream(x, *ws, None, out, cfg)
+        else:
+            w4_mma.launch_stream(x, *ws, None, out, True, cfg)
+        return out
+
+    out = []
+    for m in rows:
+        xs = {k: torch.randn(m, k, device=dev).to(torch.bfloat16) for k in {k for _, k, _ in layer}}
+        for kernel, fn in (("engine few-row", few), ("stream default", stream)):
+            def run_layer(lay, fn=fn):
+                for n, k, ws in lay:
+                    fn(xs[k], n, k, ws)
+            us = graph_time_ms([lambda lay=lay: run_layer(lay) for lay in copies], 32) * 1e3
+            row = {"shape": "layer (qkv, o, gate_up, down)", "format": fmt, "rows": m, "kernel": kernel,
+                   "mb": round(size / 2**20, 2), "us": us, "tb_s": size / (us * 1e-6) / 1e12}
+            row["fraction_of_peak"] = row["tb_s"] / PEAK_TB_S
+            out.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    del copies
+    torch.cuda.empty_cache()
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 8])
@@ -135,6 +191,7 @@ def main(argv=None) -> int:
             if name == "head" and fmt == "int4":
                 continue  # the head is int8 (--lm-head-int8)
             result["rows"] += shape_rows(name, *SHAPES[name], fmt, args.rows, dev)
+        result["rows"] += layer_rows(fmt, args.rows, dev)
     # the best stream variant per (format, shape, rows) against the engine's kernel
     best = {}
     for r in result["rows"]:
