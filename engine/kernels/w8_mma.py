@@ -22,8 +22,7 @@ import triton
 import triton.language as tl
 
 from .quant_gemm import _dense_product, _locks, _num_sms
-from . import w4_mma
-from .w4_mma import (STREAM_ROWS, STRIPE, extension, has_wgmma, launch_config, stream_config, stream_part,
+from .w4_mma import (STREAM, STREAM_ROWS, STRIPE, extension, has_wgmma, launch_config, stream_config, stream_part,
                      wgmma_config)
 
 DUO_K = 32  # the k extent of one 16-byte load (two k steps of 16)
@@ -151,7 +150,7 @@ def w8_mma_linear(x: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor,
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    if w4_mma.STREAM and m <= STREAM_ROWS:
+    if STREAM and m <= STREAM_ROWS:
         launch_stream(x, qw, scales, bias, out, stream_config(n, k, _num_sms(x.device), int8=True))
     elif m <= FEW_ROWS:
         launch_few(x, qw, scales, bias, out)

@@ -92,12 +92,7 @@ class LMHead(nn.Module, _VocabRows):
 
     def _load_quantized(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         rows = torch.empty(self.qweight.shape, dtype=loaded.dtype, device=self.qweight.device)
-        if self.tp > 1:
-            self._load_rows(rows, loaded)
-        elif loaded.shape != rows.shape:
-            raise ValueError(f"shape {tuple(loaded.shape)} does not match the model's {tuple(rows.shape)}")
-        else:
-            rows.copy_(loaded)
+        self._load_rows(rows, loaded)  # this rank's rows (all of them at tp 1), shape checked, padding zeroed
         self._quantize(rows)
 
     def _quantize(self, rows: torch.Tensor) -> None:
