@@ -12,7 +12,8 @@
     clipping search, the inputs' per-group second moment over all tokens;
  4. per layer: scales for (input_layernorm -> q,k,v), (v_proj -> o_proj, only when v and o have the
     same shape, as AutoAWQ: not under GQA), (post_attention_layernorm -> gate,up), (up_proj ->
-    down_proj): searched on the grid of 20 with --search-scale, else LMDeploy's fixed ratio 0.5;
+    down_proj): with --search-scale, the best of 20 ratios in each of AwqOptions.scale_forms (AutoAWQ's duo
+    scaling and the paper's activation-only scales), else LMDeploy's fixed ratio 0.5;
     folded into the previous op; then the clipping search on v, o, gate, up, down (AutoAWQ skips q, k:
     their errors meet in q.k^T); then each linear rounded and packed (int4_pack.pack_awq);
  5. writes the directory (checkpoint.write_checkpoint).
@@ -34,8 +35,8 @@ import torch
 
 from ..errors import ModelLoadError
 from . import calib_data
-from .awq_search import (ScaleGroup, apply_clip, fold_scale, scale_moment, search_clip, search_scale,
-                         second_moment, smooth_scale)
+from .awq_search import (SCALE_FORMS, ScaleGroup, ScaleSearch, apply_clip, fold_scale, scale_moment, search_clip,
+                         search_scale, second_moment, smooth_scale)
 from .checkpoint import QuantizeError, check_work_dir, read_safetensors_headers, write_checkpoint
 from .int4_pack import PACK, pack_awq
 
@@ -61,11 +62,13 @@ class AwqOptions:
     batch_size: int = 1
     search_scale: bool = False
     search_clip: bool = True  # AutoAWQ's apply_clip; LMDeploy has no clipping
-    # s = x^a / w^(1-a), AutoAWQ's and LMDeploy's default; False: the paper's s = x^a. On SmolLM2
-    # (g64, 32 x 512 builtin tokens) held-out perplexity 12.25 with it, 12.36 without.
-    duo_scaling: bool = True
+    # The forms of scale the search tries (awq_search.SCALE_FORMS), each on the grid of 20 ratios, keeping
+    # the best per group: "duo" s = x^a / w^(1-a) (AutoAWQ's and LMDeploy's default, duo_scaling) and "x"
+    # s = x^a (the AWQ paper's). Both: twice the search's time; see tests/engine/test_quant_quality.py.
+    scale_forms: tuple[str, ...] = ("duo", "x")
     # Tokens the scale search scores each ratio on (whole windows, evenly spread). The grid runs the
-    # attention and MLP 20 times per layer: on all 128 x 2048 tokens that is ~10 h on 2 CPU cores.
+    # attention and MLP 20 times per layer and form: on all 128 x 2048 tokens that is ~20 h on 2 CPU cores.
+    # Half as many (2048) halved the search's time on SmolLM2 (128 x 512) and read 1.102x, not 1.098x.
     search_tokens: int = 4096
     seed: int = 0
 
@@ -93,6 +96,7 @@ class QuantizeResult:
     seqlen: int = 0
     notes: list[str] = field(default_factory=list)
     ratios: dict[str, float] = field(default_factory=dict)  # "layers.3.qkv" -> the chosen ratio
+    forms: dict[str, str] = field(default_factory=dict)  # "layers.3.qkv" -> its scales' form ("duo" or "x")
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: load, forward, scales, clip, pack
 
 
@@ -118,6 +122,8 @@ def prepare(model: str | None, work_dir, *, w_bits: int = 4, w_group_size: int |
                             ("--batch-size", options.batch_size)):
             if value <= 0:
                 raise QuantizeError(f"{flag} {value}: give a positive number")
+        if not options.scale_forms or set(options.scale_forms) - set(SCALE_FORMS):
+            raise QuantizeError(f"scale forms {options.scale_forms!r}: choose one or more of {SCALE_FORMS}")
         calib_data.check_calib_dataset(options.calib_dataset)
     out = check_work_dir(work_dir)
     if model is not None and str(model).strip().startswith("preset:"):
@@ -254,14 +260,15 @@ def quantize_awq(model: str | None, work_dir, options: AwqOptions = AwqOptions()
     _say(f"AWQ: {ids.shape[0]} windows x {ids.shape[1]} tokens of {options.calib_dataset}, group size "
          f"{options.w_group_size}, {'scale search' if options.search_scale else 'fixed ratio 0.5 (LMDeploy default)'}"
          f"{', clipping search' if options.search_clip else ''}", progress)
-    packed, ratios = _calibrate(hf_model, ids, options, progress, timings)
+    packed, searched = _calibrate(hf_model, ids, options, progress, timings)
     clock = time.monotonic()
     tensors = _output_tensors(hf_model, packed, bool(prepared.config.get("tie_word_embeddings", False)))
     out = write_checkpoint(prepared.work_dir, tensors, prepared.weights_dir, prepared.config,
                            bits=options.w_bits, group_size=options.w_group_size)
     timings["write"] = time.monotonic() - clock
     return QuantizeResult(out, time.monotonic() - started, len(hf_model.model.layers), options.w_group_size,
-                          ids.shape[0], ids.shape[1], notes, ratios, timings)
+                          ids.shape[0], ids.shape[1], notes, {name: found.ratio for name, found in searched.items()},
+                          {name: found.form for name, found in searched.items()}, timings)
 
 
 def _load_hf_model(directory: Path):
@@ -292,7 +299,7 @@ def _calibrate(model, ids: torch.Tensor, options: AwqOptions, progress: bool, ti
     n_search = max(1, min(n, math.ceil(options.search_tokens / seqlen)))
     search_rows = sorted({round(i * (n - 1) / max(1, n_search - 1)) for i in range(n_search)})
     packed: dict[str, tuple[torch.Tensor, ...]] = {}
-    ratios: dict[str, float] = {}
+    searched: dict[str, ScaleSearch] = {}  # "layers.3.qkv" -> what its scale search chose
     layers = model.model.layers
     bar = _bar(len(layers), "AWQ", "layer", progress)
     for index, layer in enumerate(layers):
@@ -305,8 +312,8 @@ def _calibrate(model, ids: torch.Tensor, options: AwqOptions, progress: bool, ti
                 # layer's output instead, GPTQ's order, measured no better on SmolLM2: 12.30 vs 12.25)
                 hidden[b:b + bs] = _run_layer(layer, hidden[b:b + bs], positions, rotary)
         timings["forward"] += time.monotonic() - clock
-        for name, ratio in _quantize_layer(layer, recorder, rotary, options, timings).items():
-            ratios[f"layers.{index}.{name}"] = ratio
+        for name, found in _quantize_layer(layer, recorder, rotary, options, timings).items():
+            searched[f"layers.{index}.{name}"] = found
         clock = time.monotonic()
         for name in LINEARS:
             fc = layer.get_submodule(name)
@@ -314,7 +321,7 @@ def _calibrate(model, ids: torch.Tensor, options: AwqOptions, progress: bool, ti
         timings["pack"] += time.monotonic() - clock
         bar.update(1)
     bar.close()
-    return packed, ratios
+    return packed, searched
 
 
 def _run_layer(layer, hidden, positions, rotary):
@@ -387,19 +394,22 @@ def layer_groups(layer, rotary) -> list[ScaleGroup]:
 
 
 def _quantize_layer(layer, rec: _InputRecorder, rotary, options: AwqOptions,
-                    timings: dict[str, float]) -> dict[str, float]:
-    """Scales (searched or fixed), folded; clipping; leaves the layer's linears ready to round."""
+                    timings: dict[str, float]) -> dict[str, ScaleSearch]:
+    """Scales (searched or fixed), folded; clipping; leaves the layer's linears ready to round.
+
+    Returns what each group's scale search chose (nothing without --search-scale)."""
     clock = time.monotonic()
     groups = layer_groups(layer, rotary)
     inputs = dict(zip(("qkv", "o", "gate_up", "down"), _INPUTS))
     chosen: list[tuple[ScaleGroup, torch.Tensor]] = []
-    ratios = {}
+    searched = {}
     for group in groups:  # every search sees the layer's original weights (AutoAWQ: apply after all)
         feat = inputs[group.name]
         group.x_absmean, group.x_absmax = rec.absmean(feat), rec.max[feat]
         if options.search_scale:
             group.x = torch.cat(rec.search[feat])
-            scales, ratios[group.name] = search_scale(group, options.w_group_size, duo_scaling=options.duo_scaling)
+            searched[group.name] = search_scale(group, options.w_group_size, forms=options.scale_forms)
+            scales = searched[group.name].scales
         else:
             scales = smooth_scale(group, options.w_group_size)
         chosen.append((group, scales))
@@ -417,7 +427,7 @@ def _quantize_layer(layer, rec: _InputRecorder, rotary, options: AwqOptions,
             limit = search_clip(fc.weight.data, moments[readers.get(name, name)], options.w_group_size)
             apply_clip(fc, limit)
     timings["clip"] += time.monotonic() - clock
-    return ratios
+    return searched
 
 
 def _output_tensors(model, packed: dict, tied: bool) -> dict[str, torch.Tensor]:

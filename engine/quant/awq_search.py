@@ -4,11 +4,11 @@ Pure functions on modules and tensors (no model loading, no files), after AutoAW
 LMDeploy's lite/quantization/awq.py, written anew:
 
 - `search_scale` (AutoAWQ's `_search_best_scale`, LMDeploy's --search-scale): for a group of linears
-  that read the same input x, try s = mean|x|^a (divided by mean-normalised |W|^(1-a) with duo
-  scaling, AutoAWQ's and LMDeploy's default) for a in {0, 1/20, ..., 19/20}; quantize W*s, run the
-  module(s) on x/s (as W_q(s)/s on x) and keep the a whose output is closest to the float output.
-  Without duo scaling a = 0 is plain round-to-nearest (s = 1), so that search never does worse than
-  RTN on its own data; with it a = 0 is s = 1/w_mean, usually already better than RTN.
+  that read the same input x, try s = mean|x|^a / (mean-normalised |W|)^(1-a) ("duo" scaling,
+  AutoAWQ's and LMDeploy's default) and s = mean|x|^a (the AWQ paper's, "x") for a in {0, 1/20, ...,
+  19/20}; quantize W*s, run the module(s) on x/s (as W_q(s)/s on x) and keep the candidate whose output
+  is closest to the float output. In the "x" form a = 0 is plain round-to-nearest (s = 1), so a search
+  that includes it never does worse than RTN on its own data; in the duo form a = 0 is s = 1/w_mean.
 - `smooth_scale` (LMDeploy's default, without --search-scale): one fixed ratio 0.5 from the
   activations' absolute maximum, no search.
 - `fold_scale`: x/s moves into the op before (an RMSNorm's weight, or the rows of the previous
@@ -22,7 +22,7 @@ Rounding is int4_pack.quantize_groups (asymmetric min/max), the same as the pack
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -48,7 +48,7 @@ class ScaleGroup:
     x: torch.Tensor | None = None  # search inputs [..., K]
     x_absmean: torch.Tensor | None = None  # [K], over all calibration tokens
     x_absmax: torch.Tensor | None = None  # [K]
-    history: list[float] = field(default_factory=list)  # the search's loss per ratio
+    history: list[float] = field(default_factory=list)  # the search's loss per candidate
 
 
 @torch.no_grad()
@@ -78,6 +78,17 @@ def _normalise(scales: torch.Tensor, valid: torch.Tensor | None = None) -> torch
     return scales
 
 
+SCALE_FORMS = ("duo", "x")  # s = x^a / w^(1-a) (AutoAWQ's duo_scaling) and s = x^a (the paper's)
+
+
+class ScaleSearch(NamedTuple):
+    """What search_scale chose: the scales, and the form and ratio a that gave them."""
+
+    scales: torch.Tensor
+    ratio: float
+    form: str  # one of SCALE_FORMS
+
+
 def ratio_scales(x_mean: torch.Tensor, w_mean: torch.Tensor | None, ratio: float) -> torch.Tensor:
     """s = x^ratio, or x^ratio / w^(1 - ratio) with duo scaling (w_mean given); normalised."""
     x_mean = x_mean.float()
@@ -89,36 +100,41 @@ def ratio_scales(x_mean: torch.Tensor, w_mean: torch.Tensor | None, ratio: float
 
 
 @torch.no_grad()
-def search_scale(group: ScaleGroup, group_size: int, *, duo_scaling: bool = True,
-                 n_grid: int = N_GRID) -> tuple[torch.Tensor, float]:
-    """The best scales for `group` on its search inputs and the ratio that gave them.
+def search_scale(group: ScaleGroup, group_size: int, *, forms: tuple[str, ...] = ("duo",),
+                 n_grid: int = N_GRID) -> ScaleSearch:
+    """The best scales for `group` on its search inputs among n_grid ratios of each form in `forms`.
 
-    The linears' weights are restored before returning; `group.history` gets the loss per ratio.
+    The linears' weights are restored before returning; `group.history` gets the loss per candidate,
+    form by form in the order given (on ties the earlier candidate stays: the smaller ratio, the first form).
     """
+    unknown = [f for f in forms if f not in SCALE_FORMS]
+    if unknown or not forms:
+        raise ValueError(f"scale forms {forms!r}: choose from {SCALE_FORMS}")
     x = group.x
     x_mean = group.x_absmean if group.x_absmean is not None else x.abs().reshape(-1, x.shape[-1]).mean(0)
     originals = [fc.weight.data.clone() for fc in group.linears]
-    w_mean = weight_mean(originals, group_size) if duo_scaling else None
+    w_mean = weight_mean(originals, group_size)
     reference = _first(group.inspect(x))
-    best, best_loss, best_ratio = None, float("inf"), 0.0
+    best, best_loss = None, float("inf")
     group.history = []
     try:
-        for i in range(n_grid):
-            ratio = i / n_grid
-            scales = ratio_scales(x_mean, w_mean, ratio).to(originals[0].dtype)
-            row = scales.view(1, -1)
-            for fc, w in zip(group.linears, originals):
-                fc.weight.data = fake_quantize(w * row, group_size) / row
-            loss = (reference - _first(group.inspect(x))).float().pow(2).mean().item()
-            group.history.append(loss)
-            if loss < best_loss:  # strict: on ties the smaller ratio (closer to plain RTN) stays
-                best, best_loss, best_ratio = scales.clone(), loss, ratio
+        for form in forms:
+            for i in range(n_grid):
+                ratio = i / n_grid
+                scales = ratio_scales(x_mean, w_mean if form == "duo" else None, ratio).to(originals[0].dtype)
+                row = scales.view(1, -1)
+                for fc, w in zip(group.linears, originals):
+                    fc.weight.data = fake_quantize(w * row, group_size) / row
+                loss = (reference - _first(group.inspect(x))).float().pow(2).mean().item()
+                group.history.append(loss)
+                if loss < best_loss:  # strict: on ties the earlier candidate (closer to plain RTN) stays
+                    best, best_loss = ScaleSearch(scales.clone(), ratio, form), loss
     finally:
         for fc, w in zip(group.linears, originals):
             fc.weight.data = w
     if best is None:  # every loss was nan: the layer's outputs are not finite
         raise FloatingPointError(f"AWQ scale search for {group.name}: every candidate gave a non-finite error")
-    return best, best_ratio
+    return best
 
 
 @torch.no_grad()

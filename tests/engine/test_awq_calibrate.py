@@ -44,19 +44,38 @@ def _output_error(x, weight, scales=None):
     return ((x / scales) @ fake_quantize(weight * scales, 64).t() - ref).pow(2).mean().item()
 
 
-@pytest.mark.parametrize("duo", [True, False])
-def test_scale_search_beats_rtn_on_outlier_channels(duo):
+@pytest.mark.parametrize("forms", [("duo",), ("x",)])
+def test_scale_search_beats_rtn_on_outlier_channels(forms):
     x, fc, norm = _outlier_linear()
     original = fc.weight.data.clone()
     group = ScaleGroup("fc", norm, [fc], fc, x=x)
-    scales, ratio = search_scale(group, 64, duo_scaling=duo)
+    found = search_scale(group, 64, forms=forms)
     assert torch.equal(fc.weight.data, original)  # the search leaves the weights as it found them
-    assert ratio > 0 and len(group.history) == 20
-    rtn, awq = _output_error(x, original), _output_error(x, original, scales)
+    assert found.ratio > 0 and found.form == forms[0] and len(group.history) == 20
+    rtn, awq = _output_error(x, original), _output_error(x, original, found.scales)
     assert awq < 0.5 * rtn  # ~0.056 against 0.201 here
     assert min(group.history) == pytest.approx(awq, rel=1e-4)
-    if not duo:  # ratio 0 is s = 1: plain round-to-nearest
+    if forms == ("x",):  # ratio 0 is s = 1: plain round-to-nearest
         assert group.history[0] == pytest.approx(rtn, rel=1e-5)
+
+
+def test_scale_search_over_both_forms_keeps_the_better_of_each_alone():
+    """Both forms: 40 candidates, duo's 20 first, and the choice is whichever form's best error is lower
+    (its scales and ratio those of that form's search alone)."""
+    x, fc, norm = _outlier_linear(seed=2)
+    group = ScaleGroup("fc", norm, [fc], fc, x=x)
+    alone, histories = {}, []
+    for form in ("duo", "x"):
+        alone[form] = search_scale(group, 64, forms=(form,)), min(group.history)
+        histories += group.history
+    both = search_scale(group, 64, forms=("duo", "x"))
+    assert group.history == histories  # the same 40 candidates, duo's first
+    winner = min(alone, key=lambda form: alone[form][1])
+    assert both.form == winner and both.ratio == alone[winner][0].ratio
+    assert torch.equal(both.scales, alone[winner][0].scales)
+    assert min(group.history) == alone[winner][1]
+    with pytest.raises(ValueError, match="scale forms"):
+        search_scale(group, 64, forms=("paper",))
 
 
 def test_fixed_ratio_smoothing_helps_outliers_and_spares_zeroed_channels():
@@ -270,6 +289,7 @@ def test_awq_and_rtn_on_tiny_presets(tiny_model_dirs, tmp_path, preset):
     awq = quantize_awq(str(source), tmp_path / "awq", options, progress=False)
     rtn = quantize_rtn(str(source), tmp_path / "rtn", w_group_size=16, progress=False)
     assert (awq.samples, awq.seqlen, awq.group_size) == (4, 64, 16) and len(awq.ratios) >= 3 * awq.layers
+    assert awq.forms.keys() == awq.ratios.keys() and set(awq.forms.values()) <= {"duo", "x"}
     for result in (awq, rtn):
         _check_awq_dir(result.work_dir, source, 16)
     if preset == "tiny-qwen2":  # q/k/v biases travel as float16 next to the packed weights
@@ -280,6 +300,15 @@ def test_awq_and_rtn_on_tiny_presets(tiny_model_dirs, tmp_path, preset):
     for out in (awq.work_dir, rtn.work_dir):  # the dequantized model still computes nearly the same function
         logits = _logits(str(source), ids, dequantized_state_dict(out))
         assert ((logits - reference).norm() / reference.norm()).item() < 0.25
+
+
+@pytest.mark.parametrize("forms", [(), ("duo", "paper")])
+def test_unknown_scale_forms_fail_before_calibration(tiny_model_dirs, tmp_path, forms):
+    from engine.quant.awq import prepare
+
+    with pytest.raises(QuantizeError, match="scale forms"):
+        prepare(tiny_model_dirs["tiny-llama"], tmp_path / "o", options=AwqOptions(scale_forms=forms))
+    assert not (tmp_path / "o").exists()
 
 
 def test_rtn_packs_exactly_int4_packs_rounding(tiny_model_dirs, tmp_path):

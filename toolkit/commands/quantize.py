@@ -44,9 +44,10 @@ def awq(
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass while calibrating (memory vs speed).")] = 1,
     search_scale: Annotated[bool, typer.Option(
         "--search-scale",
-        help="Search AWQ's scale ratio on a grid of 20 per layer group (AutoAWQ's search, scored on "
-             "4096 calibration tokens). Without it, LMDeploy's default: one fixed ratio 0.5 from the "
-             "activations' absolute maximum, no search. The weight-clipping search runs either way.")] = False,
+        help="Search AWQ's scales per layer group, scored on 4096 calibration tokens: 20 ratios a each of "
+             "AutoAWQ's x^a / w^(1-a) and the AWQ paper's x^a, the best kept. Without it, LMDeploy's default: "
+             "one fixed ratio 0.5 from the activations' absolute maximum, no search. The weight-clipping "
+             "search runs either way.")] = False,
 ) -> None:
     """Activation-aware 4-bit weight quantization (AWQ) with offline calibration."""
     from engine.quant.awq import AwqOptions, quantize_awq
