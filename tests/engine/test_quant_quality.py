@@ -35,8 +35,9 @@ CALIB_SAMPLES, CALIB_SEQLEN = 128, 512  # AutoAWQ's defaults (n_samples, seqlen)
 #   1/4 and 1/2 of the window spacing give 1.1114 / 1.1278 / 1.0994x with duo scales only, and 1.1026 /
 #   1.1156 / 1.1012x with both forms (-0.006 on average, better on two subsets of three). With AutoAWQ's 128
 #   windows: duo only 1.1052x, both forms 1.0983x. So the test calibrates on 128 windows (a larger sample
-#   should move less; not measured at 128) and holds AWQ to the goal itself. The margin is thin (0.002): a
-#   CPU whose float sums round differently could tip one grid choice of the search and cross it.
+#   should move less; not measured at 128) and holds AWQ to the goal itself. The margin is thin (0.002), but
+#   the quantization with torch on one thread instead of two (other reduction orders) gave the bit-identical
+#   perplexity; a CPU with other SIMD kernels could still tip one grid choice of the search.
 
 
 @pytest.fixture(scope="module")
