@@ -100,7 +100,7 @@ def ratio_scales(x_mean: torch.Tensor, w_mean: torch.Tensor | None, ratio: float
 
 
 @torch.no_grad()
-def search_scale(group: ScaleGroup, group_size: int, *, forms: tuple[str, ...] = ("duo",),
+def search_scale(group: ScaleGroup, group_size: int, *, forms: tuple[str, ...] = SCALE_FORMS,
                  n_grid: int = N_GRID) -> ScaleSearch:
     """The best scales for `group` on its search inputs among n_grid ratios of each form in `forms`.
 
