@@ -35,8 +35,8 @@ import torch
 
 from ..errors import ModelLoadError
 from . import calib_data
-from .awq_search import (SCALE_FORMS, ScaleGroup, ScaleSearch, apply_clip, fold_scale, scale_moment, search_clip,
-                         search_scale, second_moment, smooth_scale)
+from .awq_search import (ScaleGroup, ScaleSearch, apply_clip, check_scale_forms, fold_scale, scale_moment,
+                         search_clip, search_scale, second_moment, smooth_scale)
 from .checkpoint import QuantizeError, check_work_dir, read_safetensors_headers, write_checkpoint
 from .int4_pack import PACK, pack_awq
 
@@ -122,8 +122,10 @@ def prepare(model: str | None, work_dir, *, w_bits: int = 4, w_group_size: int |
                             ("--batch-size", options.batch_size)):
             if value <= 0:
                 raise QuantizeError(f"{flag} {value}: give a positive number")
-        if not options.scale_forms or set(options.scale_forms) - set(SCALE_FORMS):
-            raise QuantizeError(f"scale forms {options.scale_forms!r}: choose one or more of {SCALE_FORMS}")
+        try:
+            check_scale_forms(options.scale_forms)
+        except ValueError as e:
+            raise QuantizeError(str(e)) from None
         calib_data.check_calib_dataset(options.calib_dataset)
     out = check_work_dir(work_dir)
     if model is not None and str(model).strip().startswith("preset:"):

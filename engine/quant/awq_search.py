@@ -81,6 +81,12 @@ def _normalise(scales: torch.Tensor, valid: torch.Tensor | None = None) -> torch
 SCALE_FORMS = ("duo", "x")  # s = x^a / w^(1-a) (AutoAWQ's duo_scaling) and s = x^a (the paper's)
 
 
+def check_scale_forms(forms: tuple[str, ...]) -> None:
+    """ValueError unless `forms` names one or more of SCALE_FORMS."""
+    if not forms or set(forms) - set(SCALE_FORMS):
+        raise ValueError(f"scale forms {forms!r}: choose one or more of {SCALE_FORMS}")
+
+
 class ScaleSearch(NamedTuple):
     """What search_scale chose: the scales, and the form and ratio a that gave them."""
 
@@ -107,13 +113,11 @@ def search_scale(group: ScaleGroup, group_size: int, *, forms: tuple[str, ...] =
     The linears' weights are restored before returning; `group.history` gets the loss per candidate,
     form by form in the order given (on ties the earlier candidate stays: the smaller ratio, the first form).
     """
-    unknown = [f for f in forms if f not in SCALE_FORMS]
-    if unknown or not forms:
-        raise ValueError(f"scale forms {forms!r}: choose from {SCALE_FORMS}")
+    check_scale_forms(forms)
     x = group.x
     x_mean = group.x_absmean if group.x_absmean is not None else x.abs().reshape(-1, x.shape[-1]).mean(0)
     originals = [fc.weight.data.clone() for fc in group.linears]
-    w_mean = weight_mean(originals, group_size)
+    w_mean = weight_mean(originals, group_size) if "duo" in forms else None
     reference = _first(group.inspect(x))
     best, best_loss = None, float("inf")
     group.history = []
