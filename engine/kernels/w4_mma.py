@@ -203,7 +203,7 @@ def has_wgmma() -> bool:
 
 # ----------------------------------------------------------------------------------------- launch
 
-def launch_config(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, bool, int]:
+def launch_config(m: int, n: int, k: int, num_sms: int, pipelined: bool = True) -> tuple[int, int, bool, int]:
     """(warps, min blocks an SM, pipelined, splits) for m <= 32 rows, from lab 5's sweeps on an H200: from two
     rows on, layers of at least half as many stripes as SMs (gate_up, qkv) run one block a stripe; narrower ones
     (o, down), and every layer at one row, split K until about 1.5 (<= 16 rows) or 0.5 (more rows) waves of
@@ -213,9 +213,14 @@ def launch_config(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, bool,
     8.78 against 9.39, 10.76 against 13.56), while o's 56 ran best in 4 (5.96 µs against 6.26 in 2). In the
     engine, where each kernel is launched early behind the one before, the decode step (H200, Qwen2.5-7B, 512
     tokens of context; reports/examples/h200/early-launch) took AWQ at 8 and 16 rows 2.69 / 3.84 ms unsplit
-    against 2.99 / 4.11, int8 3.49 / 4.06 against 3.59 / 4.16, but AWQ at one row 2.27 against 2.18 ms: at one
-    row, presumably, the 288 blocks of the split have more weights in flight while they wait than 72 would."""
+    against 2.99 / 4.11, int8 3.49 / 4.06 against 3.59 / 4.16, but AWQ at one row 2.27 against 2.18 ms.
+    One row of AWQ weights (pipelined: the int8 build has no pipelined blocks, w8_mma passes False) takes the
+    pipelined blocks where the labs and the engine agree (`_one_row_pipelined`)."""
     stripes, groups = n // STRIPE, k // GROUP
+    if m == 1 and pipelined:
+        choice = _one_row_pipelined(stripes, groups, num_sms)
+        if choice is not None:
+            return choice
     target = (1.5 if m <= 16 else 0.5) * num_sms
     splits = 1
     for d in range(1, groups + 1) if m == 1 or 2 * stripes < num_sms else ():
@@ -227,6 +232,23 @@ def launch_config(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, bool,
     if m <= 16:
         return 8, 2, False, splits
     return (4 if splits == 1 and stripes >= 2 * num_sms else 8), 1, False, splits
+
+
+def _one_row_pipelined(stripes: int, groups: int, num_sms: int) -> tuple[int, int, bool, int] | None:
+    """One row's pipelined choice, or None for launch_config's general one. Two shape classes, both Qwen2.5-7B's
+    (reports/examples/h100/quant-b1-2026-12-05): one 8-warp block a stripe, unsplit, for layers of half to two
+    waves of stripes (qkv: 6.80 µs against 8.09 in 4 flat splits on an H100, 6.80 against 7.70 on an H200,
+    lab 5); 4-warp blocks in splits of 4 groups for narrow layers of short K (o: 5.90 against 5.96 on the H100,
+    5.91 against 5.98 on the H200). In the engine on the H100 (bf16 the peer, same lease) batch-1 AWQ went
+    from 407 tok/s (5 runs, 399-417) to 427 (qkv alone, 2 runs) and 432 (both, 1 run). Wide layers (gate_up) and
+    narrow ones of long K (down) keep the flat blocks: pipelined gate_up won on the H100 (26.4 µs against 27.9)
+    but lost on the H200 (23.5 against 21.5), and down's flat 4-split is best on both."""
+    if num_sms <= 2 * stripes < 4 * num_sms:
+        return 8, 1, True, 1
+    if 2 * stripes < num_sms and groups <= 32:
+        splits = max(d for d in range(1, groups + 1) if groups % d == 0 and groups // d >= 4)
+        return 4, 1, True, splits
+    return None
 
 
 def launch(x, qw, sz, bias, out, scale_bf16: bool, config: tuple | None = None,

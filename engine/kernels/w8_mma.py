@@ -94,11 +94,11 @@ def dequantize_into(qw: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, s
 
 def launch_few(x, qw, scales, bias, out, config: tuple | None = None, part: torch.Tensor | None = None) -> None:
     """One launch of the few-row kernel (mma.sync) for x's <= 32 rows into out. config: (warps, min blocks,
-    pipelined, splits), default the AWQ kernel's choice for the shape (w4_mma.launch_config: never pipelined);
+    pipelined, splits), default the AWQ kernel's choice for the shape without its pipelined blocks (w4_mma.launch_config);
     part: split-K partials (default: made here)."""
     m, k = x.shape
     n = out.shape[1]
-    warps, min_blocks, pipe, splits = config or launch_config(m, n, k, _num_sms(x.device))
+    warps, min_blocks, pipe, splits = config or launch_config(m, n, k, _num_sms(x.device), pipelined=False)
     if part is None:
         part = torch.empty(splits * m * n if splits > 1 else 1, dtype=torch.float32, device=x.device)
     extension().w8_mma(x, qw, scales, bias, out, part, _locks(x.device), splits, warps, min_blocks, pipe)

@@ -89,15 +89,32 @@ def test_launch_choices_are_variants_the_build_carries(m, n, k):
     assert groups % splits == 0 and (groups // splits >= 4 or splits == 1)
     carried = {(8, 2, False), (8, 1, True), (4, 1, True)} if m <= 16 else {(4, 1, False), (8, 1, False)}
     assert (warps, min_blocks, pipe) in carried
+    warps, min_blocks, pipe, splits = w4_mma.launch_config(m, n, k, 132, pipelined=False)  # the int8 build's
+    assert groups % splits == 0 and (groups // splits >= 4 or splits == 1)
+    assert (warps, min_blocks, pipe) in {(8, 2, False), (8, 1, False), (4, 1, False)} and (m <= 16 or min_blocks == 1)
 
 
 @pytest.mark.parametrize("m,n,k,splits", [
     (1, 4608, 3584, 4), (2, 4608, 3584, 1), (16, 4608, 3584, 1), (1, 3584, 3584, 4), (16, 3584, 3584, 4), (1, 3584, 18944, 4),
     (1, 37888, 3584, 1), (32, 3584, 3584, 2), (24, 3584, 18944, 2)])
 def test_few_row_splits_on_qwen_shapes_are_the_labs_winners(m, n, k, splits):
-    """Qwen2.5-7B on a 132-SM H200 (labs 5d and 10c, the engine's decode steps): from two rows qkv (72 stripes)
-    unsplit, at one row in 4; gate_up unsplit, o and down in 4 at up to 16 rows; more rows split less."""
-    assert w4_mma.launch_config(m, n, k, 132)[3] == splits
+    """Qwen2.5-7B on a 132-SM H200 (labs 5d and 10c, the engine's decode steps), the flat blocks (int8, and
+    AWQ from two rows): from two rows qkv (72 stripes) unsplit, at one row in 4; gate_up unsplit, o and down
+    in 4 at up to 16 rows; more rows split less."""
+    config = w4_mma.launch_config(m, n, k, 132, pipelined=False)
+    assert config[3] == splits and not config[2]
+    if m > 1:
+        assert w4_mma.launch_config(m, n, k, 132) == config
+
+
+@pytest.mark.parametrize("n,k,expected", [
+    (4608, 3584, (8, 1, True, 1)), (3584, 3584, (4, 1, True, 7)), (37888, 3584, (8, 2, False, 1)),
+    (3584, 18944, (8, 2, False, 4))])
+def test_one_awq_row_on_qwen_shapes_takes_the_pipelined_winners(n, k, expected):
+    """One row of AWQ weights (reports/examples/h100/quant-b1-2026-12-05, labs on an H100 and an H200, the engine
+    on the H100): qkv one pipelined 8-warp block a stripe, o pipelined 4-warp blocks in 7 splits of 4 groups,
+    gate_up and down the flat blocks as before."""
+    assert w4_mma.launch_config(1, n, k, 132) == expected
 
 
 @pytest.mark.parametrize("m,name,expected", [
