@@ -14,7 +14,7 @@ grep " of peak)" "$OUT/lab13.log"
 OPSCTL_W4_STREAM=0 python3 -m toolkit.bench.formats preset:qwen2.5-7b --no-kv --formats bf16,awq-cuda,int8-cuda \
   --out /tmp/formats-few > "$OUT/formats-few.log" 2>&1; echo "formats few rc=$?"
 cp /tmp/formats-few/summary.json "$OUT/summary-few.json" 2>/dev/null
-OPSCTL_W4_STREAM=1 python3 -m toolkit.bench.formats preset:qwen2.5-7b --no-kv --formats awq-cuda,int8-cuda \
+OPSCTL_W4_STREAM=1 python3 -m toolkit.bench.formats preset:qwen2.5-7b --no-kv --formats bf16,awq-cuda,int8-cuda \
   --out /tmp/formats-stream > "$OUT/formats-stream.log" 2>&1; echo "formats stream rc=$?"
 cp /tmp/formats-stream/summary.json "$OUT/summary-stream.json" 2>/dev/null
 grep -hE "^(decode|throughput)" "$OUT/formats-few.log" "$OUT/formats-stream.log"

@@ -18,8 +18,9 @@ before they read x. Rows: up to 32 one launch; 33 to WGMMA_MAX_ROWS on Hopper on
 launch, elsewhere up to CHUNK_MAX_ROWS in 32-row launches (each re-reads the weight); more (prefill)
 dequantize the layout to a dense bf16 weight in column chunks and multiply with cuBLAS. A stream-K variant for
 1-8 rows (w4_stream_kernel: a persistent grid, equal runs of (stripe, group) units a warp through a cp.async ring)
-is built too, for lab 13 (ci/kernel_lab/stream_lab.py); not measured yet, so the engine takes it only with
-OPSCTL_W4_STREAM=1.
+is built too, for lab 13 (ci/kernel_lab/stream_lab.py); on an H100 it ran 0.62-0.94x the few-row kernel's
+speed at every Qwen2.5-7B shape and 1-8 rows (reports/examples/h100/quant-b1-2026-12-05), so the engine takes
+it only with OPSCTL_W4_STREAM=1.
 
 The layout, for a linear W [N, K] (AWQ qweight [K, N/8]): stripes s of 64 output columns, k steps of 16 in
 quads kq of four (kk = 4 kq + c), tiles j of 16 columns, lanes (g = lane // 4, t = lane % 4): qw word
