@@ -16,11 +16,9 @@ choices and the checks. On 9.0+ GPUs the kernels are launched early (programmati
 engine/kernels/pdl.py): they load their first weights while the kernel before them finishes, and wait for it
 before they read x. Rows: up to 32 one launch; 33 to WGMMA_MAX_ROWS on Hopper one warpgroup-kernel
 launch, elsewhere up to CHUNK_MAX_ROWS in 32-row launches (each re-reads the weight); more (prefill)
-dequantize the layout to a dense bf16 weight in column chunks and multiply with cuBLAS. A stream-K variant for
-1-8 rows (w4_stream_kernel: a persistent grid, equal runs of (stripe, group) units a warp through a cp.async ring)
-is built too, for lab 13 (ci/kernel_lab/stream_lab.py); on an H100 it ran 0.62-0.94x the few-row kernel's
-speed at every Qwen2.5-7B shape and 1-8 rows (reports/examples/h100/quant-b1-2026-12-05), so the engine takes
-it only with OPSCTL_W4_STREAM=1.
+dequantize the layout to a dense bf16 weight in column chunks and multiply with cuBLAS. (A stream-K variant for
+1-8 rows, lab 13, ran 0.62-0.94x this kernel's speed at every shape on an H100 and was removed after 7a66088:
+reports/examples/h100/quant-b1-2026-12-05.)
 
 The layout, for a linear W [N, K] (AWQ qweight [K, N/8]): stripes s of 64 output columns, k steps of 16 in
 quads kq of four (kk = 4 kq + c), tiles j of 16 columns, lanes (g = lane // 4, t = lane % 4): qw word
@@ -31,7 +29,6 @@ tiles) at once, and the warpgroup kernel's warp j loads only its tile's, which w
 """
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 from pathlib import Path
@@ -267,44 +264,6 @@ def launch(x, qw, sz, bias, out, scale_bf16: bool, config: tuple | None = None,
                        pipe)
 
 
-STREAM_ROWS = 8  # rows the stream-K kernel takes (one 8-row MMA tile)
-# (warps a block, ring stages a warp) the build carries: int4 units are 4.25 KB, int8 ones 8 KB of shared memory
-STREAM_VARIANTS = ((4, 4), (4, 8), (8, 4), (8, 6), (16, 3))
-STREAM_VARIANTS_INT8 = ((4, 4), (4, 6), (8, 3))
-
-
-# Lab 13's A / B switch: 1-8 rows through the stream-K kernel (OPSCTL_W4_STREAM=1) or the few-row kernel (0).
-STREAM = os.environ.get("OPSCTL_W4_STREAM", "0") == "1"
-
-
-def stream_config(n: int, k: int, num_sms: int, int8: bool = False) -> tuple[int, int, int]:
-    """(warps a block, ring stages a warp, blocks) of the stream-K kernel: one block of eight warps an SM, the
-    deepest ring that fits (six int4 units or three int8 ones in flight a warp less one)."""
-    warps, stages = (8, 3) if int8 else (8, 6)
-    return warps, stages, stream_blocks(n, k, warps, 1, num_sms)
-
-
-def stream_blocks(n: int, k: int, warps: int, blocks_per_sm: int, num_sms: int) -> int:
-    """The stream-K grid: blocks_per_sm an SM, fewer where the layer has fewer (stripe, group) units than warps."""
-    units = n // STRIPE * (k // GROUP)
-    return max(1, min(blocks_per_sm * num_sms, units // warps))
-
-
-def stream_part(m: int, n: int, warps: int, blocks: int, device) -> torch.Tensor:
-    """The stream-K kernel's fp32 partials: a [M, 64] piece per (warp, stripe) pair a warp may share."""
-    return torch.empty((blocks * warps + n // STRIPE) * m * STRIPE, dtype=torch.float32, device=device)
-
-
-def launch_stream(x, qw, sz, bias, out, scale_bf16: bool, config: tuple, part: torch.Tensor | None = None) -> None:
-    """One launch of the stream-K kernel (1-8 rows): config (warps a block, ring stages a warp, blocks)."""
-    m, k = x.shape
-    n = out.shape[1]
-    warps, stages, blocks = config
-    if part is None:
-        part = stream_part(m, n, warps, blocks, x.device)
-    extension().w4_stream(x, qw, sz, bias, out, part, _locks(x.device), scale_bf16, warps, stages, blocks)
-
-
 def wgmma_config(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, int, int, int]:
     """(rows a block, stripes a warpgroup, warpgroups a block side by side, splits, warpgroups on alternate
     groups) for the warpgroup kernel, from lab 7's sweeps on an H200 (kernel-lab-wgmma/): 64-row blocks at
@@ -359,9 +318,6 @@ def few_rows_or_dense(x, qw, sz, bias, out, scale_bf16: bool) -> torch.Tensor:
     """The path without the warpgroup kernel, into out: up to CHUNK_MAX_ROWS rows in 32-row launches, more
     through the dense dequantized weight and cuBLAS (lab 7 times it as the earlier CUDA path)."""
     m, k = x.shape
-    if STREAM and m <= STREAM_ROWS:
-        launch_stream(x, qw, sz, bias, out, scale_bf16, stream_config(out.shape[1], k, _num_sms(x.device)))
-        return out
     if m <= CHUNK_MAX_ROWS:
         for r0 in range(0, m, MAX_ROWS):
             launch(x[r0:r0 + MAX_ROWS], qw, sz, bias, out[r0:r0 + MAX_ROWS], scale_bf16)

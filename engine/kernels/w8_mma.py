@@ -22,8 +22,7 @@ import triton
 import triton.language as tl
 
 from .quant_gemm import _dense_product, _locks, _num_sms
-from .w4_mma import (STREAM, STREAM_ROWS, STRIPE, extension, has_wgmma, launch_config, stream_config, stream_part,
-                     wgmma_config)
+from .w4_mma import STRIPE, extension, has_wgmma, launch_config, wgmma_config
 
 DUO_K = 32  # the k extent of one 16-byte load (two k steps of 16)
 K_MULTIPLE = 128  # the kernel walks K in groups of 128
@@ -104,15 +103,6 @@ def launch_few(x, qw, scales, bias, out, config: tuple | None = None, part: torc
     extension().w8_mma(x, qw, scales, bias, out, part, _locks(x.device), splits, warps, min_blocks, pipe)
 
 
-def launch_stream(x, qw, scales, bias, out, config: tuple, part: torch.Tensor | None = None) -> None:
-    """One launch of the stream-K kernel's int8 variant (1-8 rows): config (warps a block, ring stages, blocks)."""
-    m = x.shape[0]
-    warps, stages, blocks = config
-    if part is None:
-        part = stream_part(m, out.shape[1], warps, blocks, x.device)
-    extension().w8_stream(x, qw, scales, bias, out, part, _locks(x.device), warps, stages, blocks)
-
-
 def wgmma_config_int8(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, int]:
     """(warpgroups side by side, splits, warpgroups on alternate groups) for 33-128 rows: the AWQ kernel's choice
     (w4_mma.wgmma_config) but one warpgroup a block across up to 64 rows, where lab 10 (H200) measured gate_up
@@ -150,9 +140,7 @@ def w8_mma_linear(x: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor,
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    if STREAM and m <= STREAM_ROWS:
-        launch_stream(x, qw, scales, bias, out, stream_config(n, k, _num_sms(x.device), int8=True))
-    elif m <= FEW_ROWS:
+    if m <= FEW_ROWS:
         launch_few(x, qw, scales, bias, out)
     elif m <= MAX_ROWS and has_wgmma():
         launch(x, qw, scales, bias, out, config)

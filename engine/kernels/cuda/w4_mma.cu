@@ -435,7 +435,7 @@ struct WgLayout {
   static_assert(SMEM <= 227 * 1024, "the copy buffers fit an SM's shared memory");
 };
 
-// cp.async (sm_80+): the warpgroup kernel's copies and the stream kernel's weight ring.
+// cp.async (sm_80+): the warpgroup kernel's copies.
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
 }
@@ -451,150 +451,6 @@ __device__ __forceinline__ uint2 lds64(uint32_t a) {
   uint2 v;
   asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(a));
   return v;
-}
-
-// ---- Up to 8 rows, stream-K (reports/examples/h200/stream-k/): the layer's (stripe, group) units, one group
-// (128 k) of one 64-column stripe each, in stripe-major order (their weight words lie in that order in qw),
-// split into equal contiguous ranges, one per warp of the whole grid (a few blocks an SM, persistent), so every
-// warp reads the same bytes and no wave is left half full. Each warp streams its range through its own ring of
-// STAGES units in shared memory with cp.async (each thread copies and later reads exactly its own 16-byte
-// words, so only the (scale, zero) words, read by the four threads of a row pair, need a __syncwarp), STAGES - 1
-// units in flight while it multiplies one: the bytes in flight no longer cost registers. The MMAs and the
-// group's zero and scale are the few-row kernel's (group_step / group_step_i8). A stripe that one warp holds
-// whole is written by it; a stripe shared by warps wf..wl (at most a range's length apart) has each warp's
-// fp32 partial stored at piece w + stripe of part ([warps + stripes][M][64], unique per warp and stripe), and
-// the warp that arrives last at the stripe's counter adds the pieces in warp order (deterministic), the bias,
-// writes bf16 and puts the counter back to 0. Batch rows past M read row M - 1 and are never stored.
-__device__ __forceinline__ long stream_warp_of(long u, long units, long warps) {
-  long w = u * warps / units;  // the warp whose range [w units / warps, (w + 1) units / warps) holds unit u
-  while (w + 1 < warps && (w + 1) * units / warps <= u) ++w;
-  while (w > 0 && w * units / warps > u) --w;
-  return w;
-}
-
-template <bool SBF16, int NW, int STAGES, bool I8>
-__global__ void __launch_bounds__(NW * 32) w4_stream_kernel(
-    const __nv_bfloat16* x, int64_t ldx, const uint4* __restrict__ qw, const uint2* __restrict__ sz,
-    const float* __restrict__ cscale, const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ out,
-    float* __restrict__ part, int* __restrict__ locks, int M, int N, int K) {
-  constexpr int KS = I8 ? 16 : 8;          // 16-byte words a thread a unit
-  constexpr int UNIT_W = KS * 32;          // a unit's weight words (uint4): 4 KB int4, 8 KB int8
-  constexpr int UNIT_Z = I8 ? 0 : 32;      // its (scale, zero) words (uint2): four tiles x eight row pairs
-  extern __shared__ uint4 stream_smem[];   // [NW][STAGES][UNIT_W] uint4, then [NW][STAGES][UNIT_Z] uint2
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int groups = K / 128;
-  const long units = static_cast<long>(N / 64) * groups, warps = static_cast<long>(gridDim.x) * NW;
-  const long w = static_cast<long>(blockIdx.x) * NW + warp;
-  const long u0 = w * units / warps, u1 = (w + 1) * units / warps;
-  if (u0 >= u1) return;  // more warps than units: this one reads and writes nothing
-  const uint32_t wring = static_cast<uint32_t>(__cvta_generic_to_shared(stream_smem + warp * STAGES * UNIT_W));
-  const uint32_t zring = static_cast<uint32_t>(__cvta_generic_to_shared(stream_smem + NW * STAGES * UNIT_W)) +
-                         warp * STAGES * UNIT_Z * 8;
-  auto issue = [&](long u, int slot) {
-    const uint4* src = qw + u * UNIT_W + lane;
-    const uint32_t dst = wring + (slot * UNIT_W + lane) * 16;
-#pragma unroll
-    for (int kk = 0; kk < KS; ++kk) cp_async16(dst + kk * 512, src + kk * 32, 16);
-    if constexpr (!I8) {
-      asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(zring + (slot * UNIT_Z + lane) * 8),
-                   "l"(sz + u * UNIT_Z + lane) : "memory");
-    }
-  };
-  // The first units' weights are requested before x is ready; x is read after wait_for_producer.
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (u0 + s < u1) issue(u0 + s, s);
-    cp_commit();
-  }
-  wait_for_producer();
-  uint32_t one;
-  asm volatile("mov.b32 %0, %1;" : "=r"(one) : "n"(ONE));
-  const uint32_t* xrow = reinterpret_cast<const uint32_t*>(x + min(g, M - 1) * ldx) + t;
-
-  float res[4][1][4];
-  auto clear = [&] {
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) res[j][0][c] = 0.f;
-  };
-  // The thread's sixteen accumulator slots (tile j, fragment c) as (batch row m, column n of the stripe), rows
-  // past M skipped.
-  auto each_output = [&](auto&& fn) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int m = 2 * t + (c & 1), n = 16 * j + g + 8 * (c >> 1);
-        if (m < M) fn(j, c, m, n);
-      }
-  };
-  auto flush = [&](long stripe) {  // this warp's sums of `stripe` out: whole, or as a piece of a shared stripe
-    const long wf = stream_warp_of(stripe * groups, units, warps);
-    const long wl = stream_warp_of(stripe * groups + groups - 1, units, warps);
-    const int n0 = static_cast<int>(stripe) * 64;
-    auto column_scaled = [&](int j, int c, int n) {  // int8: the column scale before any sum, as the splits'
-      if constexpr (I8) return res[j][0][c] * cscale[n0 + n];
-      else return res[j][0][c];
-    };
-    auto store = [&](int m, int n, float v) {
-      if (bias) v += __bfloat162float(bias[n0 + n]);
-      out[static_cast<size_t>(m) * N + n0 + n] = __float2bfloat16(v);
-    };
-    if (wf == wl) {
-      each_output([&](int j, int c, int m, int n) { store(m, n, column_scaled(j, c, n)); });
-      return;
-    }
-    float* piece = part + static_cast<size_t>(w + stripe) * M * 64;
-    each_output([&](int j, int c, int m, int n) { __stcg(piece + m * 64 + n, column_scaled(j, c, n)); });
-    __threadfence();
-    __syncwarp();
-    int last = 0;
-    if (lane == 0) last = atomicAdd(locks + stripe, 1) == static_cast<int>(wl - wf);
-    if (!__shfl_sync(0xFFFFFFFFu, last, 0)) return;
-    __threadfence();
-    // The pieces in warp order, each element's sum a chain; the sixteen elements' loads (and, unrolled, those of
-    // the next pieces) in flight together, so a stripe shared by ~20 warps (down) costs a few L2 round trips.
-    float sum[4][4] = {};
-#pragma unroll 4
-    for (long w2 = wf; w2 <= wl; ++w2) {
-      const float* p = part + static_cast<size_t>(w2 + stripe) * M * 64;
-      each_output([&](int j, int c, int m, int n) { sum[j][c] += __ldcg(p + m * 64 + n); });
-    }
-    each_output([&](int j, int c, int m, int n) { store(m, n, sum[j][c]); });
-    if (lane == 0) locks[stripe] = 0;
-  };
-
-  clear();
-  long stripe = u0 / groups;  // the unit's stripe and group, counted on (no 64-bit division a unit)
-  int gi = static_cast<int>(u0 - stripe * groups);
-  for (long u = u0; u < u1; ++u, ++gi) {
-    const int i = static_cast<int>(u - u0);
-    if (u + STAGES - 1 < u1) issue(u + STAGES - 1, (i + STAGES - 1) % STAGES);
-    cp_commit();
-    cp_wait<STAGES - 1>();  // unit u's copies (this thread's) have landed
-    __syncwarp();           // and the other threads' (scale, zero) words
-    const int slot = i % STAGES;
-    uint4 wv[KS];
-#pragma unroll
-    for (int kk = 0; kk < KS; ++kk) wv[kk] = lds128(wring + (slot * UNIT_W + kk * 32 + lane) * 16);
-    uint2 zs[4];
-    if constexpr (!I8) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) zs[j] = lds64(zring + (slot * UNIT_Z + j * 8 + g) * 8);
-    }
-    if (gi == groups) {
-      flush(stripe);
-      clear();
-      ++stripe;
-      gi = 0;
-    }
-    const uint32_t* const xg[1] = {xrow + gi * 64};
-    step<SBF16, 1, KS, I8>(res, wv, zs, xg, one);
-    __syncwarp();  // every thread has read this slot before a later issue refills it
-  }
-  allow_dependents();
-  flush(stripe);
 }
 
 #if defined(W4MMA_SM90A) && defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -982,69 +838,6 @@ void w8_mma(torch::Tensor x, torch::Tensor qw, torch::Tensor scales, c10::option
 #undef W8MMA_ROWS
 }
 
-// The stream-K kernel (up to 8 rows): warps a block, ring stages a warp, blocks in all (persistent; at most
-// one warp per unit: the Python caller, engine/kernels/w4_mma.py, sizes part to (warps + stripes) x M x 64).
-template <bool SBF16, bool I8>
-void stream_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tensor& sz,
-              const c10::optional<torch::Tensor>& bias, torch::Tensor& out, torch::Tensor& part,
-              torch::Tensor& locks, int warps, int stages, int blocks) {
-  using T = __nv_bfloat16;
-  const int M = x.size(0), K = x.size(1), N = out.size(1);
-  TORCH_CHECK(M >= 1 && M <= 8, "w4_stream: 1-8 rows");
-  TORCH_CHECK(static_cast<long>(blocks) * warps <= static_cast<long>(N / 64) * (K / 128),
-              "w4_stream: more warps than (stripe, group) units");
-  TORCH_CHECK(part.numel() >= (static_cast<long>(blocks) * warps + N / 64) * M * 64, "w4_stream: part too small");
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const T* b = bias ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
-  constexpr int UNIT_BYTES = I8 ? 8192 : 4096 + 256;
-#define W4STREAM_GO(NW, ST)                                                                                    \
-  {                                                                                                            \
-    auto kernel = w4_stream_kernel<SBF16, NW, ST, I8>;                                                         \
-    constexpr int smem = NW * ST * UNIT_BYTES;                                                                 \
-    static const bool sized = [&] {                                                                            \
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));         \
-      return true;                                                                                             \
-    }();                                                                                                       \
-    (void)sized;                                                                                               \
-    launch_kernel(kernel, dim3(blocks), dim3(NW * 32), smem, stream, reinterpret_cast<const T*>(x.data_ptr()), \
-                  x.stride(0), reinterpret_cast<const uint4*>(qw.data_ptr()),                                  \
-                  I8 ? nullptr : reinterpret_cast<const uint2*>(sz.data_ptr()),                                \
-                  I8 ? sz.data_ptr<float>() : nullptr, b, reinterpret_cast<T*>(out.data_ptr()),                \
-                  part.data_ptr<float>(), locks.data_ptr<int>(), M, N, K);                                     \
-  }
-  if constexpr (I8) {
-    if (warps == 4 && stages == 4) W4STREAM_GO(4, 4)
-    else if (warps == 4 && stages == 6) W4STREAM_GO(4, 6)
-    else if (warps == 8 && stages == 3) W4STREAM_GO(8, 3)
-    else TORCH_CHECK(false, "w8_stream: (warps, stages) (4, 4), (4, 6) or (8, 3)");
-  } else {
-    if (warps == 4 && stages == 4) W4STREAM_GO(4, 4)
-    else if (warps == 4 && stages == 8) W4STREAM_GO(4, 8)
-    else if (warps == 8 && stages == 4) W4STREAM_GO(8, 4)
-    else if (warps == 8 && stages == 6) W4STREAM_GO(8, 6)
-    else if (warps == 16 && stages == 3) W4STREAM_GO(16, 3)
-    else TORCH_CHECK(false, "w4_stream: (warps, stages) (4, 4), (4, 8), (8, 4), (8, 6) or (16, 3)");
-  }
-#undef W4STREAM_GO
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-void w4_stream(torch::Tensor x, torch::Tensor qw, torch::Tensor sz, c10::optional<torch::Tensor> bias,
-               torch::Tensor out, torch::Tensor part, torch::Tensor locks, bool scale_bf16, int64_t warps,
-               int64_t stages, int64_t blocks) {
-  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.scalar_type() == at::kBFloat16, "w4_stream: bf16 x [M, K]");
-  if (scale_bf16) stream_t<true, false>(x, qw, sz, bias, out, part, locks, warps, stages, blocks);
-  else stream_t<false, false>(x, qw, sz, bias, out, part, locks, warps, stages, blocks);
-}
-
-void w8_stream(torch::Tensor x, torch::Tensor qw, torch::Tensor scales, c10::optional<torch::Tensor> bias,
-               torch::Tensor out, torch::Tensor part, torch::Tensor locks, int64_t warps, int64_t stages,
-               int64_t blocks) {
-  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.scalar_type() == at::kBFloat16, "w8_stream: bf16 x [M, K]");
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous(), "w8_stream: fp32 scales");
-  stream_t<false, true>(x, qw, scales, bias, out, part, locks, warps, stages, blocks);
-}
-
 // Many rows on the warpgroup MMA (sm_90a builds only: has_wgmma()): bn rows a block (64 or 128), sp stripes a
 // warpgroup (1 or 2), nwg warpgroups a block side by side (1 or 2), kwg on alternate groups (1 or 2).
 bool has_wgmma() {
@@ -1147,8 +940,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4_wgmma", &w4mma::w4_wgmma);
   m.def("w8_wgmma", &w4mma::w8_wgmma);
   m.def("w8_mma", &w4mma::w8_mma);
-  m.def("w4_stream", &w4mma::w4_stream);
-  m.def("w8_stream", &w4mma::w8_stream);
   m.def("has_wgmma", &w4mma::has_wgmma);
   m.def("set_pdl", &w4mma::set_pdl);
 }
