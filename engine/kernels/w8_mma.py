@@ -93,8 +93,8 @@ def dequantize_into(qw: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, s
 
 def launch_few(x, qw, scales, bias, out, config: tuple | None = None, part: torch.Tensor | None = None) -> None:
     """One launch of the few-row kernel (mma.sync) for x's <= 32 rows into out. config: (warps, min blocks,
-    pipelined, splits), default the AWQ kernel's choice for the shape without its pipelined blocks (w4_mma.launch_config);
-    part: split-K partials (default: made here)."""
+    pipelined, splits), default the AWQ kernel's choice for the shape without its pipelined blocks
+    (w4_mma.launch_config); part: split-K partials (default: made here)."""
     m, k = x.shape
     n = out.shape[1]
     warps, min_blocks, pipe, splits = config or launch_config(m, n, k, _num_sms(x.device), pipelined=False)

@@ -91,7 +91,8 @@ def test_launch_choices_are_variants_the_build_carries(m, n, k):
     assert (warps, min_blocks, pipe) in carried
     warps, min_blocks, pipe, splits = w4_mma.launch_config(m, n, k, 132, pipelined=False)  # the int8 build's
     assert groups % splits == 0 and (groups // splits >= 4 or splits == 1)
-    assert (warps, min_blocks, pipe) in {(8, 2, False), (8, 1, False), (4, 1, False)} and (m <= 16 or min_blocks == 1)
+    assert (warps, min_blocks, pipe) in {(8, 2, False), (8, 1, False), (4, 1, False)}
+    assert m <= 16 or min_blocks == 1
 
 
 @pytest.mark.parametrize("m,n,k,splits", [
