@@ -35,8 +35,8 @@ import torch
 
 from ..errors import ModelLoadError
 from . import calib_data
-from .awq_search import (ScaleGroup, ScaleSearch, apply_clip, check_scale_forms, fold_scale, scale_moment,
-                         search_clip, search_scale, second_moment, smooth_scale)
+from .awq_search import (SCALE_FORMS, ScaleGroup, ScaleSearch, apply_clip, check_scale_forms, fold_scale,
+                         scale_moment, search_clip, search_scale, second_moment, smooth_scale)
 from .checkpoint import QuantizeError, check_work_dir, read_safetensors_headers, write_checkpoint
 from .int4_pack import PACK, pack_awq
 
@@ -65,7 +65,7 @@ class AwqOptions:
     # The forms of scale the search tries (awq_search.SCALE_FORMS), each on the grid of 20 ratios, keeping
     # the best per group: "duo" s = x^a / w^(1-a) (AutoAWQ's and LMDeploy's default, duo_scaling) and "x"
     # s = x^a (the AWQ paper's). Both: twice the search's time; see tests/engine/test_quant_quality.py.
-    scale_forms: tuple[str, ...] = ("duo", "x")
+    scale_forms: tuple[str, ...] = SCALE_FORMS
     # Tokens the scale search scores each ratio on (whole windows, evenly spread). The grid runs the
     # attention and MLP 20 times per layer and form: on all 128 x 2048 tokens that is ~20 h on 2 CPU cores.
     # Half as many (2048) halved the search's time on SmolLM2 (128 x 512) and read 1.102x, not 1.098x.

@@ -14,8 +14,8 @@ from torch import nn
 
 from engine.quant import calib_data
 from engine.quant.awq import AwqOptions, layer_groups, quantize_awq, quantize_rtn
-from engine.quant.awq_search import (ScaleGroup, apply_clip, fake_quantize, fold_scale, scale_moment, search_clip,
-                                     search_scale, second_moment, smooth_scale)
+from engine.quant.awq_search import (SCALE_FORMS, ScaleGroup, apply_clip, fake_quantize, fold_scale, scale_moment,
+                                     search_clip, search_scale, second_moment, smooth_scale)
 from engine.quant.checkpoint import (QuantizeError, dequantized_state_dict, read_safetensors_headers,
                                      write_checkpoint)
 from engine.quant.int4_pack import dequantize_awq
@@ -289,7 +289,7 @@ def test_awq_and_rtn_on_tiny_presets(tiny_model_dirs, tmp_path, preset):
     awq = quantize_awq(str(source), tmp_path / "awq", options, progress=False)
     rtn = quantize_rtn(str(source), tmp_path / "rtn", w_group_size=16, progress=False)
     assert (awq.samples, awq.seqlen, awq.group_size) == (4, 64, 16) and len(awq.ratios) >= 3 * awq.layers
-    assert awq.forms.keys() == awq.ratios.keys() and set(awq.forms.values()) <= {"duo", "x"}
+    assert awq.forms.keys() == awq.ratios.keys() and set(awq.forms.values()) <= set(SCALE_FORMS)
     for result in (awq, rtn):
         _check_awq_dir(result.work_dir, source, 16)
     if preset == "tiny-qwen2":  # q/k/v biases travel as float16 next to the packed weights
