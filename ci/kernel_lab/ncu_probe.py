@@ -1,8 +1,9 @@
 """Run one lab or shipped quantized kernel a few times eagerly (no CUDA graph), for Nsight Compute:
   ncu --kernel-name regex:NAME --launch-skip 3 --launch-count 1 --section ... python3 ci/kernel_lab/ncu_probe.py
       KIND SHAPE M [config ...]
-KIND: w4-fold, w4-shipped, w8-shipped, bf16-triton, w4-wgmma. config: TileConfig fields (w4-fold); rows a block,
-stripes a warpgroup, warpgroups a block side by side, splits, warpgroups on alternate groups (w4-wgmma)."""
+KIND: w4-fold, w4-shipped, w8-shipped, bf16-triton, w4-wgmma, w4-mma. config: TileConfig fields (w4-fold); rows a
+block, stripes a warpgroup, warpgroups a block side by side, splits, warpgroups on alternate groups (w4-wgmma);
+warps, min blocks an SM, pipelined (0 / 1), splits (w4-mma, the few-row CUDA kernel; none: launch_config's)."""
 from pathlib import Path
 import sys
 
@@ -20,7 +21,7 @@ gen = torch.Generator(device="cuda").manual_seed(0)
 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
 G = gl.G
 w4 = gl.awq_weights(n, k, gen)
-if kind == "w4-wgmma":
+if kind in ("w4-wgmma", "w4-mma"):
     from engine.kernels import w4_mma
     qw, sz = w4_mma.repack(w4[0], w4[1], w4[2].to(torch.bfloat16), G)
     out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
@@ -35,6 +36,9 @@ for _ in range(6):
         qg.w8a16_linear(x, q, torch.rand(n, device="cuda") * 0.01)
     elif kind == "w4-wgmma":
         w4_mma.launch_wgmma(x, qw, sz, None, out, True, tuple(int(v) for v in sys.argv[4:9]))
+    elif kind == "w4-mma":
+        cfg = [int(v) for v in sys.argv[4:8]]
+        w4_mma.launch(x, qw, sz, None, out, True, (cfg[0], cfg[1], bool(cfg[2]), cfg[3]) if cfg else None)
     elif kind == "bf16-triton":
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=gen)
         gl2.triton_bf16(x, w, None, *[int(v) for v in sys.argv[4:9]])
