@@ -213,7 +213,7 @@ def launch_config(m: int, n: int, k: int, num_sms: int, pipelined: bool = True) 
     tokens of context; reports/examples/h200/early-launch) took AWQ at 8 and 16 rows 2.69 / 3.84 ms unsplit
     against 2.99 / 4.11, int8 3.49 / 4.06 against 3.59 / 4.16, but AWQ at one row 2.27 against 2.18 ms.
     One row of AWQ weights (pipelined: the int8 build has no pipelined blocks, w8_mma passes False) takes the
-    pipelined blocks where the labs and the engine agree (`_one_row_pipelined`)."""
+    pipelined blocks where the engine measured them faster (`_one_row_pipelined`)."""
     stripes, groups = n // STRIPE, k // GROUP
     if m == 1 and pipelined:
         choice = _one_row_pipelined(stripes, groups, num_sms)
@@ -233,16 +233,21 @@ def launch_config(m: int, n: int, k: int, num_sms: int, pipelined: bool = True) 
 
 
 def _one_row_pipelined(stripes: int, groups: int, num_sms: int) -> tuple[int, int, bool, int] | None:
-    """One row's pipelined choice, or None for launch_config's general one. Two shape classes, both Qwen2.5-7B's
-    (reports/examples/h100/quant-b1-2026-12-05): one 8-warp block a stripe, unsplit, for layers of half to two
-    waves of stripes (qkv: 6.80 µs against 8.09 in 4 flat splits on an H100, 6.80 against 7.70 on an H200,
-    lab 5); 4-warp blocks in splits of 4 groups for narrow layers of short K (o: 5.90 against 5.96 on the H100,
-    5.91 against 5.98 on the H200). In the engine on the H100 (bf16 the peer, same lease) batch-1 AWQ went
-    from 407 tok/s (5 runs, 399-417) to 427 (qkv alone, 2 runs) and 432 (both, 1 run). Wide layers (gate_up) and
-    narrow ones of long K (down) keep the flat blocks: pipelined gate_up won on the H100 (26.4 µs against 27.9)
-    but lost on the H200 (23.5 against 21.5), and down's flat 4-split is best on both."""
+    """One row's pipelined choice, or None for launch_config's general one. Three shape classes, Qwen2.5-7B's
+    (reports/examples/h100/quant-b1-2026-12-05, reports/examples/h200/quant-b1-gateup-2026-12-05): one 8-warp
+    block a stripe, unsplit, for layers of half to two waves of stripes (qkv: 6.80 µs against 8.09 in 4 flat
+    splits on an H100, 6.80 against 7.70 on an H200, lab 5); one 4-warp block a stripe, unsplit, for wide layers of
+    at least two waves (gate_up); 4-warp blocks in splits of 4 groups for narrow layers of short K (o: 5.90
+    against 5.96 on the H100, 5.91 against 5.98 on the H200). Narrow layers of long K (down) keep the flat
+    4-split, best on both cards. In the engine (bf16 the peer, same lease), batch-1 AWQ on the H100 went from
+    407 tok/s (5 runs, 399-417) to 427 (qkv alone, 2 runs), 432 (qkv and o, 1 run) and 439 (with gate_up, 3 runs,
+    432-447); on the H200 from 497 (qkv and o, 3 runs, 493-504) to 506 (with gate_up, 3 runs, 506-506), although
+    gate_up alone in the lab reads 23.5 µs pipelined against 21.5 flat there (lab 5d): the lab times one
+    kernel after another of the same shape, the engine a layer's chain under early launch."""
     if num_sms <= 2 * stripes < 4 * num_sms:
         return 8, 1, True, 1
+    if 2 * stripes >= 4 * num_sms:
+        return 4, 1, True, 1
     if 2 * stripes < num_sms and groups <= 32:
         splits = max(d for d in range(1, groups + 1) if groups % d == 0 and groups // d >= 4)
         return 4, 1, True, splits

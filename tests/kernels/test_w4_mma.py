@@ -109,12 +109,13 @@ def test_few_row_splits_on_qwen_shapes_are_the_labs_winners(m, n, k, splits):
 
 
 @pytest.mark.parametrize("n,k,expected", [
-    (4608, 3584, (8, 1, True, 1)), (3584, 3584, (4, 1, True, 7)), (37888, 3584, (8, 2, False, 1)),
+    (4608, 3584, (8, 1, True, 1)), (3584, 3584, (4, 1, True, 7)), (37888, 3584, (4, 1, True, 1)),
     (3584, 18944, (8, 2, False, 4))])
 def test_one_awq_row_on_qwen_shapes_takes_the_pipelined_winners(n, k, expected):
     """One row of AWQ weights (reports/examples/h100/quant-b1-2026-12-05, labs on an H100 and an H200, the engine
-    on the H100): qkv one pipelined 8-warp block a stripe, o pipelined 4-warp blocks in 7 splits of 4 groups,
-    gate_up and down the flat blocks as before."""
+    on the H100; reports/examples/h200/quant-b1-gateup-2026-12-05, the engine on the H200): qkv one pipelined
+    8-warp block a stripe, o pipelined 4-warp blocks in 7 splits of 4 groups, gate_up one pipelined 4-warp block a
+    stripe, down the flat blocks as before."""
     assert w4_mma.launch_config(1, n, k, 132) == expected
 
 
