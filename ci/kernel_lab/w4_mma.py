@@ -5,9 +5,6 @@ divide K's groups. Every row is checked against the AWQ reference before it is t
 version (commit d09ccab: extra register caps, 64 rows) produced lab5 / lab5b / lab5c in
 reports/examples/h200/kernel-lab-w4mma/.
 
-The staged kernel (2026-12-05: the weights through shared memory, cp.async a few groups ahead) has rows of its own
-("w4_mma staged wW stS sK": warps, stages, splits).
-
 Usage: python3 ci/kernel_lab/w4_mma.py OUT.json [M ...]
 """
 from __future__ import annotations
@@ -27,20 +24,12 @@ G = wm.GROUP
 # (warps, min blocks an SM, pipelined): the variants the engine's build carries
 VARIANTS = ((8, 2, False), (8, 1, True), (4, 1, True))
 VARIANTS_MANY_ROWS = ((4, 1, False), (8, 1, False))  # 17-32 rows: the dequantize-in-16-bit step
-STAGED = ((4, 3), (4, 4), (8, 3), (8, 4))  # (warps, stages) of the staged kernel (weights through shared memory)
 
 
 def w4_mma_linear(x, qw, sz, config, part):
     """One launch of the engine's kernel with the given (warps, min blocks, pipelined, splits)."""
     out = torch.empty(x.shape[0], qw.shape[0] * wm.STRIPE, dtype=x.dtype, device=x.device)
     wm.launch(x, qw, sz, None, out, True, config=config, part=part)
-    return out
-
-
-def w4_staged_linear(x, qw, sz, config, part):
-    """One launch of the staged kernel with the given (warps, stages, splits)."""
-    out = torch.empty(x.shape[0], qw.shape[0] * wm.STRIPE, dtype=x.dtype, device=x.device)
-    wm.launch_staged(x, qw, sz, None, out, True, config, part=part)
     return out
 
 
@@ -91,16 +80,6 @@ def main(out: str, ms: list[int]) -> None:
                     record(shape, m, f"w4_mma w{warps} b{min_blocks} {'pipe' if pipe else 'flat'} s{splits}",
                            [lambda p=p, cfg=cfg, part=part: w4_mma_linear(x, *p, cfg, part) for p in packed],
                            pbytes, y=lambda cfg=cfg, part=part: w4_mma_linear(x, *packed[0], cfg, part), ref=ref)
-            for warps, stages in STAGED if m <= 16 else ():
-                for splits in sorted({d for d in range(1, groups + 1) if groups % d == 0}):
-                    blocks = n // wm.STRIPE * splits
-                    if blocks < 66 or blocks > 132 * 12 or groups // splits < 2:
-                        continue
-                    part = torch.empty(splits * m * n, dtype=torch.float32, device="cuda")
-                    cfg = (warps, stages, splits)
-                    record(shape, m, f"w4_mma staged w{warps} st{stages} s{splits}",
-                           [lambda p=p, cfg=cfg, part=part: w4_staged_linear(x, *p, cfg, part) for p in packed],
-                           pbytes, y=lambda cfg=cfg, part=part: w4_staged_linear(x, *packed[0], cfg, part), ref=ref)
         del copies, packed, dense
         torch.cuda.empty_cache()
 

@@ -269,17 +269,6 @@ def launch(x, qw, sz, bias, out, scale_bf16: bool, config: tuple | None = None,
                        pipe)
 
 
-def launch_staged(x, qw, sz, bias, out, scale_bf16: bool, config: tuple[int, int, int],
-                  part: torch.Tensor | None = None) -> None:
-    """One launch of the staged few-row kernel (<= 16 rows; the weights through shared memory, cp.async a few
-    groups ahead) for x's rows into out. config: (warps 4 | 8, stages 3 | 4, splits); part as in `launch`."""
-    m, k = x.shape
-    warps, stages, splits = config
-    if part is None:
-        part = torch.empty(splits * m * out.shape[1] if splits > 1 else 1, dtype=torch.float32, device=x.device)
-    extension().w4_mma_staged(x, qw, sz, bias, out, part, _locks(x.device), GROUP, scale_bf16, splits, warps, stages)
-
-
 def wgmma_config(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, int, int, int]:
     """(rows a block, stripes a warpgroup, warpgroups a block side by side, splits, warpgroups on alternate
     groups) for the warpgroup kernel, from lab 7's sweeps on an H200 (kernel-lab-wgmma/): 64-row blocks at

@@ -197,28 +197,6 @@ def test_every_warpgroup_variant_matches_the_awq_reference(m, config):
     assert torch.equal(again, out)
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("config", [(4, 3, 1), (4, 4, 2), (8, 3, 4), (8, 4, 1), (8, 4, 16)])
-@pytest.mark.parametrize("m", [1, 3, 8, 9, 16])
-@pytest.mark.parametrize("scale_dtype", [torch.float16, torch.bfloat16])
-def test_every_staged_variant_matches_the_awq_reference(m, config, scale_dtype):
-    """The staged few-row kernel (weights through shared memory) in each build variant (warps, stages) and a few
-    splits (16 groups: warps with no group, fewer groups than stages, one group a split), against the AWQ
-    reference and the fold path's emulation; repeat calls identical."""
-    why = _gpu_ready()
-    if why:
-        pytest.skip(why)
-    x, bias, packed, sz, ref = _gpu_problem(m, scale_dtype)
-    out = torch.full((m, 640), float("nan"), device="cuda", dtype=torch.bfloat16)
-    w4_mma.launch_staged(x, packed, sz, bias, out, scale_dtype == torch.bfloat16, config)
-    assert ((out.float() - ref).abs().max() / ref.abs().max()).item() < 1e-2
-    emulated = w4_mma.w4_mma_ref(x, packed, sz, 128, scale_dtype, bias).float()
-    assert ((out.float() - emulated).abs().max() / ref.abs().max()).item() < 4e-3
-    again = torch.empty_like(out)
-    w4_mma.launch_staged(x, packed, sz, bias, again, scale_dtype == torch.bfloat16, config)
-    assert torch.equal(again, out)
-
-
 def poisoned_x_replays(m: int, linear_attribute: bool = True, norm_signal: bool = True, poison: bool = True,
                       n: int = 4608, k: int = 3584, replays: int = 20) -> list[tuple[int, int, int]]:
     """In a CUDA graph: x poisoned with NaN, an RMSNorm writes x, w4_mma_linear reads it; each replay against the

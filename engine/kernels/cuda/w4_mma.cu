@@ -292,51 +292,6 @@ __device__ __forceinline__ void sum_splits_if_last(const float* __restrict__ par
   if (threadIdx.x == 0) *counter = 0;
 }
 
-// The few-row kernels' end: the block's warps summed in warp order through shared memory, RR batch rows at a time
-// (a [NW][64][64] array for MT = 8 would pass the 48 KB static limit); written as the output or as this split's
-// partials, which the last block of the stripe to arrive sums.
-template <int MT, int NW, bool I8>
-__device__ __forceinline__ void finish_stripe(const float (&res)[4][MT][4], const float* __restrict__ cscale,
-                                              const __nv_bfloat16* __restrict__ bias,
-                                              __nv_bfloat16* __restrict__ out, float* __restrict__ part,
-                                              int* __restrict__ locks, int M, int N) {
-  const int stripe = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  constexpr int RR = MT * 8 > 128 / NW ? 128 / NW : MT * 8;
-  __shared__ float red[NW][RR][64];
-  const int n0 = stripe * 64;
-#pragma unroll
-  for (int r0 = 0; r0 < MT * 8; r0 += RR) {
-    if (r0 >= M) break;
-    if (r0) __syncthreads();  // the previous rows read
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const int m = mt * 8 + 2 * t + (c & 1);
-          if (m >= r0 && m < r0 + RR && m < M) red[warp][m - r0][16 * j + g + 8 * (c >> 1)] = res[j][mt][c];
-        }
-    __syncthreads();
-    const int rows = min(RR, M - r0);
-    for (int i = threadIdx.x; i < rows * 64; i += NW * 32) {
-      const int m = i >> 6, nl = i & 63;
-      float v = 0.f;
-#pragma unroll
-      for (int w2 = 0; w2 < NW; ++w2) v += red[w2][m][nl];
-      if constexpr (I8) v *= cscale[n0 + nl];  // before the split-K sum, as the warpgroup kernel
-      if (splits == 1) {
-        if (bias) v += __bfloat162float(bias[n0 + nl]);
-        out[static_cast<size_t>(r0 + m) * N + n0 + nl] = __float2bfloat16(v);
-      } else {
-        __stcg(part + (static_cast<size_t>(split) * M + r0 + m) * N + n0 + nl, v);
-      }
-    }
-  }
-  if (splits > 1) sum_splits_if_last<64>(part, locks + stripe, splits, M, N, 0, M, n0, bias, out);
-}
-
 // Grid (N / 64, splits); NW warps a block, all on one stripe of 64 output columns, each taking every NW-th
 // group of the block's K range, two groups an iteration (one computes while the other's loads fly). qw:
 // [N/64][K/64][4 tiles][32 lanes] uint4 (a group's load 4 q + j: tile j, k steps 4 q .. 4 q + 3); sz:
@@ -410,7 +365,41 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
   }
   allow_dependents();
 
-  finish_stripe<MT, NW, I8>(res, cscale, bias, out, part, locks, M, N);
+  // The block's warps summed in warp order through shared memory, RR batch rows at a time (a [NW][64][64]
+  // array for MT = 8 would pass the 48 KB static limit); written as the output or as this split's partials.
+  constexpr int RR = MT * 8 > 128 / NW ? 128 / NW : MT * 8;
+  __shared__ float red[NW][RR][64];
+  const int n0 = stripe * 64;
+#pragma unroll
+  for (int r0 = 0; r0 < MT * 8; r0 += RR) {
+    if (r0 >= M) break;
+    if (r0) __syncthreads();  // the previous rows read
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int m = mt * 8 + 2 * t + (c & 1);
+          if (m >= r0 && m < r0 + RR && m < M) red[warp][m - r0][16 * j + g + 8 * (c >> 1)] = res[j][mt][c];
+        }
+    __syncthreads();
+    const int rows = min(RR, M - r0);
+    for (int i = threadIdx.x; i < rows * 64; i += NW * 32) {
+      const int m = i >> 6, nl = i & 63;
+      float v = 0.f;
+#pragma unroll
+      for (int w2 = 0; w2 < NW; ++w2) v += red[w2][m][nl];
+      if constexpr (I8) v *= cscale[n0 + nl];  // before the split-K sum, as the warpgroup kernel
+      if (splits == 1) {
+        if (bias) v += __bfloat162float(bias[n0 + nl]);
+        out[static_cast<size_t>(r0 + m) * N + n0 + nl] = __float2bfloat16(v);
+      } else {
+        __stcg(part + (static_cast<size_t>(split) * M + r0 + m) * N + n0 + nl, v);
+      }
+    }
+  }
+  if (splits > 1) sum_splits_if_last<64>(part, locks + stripe, splits, M, N, 0, M, n0, bias, out);
 }
 
 // ---- 33-128 rows on Hopper's warpgroup MMA (sm_90a; reports/examples/h200/kernel-lab-wgmma/): wgmma.m64nBNk16
@@ -462,101 +451,6 @@ __device__ __forceinline__ uint2 lds64(uint32_t a) {
   uint2 v;
   asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(a));
   return v;
-}
-
-__device__ __forceinline__ void cp_async8(uint32_t dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// ---- Few rows (M <= 16) of int4 weights staged through shared memory: the kernel above with each warp's weight
-// and (scale, zero) words copied by cp.async STAGES - 1 groups ahead of its MMAs into a ring of STAGES slots, instead
-// of held in registers one or two groups ahead. The register kernels keep a warp's loads in flight only as long as
-// its registers last (Nsight Compute, gate_up at one row on an H200: 3.8 warps a scheduler, 0.7 of them eligible,
-// the SM idle 62% of its cycles; reports/examples/h200/quant-b1-gateup-2026-12-05/ncu); here a block asks for
-// (STAGES - 1) groups a warp at once, before it waits for the kernel before it (early launch), and the copies land
-// while the MMAs of earlier groups run. A thread copies and later reads only its own 16-byte words (the same
-// [lane] layout as the global words), so cp.async.wait_group alone orders them, without a block barrier. Slot
-// layout, in 16-byte words: [warp][stage][KS weight words, 2 (scale, zero) words][32 lanes]. x (the kernel
-// before's output) is read after the wait, as in the kernel above.
-template <int STAGES>
-struct StagedLayout {
-  static constexpr int KS = 8, WORDS = KS + 2;
-  static constexpr int smem(int nw) { return nw * STAGES * WORDS * 32 * 16; }
-};
-
-template <bool SBF16, int MT, int NW, int STAGES>
-__global__ void __launch_bounds__(NW * 32, 1) w4_mma_staged_kernel(
-    const __nv_bfloat16* x, int64_t ldx, const uint4* __restrict__ qw, const uint2* __restrict__ sz,
-    const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ out, float* __restrict__ part,
-    int* __restrict__ locks, int M, int N, int K, int groups_per_split) {
-  using L = StagedLayout<STAGES>;
-  constexpr int KS = L::KS;
-  extern __shared__ __align__(16) uint4 ring[];
-  const int stripe = blockIdx.x, split = blockIdx.y;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int groups = K / 128;
-  const int g0 = split * groups_per_split, g1 = min(groups, g0 + groups_per_split);
-  const int first = g0 + warp, count = first < g1 ? (g1 - first + NW - 1) / NW : 0;  // this warp's groups
-  const uint4* wq = qw + (static_cast<size_t>(stripe) * groups + first) * KS * 32 + lane;
-  const uint2* sq = sz + (static_cast<size_t>(stripe) * groups + first) * 32 + g;
-  constexpr size_t W_STEP = static_cast<size_t>(NW) * KS * 32, S_STEP = static_cast<size_t>(NW) * 32;
-  const uint32_t slots = smem_u32(ring + static_cast<size_t>(warp) * STAGES * L::WORDS * 32 + lane);
-  auto slot = [&](int stage, int word) { return slots + (stage * L::WORDS + word) * 32 * 16; };
-  // group i of this warp (global group first + i NW) into stage i % STAGES; a commit group either way, so that
-  // the i-th commit group is always group i's copies
-  auto copy = [&](int i) {
-    if (i < count) {
-      const int st = i % STAGES;
-      const uint4* w = wq + i * W_STEP;
-#pragma unroll
-      for (int kk = 0; kk < KS; ++kk) cp_async16(slot(st, kk), w + kk * 32, 16);
-      const uint2* z = sq + i * S_STEP;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) cp_async8(slot(st, KS + (j >> 1)) + (j & 1) * 8, z + j * 8);
-    }
-    cp_commit();
-  };
-#pragma unroll
-  for (int i = 0; i < STAGES - 1; ++i) copy(i);
-
-  const uint32_t* xg[MT];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-    xg[mt] = reinterpret_cast<const uint32_t*>(x + min(mt * 8 + g, M - 1) * ldx) + t + first * 64;
-  constexpr int X_STEP = NW * 64;  // a group is 128 k: 64 bf16 pairs
-  uint32_t one;
-  asm volatile("mov.b32 %0, %1;" : "=r"(one) : "n"(ONE));
-  float res[4][MT][4];
-#pragma unroll
-  for (int j = 0; j < 4; ++j)
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) res[j][mt][c] = 0.f;
-
-  wait_for_producer();
-  for (int i = 0; i < count; ++i) {
-    // the slot group i - 1 used was read into registers and consumed by its MMAs: refill it with group
-    // i + STAGES - 1, then wait for group i (the newest STAGES - 1 commit groups may still fly)
-    copy(i + STAGES - 1);
-    cp_wait<STAGES - 1>();
-    const int st = i % STAGES;
-    uint4 w[KS];
-#pragma unroll
-    for (int kk = 0; kk < KS; ++kk) w[kk] = lds128(slot(st, kk));
-    const uint4 z01 = lds128(slot(st, KS)), z23 = lds128(slot(st, KS + 1));
-    const uint2 zs[4] = {make_uint2(z01.x, z01.y), make_uint2(z01.z, z01.w), make_uint2(z23.x, z23.y),
-                         make_uint2(z23.z, z23.w)};
-    group_step<SBF16, MT, KS>(res, w, zs, xg, one);
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) xg[mt] += X_STEP;
-  }
-  cp_wait<0>();  // no copy outlives the block (the trailing commit groups are empty)
-  allow_dependents();
-  finish_stripe<MT, NW, false>(res, nullptr, bias, out, part, locks, M, N);
 }
 
 #if defined(W4MMA_SM90A) && defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -910,50 +804,6 @@ void launch_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tens
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <bool SBF16, int MT, int NW, int STAGES>
-void staged_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tensor& sz,
-              const c10::optional<torch::Tensor>& bias, torch::Tensor& out, torch::Tensor& part, torch::Tensor& locks,
-              int splits, int groups_per_split) {
-  using T = __nv_bfloat16;
-  const int M = x.size(0), K = x.size(1), N = out.size(1);
-  constexpr int SMEM = StagedLayout<STAGES>::smem(NW);
-  auto kernel = w4_mma_staged_kernel<SBF16, MT, NW, STAGES>;
-  static const bool sized = [&] {  // once per instantiation, before any CUDA graph capture
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM));
-    return true;
-  }();
-  (void)sized;
-  launch_kernel(kernel, dim3(N / 64, splits), dim3(NW * 32), SMEM, c10::cuda::getCurrentCUDAStream(),
-      reinterpret_cast<const T*>(x.data_ptr()), x.stride(0), reinterpret_cast<const uint4*>(qw.data_ptr()),
-      reinterpret_cast<const uint2*>(sz.data_ptr()), bias ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr,
-      reinterpret_cast<T*>(out.data_ptr()), part.data_ptr<float>(), locks.data_ptr<int>(), M, N, K,
-      groups_per_split);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-// Up to 16 rows through the staged kernel: warps 4 or 8 a block, stages 3 or 4. Checked by the Python caller too.
-void w4_mma_staged(torch::Tensor x, torch::Tensor qw, torch::Tensor sz, c10::optional<torch::Tensor> bias,
-                   torch::Tensor out, torch::Tensor part, torch::Tensor locks, int64_t group_size, bool scale_bf16,
-                   int64_t splits, int64_t warps, int64_t stages) {
-  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.size(0) >= 1 && x.size(0) <= 16, "w4_mma_staged: x [M <= 16, K]");
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && group_size == 128, "w4_mma_staged: bf16 x, group size 128");
-  const int M = x.size(0), groups = x.size(1) / group_size;
-  const int gps = (groups + splits - 1) / splits;
-#define W4ST(SB, MT, NW, ST) staged_t<SB, MT, NW, ST>(x, qw, sz, bias, out, part, locks, splits, gps)
-#define W4ST_ROWS(SB, NW, ST) \
-  if (M <= 8) W4ST(SB, 1, NW, ST); else W4ST(SB, 2, NW, ST);
-#define W4ST_SB(NW, ST) \
-  if (scale_bf16) { W4ST_ROWS(true, NW, ST) } else { W4ST_ROWS(false, NW, ST) }
-  if (warps == 4 && stages == 3) { W4ST_SB(4, 3) }
-  else if (warps == 4 && stages == 4) { W4ST_SB(4, 4) }
-  else if (warps == 8 && stages == 3) { W4ST_SB(8, 3) }
-  else if (warps == 8 && stages == 4) { W4ST_SB(8, 4) }
-  else TORCH_CHECK(false, "w4_mma_staged: (warps, stages) must be (4 | 8, 3 | 4)");
-#undef W4ST_SB
-#undef W4ST_ROWS
-#undef W4ST
-}
-
 // Checked by the Python caller (engine/kernels/w4_mma.py): shapes, dtypes, devices, sizes of part / locks.
 void w4_mma(torch::Tensor x, torch::Tensor qw, torch::Tensor sz, c10::optional<torch::Tensor> bias,
             torch::Tensor out, torch::Tensor part, torch::Tensor locks, int64_t group_size, bool scale_bf16,
@@ -1086,7 +936,6 @@ void w4_dequant(torch::Tensor qw, torch::Tensor sz, torch::Tensor w, int64_t gro
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4_mma", &w4mma::w4_mma);
-  m.def("w4_mma_staged", &w4mma::w4_mma_staged);
   m.def("w4_dequant", &w4mma::w4_dequant);
   m.def("w4_wgmma", &w4mma::w4_wgmma);
   m.def("w8_wgmma", &w4mma::w8_wgmma);
