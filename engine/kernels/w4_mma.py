@@ -241,7 +241,8 @@ def _one_row_pipelined(stripes: int, groups: int, num_sms: int) -> tuple[int, in
     against 5.96 on the H100, 5.91 against 5.98 on the H200). Narrow layers of long K (down) keep the flat
     4-split, best on both cards. In the engine (bf16 the peer, same lease), batch-1 AWQ on the H100 went from
     407 tok/s (5 runs, 399-417) to 427 (qkv alone, 2 runs), 432 (qkv and o, 1 run) and 439 (with gate_up, 3 runs,
-    432-447); on the H200 from 497 (qkv and o, 3 runs, 493-504) to 506 (with gate_up, 3 runs, 506-506), although
+    432-447; this default: 443, 5 runs, 438-446, reports/examples/h100/quant-b1-staged-2026-12-05); on the H200
+    from 497 (qkv and o, 3 runs, 493-504) to 506 (with gate_up, 3 runs, 505.6-506.2), although
     gate_up alone in the lab reads 23.5 µs pipelined against 21.5 flat there (lab 5d): the lab times one
     kernel after another of the same shape, the engine a layer's chain under early launch."""
     if num_sms <= 2 * stripes < 4 * num_sms:
