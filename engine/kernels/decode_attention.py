@@ -149,14 +149,14 @@ def _decode_attention_kernel(
         NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DIRECT: tl.constexpr,
         UPCAST: tl.constexpr, IEEE: tl.constexpr, KV_BITS: tl.constexpr, EARLY_LAUNCH: tl.constexpr):
-    enter(EARLY_LAUNCH)  # engine/kernels/pdl.py
     # num_splits is a runtime argument (one compiled kernel serves every split count); DIRECT marks
     # num_splits == 1, where the program normalises and writes `out` itself and no reduce runs.
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-
+    # seq_lens is the host's (copied before the step), no kernel's output: read before the early-launch wait
     start, end = _split_range(seq_lens_ptr, b, split, num_splits, BLOCK_N)
+    enter(EARLY_LAUNCH)  # engine/kernels/pdl.py
 
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, HEAD_DIM)
@@ -226,7 +226,6 @@ def _decode_attention_int8_kernel(
         NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DIRECT: tl.constexpr,
         UPCAST: tl.constexpr, IEEE: tl.constexpr, ASM: tl.constexpr, EARLY_LAUNCH: tl.constexpr):
-    enter(EARLY_LAUNCH)  # engine/kernels/pdl.py
     # _decode_attention_kernel for an 8-bit cache read as int32 words (k/v_words_ptr: [num_blocks,
     # block_size, Hkv, D / 4] views, strides in words), HEAD_DIM >= 64. Dim 4w + j is byte j of word w, so
     # every product runs over four byte planes of D / 4 dims (kv_code_plane: two codes per PRMT + LOP3
@@ -239,7 +238,8 @@ def _decode_attention_int8_kernel(
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    start, end = _split_range(seq_lens_ptr, b, split, num_splits, BLOCK_N)
+    start, end = _split_range(seq_lens_ptr, b, split, num_splits, BLOCK_N)  # before the wait, as above
+    enter(EARLY_LAUNCH)  # engine/kernels/pdl.py
 
     g = tl.arange(0, BLOCK_G)
     wd = tl.arange(0, DW)

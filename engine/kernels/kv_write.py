@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .pdl import enter, launch_options
-from .rotary import check_rotary, rotate_token
+from .rotary import check_rotary, rotate_token, token_tables
 
 
 @triton.jit
@@ -137,16 +137,20 @@ def _write_kv_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr, k
                      NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                      BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, KV_BITS: tl.constexpr, EARLY_LAUNCH: tl.constexpr,
                      ROTATE: tl.constexpr, HALF: tl.constexpr, BLOCK_QH: tl.constexpr, BLOCK_HALF: tl.constexpr):
-    enter(EARLY_LAUNCH)  # engine/kernels/pdl.py
     token = tl.program_id(0)
-    if ROTATE:
-        # rotary.py's kernel for this token first (q and k rotated in place), then the barrier: every thread's
-        # rotated k is in memory before any thread reads it back below to write (or quantize) it.
-        rotate_token(q_ptr, k_ptr, positions_ptr, cos_ptr, sin_ptr, token.to(tl.int64), stride_qt, stride_qh,
-                     stride_kt, stride_kh, stride_cos, stride_sin, num_heads, NUM_KV_HEADS,
-                     HALF, BLOCK_QH, BLOCK_H, BLOCK_HALF)
-        tl.debug_barrier()
+    # The slot mapping and positions are the host's, the rotary tables constant: read before the early-launch
+    # wait (engine/kernels/pdl.py); q, k and v are the kernel before's output, read after it.
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)  # int32 slot mappings work too
+    if ROTATE:
+        c1, c2, s1, s2 = token_tables(positions_ptr, cos_ptr, sin_ptr, token.to(tl.int64), stride_cos, stride_sin,
+                                      HALF, BLOCK_HALF)
+    enter(EARLY_LAUNCH)
+    if ROTATE:
+        # rotary.py's rotation of this token first (q and k in place), then the barrier: every thread's
+        # rotated k is in memory before any thread reads it back below to write (or quantize) it.
+        rotate_token(q_ptr, k_ptr, c1, c2, s1, s2, token.to(tl.int64), stride_qt, stride_qh, stride_kt, stride_kh,
+                     num_heads, NUM_KV_HEADS, HALF, BLOCK_QH, BLOCK_H, BLOCK_HALF)
+        tl.debug_barrier()
     heads = tl.arange(0, BLOCK_H)[:, None]
     dims = tl.arange(0, BLOCK_D)[None, :]
     if KV_BITS == 0:

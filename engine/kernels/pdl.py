@@ -4,12 +4,17 @@ A step at batch 1 is ~340 kernels of a few microseconds each, and the gap betwee
 launch and ramp, after the last program of the one before has finished) costs ~0.2 ms a step on an H200
 (reports/examples/h200/kernel-lab-w8, "Where batch-1 decode's time goes"). With early launch a kernel may be
 launched while the one before it finishes; its programs then wait (griddepcontrol.wait: the kernel before
-complete, its writes visible) before they touch memory, so only the launch and the ramp overlap, never a
-read or a write.
+complete, its writes visible) before they read anything a kernel writes, or write anything. What no kernel of
+the step writes they may read before the wait: the weights, and the inputs the host copies in before the step
+(positions, slot mappings, sequence lengths). Every kernel waits before it signals (below), so when a kernel
+starts, every kernel but the one just before it has completed: an input written by an earlier kernel would be
+safe too, one written by the kernel just before would not.
 
 - The Triton kernels of the step (the RMSNorms, rotary, the KV write, decode attention and its split
-  reduction, SiLU-and-mul, the batch-1 GEMV) are launched with `launch_options(out)` and begin with
-  `enter(EARLY_LAUNCH)`: wait for the kernel before, then let the next one launch. Waiting first keeps at
+  reduction, SiLU-and-mul, the batch-1 GEMV) are launched with `launch_options(out)` and call
+  `enter(EARLY_LAUNCH)` before their first read of another kernel's output (the RMSNorm reads its weight, rotary
+  and the KV write their positions, tables and slots, decode attention its sequence lengths before it): wait for
+  the kernel before, then let the next one launch. Waiting first keeps at
   most one kernel waiting at a time (a signal before the wait let chains of early kernels pile up on the SMs:
   lab 9's GEMVs lost up to 3 µs that way). The order holds transitively: a kernel completes only after its
   own wait returned, so whatever waits for it also sees the writes of every kernel before.

@@ -29,10 +29,11 @@ def _rotate_heads(x_ptr, stride_h, c1, c2, s1, s2, num_heads,
 
 
 @triton.jit
-def rotate_token(q_ptr, k_ptr, positions_ptr, cos_ptr, sin_ptr, token, stride_qt, stride_qh, stride_kt, stride_kh,
-                 stride_cos, stride_sin, num_heads, num_kv_heads,
-                 HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_KH: tl.constexpr, BLOCK_HALF: tl.constexpr):
-    """Rotate all query and key heads of one token in place (this kernel's program, or kv_write's fused one)."""
+def token_tables(positions_ptr, cos_ptr, sin_ptr, token, stride_cos, stride_sin,
+                 HALF: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """(cos first half, cos second half, sin first half, sin second half) at one token's position, fp32 [1, HALF].
+    The positions are the host's and the tables constant, no kernel's output: the kernels read them before their
+    early-launch wait (engine/kernels/pdl.py)."""
     pos = tl.load(positions_ptr + token).to(tl.int64)
     j = tl.arange(0, BLOCK_HALF)[None, :]
     jm = j < HALF
@@ -41,6 +42,15 @@ def rotate_token(q_ptr, k_ptr, positions_ptr, cos_ptr, sin_ptr, token, stride_qt
     c2 = tl.load(cos_ptr + pos * stride_cos + HALF + j, mask=jm, other=0.0).to(tl.float32)
     s1 = tl.load(sin_ptr + pos * stride_sin + j, mask=jm, other=0.0).to(tl.float32)
     s2 = tl.load(sin_ptr + pos * stride_sin + HALF + j, mask=jm, other=0.0).to(tl.float32)
+    return c1, c2, s1, s2
+
+
+@triton.jit
+def rotate_token(q_ptr, k_ptr, c1, c2, s1, s2, token, stride_qt, stride_qh, stride_kt, stride_kh, num_heads,
+                 num_kv_heads, HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_KH: tl.constexpr,
+                 BLOCK_HALF: tl.constexpr):
+    """Rotate all query and key heads of one token in place with its `token_tables` (this kernel's program, or
+    kv_write's fused one)."""
     _rotate_heads(q_ptr + token * stride_qt, stride_qh, c1, c2, s1, s2, num_heads, HALF, BLOCK_H, BLOCK_HALF)
     _rotate_heads(k_ptr + token * stride_kt, stride_kh, c1, c2, s1, s2, num_kv_heads, HALF, BLOCK_KH, BLOCK_HALF)
 
@@ -51,10 +61,11 @@ def _rotary_kernel(q_ptr, k_ptr, positions_ptr, cos_ptr, sin_ptr,
                    num_heads, num_kv_heads,
                    HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_KH: tl.constexpr, BLOCK_HALF: tl.constexpr,
                    EARLY_LAUNCH: tl.constexpr):
+    token = tl.program_id(0).to(tl.int64)
+    c1, c2, s1, s2 = token_tables(positions_ptr, cos_ptr, sin_ptr, token, stride_cos, stride_sin, HALF, BLOCK_HALF)
     enter(EARLY_LAUNCH)  # engine/kernels/pdl.py
-    rotate_token(q_ptr, k_ptr, positions_ptr, cos_ptr, sin_ptr, tl.program_id(0).to(tl.int64), stride_qt, stride_qh,
-                 stride_kt, stride_kh, stride_cos, stride_sin, num_heads, num_kv_heads,
-                 HALF, BLOCK_H, BLOCK_KH, BLOCK_HALF)
+    rotate_token(q_ptr, k_ptr, c1, c2, s1, s2, token, stride_qt, stride_qh, stride_kt, stride_kh, num_heads,
+                 num_kv_heads, HALF, BLOCK_H, BLOCK_KH, BLOCK_HALF)
 
 
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
