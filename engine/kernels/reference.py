@@ -198,7 +198,12 @@ def rotary_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: t
     return rotate(q), rotate(k)
 
 
-def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up for x [T, 2I] = [gate | up] -> [T, I]."""
-    gate, up = x.chunk(2, dim=-1)
+def silu_and_mul_ref(x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    """silu(gate) * up for x [T, 2I] -> [T, I]; x = [gate | up] (chunk 0) or chunks of `chunk` gate columns,
+    each followed by its `chunk` up columns (engine/kernels/activation.py)."""
+    if chunk:
+        pairs = x.view(x.shape[0], -1, 2, chunk)
+        gate, up = pairs[:, :, 0].flatten(1), pairs[:, :, 1].flatten(1)
+    else:
+        gate, up = x.chunk(2, dim=-1)
     return F.silu(gate) * up

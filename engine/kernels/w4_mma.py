@@ -136,6 +136,28 @@ def w4_mma_ref(x: torch.Tensor, qw: torch.Tensor, sz: torch.Tensor, group_size: 
     return y.to(x.dtype)
 
 
+def gate_up_order(n: int) -> torch.Tensor:
+    """The interleaved gate_up layout's columns: new column 64 s + 32 h + c is old column h * n / 2 + 32 s + c
+    (stripe s holds gate columns 32 s .. 32 s + 31, then the same up columns), so one block's epilogue has both
+    halves of 32 outputs of silu(gate) * up. n: the merged [gate | up] width, a multiple of STRIPE."""
+    if n % STRIPE:
+        raise ValueError(f"gate_up_order: N ({n}) must divide by {STRIPE}")
+    s, h, c = torch.meshgrid(torch.arange(n // STRIPE), torch.arange(2), torch.arange(STRIPE // 2), indexing="ij")
+    return (h * (n // 2) + (STRIPE // 2) * s + c).flatten()
+
+
+def interleave_gate_up(qw: torch.Tensor, sz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """repack's layout of a merged [gate | up] weight -> the same weight in gate_up_order's column order (a
+    half stripe is two whole 16-column tiles: whole tiles move, no code is re-packed)."""
+    def interleave(t: torch.Tensor) -> torch.Tensor:  # [S, X, 4 tiles, ...] -> the same, halves interleaved
+        s = t.shape[0]
+        halves = t.view(s, t.shape[1], 2, 2, *t.shape[3:]).transpose(1, 2).reshape(2 * s, t.shape[1], 2,
+                                                                                    *t.shape[3:])
+        return torch.stack((halves[:s], halves[s:]), dim=2).reshape(t.shape).contiguous()
+
+    return interleave(qw), interleave(sz)
+
+
 # ----------------------------------------------------------------------------------------- build
 
 _LOCK = threading.Lock()
@@ -256,18 +278,19 @@ def _one_row_pipelined(stripes: int, groups: int, num_sms: int) -> tuple[int, in
 
 
 def launch(x, qw, sz, bias, out, scale_bf16: bool, config: tuple | None = None,
-           part: torch.Tensor | None = None) -> None:
+           part: torch.Tensor | None = None, gated: bool = False) -> None:
     """One launch of the kernel for x's <= 32 rows into out. config: (warps, min blocks, pipelined, splits),
     default launch_config's (the lab passes others); part: the split-K partials' buffer (default: made here).
     The split counters are the Triton kernels' (quant_gemm._locks: 65,536 a device, reset by each launch's
-    last block, one stream at a time), as is the SM count (quant_gemm._num_sms, cached)."""
+    last block, one stream at a time), as is the SM count (quant_gemm._num_sms, cached). gated: qw is an
+    interleaved gate_up (interleave_gate_up) and out [M, N / 2] takes silu(gate) * up."""
     m, k = x.shape
-    n = out.shape[1]
+    n = qw.shape[0] * STRIPE
     warps, min_blocks, pipe, splits = config or launch_config(m, n, k, _num_sms(x.device))
     if part is None:
         part = torch.empty(splits * m * n if splits > 1 else 1, dtype=torch.float32, device=x.device)
     extension().w4_mma(x, qw, sz, bias, out, part, _locks(x.device), GROUP, scale_bf16, splits, warps, min_blocks,
-                       pipe)
+                       pipe, gated)
 
 
 def wgmma_config(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, int, int, int]:
@@ -299,8 +322,11 @@ def launch_wgmma(x, qw, sz, bias, out, scale_bf16: bool, config: tuple | None = 
 
 
 def w4_mma_linear(x: torch.Tensor, qw: torch.Tensor, sz: torch.Tensor, scale_dtype: torch.dtype,
-                  bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, K] bf16 @ W^T (+ bias) -> [M, N] bf16, W in repack's layout with group size GROUP."""
+                  bias: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
+    """x [M, K] bf16 @ W^T (+ bias) -> [M, N] bf16, W in repack's layout with group size GROUP.
+    gated: W is the gated MLP's gate_up in interleave_gate_up's layout (bias in gate_up_order) and the result is
+    silu(gate) * up [M, N / 2]: computed in the kernel's epilogue up to MAX_ROWS rows (one kernel less a layer
+    of decode), by the activation kernel after the product for more."""
     m, k = x.shape
     n = qw.shape[0] * STRIPE
     if x.dtype != torch.bfloat16 or x.device.type != "cuda" or x.stride(1) != 1:
@@ -310,14 +336,24 @@ def w4_mma_linear(x: torch.Tensor, qw: torch.Tensor, sz: torch.Tensor, scale_dty
         raise ValueError(f"w4_mma_linear: weights {tuple(qw.shape)} / {tuple(sz.shape)} do not fit x [{m}, {k}]")
     if bias is not None and (bias.shape != (n,) or bias.dtype != x.dtype):
         raise ValueError(f"w4_mma_linear: bias must be {x.dtype} [{n}]")
+    scale_bf16 = scale_dtype == torch.bfloat16
+    if gated and m <= MAX_ROWS:
+        out = torch.empty(m, n // 2, dtype=x.dtype, device=x.device)
+        if m:
+            launch(x, qw, sz, bias, out, scale_bf16, gated=True)
+        return out
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    scale_bf16 = scale_dtype == torch.bfloat16
     if MAX_ROWS < m <= WGMMA_MAX_ROWS and has_wgmma():
         launch_wgmma(x, qw, sz, bias, out, scale_bf16)
-        return out
-    return few_rows_or_dense(x, qw, sz, bias, out, scale_bf16)
+    else:
+        few_rows_or_dense(x, qw, sz, bias, out, scale_bf16)
+    if gated:
+        from .activation import silu_and_mul
+
+        return silu_and_mul(out, chunk=STRIPE // 2)
+    return out
 
 
 def few_rows_or_dense(x, qw, sz, bias, out, scale_bf16: bool) -> torch.Tensor:

@@ -1,20 +1,17 @@
-"""SiLU-and-mul of the gated MLP: silu(gate) * up over the merged [gate | up] projection."""
+"""SiLU-and-mul of the gated MLP: silu(gate) * up over the merged [gate | up] projection, on the Triton
+kernel (use_kernels) or in torch. A linear method whose own kernel can apply it (the CUDA AWQ kernel's
+epilogue) does so instead (engine/layers/linear_method.py, LinearMethod.apply_silu_and_mul)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
-class SiluAndMul(nn.Module):
-    def __init__(self, *, use_kernels: bool = False):
-        super().__init__()
-        self.use_kernels = use_kernels
+def silu_and_mul(x: torch.Tensor, *, use_kernels: bool) -> torch.Tensor:
+    """x [T, 2I] = [gate | up] -> [T, I]."""
+    if use_kernels:
+        from ..kernels.activation import silu_and_mul as kernel
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_kernels:
-            from ..kernels.activation import silu_and_mul
-
-            return silu_and_mul(x)
-        gate, up = x.chunk(2, dim=-1)
-        return F.silu(gate) * up
+        return kernel(x)
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up

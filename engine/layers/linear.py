@@ -44,6 +44,8 @@ class Linear(nn.Module):
     1/tp share. After construction in_features / out_features / shards are this rank's.
     """
 
+    gated = False  # GateUpLinear: the output is silu(gate) * up of two equal shards
+
     def __init__(self, in_features: int, out_features: int, bias: bool = False,
                  shard_sizes: dict | None = None, options: LayerOptions = PLAIN, parallel: str | None = None,
                  shard_parts: dict | None = None):
@@ -144,7 +146,21 @@ class QKVLinear(Linear):
 
 
 class MergedLinear(Linear):
-    """Several projections of the same input stacked along the output: gate and up of the MLP."""
+    """Several projections of the same input stacked along the output."""
 
     def __init__(self, in_features: int, out_sizes: list[int], bias: bool = False, options: LayerOptions = PLAIN):
         super().__init__(in_features, sum(out_sizes), bias, dict(enumerate(out_sizes)), options, parallel=COLUMN)
+
+
+class GateUpLinear(MergedLinear):
+    """The gated MLP's gate and up projections in one weight (shards 0 and 1), returning silu(gate) * up
+    [T, intermediate]: the activation belongs to the layer so that a method whose kernel can apply it in its
+    epilogue does (LinearMethod.apply_silu_and_mul; the CUDA AWQ kernel, one kernel less a decode layer)."""
+
+    gated = True  # the methods' after_loading may store the two halves interleaved (w4_mma.interleave_gate_up)
+
+    def __init__(self, in_features: int, intermediate_size: int, bias: bool = False, options: LayerOptions = PLAIN):
+        super().__init__(in_features, [intermediate_size] * 2, bias, options)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.apply_silu_and_mul(self, x)

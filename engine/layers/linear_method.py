@@ -11,7 +11,8 @@ them once after loading, and runs the forward on the kernel path chosen for the 
   16-bit checkpoint as each tensor loads (the full-precision weight is never held), W8A16 kernel; with
   w8_kernel "cuda" repacked after loading for the CUDA kernels (engine/kernels/w8_mma.py).
 - AWQMethod: an AutoAWQ GEMM checkpoint (engine/quant/int4_pack.py: qweight/qzeros/scales), W4A16
-  kernel.
+  kernel; on the CUDA kernel a gate_up layer is stored with its halves interleaved so that the few-row
+  kernel writes silu(gate) * up itself (apply_silu_and_mul).
 Both quantized methods compute on the CPU (and on CUDA with --no-kernels) from the dequantized codes,
 so every path gives the numbers of the quantized weights, not of the original ones.
 """
@@ -66,6 +67,13 @@ class LinearMethod:
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def apply_silu_and_mul(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """silu(gate) * up of a GateUpLinear (engine/layers/linear.py): by default the product, then the
+        activation (Triton with kernels on); a method whose kernel applies it in its epilogue overrides this."""
+        from .activation import silu_and_mul
+
+        return silu_and_mul(self.apply(layer, x), use_kernels=self.options.use_kernels)
 
     def _add_bias(self, layer: nn.Module, out_features: int, bias: bool) -> None:
         layer.compute_dtype = torch.get_default_dtype()  # the model's dtype while it is being built
@@ -218,6 +226,12 @@ class AWQMethod(LinearMethod):
             layer.qweight = layer.qzeros = layer.scales = None
             if layer.bias is not None:
                 layer.bias.data = layer.bias.data.to(torch.bfloat16)
+            if layer.gated:  # the kernel's epilogue needs each 32 gate columns beside their up columns
+                from ..kernels.w4_mma import gate_up_order, interleave_gate_up
+
+                layer.w4_qw, layer.w4_sz = interleave_gate_up(layer.w4_qw, layer.w4_sz)
+                if layer.bias is not None:
+                    layer.bias.data = layer.bias.data[gate_up_order(layer.out_features).to(layer.bias.device)]
 
     def apply(self, layer, x):
         if getattr(layer, "cpu_weight", None) is not None:
@@ -225,9 +239,18 @@ class AWQMethod(LinearMethod):
         if getattr(layer, "w4_qw", None) is not None:
             from ..kernels.w4_mma import w4_mma_linear
 
+            if layer.gated:
+                raise RuntimeError("a CUDA AWQ gate_up layer is stored interleaved: call apply_silu_and_mul")
             return w4_mma_linear(x, layer.w4_qw, layer.w4_sz, layer.w4_scale_dtype, layer.bias)
         if self.options.use_kernels:
             from ..kernels.quant_gemm import w4a16_linear
 
             return w4a16_linear(x, layer.qweight, layer.qzeros, layer.scales, self.options.group_size, layer.bias)
         return F.linear(x, self._dequantized(layer).to(x.dtype), layer.bias)
+
+    def apply_silu_and_mul(self, layer, x):
+        if getattr(layer, "w4_qw", None) is None:
+            return super().apply_silu_and_mul(layer, x)
+        from ..kernels.w4_mma import w4_mma_linear
+
+        return w4_mma_linear(x, layer.w4_qw, layer.w4_sz, layer.w4_scale_dtype, layer.bias, gated=True)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers.activation import SiluAndMul
 from ..layers.attention import PagedAttention
 from ..layers.embedding import LMHead, VocabEmbedding
-from ..layers.linear import Linear, MergedLinear, QKVLinear
+from ..layers.linear import GateUpLinear, Linear, QKVLinear
 from ..layers.norm import RMSNorm
 from ..layers.linear import ROW
 from ..layers.options import PLAIN, LayerOptions
@@ -67,14 +66,13 @@ class LlamaMLP(nn.Module):
     def __init__(self, cfg, options: LayerOptions = PLAIN):
         super().__init__()
         bias = bool(getattr(cfg, "mlp_bias", False))
-        self.gate_up_proj = MergedLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias, options)
+        self.gate_up_proj = GateUpLinear(cfg.hidden_size, cfg.intermediate_size, bias, options)  # silu(gate) * up
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias, options=options, parallel=ROW)
         if getattr(cfg, "hidden_act", "silu") != "silu":
             raise ValueError(f"unsupported hidden_act {cfg.hidden_act!r}")
-        self.act = SiluAndMul(use_kernels=options.use_kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
+        return self.down_proj(self.gate_up_proj(x))
 
 
 class LlamaDecoderLayer(nn.Module):

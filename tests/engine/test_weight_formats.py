@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from engine.config import EngineConfig
 from engine.errors import InvalidRequestError, ModelLoadError
-from engine.layers.linear import MergedLinear, QKVLinear
+from engine.layers.linear import GateUpLinear, MergedLinear, QKVLinear
 from engine.layers.options import LayerOptions
 from engine.models.weight_format import resolve_weight_format
 from engine.quant.int4_pack import dequantize_awq, pack_awq
@@ -53,6 +53,27 @@ def test_int8_gate_up_shards_are_quantized_row_by_row(device_type):
     x = torch.randn(5, 40, generator=GEN)
     torch.testing.assert_close(layer(x), F.linear(x, expected), rtol=1e-5, atol=1e-4)
     assert layer.qweight.dtype == torch.int8 and layer.weight is None  # the 16-bit weight is not kept
+
+
+@pytest.mark.parametrize("weight_format", ["hf", "int8", "awq"])
+def test_gate_up_layer_returns_silu_of_gate_times_up(weight_format):
+    """GateUpLinear owns the MLP's activation (a method may fuse it into its kernel): on the torch path of every
+    format, silu(gate) * up of the merged product, the halves in checkpoint order."""
+    gate, up = torch.randn(64, 128, generator=GEN), torch.randn(64, 128, generator=GEN)
+    options = LayerOptions(weight_format=weight_format, group_size=32)
+    layer, merged = GateUpLinear(128, 64, options=options), MergedLinear(128, [64, 64], options=options)
+    if weight_format == "awq":
+        tensors = {}
+        for shard, w in enumerate((gate, up)):
+            tensors |= dict(zip((("qweight", shard), ("qzeros", shard), ("scales", shard)), pack_awq(w, 32)))
+    else:
+        tensors = {("weight", 0): gate, ("weight", 1): up}
+    _load(layer, tensors)
+    _load(merged, tensors)
+    x = torch.randn(3, 128, generator=GEN)
+    product = merged(x)
+    torch.testing.assert_close(layer(x), F.silu(product[:, :64]) * product[:, 64:], rtol=0, atol=0)
+    assert layer(x).shape == (3, 64)
 
 
 def test_awq_layer_refuses_a_group_size_that_does_not_divide_the_input():

@@ -138,6 +138,28 @@ def test_warpgroup_choices_on_qwen_shapes_are_lab_7s_winners(m, name, expected):
 
 # ---- the compiled kernel (GPU with nvcc)
 
+def test_gate_up_order_puts_each_32_gate_columns_beside_their_up_columns():
+    order = w4_mma.gate_up_order(256)  # gate 0-127, up 128-255
+    assert sorted(order.tolist()) == list(range(256))
+    assert order[:64].tolist() == list(range(32)) + list(range(128, 160))
+    assert order[64:96].tolist() == list(range(32, 64)) and order[96:128].tolist() == list(range(160, 192))
+    with pytest.raises(ValueError, match="divide by 64"):
+        w4_mma.gate_up_order(96)
+
+
+@pytest.mark.parametrize("n,k", [(128, 128), (384, 256)])
+def test_an_interleaved_gate_up_dequantizes_to_the_weight_in_gate_up_order(n, k):
+    """interleave_gate_up moves whole tiles of the repacked layout: the result is the same weight (codes, scales
+    and zeros) with its output columns in gate_up_order, which the gated epilogue and silu_and_mul(chunk=32) read."""
+    qw, qz, s = _awq(n, k, 128, n + 1)
+    packed, sz = w4_mma.repack(qw, qz, s, 128)
+    packed_i, sz_i = w4_mma.interleave_gate_up(packed, sz)
+    assert packed_i.shape == packed.shape and sz_i.shape == sz.shape
+    weight = w4_mma.dequantize(packed, sz, 128, torch.bfloat16)  # [N, K]
+    assert torch.equal(w4_mma.dequantize(packed_i, sz_i, 128, torch.bfloat16), weight[w4_mma.gate_up_order(n)])
+
+
+
 def _gpu_ready():
     if not torch.cuda.is_available():
         return "no GPU"
@@ -195,6 +217,40 @@ def test_every_warpgroup_variant_matches_the_awq_reference(m, config):
     again = torch.empty_like(out)
     w4_mma.launch_wgmma(x, packed, sz, bias, again, True, config)
     assert torch.equal(again, out)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 5, 16, 17, 32, 33, 80, 200])
+@pytest.mark.parametrize("config", [None, (8, 2, False, 4), (4, 1, True, 2)])
+def test_the_gated_kernel_writes_silu_gate_times_up(m, config):
+    """gate_up stored interleaved (AWQMethod on the CUDA kernel): up to 32 rows the kernel's epilogue writes
+    silu(gate) * up (unsplit, and through the split-K sum with a forced config), more rows the product then the
+    activation kernel. Against the plain kernel's [gate | up] output through the torch activation: the same
+    bf16 rounding steps, so equal up to one ulp where the exponentials differ in their last bit."""
+    from engine.kernels.reference import silu_and_mul_ref
+
+    why = _gpu_ready()
+    if why:
+        pytest.skip(why)
+    if config is not None and m > 16:
+        pytest.skip("forced configs are few-row (<= 16 rows) variants")
+    n = 1280  # 20 stripes, intermediate 640; 16 groups
+    x, bias, packed, sz, _ = _gpu_problem(m, torch.bfloat16, n=n)
+    plain = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+    w4_mma.launch(x, packed, sz, bias, plain, True, config) if m <= 32 else \
+        plain.copy_(w4_mma.w4_mma_linear(x, packed, sz, torch.bfloat16, bias))
+    expected = silu_and_mul_ref(plain).float()
+    packed_i, sz_i = w4_mma.interleave_gate_up(packed, sz)
+    bias_i = bias[w4_mma.gate_up_order(n).cuda()]
+    if config is None:
+        got = w4_mma.w4_mma_linear(x, packed_i, sz_i, torch.bfloat16, bias_i, gated=True)
+    else:
+        got = torch.full((m, n // 2), float("nan"), device="cuda", dtype=torch.bfloat16)
+        w4_mma.launch(x, packed_i, sz_i, bias_i, got, True, config, gated=True)
+    assert got.shape == (m, n // 2)
+    ulp = expected.abs().clamp_min(1e-30) * 2**-7
+    assert ((got.float() - expected).abs() <= ulp).all()
+    assert (got.float() == expected).float().mean() > 0.99
 
 
 def poisoned_x_replays(m: int, linear_attribute: bool = True, norm_signal: bool = True, poison: bool = True,

@@ -259,15 +259,26 @@ __device__ __forceinline__ void load_group(uint4 (&w)[KS], uint2 (&zs)[4], const
   }
 }
 
+// The gated MLP's activation on one output column (the fused gate_up epilogue): gate and up rounded to bf16 as
+// the unfused linear writes them, silu in fp32 rounded to bf16, times up in fp32, rounded once (the rounding of
+// engine/kernels/activation.py and of torch's F.silu(gate) * up in bf16).
+__device__ __forceinline__ __nv_bfloat16 silu_mul(float gate, float up) {
+  const float g = __bfloat162float(__float2bfloat16(gate)), u = __bfloat162float(__float2bfloat16(up));
+  const float silu = __bfloat162float(__float2bfloat16(g / (1.f + __expf(-g))));
+  return __float2bfloat16(silu * u);
+}
+
 // Split-K's end, once every thread of the block has stored its fp32 partials of rows [row0, row0 + rows) x
 // columns [n0, n0 + COLS) at part[split][row][col]: the block that arrives last at its tile's counter sums the
 // splits' partials in split order (deterministic; eight loads in flight, summed pairwise), adds the bias,
-// writes bf16 and puts the counter back to 0 for the next launch.
-template <int COLS>
+// writes bf16 and puts the counter back to 0 for the next launch. GATED (COLS = 64, a stripe of the interleaved
+// gate_up layout: 32 gate columns, then their 32 up columns): writes silu(gate) * up into out [M, N / 2].
+template <int COLS, bool GATED = false>
 __device__ __forceinline__ void sum_splits_if_last(const float* __restrict__ part, int* __restrict__ counter,
                                                    int splits, int M, int N, int row0, int rows, int n0,
                                                    const __nv_bfloat16* __restrict__ bias,
                                                    __nv_bfloat16* __restrict__ out) {
+  static_assert(!GATED || COLS == 64, "the gated epilogue takes one 64-column stripe");
   __threadfence();
   __syncthreads();
   __shared__ int last;
@@ -276,8 +287,7 @@ __device__ __forceinline__ void sum_splits_if_last(const float* __restrict__ par
   if (!last) return;
   __threadfence();
   const size_t stride = static_cast<size_t>(M) * N;
-  for (int i = threadIdx.x; i < rows * COLS; i += blockDim.x) {
-    const int r = i / COLS, col = i % COLS;
+  auto total = [&](int r, int col) {
     const float* p = part + static_cast<size_t>(row0 + r) * N + n0 + col;
     float v = 0.f;
     for (int s0 = 0; s0 < splits; s0 += 8) {
@@ -287,7 +297,15 @@ __device__ __forceinline__ void sum_splits_if_last(const float* __restrict__ par
       v += ((u[0] + u[1]) + (u[2] + u[3])) + ((u[4] + u[5]) + (u[6] + u[7]));
     }
     if (bias) v += __bfloat162float(bias[n0 + col]);
-    out[static_cast<size_t>(row0 + r) * N + n0 + col] = __float2bfloat16(v);
+    return v;
+  };
+  constexpr int OUT_COLS = GATED ? COLS / 2 : COLS;
+  for (int i = threadIdx.x; i < rows * OUT_COLS; i += blockDim.x) {
+    const int r = i / OUT_COLS, col = i % OUT_COLS;
+    if constexpr (GATED)
+      out[static_cast<size_t>(row0 + r) * (N / 2) + n0 / 2 + col] = silu_mul(total(r, col), total(r, col + 32));
+    else
+      out[static_cast<size_t>(row0 + r) * N + n0 + col] = __float2bfloat16(total(r, col));
   }
   if (threadIdx.x == 0) *counter = 0;
 }
@@ -300,13 +318,15 @@ __device__ __forceinline__ void sum_splits_if_last(const float* __restrict__ par
 // to arrive sums them in split order (deterministic) and puts its counter back to 0.
 // I8 (KS = 16): int8 weights in w8_mma.py's layout, one fp32 scale an output column (cscale) applied to the sums;
 // sz unused. Otherwise int4 groups (KS = 8), cscale unused.
+// gated: the weight is the gated MLP's gate_up in the interleaved layout (w4_mma.interleave_gate_up: each stripe
+// 32 gate columns, then the same 32 up columns) and out is [M, N / 2]: silu(gate) * up, one kernel less a layer.
 template <bool SBF16, int MT, int KS, int NW, int MINB, bool PIPE, bool I8 = false>
 __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
     const __nv_bfloat16* x, int64_t ldx, const uint4* __restrict__ qw, const uint2* __restrict__ sz,
     const float* __restrict__ cscale, const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ out,
     float* __restrict__ part,
     int* __restrict__ locks,
-    int M, int N, int K, int groups_per_split) {
+    int M, int N, int K, int groups_per_split, bool gated) {
   const int stripe = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int groups = K / 128;
@@ -385,21 +405,33 @@ __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
         }
     __syncthreads();
     const int rows = min(RR, M - r0);
-    for (int i = threadIdx.x; i < rows * 64; i += NW * 32) {
-      const int m = i >> 6, nl = i & 63;
+    auto column = [&](int m, int nl) {  // the warps' sums of one output, in warp order
       float v = 0.f;
 #pragma unroll
       for (int w2 = 0; w2 < NW; ++w2) v += red[w2][m][nl];
       if constexpr (I8) v *= cscale[n0 + nl];  // before the split-K sum, as the warpgroup kernel
-      if (splits == 1) {
-        if (bias) v += __bfloat162float(bias[n0 + nl]);
-        out[static_cast<size_t>(r0 + m) * N + n0 + nl] = __float2bfloat16(v);
-      } else {
-        __stcg(part + (static_cast<size_t>(split) * M + r0 + m) * N + n0 + nl, v);
+      return v;
+    };
+    auto biased = [&](float v, int nl) { return bias ? v + __bfloat162float(bias[n0 + nl]) : v; };
+    if (splits == 1 && gated) {
+      for (int i = threadIdx.x; i < rows * 32; i += NW * 32) {
+        const int m = i >> 5, nl = i & 31;
+        out[static_cast<size_t>(r0 + m) * (N / 2) + n0 / 2 + nl] =
+            silu_mul(biased(column(m, nl), nl), biased(column(m, nl + 32), nl + 32));
       }
+      continue;
+    }
+    for (int i = threadIdx.x; i < rows * 64; i += NW * 32) {
+      const int m = i >> 6, nl = i & 63;
+      const float v = column(m, nl);
+      if (splits == 1) out[static_cast<size_t>(r0 + m) * N + n0 + nl] = __float2bfloat16(biased(v, nl));
+      else __stcg(part + (static_cast<size_t>(split) * M + r0 + m) * N + n0 + nl, v);
     }
   }
-  if (splits > 1) sum_splits_if_last<64>(part, locks + stripe, splits, M, N, 0, M, n0, bias, out);
+  if (splits > 1) {
+    if (gated) sum_splits_if_last<64, true>(part, locks + stripe, splits, M, N, 0, M, n0, bias, out);
+    else sum_splits_if_last<64>(part, locks + stripe, splits, M, N, 0, M, n0, bias, out);
+  }
 }
 
 // ---- 33-128 rows on Hopper's warpgroup MMA (sm_90a; reports/examples/h200/kernel-lab-wgmma/): wgmma.m64nBNk16
@@ -773,9 +805,10 @@ void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem
 template <bool SBF16, int MT, bool I8 = false>
 void launch_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tensor& sz,
               const c10::optional<torch::Tensor>& bias, torch::Tensor& out, torch::Tensor& part,
-              torch::Tensor& locks, int splits, int warps, int min_blocks, bool pipe, int groups_per_split) {
+              torch::Tensor& locks, int splits, int warps, int min_blocks, bool pipe, int groups_per_split,
+              bool gated = false) {
   using T = __nv_bfloat16;  // the only activation type (w4_mma.py checks)
-  const int M = x.size(0), K = x.size(1), N = out.size(1);
+  const int M = x.size(0), K = x.size(1), N = gated ? 2 * out.size(1) : out.size(1);  // N: the weight's
   dim3 grid(N / 64, splits);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const T* b = bias ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
@@ -784,7 +817,7 @@ void launch_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tens
       reinterpret_cast<const T*>(x.data_ptr()), x.stride(0), reinterpret_cast<const uint4*>(qw.data_ptr()), \
       I8 ? nullptr : reinterpret_cast<const uint2*>(sz.data_ptr()), I8 ? sz.data_ptr<float>() : nullptr, b,  \
       reinterpret_cast<T*>(out.data_ptr()),                                                                   \
-      part.data_ptr<float>(), locks.data_ptr<int>(), M, N, K, groups_per_split)
+      part.data_ptr<float>(), locks.data_ptr<int>(), M, N, K, groups_per_split, gated)
   if constexpr (I8) {  // a group's sixteen loads a thread: no second set in flight (registers)
     if (warps == 8 && min_blocks == 2 && !pipe && MT <= 2) W4MMA_GO(8, 2, false);
     else if (warps == 8 && min_blocks == 1 && !pipe) W4MMA_GO(8, 1, false);
@@ -805,17 +838,19 @@ void launch_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tens
 }
 
 // Checked by the Python caller (engine/kernels/w4_mma.py): shapes, dtypes, devices, sizes of part / locks.
+// gated: qw is an interleaved gate_up (w4_mma.interleave_gate_up) and out [M, N / 2] takes silu(gate) * up.
 void w4_mma(torch::Tensor x, torch::Tensor qw, torch::Tensor sz, c10::optional<torch::Tensor> bias,
             torch::Tensor out, torch::Tensor part, torch::Tensor locks, int64_t group_size, bool scale_bf16,
-            int64_t splits, int64_t warps, int64_t min_blocks, bool pipe) {
+            int64_t splits, int64_t warps, int64_t min_blocks, bool pipe, bool gated) {
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.size(0) >= 1 && x.size(0) <= 32, "w4_mma: x [M <= 32, K]");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && group_size == 128, "w4_mma: bf16 x, group size 128");
   const int M = x.size(0), groups = x.size(1) / group_size;
   const int gps = (groups + splits - 1) / splits;
 #define W4MMA_ROWS(SB)                                                                                      \
-  if (M <= 8) launch_t<SB, 1>(x, qw, sz, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);     \
-  else if (M <= 16) launch_t<SB, 2>(x, qw, sz, bias, out, part, locks, splits, warps, min_blocks, pipe, gps); \
-  else launch_t<SB, 4>(x, qw, sz, bias, out, part, locks, splits, warps, min_blocks, pipe, gps);
+  if (M <= 8) launch_t<SB, 1>(x, qw, sz, bias, out, part, locks, splits, warps, min_blocks, pipe, gps, gated); \
+  else if (M <= 16) launch_t<SB, 2>(x, qw, sz, bias, out, part, locks, splits, warps, min_blocks, pipe, gps,   \
+                                    gated);                                                                   \
+  else launch_t<SB, 4>(x, qw, sz, bias, out, part, locks, splits, warps, min_blocks, pipe, gps, gated);
   if (scale_bf16) { W4MMA_ROWS(true) } else { W4MMA_ROWS(false) }
 #undef W4MMA_ROWS
 }
