@@ -91,16 +91,18 @@ def dequantize_into(qw: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, s
     return out
 
 
-def launch_few(x, qw, scales, bias, out, config: tuple | None = None, part: torch.Tensor | None = None) -> None:
+def launch_few(x, qw, scales, bias, out, config: tuple | None = None, part: torch.Tensor | None = None,
+               gated: bool = False) -> None:
     """One launch of the few-row kernel (mma.sync) for x's <= 32 rows into out. config: (warps, min blocks,
     pipelined, splits), default the AWQ kernel's choice for the shape without its pipelined blocks
-    (w4_mma.launch_config); part: split-K partials (default: made here)."""
+    (w4_mma.launch_config); part: split-K partials (default: made here). gated: qw is a gate_up with its rows
+    in w4_mma.gate_up_order and out [M, N / 2] takes silu(gate) * up (the kernel's epilogue)."""
     m, k = x.shape
-    n = out.shape[1]
+    n = qw.shape[0] * STRIPE
     warps, min_blocks, pipe, splits = config or launch_config(m, n, k, _num_sms(x.device), pipelined=False)
     if part is None:
         part = torch.empty(splits * m * n if splits > 1 else 1, dtype=torch.float32, device=x.device)
-    extension().w8_mma(x, qw, scales, bias, out, part, _locks(x.device), splits, warps, min_blocks, pipe)
+    extension().w8_mma(x, qw, scales, bias, out, part, _locks(x.device), splits, warps, min_blocks, pipe, gated)
 
 
 def wgmma_config_int8(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, int]:
@@ -123,10 +125,12 @@ def launch(x, qw, scales, bias, out, config: tuple | None = None, part: torch.Te
 
 
 def w8_mma_linear(x: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor,
-                  bias: torch.Tensor | None = None, config: tuple | None = None) -> torch.Tensor:
+                  bias: torch.Tensor | None = None, config: tuple | None = None, gated: bool = False) -> torch.Tensor:
     """x [M, K] bf16 @ (q * scales[:, None])^T (+ bias) -> [M, N] bf16; qw in repack's layout, scales fp32 [N].
     Up to 32 rows the few-row kernel, 33-128 on Hopper the warpgroup kernel (config: its variant, for the lab
-    and tests), without it up to 64 rows in 32-row launches; more rows dequantize column chunks for cuBLAS."""
+    and tests), without it up to 64 rows in 32-row launches; more rows dequantize column chunks for cuBLAS.
+    gated: a gate_up whose rows (and scales, bias) are in w4_mma.gate_up_order; the result is silu(gate) * up
+    [M, N / 2], from the few-row kernel's epilogue up to 32 rows, from the activation kernel after more."""
     m, k = x.shape
     n = qw.shape[0] * STRIPE
     if x.dtype != torch.bfloat16 or x.device.type != "cuda" or x.stride(1) != 1:
@@ -137,6 +141,11 @@ def w8_mma_linear(x: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor,
                          f"{scales.dtype} do not fit x [{m}, {k}]")
     if bias is not None and (bias.shape != (n,) or bias.dtype != x.dtype):
         raise ValueError(f"w8_mma_linear: bias must be {x.dtype} [{n}]")
+    if gated and m <= FEW_ROWS:
+        out = torch.empty(m, n // 2, dtype=x.dtype, device=x.device)
+        if m:
+            launch_few(x, qw, scales, bias, out, gated=True)
+        return out
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return out
@@ -152,4 +161,8 @@ def w8_mma_linear(x: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor,
             dequantize_into(qw, scales, buf, n0 // STRIPE)
 
         _dense_product(x, bias, out, k, write_chunk, k_major=False)
+    if gated:
+        from .activation import silu_and_mul
+
+        return silu_and_mul(out, chunk=STRIPE // 2)
     return out

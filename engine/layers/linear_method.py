@@ -9,7 +9,8 @@ them once after loading, and runs the forward on the kernel path chosen for the 
   for one row with kernels on, cuBLAS otherwise; on CPU packed once for oneDNN.
 - Int8Method: per-output-channel int8 codes and scales (engine/quant/int8.py), quantized from the
   16-bit checkpoint as each tensor loads (the full-precision weight is never held), W8A16 kernel; with
-  w8_kernel "cuda" repacked after loading for the CUDA kernels (engine/kernels/w8_mma.py).
+  w8_kernel "cuda" repacked after loading for the CUDA kernels (engine/kernels/w8_mma.py), a gate_up's
+  halves interleaved as AWQ's below.
 - AWQMethod: an AutoAWQ GEMM checkpoint (engine/quant/int4_pack.py: qweight/qzeros/scales), W4A16
   kernel; on the CUDA kernel a gate_up layer is stored with its halves interleaved so that the few-row
   kernel writes silu(gate) * up itself (apply_silu_and_mul).
@@ -161,6 +162,14 @@ class Int8Method(LinearMethod):
         elif self.cuda:  # one layout in memory: the kernels' fragment order
             from ..kernels.w8_mma import repack
 
+            if layer.gated:  # as AWQ's: the kernel's epilogue needs each 32 gate rows beside their up rows
+                from ..kernels.w4_mma import gate_up_order
+
+                order = gate_up_order(layer.out_features).to(layer.qweight.device)
+                layer.qweight.data = layer.qweight.data[order]
+                layer.weight_scale.data = layer.weight_scale.data[order]
+                if layer.bias is not None:
+                    layer.bias.data = layer.bias.data[order]
             layer.w8_qw = repack(layer.qweight.data)
             layer.qweight = None
             if layer.bias is not None:
@@ -172,6 +181,8 @@ class Int8Method(LinearMethod):
         if getattr(layer, "w8_qw", None) is not None:
             from ..kernels.w8_mma import w8_mma_linear
 
+            if layer.gated:
+                raise RuntimeError("a CUDA int8 gate_up layer is stored interleaved: call apply_silu_and_mul")
             return w8_mma_linear(x, layer.w8_qw, layer.weight_scale, layer.bias)
         if self.options.use_kernels:
             from ..kernels.quant_gemm import w8a16_linear
@@ -180,6 +191,14 @@ class Int8Method(LinearMethod):
         from ..quant.int8 import dequantize_per_channel
 
         return F.linear(x, dequantize_per_channel(layer.qweight, layer.weight_scale).to(x.dtype), layer.bias)
+
+
+    def apply_silu_and_mul(self, layer, x):
+        if getattr(layer, "w8_qw", None) is None:
+            return super().apply_silu_and_mul(layer, x)
+        from ..kernels.w8_mma import w8_mma_linear
+
+        return w8_mma_linear(x, layer.w8_qw, layer.weight_scale, layer.bias, gated=True)
 
 
 class AWQMethod(LinearMethod):

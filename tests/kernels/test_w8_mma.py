@@ -168,3 +168,33 @@ def test_a_qwen_shaped_layer_without_bias_matches_the_reference():
     ref = w8a16_linear_ref(x, q, s).float()
     got = w8_mma.w8_mma_linear(x, w8_mma.repack(q), s).float()
     assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 9, 32, 33, 200])
+@pytest.mark.parametrize("config", [None, (8, 1, False, 4)])
+def test_the_gated_kernel_writes_silu_gate_times_up(m, config):
+    """An int8 gate_up with its rows in w4_mma.gate_up_order (Int8Method on the CUDA kernels): up to 32 rows the
+    few-row kernel's epilogue writes silu(gate) * up (unsplit by default at these shapes, through the split-K sum
+    with the forced config), more rows the product then the activation kernel; against the plain kernel's output
+    through the torch activation, equal up to one bf16 ulp where the exponentials differ in their last bit."""
+    from engine.kernels.reference import silu_and_mul_ref
+
+    if config is not None and m > 32:
+        pytest.skip("forced configs are few-row variants")
+    n = 1280
+    q, s, packed, x, bias, _ = _gpu_problem(m, n, 2048)
+    plain = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+    w8_mma.launch_few(x, packed, s, bias, plain, config) if m <= 32 else \
+        plain.copy_(w8_mma.w8_mma_linear(x, packed, s, bias))
+    expected = silu_and_mul_ref(plain).float()
+    order = w4_mma.gate_up_order(n).cuda()
+    packed_i, s_i, bias_i = w8_mma.repack(q[order].contiguous()), s[order].contiguous(), bias[order].contiguous()
+    if config is None:
+        got = w8_mma.w8_mma_linear(x, packed_i, s_i, bias_i, gated=True)
+    else:
+        got = torch.full((m, n // 2), float("nan"), device="cuda", dtype=torch.bfloat16)
+        w8_mma.launch_few(x, packed_i, s_i, bias_i, got, config, gated=True)
+    assert got.shape == (m, n // 2)
+    assert ((got.float() - expected).abs() <= expected.abs() * 2**-7).all()
+    assert (got.float() == expected).float().mean() > 0.99

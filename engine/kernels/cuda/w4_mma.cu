@@ -856,9 +856,10 @@ void w4_mma(torch::Tensor x, torch::Tensor qw, torch::Tensor sz, c10::optional<t
 }
 
 // int8 weights (w8_mma.py's layout), fp32 column scales [N], up to 32 rows; checked by the Python caller too.
+// gated: as w4_mma's (the rows of an int8 gate_up put in w4_mma.gate_up_order before the repack).
 void w8_mma(torch::Tensor x, torch::Tensor qw, torch::Tensor scales, c10::optional<torch::Tensor> bias,
             torch::Tensor out, torch::Tensor part, torch::Tensor locks, int64_t splits, int64_t warps,
-            int64_t min_blocks, bool pipe) {
+            int64_t min_blocks, bool pipe, bool gated) {
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.size(0) >= 1 && x.size(0) <= 32 && x.size(1) % 128 == 0,
               "w8_mma: x [M <= 32, K], K a multiple of 128");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && scales.scalar_type() == at::kFloat && scales.is_contiguous(),
@@ -866,7 +867,7 @@ void w8_mma(torch::Tensor x, torch::Tensor qw, torch::Tensor scales, c10::option
   const int M = x.size(0), groups = x.size(1) / 128;
   const int gps = (groups + splits - 1) / splits;
 #define W8MMA_ROWS(MT) \
-  launch_t<false, MT, true>(x, qw, scales, bias, out, part, locks, splits, warps, min_blocks, pipe, gps)
+  launch_t<false, MT, true>(x, qw, scales, bias, out, part, locks, splits, warps, min_blocks, pipe, gps, gated)
   if (M <= 8) W8MMA_ROWS(1);
   else if (M <= 16) W8MMA_ROWS(2);
   else W8MMA_ROWS(4);
