@@ -162,7 +162,7 @@ class Int8Method(LinearMethod):
         elif self.cuda:  # one layout in memory: the kernels' fragment order
             from ..kernels.w8_mma import repack
 
-            if layer.gated:  # as AWQ's: the kernel's epilogue needs each 32 gate rows beside their up rows
+            if getattr(layer, "gated", False):  # as AWQ's below (the int8 LM head is no Linear: no `gated`)
                 from ..kernels.w4_mma import gate_up_order
 
                 order = gate_up_order(layer.out_features).to(layer.qweight.device)
@@ -181,7 +181,7 @@ class Int8Method(LinearMethod):
         if getattr(layer, "w8_qw", None) is not None:
             from ..kernels.w8_mma import w8_mma_linear
 
-            if layer.gated:
+            if getattr(layer, "gated", False):
                 raise RuntimeError("a CUDA int8 gate_up layer is stored interleaved: call apply_silu_and_mul")
             return w8_mma_linear(x, layer.w8_qw, layer.weight_scale, layer.bias)
         if self.options.use_kernels:
@@ -245,7 +245,7 @@ class AWQMethod(LinearMethod):
             layer.qweight = layer.qzeros = layer.scales = None
             if layer.bias is not None:
                 layer.bias.data = layer.bias.data.to(torch.bfloat16)
-            if layer.gated:  # the kernel's epilogue needs each 32 gate columns beside their up columns
+            if getattr(layer, "gated", False):  # the epilogue needs each 32 gate columns beside their up ones
                 from ..kernels.w4_mma import gate_up_order, interleave_gate_up
 
                 layer.w4_qw, layer.w4_sz = interleave_gate_up(layer.w4_qw, layer.w4_sz)
@@ -258,7 +258,7 @@ class AWQMethod(LinearMethod):
         if getattr(layer, "w4_qw", None) is not None:
             from ..kernels.w4_mma import w4_mma_linear
 
-            if layer.gated:
+            if getattr(layer, "gated", False):
                 raise RuntimeError("a CUDA AWQ gate_up layer is stored interleaved: call apply_silu_and_mul")
             return w4_mma_linear(x, layer.w4_qw, layer.w4_sz, layer.w4_scale_dtype, layer.bias)
         if self.options.use_kernels:

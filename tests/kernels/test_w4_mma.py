@@ -96,7 +96,8 @@ def test_launch_choices_are_variants_the_build_carries(m, n, k):
 
 
 @pytest.mark.parametrize("m,n,k,splits", [
-    (1, 4608, 3584, 4), (2, 4608, 3584, 1), (16, 4608, 3584, 1), (1, 3584, 3584, 4), (16, 3584, 3584, 4), (1, 3584, 18944, 4),
+    (1, 4608, 3584, 4), (2, 4608, 3584, 1), (16, 4608, 3584, 1), (1, 3584, 3584, 4), (16, 3584, 3584, 4),
+    (1, 3584, 18944, 4),
     (1, 37888, 3584, 1), (32, 3584, 3584, 2), (24, 3584, 18944, 2)])
 def test_few_row_splits_on_qwen_shapes_are_the_labs_winners(m, n, k, splits):
     """Qwen2.5-7B on a 132-SM H200 (labs 5d and 10c, the engine's decode steps), the flat blocks (int8, and
