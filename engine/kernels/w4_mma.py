@@ -16,7 +16,10 @@ choices and the checks. On 9.0+ GPUs the kernels are launched early (programmati
 engine/kernels/pdl.py): they load their first weights while the kernel before them finishes, and wait for it
 before they read x. Rows: up to 32 one launch; 33 to WGMMA_MAX_ROWS on Hopper one warpgroup-kernel
 launch, elsewhere up to CHUNK_MAX_ROWS in 32-row launches (each re-reads the weight); more (prefill)
-dequantize the layout to a dense bf16 weight in column chunks and multiply with cuBLAS. (A stream-K variant for
+dequantize the layout to a dense bf16 weight in column chunks and multiply with cuBLAS. A gated MLP's gate_up
+stored in gate_up_order (interleave_gate_up) gets silu(gate) * up from the few-row kernel's epilogue (`gated`),
+one kernel less a decode layer (+1.7% AWQ tok/s at batch 1 on an H100: reports/examples/h100/fused-silu-2026-12-05).
+(A stream-K variant for
 1-8 rows, lab 13, ran 0.62-0.94x this kernel's speed at every shape on an H100 and was removed after 7a66088:
 reports/examples/h100/quant-b1-2026-12-05.)
 

@@ -12,7 +12,8 @@
 // multiplies. Up to 16 rows the zero and scale are applied once
 // per group in fp32: out += s * (sum_k x (128 + q) - (128 + z) * sum_k x), the sum of x coming from one more
 // MMA against an all-ones A; about 1.4 instructions per weight in the loop (sm_90 SASS). 17-32 rows
-// dequantize each pair in bf16 once and feed it to four MMAs. Activations are bf16; scales fp16 or bf16.
+// dequantize each pair in bf16 once and feed it to four MMAs. Activations are bf16; scales fp16 or bf16. The
+// few-row kernel can end a gated MLP's gate_up with silu(gate) * up (`gated`: the weight in w4_mma.gate_up_order).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
