@@ -1,8 +1,8 @@
 """SiLU-and-mul of the gated MLP: out = silu(gate) * up over the merged gate / up projection.
 
 Two layouts of the merged projection: [gate | up] halves (chunk 0, the checkpoint's order), or chunks of
-`chunk` gate columns each followed by the same `chunk` up columns (the CUDA AWQ kernel's interleaved gate_up,
-engine/kernels/w4_mma.interleave_gate_up, whose few-row kernel applies the activation in its own epilogue).
+`chunk` gate columns each followed by the same `chunk` up columns (the CUDA AWQ / int8 kernels' interleaved
+gate_up, engine/kernels/w4_mma.gate_up_order, whose few-row kernel applies the activation in its own epilogue).
 
 Rounding follows the torch path (`F.silu(gate) * up` in the input dtype): silu is computed in fp32
 and rounded to the input dtype before the multiply, so bf16 results match it bit for bit.
