@@ -152,7 +152,9 @@ def test_decode_int8_close_to_unquantized(device, paged_kv):
     """What quantization costs: int8 attention within ~1% of the 16-bit cache's (N(0, 1) keys and values)."""
     k_cache, v_cache, tables, lens = paged_kv([200, 77], 2, 64, 16, torch.float32, device, seed=3)
     kc, vc, ks, vs, _, _ = _quantized((k_cache, v_cache, tables, lens), 8)
-    q = torch.randn(2, 8, 64, device=device)
+    # q seeded: drawn from the global generator it depended on the tests before (0.4-0.8% over twelve seeds, one
+    # draw in the full suite 1.1%)
+    q = torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(3)).to(device)
     plain = paged_decode_attention(q, k_cache, v_cache, tables, lens, 0.125)
     quant = paged_decode_attention(q, kc, vc, tables, lens, 0.125, k_scale=ks, v_scale=vs)
     assert (quant - plain).abs().max() < 0.01 * plain.abs().max()
