@@ -1,6 +1,6 @@
 """SiLU-and-mul of the gated MLP: silu(gate) * up over the merged [gate | up] projection, on the Triton
-kernel (use_kernels) or in torch. A linear method whose own kernel can apply it (the CUDA AWQ kernel's
-epilogue) does so instead (engine/layers/linear_method.py, LinearMethod.apply_silu_and_mul)."""
+kernel (use_kernels) or in torch. A linear method whose own kernel can apply it (the CUDA AWQ and int8
+kernels' epilogue) does so instead (engine/layers/linear_method.py, LinearMethod.apply_silu_and_mul)."""
 from __future__ import annotations
 
 import torch

@@ -155,9 +155,10 @@ class MergedLinear(Linear):
 class GateUpLinear(MergedLinear):
     """The gated MLP's gate and up projections in one weight (shards 0 and 1), returning silu(gate) * up
     [T, intermediate]: the activation belongs to the layer so that a method whose kernel can apply it in its
-    epilogue does (LinearMethod.apply_silu_and_mul; the CUDA AWQ kernel, one kernel less a decode layer)."""
+    epilogue does (LinearMethod.apply_silu_and_mul; the CUDA AWQ and int8 kernels, one kernel less a decode
+    layer)."""
 
-    gated = True  # the methods' after_loading may store the two halves interleaved (w4_mma.interleave_gate_up)
+    gated = True  # the methods' after_loading may store the two halves interleaved (w4_mma.gate_up_order)
 
     def __init__(self, in_features: int, intermediate_size: int, bias: bool = False, options: LayerOptions = PLAIN):
         super().__init__(in_features, [intermediate_size] * 2, bias, options)

@@ -192,7 +192,6 @@ class Int8Method(LinearMethod):
 
         return F.linear(x, dequantize_per_channel(layer.qweight, layer.weight_scale).to(x.dtype), layer.bias)
 
-
     def apply_silu_and_mul(self, layer, x):
         if getattr(layer, "w8_qw", None) is None:
             return super().apply_silu_and_mul(layer, x)
