@@ -17,10 +17,9 @@ engine/kernels/pdl.py): they load their first weights while the kernel before th
 before they read x. Rows: up to 32 one launch; 33 to WGMMA_MAX_ROWS on Hopper one warpgroup-kernel
 launch, elsewhere up to CHUNK_MAX_ROWS in 32-row launches (each re-reads the weight); more (prefill)
 dequantize the layout to a dense bf16 weight in column chunks and multiply with cuBLAS. A gated MLP's gate_up
-stored in gate_up_order (interleave_gate_up) gets silu(gate) * up from the few-row kernel's epilogue (`gated`),
-one kernel less a decode layer (+1.7% AWQ tok/s at batch 1 on an H100: reports/examples/h100/fused-silu-2026-12-05).
-(A stream-K variant for
-1-8 rows, lab 13, ran 0.62-0.94x this kernel's speed at every shape on an H100 and was removed after 7a66088:
+repacked in gate_up_order (awq_in_gate_up_order first) gets silu(gate) * up from the few-row kernel's epilogue
+(`gated`), one kernel less a decode layer (+1.7% AWQ tok/s at batch 1 on an H100:
+reports/examples/h100/fused-silu-2026-12-05). (A stream-K variant for 1-8 rows, lab 13, ran 0.62-0.94x this kernel's speed at every shape on an H100 and was removed after 7a66088:
 reports/examples/h100/quant-b1-2026-12-05.)
 
 The layout, for a linear W [N, K] (AWQ qweight [K, N/8]): stripes s of 64 output columns, k steps of 16 in
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from ..quant.int4_pack import unpack_columns
+from ..quant.int4_pack import PACK, unpack_columns
 from . import pdl
 from .quant_gemm import _dense_product, _locks, _num_sms
 
@@ -149,16 +148,13 @@ def gate_up_order(n: int) -> torch.Tensor:
     return (h * (n // 2) + (STRIPE // 2) * s + c).flatten()
 
 
-def interleave_gate_up(qw: torch.Tensor, sz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """repack's layout of a merged [gate | up] weight -> the same weight in gate_up_order's column order (a
-    half stripe is two whole 16-column tiles: whole tiles move, no code is re-packed)."""
-    def interleave(t: torch.Tensor) -> torch.Tensor:  # [S, X, 4 tiles, ...] -> the same, halves interleaved
-        s = t.shape[0]
-        halves = t.view(s, t.shape[1], 2, 2, *t.shape[3:]).transpose(1, 2).reshape(2 * s, t.shape[1], 2,
-                                                                                    *t.shape[3:])
-        return torch.stack((halves[:s], halves[s:]), dim=2).reshape(t.shape).contiguous()
-
-    return interleave(qw), interleave(sz)
+def awq_in_gate_up_order(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor):
+    """AWQ tensors of a merged [gate | up] weight (qweight [K, N/8], qzeros [K/G, N/8], scales [K/G, N]) with
+    their output columns in gate_up_order, for repack: the order moves 32-column chunks whole, so each int32 of
+    eight packed columns moves whole too (the int8 path permutes its rows the same way before its repack)."""
+    order = gate_up_order(scales.shape[1]).to(scales.device)
+    words = order.view(-1, PACK)[:, 0] // PACK
+    return qweight[:, words], qzeros[:, words], scales[:, order]
 
 
 # ----------------------------------------------------------------------------------------- build
@@ -286,7 +282,7 @@ def launch(x, qw, sz, bias, out, scale_bf16: bool, config: tuple | None = None,
     default launch_config's (the lab passes others); part: the split-K partials' buffer (default: made here).
     The split counters are the Triton kernels' (quant_gemm._locks: 65,536 a device, reset by each launch's
     last block, one stream at a time), as is the SM count (quant_gemm._num_sms, cached). gated: qw is an
-    interleaved gate_up (interleave_gate_up) and out [M, N / 2] takes silu(gate) * up."""
+    gate_up repacked in gate_up_order and out [M, N / 2] takes silu(gate) * up."""
     m, k = x.shape
     n = qw.shape[0] * STRIPE
     warps, min_blocks, pipe, splits = config or launch_config(m, n, k, _num_sms(x.device))
@@ -327,7 +323,7 @@ def launch_wgmma(x, qw, sz, bias, out, scale_bf16: bool, config: tuple | None = 
 def w4_mma_linear(x: torch.Tensor, qw: torch.Tensor, sz: torch.Tensor, scale_dtype: torch.dtype,
                   bias: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
     """x [M, K] bf16 @ W^T (+ bias) -> [M, N] bf16, W in repack's layout with group size GROUP.
-    gated: W is the gated MLP's gate_up in interleave_gate_up's layout (bias in gate_up_order) and the result is
+    gated: W is the gated MLP's gate_up repacked in gate_up_order (bias too) and the result is
     silu(gate) * up [M, N / 2]: computed in the kernel's epilogue up to MAX_ROWS rows (one kernel less a layer
     of decode), by the activation kernel after the product for more."""
     m, k = x.shape

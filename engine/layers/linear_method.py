@@ -236,20 +236,18 @@ class AWQMethod(LinearMethod):
             self._cpu_weight(layer, self._dequantized(layer))
             layer.qweight = layer.qzeros = layer.scales = None
         elif self.cuda:
-            from ..kernels.w4_mma import repack
+            from ..kernels.w4_mma import awq_in_gate_up_order, gate_up_order, repack
 
-            layer.w4_qw, layer.w4_sz = repack(layer.qweight.data, layer.qzeros.data, layer.scales.data,
-                                              self.options.group_size)
+            awq = layer.qweight.data, layer.qzeros.data, layer.scales.data
+            if getattr(layer, "gated", False):  # the epilogue needs each 32 gate columns beside their up ones
+                awq = awq_in_gate_up_order(*awq)
+                if layer.bias is not None:
+                    layer.bias.data = layer.bias.data[gate_up_order(layer.out_features).to(layer.bias.device)]
+            layer.w4_qw, layer.w4_sz = repack(*awq, self.options.group_size)
             layer.w4_scale_dtype = layer.scales.dtype
             layer.qweight = layer.qzeros = layer.scales = None
             if layer.bias is not None:
                 layer.bias.data = layer.bias.data.to(torch.bfloat16)
-            if getattr(layer, "gated", False):  # the epilogue needs each 32 gate columns beside their up ones
-                from ..kernels.w4_mma import gate_up_order, interleave_gate_up
-
-                layer.w4_qw, layer.w4_sz = interleave_gate_up(layer.w4_qw, layer.w4_sz)
-                if layer.bias is not None:
-                    layer.bias.data = layer.bias.data[gate_up_order(layer.out_features).to(layer.bias.device)]
 
     def apply(self, layer, x):
         if getattr(layer, "cpu_weight", None) is not None:

@@ -137,8 +137,6 @@ def test_warpgroup_choices_on_qwen_shapes_are_lab_7s_winners(m, name, expected):
     assert (bn, sp, nwg, kwg) in carried and (k // w4_mma.GROUP) % (splits * kwg) == 0
 
 
-# ---- the compiled kernel (GPU with nvcc)
-
 def test_gate_up_order_puts_each_32_gate_columns_beside_their_up_columns():
     order = w4_mma.gate_up_order(256)  # gate 0-127, up 128-255
     assert sorted(order.tolist()) == list(range(256))
@@ -149,17 +147,18 @@ def test_gate_up_order_puts_each_32_gate_columns_beside_their_up_columns():
 
 
 @pytest.mark.parametrize("n,k", [(128, 128), (384, 256)])
-def test_an_interleaved_gate_up_dequantizes_to_the_weight_in_gate_up_order(n, k):
-    """interleave_gate_up moves whole tiles of the repacked layout: the result is the same weight (codes, scales
-    and zeros) with its output columns in gate_up_order, which the gated epilogue and silu_and_mul(chunk=32) read."""
+def test_awq_in_gate_up_order_repacks_to_the_weight_in_gate_up_order(n, k):
+    """awq_in_gate_up_order moves whole packed words: repacked, the result is the same weight (codes, scales and
+    zeros) with its output columns in gate_up_order, which the gated epilogue and silu_and_mul(chunk=32) read."""
     qw, qz, s = _awq(n, k, 128, n + 1)
     packed, sz = w4_mma.repack(qw, qz, s, 128)
-    packed_i, sz_i = w4_mma.interleave_gate_up(packed, sz)
+    packed_i, sz_i = w4_mma.repack(*w4_mma.awq_in_gate_up_order(qw, qz, s), 128)
     assert packed_i.shape == packed.shape and sz_i.shape == sz.shape
     weight = w4_mma.dequantize(packed, sz, 128, torch.bfloat16)  # [N, K]
     assert torch.equal(w4_mma.dequantize(packed_i, sz_i, 128, torch.bfloat16), weight[w4_mma.gate_up_order(n)])
 
 
+# ---- the compiled kernel (GPU with nvcc)
 
 def _gpu_ready():
     if not torch.cuda.is_available():
@@ -224,7 +223,7 @@ def test_every_warpgroup_variant_matches_the_awq_reference(m, config):
 @pytest.mark.parametrize("m", [1, 5, 16, 17, 32, 33, 80, 200])
 @pytest.mark.parametrize("config", [None, (8, 2, False, 4), (4, 1, True, 2)])
 def test_the_gated_kernel_writes_silu_gate_times_up(m, config):
-    """gate_up stored interleaved (AWQMethod on the CUDA kernel): up to 32 rows the kernel's epilogue writes
+    """gate_up repacked in gate_up_order (AWQMethod on the CUDA kernel): up to 32 rows the kernel's epilogue writes
     silu(gate) * up (unsplit, and through the split-K sum with a forced config), more rows the product then the
     activation kernel. Against the plain kernel's [gate | up] output through the torch activation: the same
     bf16 rounding steps, so equal up to one ulp where the exponentials differ in their last bit."""
@@ -241,7 +240,7 @@ def test_the_gated_kernel_writes_silu_gate_times_up(m, config):
     w4_mma.launch(x, packed, sz, bias, plain, True, config) if m <= 32 else \
         plain.copy_(w4_mma.w4_mma_linear(x, packed, sz, torch.bfloat16, bias))
     expected = silu_and_mul_ref(plain).float()
-    packed_i, sz_i = w4_mma.interleave_gate_up(packed, sz)
+    packed_i, sz_i = w4_mma.repack(*w4_mma.awq_in_gate_up_order(*_awq(n, 2048, 128, m, torch.bfloat16, "cuda")), 128)
     bias_i = bias[w4_mma.gate_up_order(n).cuda()]
     if config is None:
         got = w4_mma.w4_mma_linear(x, packed_i, sz_i, torch.bfloat16, bias_i, gated=True)

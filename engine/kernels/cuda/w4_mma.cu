@@ -319,7 +319,7 @@ __device__ __forceinline__ void sum_splits_if_last(const float* __restrict__ par
 // to arrive sums them in split order (deterministic) and puts its counter back to 0.
 // I8 (KS = 16): int8 weights in w8_mma.py's layout, one fp32 scale an output column (cscale) applied to the sums;
 // sz unused. Otherwise int4 groups (KS = 8), cscale unused.
-// gated: the weight is the gated MLP's gate_up in the interleaved layout (w4_mma.interleave_gate_up: each stripe
+// gated: the weight is the gated MLP's gate_up in the interleaved layout (w4_mma.gate_up_order: each stripe
 // 32 gate columns, then the same 32 up columns) and out is [M, N / 2]: silu(gate) * up, one kernel less a layer.
 template <bool SBF16, int MT, int KS, int NW, int MINB, bool PIPE, bool I8 = false>
 __global__ void __launch_bounds__(NW * 32, MINB) w4_mma_kernel(
@@ -839,7 +839,7 @@ void launch_t(const torch::Tensor& x, const torch::Tensor& qw, const torch::Tens
 }
 
 // Checked by the Python caller (engine/kernels/w4_mma.py): shapes, dtypes, devices, sizes of part / locks.
-// gated: qw is an interleaved gate_up (w4_mma.interleave_gate_up) and out [M, N / 2] takes silu(gate) * up.
+// gated: qw is a gate_up repacked in w4_mma.gate_up_order and out [M, N / 2] takes silu(gate) * up.
 void w4_mma(torch::Tensor x, torch::Tensor qw, torch::Tensor sz, c10::optional<torch::Tensor> bias,
             torch::Tensor out, torch::Tensor part, torch::Tensor locks, int64_t group_size, bool scale_bf16,
             int64_t splits, int64_t warps, int64_t min_blocks, bool pipe, bool gated) {
