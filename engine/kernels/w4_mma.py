@@ -234,10 +234,11 @@ def launch_config(m: int, n: int, k: int, num_sms: int, pipelined: bool = True) 
     tokens of context; reports/examples/h200/early-launch) took AWQ at 8 and 16 rows 2.69 / 3.84 ms unsplit
     against 2.99 / 4.11, int8 3.49 / 4.06 against 3.59 / 4.16, but AWQ at one row 2.27 against 2.18 ms.
     One row of AWQ weights (pipelined: the int8 build has no pipelined blocks, w8_mma passes False) takes the
-    pipelined blocks where the engine measured them faster (`_one_row_pipelined`)."""
+    pipelined blocks where the engine measured them faster (`_one_row_pipelined`), one row of int8 weights the flat
+    blocks that lab 10 timed faster (`_one_row_flat`)."""
     stripes, groups = n // STRIPE, k // GROUP
-    if m == 1 and pipelined:
-        choice = _one_row_pipelined(stripes, groups, num_sms)
+    if m == 1:
+        choice = (_one_row_pipelined if pipelined else _one_row_flat)(stripes, groups, num_sms)
         if choice is not None:
             return choice
     target = (1.5 if m <= 16 else 0.5) * num_sms
@@ -251,6 +252,17 @@ def launch_config(m: int, n: int, k: int, num_sms: int, pipelined: bool = True) 
     if m <= 16:
         return 8, 2, False, splits
     return (4 if splits == 1 and stripes >= 2 * num_sms else 8), 1, False, splits
+
+
+def _one_row_flat(stripes: int, groups: int, num_sms: int) -> tuple[int, int, bool, int] | None:
+    """One row of int8 weights (the flat blocks), or None for launch_config's general one: layers of half to two
+    waves of stripes with short K (qkv) take 4-warp blocks in splits of 4 groups: lab 10 timed Qwen2.5-7B's qkv
+    at 6.84 µs there against 9.39 in the general choice's 8-warp blocks in 4 splits on an H200 (10c), 8.31 against
+    10.86 on an H100 (10d: reports/examples/h100/int8-qkv-2026-12-05); every other shape's general choice was
+    within 1-4% of the best block there."""
+    if num_sms <= 2 * stripes < 4 * num_sms and groups <= 32:
+        return 4, 1, False, max(d for d in range(1, groups + 1) if groups % d == 0 and groups // d >= 4)
+    return None
 
 
 def _one_row_pipelined(stripes: int, groups: int, num_sms: int) -> tuple[int, int, bool, int] | None:

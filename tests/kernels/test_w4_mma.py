@@ -96,13 +96,13 @@ def test_launch_choices_are_variants_the_build_carries(m, n, k):
 
 
 @pytest.mark.parametrize("m,n,k,splits", [
-    (1, 4608, 3584, 4), (2, 4608, 3584, 1), (16, 4608, 3584, 1), (1, 3584, 3584, 4), (16, 3584, 3584, 4),
+    (1, 4608, 3584, 7), (2, 4608, 3584, 1), (16, 4608, 3584, 1), (1, 3584, 3584, 4), (16, 3584, 3584, 4),
     (1, 3584, 18944, 4),
     (1, 37888, 3584, 1), (32, 3584, 3584, 2), (24, 3584, 18944, 2)])
 def test_few_row_splits_on_qwen_shapes_are_the_labs_winners(m, n, k, splits):
-    """Qwen2.5-7B on a 132-SM H200 (labs 5d and 10c, the engine's decode steps), the flat blocks (int8, and
-    AWQ from two rows): from two rows qkv (72 stripes) unsplit, at one row in 4; gate_up unsplit, o and down
-    in 4 at up to 16 rows; more rows split less."""
+    """Qwen2.5-7B on a 132-SM H200 (labs 5d, 10c and 10d, the engine's decode steps), the flat blocks (int8, and
+    AWQ from two rows): from two rows qkv (72 stripes) unsplit, at one row in 7 (4-warp blocks); gate_up
+    unsplit, o and down in 4 at up to 16 rows; more rows split less."""
     config = w4_mma.launch_config(m, n, k, 132, pipelined=False)
     assert config[3] == splits and not config[2]
     if m > 1:
@@ -118,6 +118,16 @@ def test_one_awq_row_on_qwen_shapes_takes_the_pipelined_winners(n, k, expected):
     8-warp block a stripe, o pipelined 4-warp blocks in 7 splits of 4 groups, gate_up one pipelined 4-warp block a
     stripe, down the flat blocks as before."""
     assert w4_mma.launch_config(1, n, k, 132) == expected
+
+
+@pytest.mark.parametrize("n,k,expected", [
+    (4608, 3584, (4, 1, False, 7)), (3584, 3584, (8, 2, False, 4)), (37888, 3584, (8, 2, False, 1)),
+    (3584, 18944, (8, 2, False, 4))])
+def test_one_int8_row_on_qwen_shapes_takes_lab_10s_winners(n, k, expected):
+    """One row of int8 weights (the flat blocks; labs 10c on an H200 and 10d on an H100,
+    reports/examples/h100/int8-qkv-2026-12-05): qkv 4-warp blocks in 7 splits of 4 groups, the others the general
+    choice (o and down 8-warp blocks two an SM in 4 splits, gate_up unsplit)."""
+    assert w4_mma.launch_config(1, n, k, 132, pipelined=False) == expected
 
 
 @pytest.mark.parametrize("m,name,expected", [
