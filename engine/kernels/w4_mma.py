@@ -259,7 +259,7 @@ def _one_row_flat(stripes: int, groups: int, num_sms: int) -> tuple[int, int, bo
     waves of stripes with short K (qkv) take 4-warp blocks in splits of 4 groups: lab 10 timed Qwen2.5-7B's qkv
     at 6.84 µs there against 9.39 in the general choice's 8-warp blocks in 4 splits on an H200 (10c), 8.31 against
     10.86 on an H100 (10d: reports/examples/h100/int8-qkv-2026-12-05); every other shape's general choice was
-    within 1-4% of the best block there."""
+    within 1.5% of the best block in both labs."""
     if num_sms <= 2 * stripes < 4 * num_sms and groups <= 32:
         return 4, 1, False, max(d for d in range(1, groups + 1) if groups % d == 0 and groups // d >= 4)
     return None
