@@ -19,8 +19,8 @@ launch, elsewhere up to CHUNK_MAX_ROWS in 32-row launches (each re-reads the wei
 dequantize the layout to a dense bf16 weight in column chunks and multiply with cuBLAS. A gated MLP's gate_up
 repacked in gate_up_order (awq_in_gate_up_order first) gets silu(gate) * up from the few-row kernel's epilogue
 (`gated`), one kernel less a decode layer (+1.7% AWQ tok/s at batch 1 on an H100:
-reports/examples/h100/fused-silu-2026-12-05). (A stream-K variant for 1-8 rows, lab 13, ran 0.62-0.94x this kernel's speed at every shape on an H100 and was removed after 7a66088:
-reports/examples/h100/quant-b1-2026-12-05.)
+reports/examples/h100/fused-silu-2026-12-05). (A stream-K variant for 1-8 rows, lab 13, ran 0.62-0.94x this
+kernel's speed at every shape on an H100 and was removed after 7a66088: reports/examples/h100/quant-b1-2026-12-05.)
 
 The layout, for a linear W [N, K] (AWQ qweight [K, N/8]): stripes s of 64 output columns, k steps of 16 in
 quads kq of four (kk = 4 kq + c), tiles j of 16 columns, lanes (g = lane // 4, t = lane % 4): qw word
@@ -261,8 +261,13 @@ def _one_row_flat(stripes: int, groups: int, num_sms: int) -> tuple[int, int, bo
     10.86 on an H100 (10d: reports/examples/h100/int8-qkv-2026-12-05); every other shape's general choice was
     within 1.5% of the best block in both labs."""
     if num_sms <= 2 * stripes < 4 * num_sms and groups <= 32:
-        return 4, 1, False, max(d for d in range(1, groups + 1) if groups % d == 0 and groups // d >= 4)
+        return 4, 1, False, _splits_of_four_groups(groups)
     return None
+
+
+def _splits_of_four_groups(groups: int) -> int:
+    """The most K splits that divide the groups evenly with at least four groups a split (the one-row choices')."""
+    return max(d for d in range(1, groups + 1) if groups % d == 0 and groups // d >= 4)
 
 
 def _one_row_pipelined(stripes: int, groups: int, num_sms: int) -> tuple[int, int, bool, int] | None:
@@ -283,8 +288,7 @@ def _one_row_pipelined(stripes: int, groups: int, num_sms: int) -> tuple[int, in
     if 2 * stripes >= 4 * num_sms:
         return 4, 1, True, 1
     if 2 * stripes < num_sms and groups <= 32:
-        splits = max(d for d in range(1, groups + 1) if groups % d == 0 and groups // d >= 4)
-        return 4, 1, True, splits
+        return 4, 1, True, _splits_of_four_groups(groups)
     return None
 
 
