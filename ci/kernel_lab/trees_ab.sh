@@ -8,6 +8,7 @@
 # .whl prefix (which sets PYTHONPATH=$PWD:/tmp/site):
 #     FORMATS=bf16,awq-cuda,int8-cuda TESTS="tests/engine/test_gpu_w4_cuda.py" bash ci/kernel_lab/trees_ab.sh . _ab/*
 # A tree's name in the results is its path with "/" as "-" ("." is "main"). ENV_<name>="VAR=value ..." sets variables for one tree.
+# One tree under several environment settings (switches of one build): env_ab.sh.
 set -u
 FORMATS=${FORMATS:-bf16,awq-cuda,int8-cuda}
 for tree in "$@"; do
