@@ -6,14 +6,9 @@
 #     bash ci/kernel_lab/env_ab.sh "cluster:OPSCTL_CLUSTER_SPLITK=1" "global:OPSCTL_CLUSTER_SPLITK=0" \
 #         "cluster:OPSCTL_CLUSTER_SPLITK=1" "global:OPSCTL_CLUSTER_SPLITK=0"
 set -u
-FORMATS=${FORMATS:-bf16,awq-cuda,int8-cuda}
+source "$(dirname "$0")/ab_formats.sh"
 n=0
 for arm in "$@"; do
-  n=$((n + 1)); label=${arm%%:*}; settings=${arm#*:}
-  start=$SECONDS
-  env $settings python3 -m toolkit.bench.formats preset:qwen2.5-7b --formats "$FORMATS" --no-kv \
-      --out "/tmp/env-ab-$label-$n" > "$OUT/formats-$label-$n.log" 2>&1
-  echo "$label-$n ($settings): rc=$? in $((SECONDS - start)) s"
-  cp "/tmp/env-ab-$label-$n/summary.json" "$OUT/summary-$label-$n.json" 2>/dev/null
-  tail -4 "$OUT/formats-$label-$n.log"
+  n=$((n + 1))
+  ab_formats . "${arm%%:*}-$n" "${arm#*:}"
 done

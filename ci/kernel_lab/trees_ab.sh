@@ -10,17 +10,12 @@
 # A tree's name in the results is its path with "/" as "-" ("." is "main"). ENV_<name>="VAR=value ..." sets variables for one tree.
 # One tree under several environment settings (switches of one build): env_ab.sh.
 set -u
-FORMATS=${FORMATS:-bf16,awq-cuda,int8-cuda}
+source "$(dirname "$0")/ab_formats.sh"
 for tree in "$@"; do
   name=$(echo "$tree" | sed 's#^\./*##; s#/#-#g'); name=${name:-main}; [ "$tree" = . ] && name=main
   env_var="ENV_$(echo "$name" | tr -c 'A-Za-z0-9\n' '_')"
   extra=${!env_var:-}
-  start=$SECONDS
-  (cd "$tree" && env $extra PYTHONPATH="$PWD:/tmp/site" python3 -m toolkit.bench.formats preset:qwen2.5-7b \
-      --formats "$FORMATS" --no-kv --out "/tmp/ab-$name" > "$OUT/formats-$name.log" 2>&1)
-  echo "$name ($extra): rc=$? in $((SECONDS - start)) s"
-  cp "/tmp/ab-$name/summary.json" "$OUT/summary-$name.json" 2>/dev/null
-  tail -4 "$OUT/formats-$name.log"
+  ab_formats "$tree" "$name" "$extra"
   if [ -n "${TESTS:-}" ]; then
     (cd "$tree" && env $extra PYTHONPATH="$PWD:/tmp/site" python3 -m pytest -m gpu -q $TESTS > "$OUT/pytest-$name.log" 2>&1)
     echo "$name tests: $(tail -1 "$OUT/pytest-$name.log")"
