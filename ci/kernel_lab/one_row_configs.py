@@ -1,4 +1,4 @@
-"""Lab 15: the CUDA W4A16 / W8A16 kernels' one-row launch choices, swept inside the engine's own decode step.
+"""Lab 16: the CUDA W4A16 / W8A16 kernels' one-row launch choices, swept inside the engine's own decode step.
 
 Labs 5 and 10 timed one kernel after another of the same shape; the engine runs a layer's chain under early
 launch (programmatic dependent launch), where launch_config's docstring records the two disagreeing. This lab
