@@ -4,7 +4,7 @@ so a lab figure is never the speed of a wrong kernel: the register-prefetching i
 slab), the int4 GEMV on a tile-major repacked qweight, the swapped-operand AWQ GEMM, the prefetching
 int8 GEMV and gemm_kernels.py's W4A16 tiles (scale folded into the weight, swapped, pointer increments,
 clamped rows), on small odd shapes with split-K (interpreter on the CPU, natively on a GPU); and lab 11's
-L2 prefetch reads exactly the words it is given."""
+L2 prefetch reads exactly the words it is given; lab 16 swaps in only the launch choices it names."""
 from __future__ import annotations
 
 import sys
@@ -184,3 +184,39 @@ def test_lab11_prefetch_reads_every_word_it_is_given(device):
     sink.zero_()
     prefetch([(words.to(device), 40)], sink, programs=1)
     assert sink[0].item() == functools.reduce(lambda a, b: a ^ b, words[:10].tolist())
+
+
+def test_lab16_overrides_only_one_row_calls_of_its_shape_and_kernel():
+    import one_row_configs as orc
+
+    from engine.kernels import w4_mma
+
+    choices = orc.Choices(w4_mma.launch_config)
+    key = (4608, 3584, True)
+    choices.override = {key: (4, 1, True, 2)}
+    assert choices(1, 4608, 3584, 132) == (4, 1, True, 2)
+    assert choices(2, 4608, 3584, 132) == w4_mma.launch_config(2, 4608, 3584, 132)  # more rows: untouched
+    assert choices(1, 4608, 3584, 132, pipelined=False) == w4_mma.launch_config(1, 4608, 3584, 132, False)
+    assert choices.seen == {key: w4_mma.launch_config(1, 4608, 3584, 132),
+                            (4608, 3584, False): w4_mma.launch_config(1, 4608, 3584, 132, False)}
+
+
+@pytest.mark.parametrize("groups", [28, 148, 7, 64])
+def test_lab16_splits_each_hold_work_and_four_groups(groups):
+    import one_row_configs as orc
+
+    for s in orc.split_choices(groups):
+        per = -(-groups // s)  # the kernel's groups a split (the last one takes the rest)
+        assert per >= 4 and (s - 1) * per < groups, (groups, s)
+    assert orc.split_choices(groups)[0] == 1
+
+
+def test_lab16_arms_are_built_variants_without_the_default():
+    import one_row_configs as orc
+
+    default = (8, 2, False, 4)
+    arms = orc.arms_for((3584, 18944, False), default, int8=True)
+    assert default not in arms and len(arms) == len(set(arms))
+    assert {a[:3] for a in arms} == set(orc.INT8_VARIANTS)
+    assert {a[:3] for a in orc.arms_for((4608, 3584, True), (8, 1, True, 1), int8=False)} == set(orc.AWQ_VARIANTS)
+    assert max(a[3] for a in orc.arms_for((37888, 3584, True), (4, 1, True, 1), int8=False)) == 2  # wide: <= 2
