@@ -1,0 +1,86 @@
+"""Lab 17: decode attention's KV split count at batch 1, timed inside the engine's own decode step.
+
+`decode_num_splits` picks the splits from shapes only (CUDA-graph safe): at batch 1 with Qwen2.5-7B's 4 KV
+heads that is 64 splits whatever the context, because the block table can hold a full session. At a short
+context most of them are empty (384 tokens: 6 tiles of 64, so 58 programs of each KV head write a zero partial
+and the reduce merges all 64). This lab times the batch-1 decode step (graph replay and LM head, as lab 16)
+with the split count forced to each of --splits at each of --contexts, the default (None: the kernel's own
+choice) re-timed between, to see what the empty splits cost and where fewer splits start to lose.
+
+    python3 ci/kernel_lab/decode_splits.py --formats bf16,awq-cuda --out $OUT/decode_splits.json
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from one_row_configs import decode_state, recapture, step_us  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="preset:qwen2.5-7b")
+    parser.add_argument("--formats", default="bf16,awq-cuda")
+    parser.add_argument("--contexts", default="384,2048,8192")
+    parser.add_argument("--splits", default="32,16,8,4,2,1")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=60)
+    args = parser.parse_args()
+
+    import torch
+
+    from engine.config import EngineConfig
+    from engine.engine import LLMEngine
+    from engine.kernels import decode_attention as da
+    from toolkit.bench.formats import WEIGHT_FORMATS
+
+    default_splits = da.decode_num_splits
+    forced: dict = {"splits": None, "seen": set()}
+
+    def choose(batch, num_kv_heads, max_blocks, block_size, head_dim, device="cuda"):
+        auto = default_splits(batch, num_kv_heads, max_blocks, block_size, head_dim, device)
+        if batch == 1:
+            forced["seen"].add(auto)
+            if forced["splits"] is not None:
+                return forced["splits"]
+        return auto
+
+    da.decode_num_splits = choose
+    start = time.time()
+    report: dict = {"model": args.model, "results": []}
+
+    def log(line: str) -> None:
+        print(f"[{time.time() - start:6.0f} s] {line}", flush=True)
+
+    for fmt in [f for f in args.formats.split(",") if f]:
+        engine = LLMEngine(args.model, EngineConfig(**WEIGHT_FORMATS[fmt]))
+        runner = engine.runner
+        result = {"format": fmt, "arms": []}
+        report["results"].append(result)
+        for context in (int(c) for c in args.contexts.split(",")):
+            for splits in [None] + [int(s) for s in args.splits.split(",")] + [None]:
+                forced["splits"] = splits
+                recapture(runner, 1)
+                decode_state(runner.buffers, context)
+                us = step_us(runner, args.reps, args.iters)
+                result["arms"].append({"context": context, "splits": splits, "step_us": us})
+                log(f"{fmt} context {context:6d} splits {'auto' if splits is None else splits:>4}: {us:8.1f} us")
+                args.out.write_text(json.dumps(report, indent=1))
+        result["auto_splits_at_batch_1"] = sorted(forced["seen"])
+        log(f"{fmt}: the default's batch-1 split counts {result['auto_splits_at_batch_1']}")
+        forced["splits"] = None
+        del engine, runner
+        gc.collect()
+        torch.cuda.empty_cache()
+    args.out.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
