@@ -48,8 +48,8 @@ def lab_decode(q, k_cache, v_cache, tables, lens, scale, k_scale, v_scale, varia
         IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages, **extra)
     if num_splits > 1:
         da._decode_reduce_kernel[(batch, num_heads)](
-            part_out, part_lse, out, num_splits, out.stride(0), out.stride(1), NUM_HEADS=num_heads,
-            HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(num_splits), EARLY_LAUNCH=False,
+            part_out, part_lse, out, lens, num_splits, out.stride(0), out.stride(1), NUM_HEADS=num_heads,
+            HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_N=block_n, EARLY_LAUNCH=False,
             num_warps=4 if head_dim >= 128 else 2)
     return out
 

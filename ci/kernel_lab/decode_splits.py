@@ -64,7 +64,7 @@ def main() -> int:
         result = {"format": fmt, "arms": []}
         report["results"].append(result)
         for context in (int(c) for c in args.contexts.split(",")):
-            for splits in [None] + [int(s) for s in args.splits.split(",")] + [None]:
+            for splits in [None] + [int(s) for s in args.splits.split(",") if s] + [None]:
                 forced["splits"] = splits
                 recapture(runner, 1)
                 decode_state(runner.buffers, context)
