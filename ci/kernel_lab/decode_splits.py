@@ -12,14 +12,12 @@ choice) re-timed between, to see what the empty splits cost and where fewer spli
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from one_row_configs import decode_state, recapture, step_us  # noqa: E402
+from one_row_configs import decode_state, free_memory, recapture, stamped_log, step_us  # noqa: E402
 
 
 def main() -> int:
@@ -32,8 +30,6 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--iters", type=int, default=60)
     args = parser.parse_args()
-
-    import torch
 
     from engine.config import EngineConfig
     from engine.engine import LLMEngine
@@ -52,11 +48,8 @@ def main() -> int:
         return auto
 
     da.decode_num_splits = choose
-    start = time.time()
     report: dict = {"model": args.model, "results": []}
-
-    def log(line: str) -> None:
-        print(f"[{time.time() - start:6.0f} s] {line}", flush=True)
+    log = stamped_log()
 
     for fmt in [f for f in args.formats.split(",") if f]:
         engine = LLMEngine(args.model, EngineConfig(**WEIGHT_FORMATS[fmt]))
@@ -76,8 +69,7 @@ def main() -> int:
         log(f"{fmt}: the default's batch-1 split counts {result['auto_splits_at_batch_1']}")
         forced["splits"] = None
         del engine, runner
-        gc.collect()
-        torch.cuda.empty_cache()
+        free_memory()
     args.out.write_text(json.dumps(report, indent=1))
     return 0
 

@@ -14,7 +14,6 @@ length is a sync; a wait near zero means the host, not the GPU, sets the pace.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 import time
@@ -22,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from one_row_configs import decode_state, recapture, step_us  # noqa: E402
+from one_row_configs import decode_state, free_memory, recapture, stamped_log, step_us  # noqa: E402
 
 
 class Timed:
@@ -88,9 +87,7 @@ def measure(fmt: str, args, log) -> dict:
     for k, v in result["host_us_per_step"].items():
         log(f"  {k:32s} {v:8.1f} us")
     del engine, runner
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free_memory()
     return result
 
 
@@ -103,10 +100,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=256)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    start = time.time()
-
-    def log(line: str) -> None:
-        print(f"[{time.time() - start:6.0f} s] {line}", flush=True)
+    log = stamped_log()
 
     report = {"model": args.model, "args": vars(args) | {"out": str(args.out)}, "results": []}
     for fmt in [f for f in args.formats.split(",") if f]:

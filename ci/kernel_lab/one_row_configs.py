@@ -109,6 +109,25 @@ def recapture(runner, max_batch: int) -> None:
     runner.graphs.capture()
 
 
+def stamped_log():
+    """A print with the seconds since this call in front (the labs' progress lines)."""
+    start = time.time()
+
+    def log(line: str) -> None:
+        print(f"[{time.time() - start:6.0f} s] {line}", flush=True)
+
+    return log
+
+
+def free_memory() -> None:
+    """Hand the GPU memory of an engine the caller has dropped back before the next one loads."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def decode_b1(engine) -> float:
     from toolkit.bench.offline import bench_engine, build_workload
 
@@ -117,8 +136,6 @@ def decode_b1(engine) -> float:
 
 
 def sweep(fmt: str, model: str, choices: Choices, args, log, report: dict) -> dict:
-    import torch
-
     from engine.config import EngineConfig
     from engine.engine import LLMEngine
     from toolkit.bench.formats import WEIGHT_FORMATS
@@ -186,12 +203,11 @@ def sweep(fmt: str, model: str, choices: Choices, args, log, report: dict) -> di
             result["ab_decode_b1_tok_s"] = tok
         choices.override = {}
     del engine, runner
-    gc.collect()
-    torch.cuda.empty_cache()
+    free_memory()
     return result
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="preset:qwen2.5-7b")
     parser.add_argument("--formats", default="awq-cuda,int8-cuda")
@@ -209,10 +225,7 @@ def main() -> None:
 
     choices = Choices(w4_mma.launch_config)
     w4_mma.launch_config = w8_mma.launch_config = choices
-    start = time.time()
-
-    def log(line: str) -> None:
-        print(f"[{time.time() - start:6.0f} s] {line}", flush=True)
+    log = stamped_log()
 
     report = {"model": args.model, "context": args.context, "args": vars(args) | {"out": str(args.out)},
               "results": []}
