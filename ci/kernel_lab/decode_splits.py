@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from one_row_configs import decode_state, free_memory, recapture, stamped_log, step_us  # noqa: E402
+from one_row_configs import free_memory, stamped_log, step_us  # noqa: E402
 
 
 def main() -> int:
@@ -75,9 +75,7 @@ def main() -> int:
                 for name, kernel in kernels.items():
                     da.paged_decode_attention = kernel  # what the attention layer imports at each call
                     forced["splits"] = splits
-                    recapture(runner, 1)
-                    decode_state(runner.buffers, context)
-                    us = step_us(runner, args.reps, args.iters)
+                    us = step_us(runner, context, args.reps, args.iters)
                     result["arms"].append({"context": context, "splits": splits, "kernel": name, "step_us": us})
                     log(f"{fmt} context {context:6d} splits {'auto' if splits is None else splits:>4} "
                         f"{name:5s}: {us:8.1f} us")

@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from one_row_configs import decode_state, free_memory, recapture, stamped_log, step_us  # noqa: E402
+from one_row_configs import free_memory, stamped_log, step_us  # noqa: E402
 
 
 class Timed:
@@ -39,12 +39,10 @@ class Timed:
 
 
 def measure(fmt: str, args, log) -> dict:
-    import torch
-
     from engine.config import EngineConfig
     from engine.engine import LLMEngine
     from toolkit.bench.formats import WEIGHT_FORMATS
-    from toolkit.bench.offline import _gen
+    from toolkit.bench.offline import _gen, sync_device
 
     engine = LLMEngine(args.model, EngineConfig(**WEIGHT_FORMATS[fmt]))
     runner = engine.runner
@@ -64,13 +62,12 @@ def measure(fmt: str, args, log) -> dict:
     engine.add(request)
     for _ in range(args.warmup):
         engine.step()
-    sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
-    sync()
+    sync_device(runner.device)
     totals.clear()
     t = time.perf_counter()
     for _ in range(args.steps):
         engine.step()
-    sync()
+    sync_device(runner.device)
     wall = (time.perf_counter() - t) / args.steps
     context = args.prompt + args.warmup + args.steps // 2
     result = {"format": fmt, "context_mid": context, "wall_us_per_step": wall * 1e6,
@@ -78,9 +75,7 @@ def measure(fmt: str, args, log) -> dict:
     while engine.has_unfinished():
         engine.step()
     if runner.graphs is not None:  # the graph and the head alone, at the measured steps' middle length
-        recapture(runner, 1)
-        decode_state(runner.buffers, context)
-        result["graph_and_head_us"] = step_us(runner, 3, 60)
+        result["graph_and_head_us"] = step_us(runner, context, 3, 60)
         result["gap_us"] = result["wall_us_per_step"] - result["graph_and_head_us"]
     log(f"{fmt}: engine {result['wall_us_per_step']:.1f} us a step, graph + head "
         f"{result.get('graph_and_head_us', 0):.1f}, gap {result.get('gap_us', 0):.1f}")

@@ -81,10 +81,13 @@ def decode_state(buffers, context: int) -> None:
     buffers.device_view("input_ids")[:1].fill_(1000)
 
 
-def step_us(runner, reps: int, iters: int) -> float:
-    """Median over `reps` of the mean GPU time of one batch-1 step (graph replay, then the LM head)."""
+def step_us(runner, context: int, reps: int, iters: int) -> float:
+    """Median over `reps` of the mean GPU time of one batch-1 step (graph replay, then the LM head), the batch-1
+    graph captured afresh (under whatever launch choices are patched in) on a sequence of `context` tokens."""
     import torch
 
+    recapture(runner, 1)
+    decode_state(runner.buffers, context)
     graphs = runner.graphs
     times = []
     for r in range(reps + 1):
@@ -146,23 +149,17 @@ def sweep(fmt: str, model: str, choices: Choices, args, log, report: dict) -> di
     result: dict = {"format": fmt, "arms": []}
     if fmt == "bf16":
         result["decode_b1_tok_s"] = [decode_b1(engine) for _ in range(2)]
-        recapture(runner, 1)
-        decode_state(runner.buffers, args.context)
-        result["step_us"] = step_us(runner, args.reps, args.iters)
+        result["step_us"] = step_us(runner, args.context, args.reps, args.iters)
         log(f"bf16: decode-b1 {result['decode_b1_tok_s']} tok/s, step {result['step_us']:.1f} us")
     else:
-        recapture(runner, 1)  # one step first: the LM head's call is made outside the graph, by the step
-        decode_state(runner.buffers, args.context)
-        step_us(runner, 1, 5)
+        step_us(runner, args.context, 1, 5)  # one step first: the LM head's call is made outside the graph
         shapes = dict(choices.seen)
         result["shapes"] = {f"{n}x{k}{'' if p else ' (int8 kernel)'}": list(cfg) for (n, k, p), cfg in shapes.items()}
         log(f"{fmt}: one-row shapes and default choices {result['shapes']}")
 
         def timed(label: str, override: dict) -> float:
             choices.override = override
-            recapture(runner, 1)
-            decode_state(runner.buffers, args.context)
-            us = step_us(runner, args.reps, args.iters)
+            us = step_us(runner, args.context, args.reps, args.iters)
             result["arms"].append({"label": label, "override": {f"{n}x{k}": list(v) for (n, k, _), v in
                                                                  override.items()}, "step_us": us})
             log(f"  {label:40s} {us:8.1f} us")
